@@ -1,0 +1,38 @@
+"""Inversion backends: the Backend protocol, parameter specs and the registry.
+
+Imports ``lm_solver`` only; never imports ``orchestrator``, ``nn_init`` or ``clusters``.
+"""
+
+from backends.base import (
+    STATUS_BAD_INPUT,
+    STATUS_FAILED,
+    STATUS_MAX_ITER,
+    STATUS_NAMES,
+    STATUS_NOT_RUN,
+    STATUS_OK,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ChunkResult,
+    ConfigError,
+    ParameterSpec,
+)
+from backends.registry import get_backend, get_backend_class, list_backends
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "ChunkResult",
+    "ConfigError",
+    "ParameterSpec",
+    "STATUS_OK",
+    "STATUS_MAX_ITER",
+    "STATUS_FAILED",
+    "STATUS_BAD_INPUT",
+    "STATUS_NOT_RUN",
+    "STATUS_NAMES",
+    "get_backend",
+    "get_backend_class",
+    "list_backends",
+]
