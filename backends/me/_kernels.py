@@ -1,0 +1,395 @@
+"""Numba kernels of the Milne-Eddington forward model.
+
+Plain module-level functions over arrays and scalars (no config objects),
+compiled with ``cache=True, nogil=True``. The model callable handed to
+``lm_solver`` is :func:`me_model_impl`, with the signature
+``model(p, ctx, y, jac)``.
+
+Physics: Unno-Rachkovsky solution of the polarised transfer equation for a
+source function linear in continuum optical depth, S = S0 + S1 tau, observed
+at heliocentric mu (LL04 section 9.8). Absorption and dispersion profiles
+are the real and imaginary parts of the Faddeeva function w(z), z = v + i a,
+computed with Humlicek's (1982) W4 rational approximation. All derivatives
+are analytic: dw/dz = -2 z w + 2 i / sqrt(pi).
+
+Context tuple ``ctx`` (built by ``backends.me.model.build_context``):
+
+=====  ===============  =====================================================
+index  array            meaning
+=====  ===============  =====================================================
+0      mwave (nm,)      model wavelengths [A]
+1      lam0 (nl,)       line centres [A]
+2      ratio (nl,)      line opacity relative to the first line (gf ratio)
+3      cline (nc,)      line index of each Zeeman component
+4      cgroup (nc,)     0 sigma_b, 1 pi, 2 sigma_r
+5      cshift (nc,)     shift in units of 4.6686e-13 lambda0^2 B [A/G]... per G
+6      cstr (nc,)       relative strength of each component
+7      mu (1,)          heliocentric cosine
+8      proj (no, nm)    instrument matrix (observed = proj @ model); (0, 0) = none
+9      stray (4*no,)    stray-light profile on the observed grid (filling factor)
+10     flags (2,)       [use_filling_factor, unused]
+=====  ===============  =====================================================
+
+Parameter vector ``p``: B [G], inclination [deg], azimuth [deg], vlos [km/s],
+doppler_width [mA], eta0, damping, S0, S1, and filling_factor when used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "faddeeva_w4_impl",
+    "me_model_impl",
+    "me_synth_impl",
+    "NPAR_ME",
+]
+
+#: Parameters of the pure ME atmosphere (without filling factor).
+NPAR_ME = 9
+
+_C_KMS = 299792.458
+_SQRT_PI_INV2 = 2.0 / math.sqrt(math.pi)
+_DEG = math.pi / 180.0
+
+
+@njit(cache=True, nogil=True)
+def faddeeva_w4_impl(v: float, a: float) -> complex:
+    """Faddeeva function w(z) for z = v + i a, a >= 0 (Humlicek 1982, W4).
+
+    Max relative error about 1e-4 (Humlicek 1982, JQSRT 27, 437). Re w is the
+    Voigt function H(a, v) (H(0, 0) = 1), Im w is twice the Faraday-Voigt
+    function.
+    """
+    t = complex(a, -v)
+    s = abs(v) + a
+    if s >= 15.0:
+        return t * 0.5641896 / (0.5 + t * t)
+    if s >= 5.5:
+        u = t * t
+        return t * (1.410474 + u * 0.5641896) / (0.75 + u * (3.0 + u))
+    if a >= 0.195 * abs(v) - 0.176:
+        num = 16.4955 + t * (20.20933 + t * (11.96482 + t * (3.778987 + t * 0.5642236)))
+        den = 16.4955 + t * (38.82363 + t * (39.27121 + t * (21.69274 + t * (6.699398 + t))))
+        return num / den
+    u = t * t
+    num = t * (36183.31 - u * (3321.9905 - u * (1540.787 - u * (219.0313 - u * (35.76683 - u * (1.320522 - u * 0.56419))))))
+    den = 32066.6 - u * (24322.84 - u * (9022.228 - u * (2186.181 - u * (364.2191 - u * (61.57037 - u * (1.841439 - u))))))
+    return np.exp(u) - num / den
+
+
+@njit(cache=True, nogil=True)
+def _profiles_impl(lam, B, vlos, dlam_d, a, lam0, ratio, cline, cgroup, cshift, cstr, acc):
+    """Accumulate absorption/dispersion profiles and their derivatives at one wavelength.
+
+    ``acc`` (5, 6) is filled: rows [value, d/dB, d/dvlos, d/d(doppler_width [mA]), d/da],
+    columns [H_b, H_p, H_r, L_b, L_p, L_r] (without the eta0 factor).
+    """
+    for r in range(5):
+        for c in range(6):
+            acc[r, c] = 0.0
+    nc = cline.shape[0]
+    for k in range(nc):
+        li = cline[k]
+        l0 = lam0[li]
+        zfac = 4.6686e-13 * l0 * l0
+        va = l0 * vlos / _C_KMS
+        v = (lam - l0 - va - cshift[k] * zfac * B) / dlam_d
+        w = faddeeva_w4_impl(v, a)
+        H = w.real
+        L = w.imag
+        # dw/dz = -2 z w + 2i/sqrt(pi), z = v + i a
+        dHdv = -2.0 * (v * H - a * L)
+        dLdv = -2.0 * (v * L + a * H) + _SQRT_PI_INV2
+        s = cstr[k] * ratio[li]
+        g = cgroup[k]
+        dv_dB = -cshift[k] * zfac / dlam_d
+        dv_dvlos = -(l0 / _C_KMS) / dlam_d
+        dv_dw = -v / dlam_d * 1e-3
+        acc[0, g] += s * H
+        acc[0, 3 + g] += s * L
+        acc[1, g] += s * dHdv * dv_dB
+        acc[1, 3 + g] += s * dLdv * dv_dB
+        acc[2, g] += s * dHdv * dv_dvlos
+        acc[2, 3 + g] += s * dLdv * dv_dvlos
+        acc[3, g] += s * dHdv * dv_dw
+        acc[3, 3 + g] += s * dLdv * dv_dw
+        # Cauchy-Riemann: dH/da = -dL/dv, dL/da = dH/dv
+        acc[4, g] += -s * dLdv
+        acc[4, 3 + g] += s * dHdv
+
+
+@njit(cache=True, nogil=True)
+def _me_point_impl(p, mu, acc, rt, drt, out, dout):
+    """Stokes I, Q, U, V and their derivatives at one wavelength.
+
+    ``acc`` from :func:`_profiles_impl`; ``rt`` (7,) and ``drt`` (7, 9) are
+    work arrays; ``out`` (4,) and ``dout`` (4, 9) receive the result.
+    """
+    eta0 = p[5]
+    S0 = p[7]
+    S1 = p[8]
+    th = p[1] * _DEG
+    ch = p[2] * _DEG
+    sin_t = math.sin(th)
+    cos_t = math.cos(th)
+    c2 = math.cos(2.0 * ch)
+    s2 = math.sin(2.0 * ch)
+    A = 0.5 * sin_t * sin_t
+    C = 0.25 * (1.0 + cos_t * cos_t)
+    dA = sin_t * cos_t * _DEG
+    dC = -0.5 * sin_t * cos_t * _DEG
+    dct = -sin_t * _DEG
+    dc2 = -2.0 * s2 * _DEG
+    ds2 = 2.0 * c2 * _DEG
+
+    # rt: [eI, eQ, eU, eV, rQ, rU, rV]; drt columns follow p's order
+    for i in range(7):
+        for j in range(9):
+            drt[i, j] = 0.0
+    # profile-parameter rows of acc -> parameter index
+    # value row gives d/d eta0 (divided by eta0 already absent)
+    for r in range(5):
+        hb = acc[r, 0]
+        hp = acc[r, 1]
+        hr = acc[r, 2]
+        lb = acc[r, 3]
+        lp = acc[r, 4]
+        lr = acc[r, 5]
+        eI = A * hp + C * (hb + hr)
+        lin_e = A * (hp - 0.5 * (hb + hr))
+        lin_r = A * (lp - 0.5 * (lb + lr))
+        eQ = lin_e * c2
+        eU = lin_e * s2
+        eV = 0.5 * (hr - hb) * cos_t
+        rQ = lin_r * c2
+        rU = lin_r * s2
+        rV = 0.5 * (lr - lb) * cos_t
+        if r == 0:
+            rt[0] = 1.0 + eta0 * eI
+            rt[1] = eta0 * eQ
+            rt[2] = eta0 * eU
+            rt[3] = eta0 * eV
+            rt[4] = eta0 * rQ
+            rt[5] = eta0 * rU
+            rt[6] = eta0 * rV
+            # d/d eta0
+            drt[0, 5] = eI
+            drt[1, 5] = eQ
+            drt[2, 5] = eU
+            drt[3, 5] = eV
+            drt[4, 5] = rQ
+            drt[5, 5] = rU
+            drt[6, 5] = rV
+            # d/d inclination
+            le0 = hp - 0.5 * (hb + hr)
+            lr0 = lp - 0.5 * (lb + lr)
+            drt[0, 1] = eta0 * (dA * hp + dC * (hb + hr))
+            drt[1, 1] = eta0 * dA * le0 * c2
+            drt[2, 1] = eta0 * dA * le0 * s2
+            drt[3, 1] = eta0 * 0.5 * (hr - hb) * dct
+            drt[4, 1] = eta0 * dA * lr0 * c2
+            drt[5, 1] = eta0 * dA * lr0 * s2
+            drt[6, 1] = eta0 * 0.5 * (lr - lb) * dct
+            # d/d azimuth
+            drt[1, 2] = eta0 * lin_e * dc2
+            drt[2, 2] = eta0 * lin_e * ds2
+            drt[4, 2] = eta0 * lin_r * dc2
+            drt[5, 2] = eta0 * lin_r * ds2
+        else:
+            # r = 1 B (p0), 2 vlos (p3), 3 doppler width (p4), 4 damping (p6)
+            j = 0
+            if r == 2:
+                j = 3
+            elif r == 3:
+                j = 4
+            elif r == 4:
+                j = 6
+            drt[0, j] = eta0 * eI
+            drt[1, j] = eta0 * eQ
+            drt[2, j] = eta0 * eU
+            drt[3, j] = eta0 * eV
+            drt[4, j] = eta0 * rQ
+            drt[5, j] = eta0 * rU
+            drt[6, j] = eta0 * rV
+
+    eI = rt[0]
+    eQ = rt[1]
+    eU = rt[2]
+    eV = rt[3]
+    rQ = rt[4]
+    rU = rt[5]
+    rV = rt[6]
+    eI2 = eI * eI
+    Pi = eQ * rQ + eU * rU + eV * rV
+    R2 = rQ * rQ + rU * rU + rV * rV
+    E2 = eQ * eQ + eU * eU + eV * eV
+    D = eI2 * (eI2 - E2 + R2) - Pi * Pi
+    nI = eI * (eI2 + R2)
+    nQ = eI2 * eQ + eI * (eV * rU - eU * rV) + rQ * Pi
+    nU = eI2 * eU + eI * (eQ * rV - eV * rQ) + rU * Pi
+    nV = eI2 * eV + eI * (eU * rQ - eQ * rU) + rV * Pi
+    invD = 1.0 / D
+    muS1 = mu * S1
+    xI = nI * invD
+    xQ = nQ * invD
+    xU = nU * invD
+    xV = nV * invD
+    out[0] = S0 + muS1 * xI
+    out[1] = -muS1 * xQ
+    out[2] = -muS1 * xU
+    out[3] = -muS1 * xV
+
+    # partial derivatives of D and the numerators wrt the 7 rt quantities
+    dD0 = 4.0 * eI2 * eI - 2.0 * eI * E2 + 2.0 * eI * R2
+    dD1 = -2.0 * eI2 * eQ - 2.0 * Pi * rQ
+    dD2 = -2.0 * eI2 * eU - 2.0 * Pi * rU
+    dD3 = -2.0 * eI2 * eV - 2.0 * Pi * rV
+    dD4 = 2.0 * eI2 * rQ - 2.0 * Pi * eQ
+    dD5 = 2.0 * eI2 * rU - 2.0 * Pi * eU
+    dD6 = 2.0 * eI2 * rV - 2.0 * Pi * eV
+    for j in range(9):
+        d0 = drt[0, j]
+        d1 = drt[1, j]
+        d2 = drt[2, j]
+        d3 = drt[3, j]
+        d4 = drt[4, j]
+        d5 = drt[5, j]
+        d6 = drt[6, j]
+        if d0 == 0.0 and d1 == 0.0 and d2 == 0.0 and d3 == 0.0 and d4 == 0.0 and d5 == 0.0 and d6 == 0.0:
+            dout[0, j] = 0.0
+            dout[1, j] = 0.0
+            dout[2, j] = 0.0
+            dout[3, j] = 0.0
+            continue
+        dPi = d1 * rQ + d2 * rU + d3 * rV + eQ * d4 + eU * d5 + eV * d6
+        dD = dD0 * d0 + dD1 * d1 + dD2 * d2 + dD3 * d3 + dD4 * d4 + dD5 * d5 + dD6 * d6
+        dnI = (3.0 * eI2 + R2) * d0 + 2.0 * eI * (rQ * d4 + rU * d5 + rV * d6)
+        dnQ = (
+            (2.0 * eI * eQ + eV * rU - eU * rV) * d0
+            + eI2 * d1
+            + eI * (d3 * rU + eV * d5 - d2 * rV - eU * d6)
+            + d4 * Pi
+            + rQ * dPi
+        )
+        dnU = (
+            (2.0 * eI * eU + eQ * rV - eV * rQ) * d0
+            + eI2 * d2
+            + eI * (d1 * rV + eQ * d6 - d3 * rQ - eV * d4)
+            + d5 * Pi
+            + rU * dPi
+        )
+        dnV = (
+            (2.0 * eI * eV + eU * rQ - eQ * rU) * d0
+            + eI2 * d3
+            + eI * (d2 * rQ + eU * d4 - d1 * rU - eQ * d5)
+            + d6 * Pi
+            + rV * dPi
+        )
+        dout[0, j] = muS1 * (dnI - xI * dD) * invD
+        dout[1, j] = -muS1 * (dnQ - xQ * dD) * invD
+        dout[2, j] = -muS1 * (dnU - xU * dD) * invD
+        dout[3, j] = -muS1 * (dnV - xV * dD) * invD
+    dout[0, 7] = 1.0
+    dout[1, 7] = 0.0
+    dout[2, 7] = 0.0
+    dout[3, 7] = 0.0
+    dout[0, 8] = mu * xI
+    dout[1, 8] = -mu * xQ
+    dout[2, 8] = -mu * xU
+    dout[3, 8] = -mu * xV
+
+
+@njit(cache=True, nogil=True)
+def _me_grid_impl(p, ctx, y, jac):
+    """ME Stokes vector and Jacobian on the model grid (layout y[s * nm + j])."""
+    mwave = ctx[0]
+    lam0 = ctx[1]
+    ratio = ctx[2]
+    cline = ctx[3]
+    cgroup = ctx[4]
+    cshift = ctx[5]
+    cstr = ctx[6]
+    mu = ctx[7][0]
+    nm = mwave.shape[0]
+    acc = np.empty((5, 6))
+    rt = np.empty(7)
+    drt = np.empty((7, 9))
+    out = np.empty(4)
+    dout = np.empty((4, 9))
+    B = p[0]
+    vlos = p[3]
+    dlam_d = p[4] * 1e-3
+    a = p[6]
+    for j in range(nm):
+        _profiles_impl(mwave[j], B, vlos, dlam_d, a, lam0, ratio, cline, cgroup, cshift, cstr, acc)
+        _me_point_impl(p, mu, acc, rt, drt, out, dout)
+        for s in range(4):
+            y[s * nm + j] = out[s]
+            for q in range(9):
+                jac[s * nm + j, q] = dout[s, q]
+
+
+@njit(cache=True, nogil=True)
+def me_model_impl(p, ctx, y, jac):
+    """Forward model for ``lm_solver``: fills ``y`` (4*no,) and ``jac`` (4*no, npar).
+
+    Applies the instrument matrix ``ctx[8]`` (observed = proj @ model, per
+    Stokes parameter) and, when ``ctx[10][0] != 0``, a filling factor
+    ``p[9]`` mixing the ME profile with the stray-light profile ``ctx[9]``.
+    """
+    proj = ctx[8]
+    stray = ctx[9]
+    use_ff = ctx[10][0] != 0.0
+    npar = p.shape[0]
+    if proj.shape[0] == 0:
+        _me_grid_impl(p, ctx, y, jac)
+        no = y.shape[0] // 4
+    else:
+        nm = proj.shape[1]
+        no = proj.shape[0]
+        ym = np.empty(4 * nm)
+        jm = np.empty((4 * nm, 9))
+        _me_grid_impl(p, ctx, ym, jm)
+        for s in range(4):
+            for i in range(no):
+                acc = 0.0
+                for q in range(9):
+                    jac[s * no + i, q] = 0.0
+                for j in range(nm):
+                    w = proj[i, j]
+                    if w == 0.0:
+                        continue
+                    acc += w * ym[s * nm + j]
+                    for q in range(9):
+                        jac[s * no + i, q] += w * jm[s * nm + j, q]
+                y[s * no + i] = acc
+    if use_ff:
+        ff = p[9]
+        for i in range(4 * no):
+            me = y[i]
+            for q in range(9):
+                jac[i, q] *= ff
+            jac[i, 9] = me - stray[i]
+            y[i] = ff * me + (1.0 - ff) * stray[i]
+    else:
+        for i in range(4 * no):
+            for q in range(9, npar):
+                jac[i, q] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def me_synth_impl(params, ctx, nobs):
+    """Stokes profiles (npix, 4*nobs) for parameter rows ``params`` (npix, npar)."""
+    npix, npar = params.shape
+    out = np.empty((npix, 4 * nobs))
+    jac = np.empty((4 * nobs, npar))
+    p = np.empty(npar)
+    for i in range(npix):
+        for q in range(npar):
+            p[q] = params[i, q]
+        me_model_impl(p, ctx, out[i], jac)
+    return out
