@@ -41,10 +41,13 @@ import math
 import numpy as np
 from numba import njit
 
+from lm_solver._kernels import fit_pixels_impl
+
 __all__ = [
     "faddeeva_w4_impl",
     "me_model_impl",
     "me_synth_impl",
+    "me_fit_pixels_impl",
     "NPAR_ME",
 ]
 
@@ -52,7 +55,6 @@ __all__ = [
 NPAR_ME = 9
 
 _C_KMS = 299792.458
-_SQRT_PI_INV2 = 2.0 / math.sqrt(math.pi)
 _DEG = math.pi / 180.0
 
 
@@ -415,3 +417,18 @@ def me_synth_impl(params, ctx, nobs):
             p[q] = params[i, q]
         me_model_impl(p, ctx, out[i], jac)
     return out
+
+
+@njit(cache=True, nogil=True)
+def me_fit_pixels_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, reg_target, reg_weight,
+                       max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
+                       out_p, out_sigma, out_chi2, out_niter, out_status):
+    """The lm_solver engine with :func:`me_model_impl` bound as a global.
+
+    The engine is inlined at the numba-IR level, so this wrapper is cached
+    on disk and a new worker process does not recompile it (see
+    ``lm_solver._kernels``).
+    """
+    fit_pixels_impl(me_model_impl, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
+                    reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
+                    out_p, out_sigma, out_chi2, out_niter, out_status)

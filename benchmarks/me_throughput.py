@@ -1,0 +1,117 @@
+"""ME inversion throughput and accuracy on random pixels (issue: ME core).
+
+Synthesises N random ME pixels with Gaussian noise of 1e-3 of the continuum,
+inverts them with the ``me`` backend in ONE process on ONE core, and prints
+pixels per second per core and the recovery statistics, for
+
+1. HMI-like: FeI_6173 at the six tunings +-34.4, +-103.2, +-172.0 mA (no filter);
+2. Hinode/SP-like: FeI_6301 + FeI_6302, 112 points of 21.549 mA from 6300.884 A.
+
+Random parameters are drawn uniformly in the ranges of the reference samples
+in ``shared/data`` (made with pyMilne): B 0-3000 G, inclination 0-180 deg,
+azimuth 0-180 deg, vlos -3..3 km/s, Doppler width 20-40 mA, eta0 3-20 (HMI) or
+5-40 (Hinode), damping 0-0.5, S0 0.1-0.4, S1 0.5-1.
+
+Run: ``python benchmarks/me_throughput.py [--npix 20000] [--seed 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+
+from backends import get_backend
+
+HMI_WAVE = 6173.334 + np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0]) * 1e-3
+HINODE_WAVE = 6300.884 + np.arange(112) * 0.021549
+
+
+def random_params(n: int, rng: np.random.Generator, eta_range: tuple[float, float]) -> np.ndarray:
+    """Uniform random ME parameters (n, 9)."""
+    return np.stack(
+        [
+            rng.uniform(0, 3000, n),
+            rng.uniform(0, 180, n),
+            rng.uniform(0, 180, n),
+            rng.uniform(-3, 3, n),
+            rng.uniform(20, 40, n),
+            rng.uniform(*eta_range, n),
+            rng.uniform(0, 0.5, n),
+            rng.uniform(0.1, 0.4, n),
+            rng.uniform(0.5, 1.0, n),
+        ],
+        axis=1,
+    )
+
+
+def run_case(label: str, lines: list[str], wave: np.ndarray, npix: int, eta_range, seed: int, noise: float) -> dict:
+    rng = np.random.default_rng(seed)
+    be = get_backend("me", {"lines": lines, "noise": noise})
+    t0 = time.perf_counter()
+    be.setup()
+    t_setup = time.perf_counter() - t0
+    truth = random_params(npix, rng, eta_range)
+    stokes = be.synthesize(truth, wave)
+    stokes += rng.normal(0.0, noise, stokes.shape)
+    t0 = time.perf_counter()
+    res = be.invert(stokes, wave)
+    dt = time.perf_counter() - t0
+    dB = np.abs(res.param("B") - truth[:, 0])
+    dinc = np.abs(res.param("inclination") - truth[:, 1])
+    dazi = np.abs(np.mod(res.param("azimuth") - truth[:, 2] + 90.0, 180.0) - 90.0)
+    dv = np.abs(res.param("vlos") - truth[:, 3])
+    strong = truth[:, 0] > 200
+    out = {
+        "label": label,
+        "px_per_s": npix / dt,
+        "setup_s": t_setup,
+        "median_dB": float(np.median(dB)),
+        "frac_dB_gt_100": float(np.mean(dB > 100)),
+        "median_dinc": float(np.median(dinc)),
+        "median_dazi_strong": float(np.median(dazi[strong])),
+        "median_dv": float(np.median(dv)),
+        "median_iter": float(np.median(res.n_iter)),
+        "status": np.bincount(res.status, minlength=4)[:4].tolist(),
+        "median_chi2": float(np.median(res.chi2)),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--npix", type=int, default=20000, help="pixels per case (default 20000)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=1e-3)
+    args = ap.parse_args(argv)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, cores: {os.cpu_count()}, one process, one thread")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}")
+    targets = {"HMI-like": (8000, 10.0, 0.05), "Hinode-like": (600, 1.5, 0.02)}
+    ok = True
+    for label, lines, wave, eta in (
+        ("HMI-like", ["FeI_6173"], HMI_WAVE, (3, 20)),
+        ("Hinode-like", ["FeI_6301", "FeI_6302"], HINODE_WAVE, (5, 40)),
+    ):
+        r = run_case(label, lines, wave, args.npix, eta, args.seed, args.noise)
+        px, med, frac = targets[label]
+        meets = r["px_per_s"] >= px and r["median_dB"] <= med and r["frac_dB_gt_100"] <= frac
+        ok &= meets
+        print(
+            f"{label:12s} {r['px_per_s']:8.0f} px/s/core | median |dB| {r['median_dB']:6.2f} G | "
+            f">100 G {100 * r['frac_dB_gt_100']:5.2f} % | median |dincl| {r['median_dinc']:5.2f} deg | "
+            f"median |dazi| (B>200 G) {r['median_dazi_strong']:5.2f} deg | median |dvlos| {r['median_dv']:.3f} km/s | "
+            f"median iterations {r['median_iter']:.0f} | status ok/maxit/fail/bad {r['status']} | "
+            f"median chi2 {r['median_chi2']:.2f} | setup (compile or cache load) {r['setup_s']:.2f} s"
+        )
+        print(f"{'':12s} target >= {px} px/s, median |dB| <= {med} G, >100 G <= {100 * frac:.0f} %: "
+              f"{'MET' if meets else 'NOT MET'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
