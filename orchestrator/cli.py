@@ -1,0 +1,351 @@
+"""The ``stokesflow`` command line: a thin layer over the library functions.
+
+Subcommands: ``invert`` (:func:`orchestrator.run.run_inversion`), ``synth``
+(:func:`orchestrator.synth.synthesize_observation`) and ``backends``
+(:func:`backends.list_backends`). Each one builds its arguments and calls the
+library, so everything the command line does is callable from Python.
+
+Exit codes of ``invert``: 0 complete, 3 partial (some chunks failed after
+their retries; the result file says which and why), 2 bad input or
+configuration (nothing was computed), 1 unexpected error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "build_parser", "invert_overrides", "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL"]
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_BAD_INPUT = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("stokesflow.cli")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    from orchestrator.config import parse_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), parse_value(value.strip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+_INVERT_EPILOG = textwrap.dedent(
+    """\
+    Configuration layers (later wins): packaged defaults (orchestrator/defaults.toml),
+    then CONFIG.toml, then these flags. Backend options go in a [backend.<name>]
+    table (or --backend-option KEY=VALUE), cluster options in [cluster] (or the
+    cluster flags / --cluster-option KEY=VALUE), init options in [init.<name>].
+
+    Example TOML:
+      [input]
+      path = "obs.h5"
+      [output]
+      path = "result.h5"
+      [run]
+      backend = "me"
+      chunk_pixels = 4096
+      [cluster]
+      kind = "local"
+      workers = 8
+      [backend.me]
+      max_iter = 50
+
+    Wavelength source for FITS/.npy input (--wavelength): a .npy or text file
+    with one wavelength [A] per point, or a FITS file's own WCS when omitted.
+
+    Exit codes: 0 complete, 3 partial (some chunks failed; see /chunks/error),
+    2 bad input or configuration (nothing computed), 1 unexpected error.
+    """
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``stokesflow`` (all subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog="stokesflow",
+        description="Parallel inversions of solar Stokes profiles, from a laptop to HPC and cloud clusters.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # -- invert ---------------------------------------------------------------
+    p = sub.add_parser(
+        "invert", help="invert an observation into a result file",
+        description="Invert every pixel of an observation and write an HDF5 result file.",
+        epilog=_INVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml",
+                   help="TOML configuration file (tables [input], [output], [run], [cluster], "
+                        "[backend.<name>], [init.<name>])")
+    g = p.add_argument_group("input")
+    g.add_argument("-i", "--input", dest="input.path", metavar="PATH",
+                   help="observation: HDF5 (DESIGN.md contract), FITS or .npy")
+    g.add_argument("--format", dest="input.format", choices=["hdf5", "fits", "npy"],
+                   help="input format (default: from the file suffix)")
+    g.add_argument("--axes", dest="input.axes", metavar="AXES",
+                   help="axis order of a FITS/.npy cube, e.g. 'y,x,stokes,wave' or 'stokes,wave,y,x'")
+    g.add_argument("--wavelength", dest="input.wavelength", metavar="SOURCE",
+                   help="wavelength source for FITS/.npy input (file with one value per point, in A)")
+    g.add_argument("--lines", dest="input.lines", metavar="NAMES",
+                   help="comma-separated line names, e.g. FeI_6301,FeI_6302 (default: the file's 'lines')")
+    g.add_argument("--instrument", dest="input.instrument", metavar="NAME",
+                   help="instrument name (default: the file's 'instrument')")
+    g.add_argument("--noise", dest="input.noise", type=float, metavar="SIGMA",
+                   help="noise sigma in continuum units (default: the file's 'noise')")
+    g = p.add_argument_group("inversion")
+    g.add_argument("--backend", dest="run.backend", metavar="NAME",
+                   help="backend name; `stokesflow backends` lists them (default from config: me)")
+    g.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="backend option (repeatable), e.g. max_iter=50")
+    g.add_argument("--init", dest="run.init", metavar="NAME",
+                   help="initial-guess provider: default (backend's classical estimates) or constant")
+    g.add_argument("-I", "--init-option", dest="init_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="init provider option (repeatable), e.g. B=500 for 'constant'")
+    g.add_argument("--chunk-pixels", dest="run.chunk_pixels", type=_nonneg_int, metavar="K",
+                   help="pixels per task; 0 = automatic clamp(npix/(8*workers), 1024, 65536)")
+    g.add_argument("--max-in-flight", dest="run.max_in_flight", type=_nonneg_int, metavar="N",
+                   help="tasks in flight at once; 0 = 3 per worker")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", dest="cluster.kind",
+                   choices=["local", "serial", "mpi", "slurm", "pbs", "address"],
+                   help="where tasks run: local Dask (default), serial (in-process), mpi (under "
+                        "mpiexec), slurm/pbs (batch jobs), address (existing Dask scheduler)")
+    g.add_argument("-w", "--workers", dest="cluster.workers", type=_positive_int, metavar="N",
+                   help="worker processes (local: default the usable CPUs; slurm/pbs: total workers)")
+    g.add_argument("--threads-per-worker", dest="cluster.threads_per_worker", type=_positive_int, metavar="N",
+                   help="threads per worker process")
+    g.add_argument("--memory-limit", dest="cluster.memory_limit", metavar="SIZE",
+                   help="memory per worker, e.g. 2GiB (local, mpi)")
+    g.add_argument("--address", dest="cluster.address", metavar="URL",
+                   help="scheduler address for --cluster address, e.g. tcp://host:8786")
+    g.add_argument("--queue", dest="cluster.queue", metavar="NAME", help="batch queue/partition (slurm, pbs)")
+    g.add_argument("--account", dest="cluster.account", metavar="NAME", help="batch account (slurm, pbs)")
+    g.add_argument("--walltime", dest="cluster.walltime", metavar="HH:MM:SS", help="batch walltime per worker job")
+    g.add_argument("--retries", dest="cluster.retries", type=_nonneg_int, metavar="N",
+                   help="re-runs of a chunk task that raised, before it is marked failed")
+    g.add_argument("-C", "--cluster-option", dest="cluster_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="any other [cluster] key (repeatable), e.g. cores_per_job=32")
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--out", dest="output.path", metavar="PATH", help="result file (HDF5)")
+    g.add_argument("--resume", dest="output.resume", action="store_const", const=True,
+                   help="finish an interrupted run in --out: done chunks are kept, the rest computed; "
+                        "refused if the file was written with a different configuration")
+    g.add_argument("--overwrite", dest="output.overwrite", action="store_const", const=True,
+                   help="replace an existing --out file")
+    g.add_argument("--synthetic", dest="output.synthetic", action="store_const", const=True,
+                   help="also store the best-fit profiles as /synthetic")
+    g = p.add_argument_group("reporting")
+    g.add_argument("--progress", dest="run.progress", choices=["auto", "bar", "log", "none"],
+                   help="progress bar on a terminal (auto), bar, log lines, or none")
+    g.add_argument("--log-interval", dest="run.log_interval_s", type=float, metavar="S",
+                   help="seconds between progress log lines")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: per chunk)")
+    g.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings and errors only")
+    g.add_argument("--print-config", action="store_true", default=False,
+                   help="print the merged configuration as TOML and exit without inverting")
+    _add_config_defaults(p)
+    p.set_defaults(func=_cmd_invert)
+
+    # -- synth ----------------------------------------------------------------
+    p = sub.add_parser(
+        "synth", help="write a synthetic observation with /truth maps",
+        description="Synthesise an observation (DESIGN.md contract) of a Milne-Eddington scene, "
+                    "with the true parameter maps under /truth.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--instrument", choices=["hmi", "hinode"], default="hmi",
+                   help="hmi: FeI 6173 at the six HMI tuning offsets; hinode: FeI 6301/6302 at "
+                        "112 points of 21.549 mA")
+    p.add_argument("--scene", choices=["sunspot", "quiet", "plage", "mixed"], default="sunspot",
+                   help="kind of solar scene")
+    p.add_argument("--size", nargs=2, type=_positive_int, metavar=("NY", "NX"), default=[64, 64],
+                   help="field of view in pixels")
+    p.add_argument("--noise", type=float, default=1e-3, help="Gaussian noise sigma in continuum units")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scene and the noise")
+    p.add_argument("-o", "--out", required=True, metavar="PATH", help="observation file to write (HDF5)")
+    p.add_argument("--rows-per-block", type=_nonneg_int, default=0, metavar="N",
+                   help="rows synthesised and written at a time; 0 = about 65536 pixels per block")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="option of the ME backend used to synthesise (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.set_defaults(func=_cmd_synth, verbose=0)
+
+    # -- backends -------------------------------------------------------------
+    p = sub.add_parser("backends", help="list registered backends and whether they can run here",
+                       description="List the registered backends and init providers, and why a "
+                                   "known one cannot run here.")
+    p.set_defaults(func=_cmd_backends, verbose=0, quiet=False)
+    return parser
+
+
+def _add_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each flag's packaged default (from defaults.toml) to its help text."""
+    from orchestrator.config import DEFAULTS_PATH, tomllib
+
+    try:
+        defaults = tomllib.loads(DEFAULTS_PATH.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):  # the run itself reports this
+        return
+    for action in parser._actions:
+        table, _, key = action.dest.partition(".")
+        if key and key in defaults.get(table, {}) and action.help:
+            value = defaults[table][key]
+            shown = repr(value) if value not in ("", []) else "from the file"
+            action.help += f" [default: {shown}]"
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+def invert_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration layer of the ``invert`` flags (only those given)."""
+    out: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is None or "." not in dest:
+            continue
+        table, key = dest.split(".", 1)
+        out.setdefault(table, {})[key] = value
+    backend = out.get("run", {}).get("backend")
+    for key, value in getattr(args, "backend_option", None) or []:
+        # the options belong to the backend chosen by the flags, or else by the files
+        out.setdefault("backend", {}).setdefault(backend or "__selected__", {})[key] = value
+    for key, value in getattr(args, "init_option", None) or []:
+        out.setdefault("init", {}).setdefault(out.get("run", {}).get("init") or "__selected__", {})[key] = value
+    for key, value in getattr(args, "cluster_option", None) or []:
+        out.setdefault("cluster", {})[key] = value
+    return out
+
+
+def _resolve_selected(overrides: dict[str, Any], cfg_backend: str, cfg_init: str) -> dict[str, Any]:
+    for table, name in (("backend", cfg_backend), ("init", cfg_init)):
+        t = overrides.get(table, {})
+        if "__selected__" in t:
+            t.setdefault(name, {}).update(t.pop("__selected__"))
+    return overrides
+
+
+def _cmd_invert(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.run import run_inversion
+
+    overrides = invert_overrides(args)
+    base = load_config(args.config, {k: v for k, v in overrides.items() if k not in ("backend", "init")},
+                       check_cluster=False)
+    overrides = _resolve_selected(overrides, base.run.backend, base.run.init)
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        sys.stdout.write(cfg.to_toml())
+        return EXIT_OK
+    summary = run_inversion(cfg)
+    sys.stdout.write(summary.report() + "\n")
+    sys.stdout.flush()
+    return EXIT_OK if summary.complete else EXIT_PARTIAL
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from orchestrator.synth import synthesize_observation
+
+    path = synthesize_observation(
+        args.out, instrument=args.instrument, scene=args.scene, size=tuple(args.size),
+        noise=args.noise, seed=args.seed, rows_per_block=args.rows_per_block or None,
+        overwrite=args.overwrite, backend_options=dict(args.backend_option or []),
+    )
+    sys.stdout.write(f"wrote {path}\n")
+    return EXIT_OK
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from backends import list_backends
+    from nn_init.providers import list_providers
+
+    lines = ["backends:"]
+    for name, (ok, why) in sorted(list_backends().items()):
+        lines.append(f"  {name:12s} {'available' if ok else 'unavailable'}" + ("" if ok else f": {why}"))
+    lines.append("init providers:")
+    for name, (ok, why) in sorted(list_providers().items()):
+        lines.append(f"  {name:12s} {'available' if ok else 'unavailable'}" + ("" if ok else f": {why}"))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from backends.base import BackendError
+    from clusters import ClusterError
+    from nn_init.providers import InitError
+    from orchestrator.errors import OrchestratorError
+
+    return (OrchestratorError, BackendError, ClusterError, InitError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stokesflow`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    logger = logging.getLogger("stokesflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished chunks are on disk, finish the run with --resume")
+        return EXIT_INTERRUPTED
+    except _bad_input_types() as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    except Exception:
+        log.exception("unexpected error (please report it with the traceback above)")
+        return EXIT_UNEXPECTED
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+if __name__ == "__main__":  # python -m orchestrator.cli
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Shared helpers of the orchestrator tests: small observations, configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.config import Config, load_config
+
+__all__ = [
+    "HMI_WAVELENGTH",
+    "random_me_params",
+    "write_hmi_observation",
+    "make_config",
+    "assert_same_result",
+]
+
+#: HMI tuning positions about 6173.3433 A (DESIGN.md: +-34.4, +-103.2, +-172.0 mA).
+HMI_WAVELENGTH = 6173.3433 + 1e-3 * np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0])
+
+
+def random_me_params(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` ME parameter vectors (B, inc, azi, vlos, dw, eta0, damping, S0, S1) in solar ranges."""
+    return np.column_stack([
+        rng.uniform(100.0, 2500.0, n), rng.uniform(10.0, 170.0, n), rng.uniform(5.0, 175.0, n),
+        rng.uniform(-2.0, 2.0, n), rng.uniform(25.0, 40.0, n), rng.uniform(4.0, 15.0, n),
+        rng.uniform(0.05, 0.4, n), rng.uniform(0.2, 0.4, n), rng.uniform(0.6, 0.8, n),
+    ])
+
+
+def write_hmi_observation(
+    path: Path,
+    ny: int = 8,
+    nx: int = 12,
+    *,
+    seed: int = 0,
+    noise: float = 1e-3,
+    nan_pixels: tuple[int, ...] = (),
+    poison_pixels: tuple[int, ...] = (),
+    lines: str = "FeI_6173",
+) -> Path:
+    """A small HMI-like observation of random ME pixels (written with the real ME synthesis).
+
+    ``nan_pixels`` (flat indices) get NaN in Stokes Q; ``poison_pixels`` get
+    Stokes I = POISON_VALUE at the first wavelength (see the doubles).
+    """
+    from backends import get_backend
+    from orchestrator.io import write_observation
+
+    from _orchestrator_doubles import POISON_VALUE
+
+    rng = np.random.default_rng(seed)
+    me = get_backend("me", {"lines": ["FeI_6173"]})
+    params = random_me_params(ny * nx, rng)
+    stokes = me.synthesize(params, HMI_WAVELENGTH)
+    stokes += noise * rng.standard_normal(stokes.shape)
+    for i in nan_pixels:
+        stokes[i, 1, 2] = np.nan
+    for i in poison_pixels:
+        stokes[i, 0, 0] = POISON_VALUE
+    truth = {n: params[:, j].reshape(ny, nx) for j, n in enumerate(me.parameter_names)}
+    write_observation(
+        path, stokes.reshape(ny, nx, 4, -1).astype(np.float32), HMI_WAVELENGTH,
+        {"instrument": "hmi", "lines": lines, "noise": noise}, truth,
+    )
+    return path
+
+
+def make_config(obs: Path, out: Path, *, cluster: str = "serial", **tables: Any) -> Config:
+    """Defaults + ``--input obs --out out --cluster cluster`` + extra tables (``run={...}``)."""
+    layer: dict[str, Any] = {
+        "input": {"path": str(obs)},
+        "output": {"path": str(out)},
+        "run": {"progress": "none"},
+        "cluster": {"kind": cluster},
+    }
+    for table, values in tables.items():
+        layer.setdefault(table, {}).update(values)
+    return load_config(None, layer)
+
+
+def assert_same_result(a: Any, b: Any) -> None:
+    """Two ResultFile objects hold bit-identical maps (NaN equal to NaN)."""
+    assert set(a.params) == set(b.params)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=f"params/{name}")
+        np.testing.assert_array_equal(a.sigma[name], b.sigma[name], err_msg=f"sigma/{name}")
+    np.testing.assert_array_equal(a.chi2, b.chi2, err_msg="chi2")
+    np.testing.assert_array_equal(a.n_iter, b.n_iter, err_msg="n_iter")
+    np.testing.assert_array_equal(a.status, b.status, err_msg="status")

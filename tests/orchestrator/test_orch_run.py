@@ -1,0 +1,189 @@
+"""run_inversion in-process (serial executor, real ME backend): results, NaN pixels,
+bad input before any work, partial runs, resume checks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _orchestrator_doubles import PoisonDouble  # noqa: E402
+from _orchestrator_helpers import HMI_WAVELENGTH, make_config, write_hmi_observation  # noqa: E402
+
+import clusters  # noqa: E402
+from backends import BackendError, get_backend  # noqa: E402
+from nn_init.providers import InitError  # noqa: E402
+from orchestrator.config import tomllib  # noqa: E402
+from orchestrator.errors import ObservationError  # noqa: E402
+from orchestrator.run import run_inversion  # noqa: E402
+from orchestrator.store import ResumeError, StoreError, read_result  # noqa: E402
+
+NY, NX, K = 8, 12, 10  # 96 pixels, 10 chunks, the last one of 6 pixels; chunks straddle rows
+
+
+@pytest.fixture(scope="module")
+def obs(tmp_path_factory) -> Path:
+    return write_hmi_observation(tmp_path_factory.mktemp("obs") / "obs.h5", NY, NX, nan_pixels=(5, 40))
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Fail the test if an executor is opened (for errors that must come before any work)."""
+
+    def refuse(spec):
+        raise AssertionError("the cluster was started before the bad input was detected")
+
+    monkeypatch.setattr(clusters, "open_executor", refuse)
+
+
+def _direct(obs: Path, init=None) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: the ME backend called chunk by chunk on the same pixels, no orchestrator."""
+    from orchestrator.io import open_observation
+
+    o = open_observation(obs)
+    me = get_backend("me").for_observation(o.meta)
+    params = np.full((NY * NX, 9), np.nan, np.float32)
+    status = np.full(NY * NX, 3, np.uint8)
+    for start in range(0, NY * NX, K):
+        stop = min(start + K, NY * NX)
+        st = o.read_pixels(start, stop)
+        good = np.isfinite(st).all(axis=(1, 2))
+        ini = None if init is None else np.tile(init, (int(good.sum()), 1))
+        res = me.invert(st[good], o.wavelength, ini)
+        idx = np.arange(start, stop)[good]
+        params[idx] = res.params
+        status[idx] = res.status
+    return params.reshape(NY, NX, 9), status.reshape(NY, NX)
+
+
+def test_serial_run_equals_direct_backend_calls(obs, tmp_path):
+    out = tmp_path / "r.h5"
+    cfg = make_config(obs, out, run={"chunk_pixels": K})
+    summary = run_inversion(cfg)
+    assert summary.complete and not summary.partial and not summary.failed
+    assert (summary.n_chunks, summary.chunks_computed, summary.chunks_skipped) == (10, 10, 0)
+    assert summary.pixels_by_status["skipped (bad input)"] == 2
+    assert sum(summary.pixels_by_status.values()) == NY * NX
+    r = read_result(out)
+    params, status = _direct(obs)
+    names = get_backend("me").parameter_names
+    for j, name in enumerate(names):
+        np.testing.assert_array_equal(r.params[name], params[..., j], err_msg=name)
+    np.testing.assert_array_equal(r.status, status)
+    # NaN pixels: skipped with status 3 and NaN parameters
+    assert r.status.ravel()[5] == 3 and r.status.ravel()[40] == 3
+    assert np.isnan(r.params["B"].ravel()[[5, 40]]).all()
+    assert (r.status != 255).all() and r.done.all()
+    a = r.attrs
+    assert a["complete"] is True and a["backend"] == "me" and a["init"] == "default"
+    assert tomllib.loads(a["config"])["run"]["chunk_pixels"] == K
+    versions = json.loads(a["versions"])
+    for pkg in ("stokesflow", "numpy", "numba", "dask", "h5py", "python"):
+        assert pkg in versions
+    assert a["time_total_s"] > 0 and a["time_invert_s"] > 0 and a["chunks_computed"] == 10
+    assert json.loads(a["fingerprint_json"])["backend_options"]["lines"] == ["FeI_6173"]
+
+
+def test_constant_init_reaches_the_backend(obs, tmp_path):
+    out = tmp_path / "r.h5"
+    vector = [800.0, 60.0, 40.0, 0.0, 30.0, 8.0, 0.2, 0.3, 0.7]
+    names = get_backend("me").parameter_names
+    cfg = make_config(obs, out, run={"chunk_pixels": K, "init": "constant"},
+                      init={"constant": dict(zip(names, vector))})
+    run_inversion(cfg)
+    r = read_result(out)
+    params, status = _direct(obs, init=np.array(vector))
+    np.testing.assert_array_equal(r.params["B"], params[..., 0])
+    np.testing.assert_array_equal(r.status, status)
+    assert r.attrs["init"] == "constant"
+
+
+def _h5_with(path: Path, stokes_shape, nw_wave, lines="FeI_6173"):
+    with h5py.File(path, "w") as h5:
+        h5["stokes"] = np.ones(stokes_shape, np.float32)
+        h5["wavelength"] = HMI_WAVELENGTH[:nw_wave] if nw_wave <= 6 else np.linspace(6172, 6174, nw_wave)
+        h5.attrs["lines"] = lines
+        h5.attrs["instrument"] = "hmi"
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, exc, fragments",
+    [
+        ("missing", ObservationError, ["missing.h5", "not found"]),
+        ("not-hdf5", ObservationError, ["text.h5"]),
+        ("wrong-shape", ObservationError, ["shape.h5", "4"]),
+        ("wrong-wave-count", ObservationError, ["wave.h5", "5", "6"]),
+        ("unknown-line", BackendError, ["FeI_9999"]),
+        ("unknown-backend", BackendError, ["nope", "me"]),
+        ("unknown-init", InitError, ["unet"]),
+    ],
+)
+def test_bad_input_fails_before_any_work(case, exc, fragments, obs, tmp_path, no_cluster):
+    out = tmp_path / "r.h5"
+    path, extra = obs, {}
+    if case == "missing":
+        path = tmp_path / "missing.h5"
+    elif case == "not-hdf5":
+        path = tmp_path / "text.h5"
+        path.write_text("this is not HDF5")
+    elif case == "wrong-shape":
+        path = _h5_with(tmp_path / "shape.h5", (4, 5, 3, 6), 6)
+    elif case == "wrong-wave-count":
+        path = _h5_with(tmp_path / "wave.h5", (4, 5, 4, 6), 5)
+    elif case == "unknown-line":
+        path = _h5_with(tmp_path / "line.h5", (4, 5, 4, 6), 6, lines="FeI_9999")
+    elif case == "unknown-backend":
+        extra = {"run": {"backend": "nope"}}
+    elif case == "unknown-init":
+        extra = {"run": {"init": "unet"}}
+    with pytest.raises(exc) as err:
+        run_inversion(make_config(path, out, **extra))
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+    assert not out.exists()
+
+
+def test_existing_output_needs_resume_or_overwrite(obs, tmp_path, monkeypatch):
+    out = tmp_path / "r.h5"
+    run_inversion(make_config(obs, out, run={"chunk_pixels": 48}))
+    with monkeypatch.context() as m:
+        m.setattr(clusters, "open_executor", lambda spec: (_ for _ in ()).throw(AssertionError("started")))
+        with pytest.raises(StoreError, match="already exists.*--resume"):
+            run_inversion(make_config(obs, out, run={"chunk_pixels": 48}))
+        # a different configuration is refused on --resume, naming the file and the difference
+        with pytest.raises(ResumeError) as err:
+            run_inversion(make_config(obs, out, run={"chunk_pixels": 48}, output={"resume": True},
+                                      backend={"me": {"max_iter": 7}}))
+        msg = str(err.value)
+        assert str(out) in msg and "backend_options.max_iter: 50 in the file, 7 in this run" in msg
+        with pytest.raises(ResumeError, match="chunk_pixels: 48 in the file, 24 in this run"):
+            run_inversion(make_config(obs, out, run={"chunk_pixels": 24}, output={"resume": True}))
+        with pytest.raises(ResumeError, match="does not exist"):
+            run_inversion(make_config(obs, tmp_path / "none.h5", output={"resume": True}))
+    # resuming a complete file computes nothing; automatic chunking adopts the file's
+    summary = run_inversion(make_config(obs, out, output={"resume": True}))
+    assert summary.complete and summary.chunks_computed == 0 and summary.chunks_skipped == 2
+    assert read_result(out).attrs["runs"] == 2
+    summary = run_inversion(make_config(obs, out, run={"chunk_pixels": 24}, output={"overwrite": True}))
+    assert summary.n_chunks == 4
+
+
+def test_deterministic_chunk_failure_gives_partial_result(tmp_path):
+    obs = write_hmi_observation(tmp_path / "obs.h5", NY, NX, poison_pixels=(33,))
+    out = tmp_path / "r.h5"
+    summary = run_inversion(make_config(obs, out, run={"chunk_pixels": K}), backend=PoisonDouble())
+    assert summary.partial and set(summary.failed) == {3}
+    assert "RuntimeError: poisoned pixel" in summary.failed[3]
+    assert "chunk 3 FAILED" in summary.report()
+    r = read_result(out)
+    assert r.attrs["complete"] is False and r.done.sum() == 9 and not r.done[3]
+    assert "poisoned pixel" in r.errors[3] and set(r.errors) == {3}
+    assert (r.status.ravel()[30:40] == 255).all()
+    assert (r.status.ravel()[:30] != 255).all() and (r.status.ravel()[40:] != 255).all()
