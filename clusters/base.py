@@ -1,0 +1,210 @@
+"""The :class:`Executor` interface shared by every cluster kind, and small helpers.
+
+An executor hands tasks to workers and gives back futures.  The orchestrator
+drives every kind with the same loop::
+
+    with open_executor(spec) as ex:
+        ex.run_on_workers(warm_up)            # once per worker process
+        futures = [ex.submit(invert_chunk, c) for c in first_chunks]
+        for fut in ex.as_completed(futures):
+            store(fut.result())
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
+
+from clusters.spec import MissingDependencyError
+
+__all__ = ["Executor", "Future", "mpi_rank", "mpi_size", "require", "usable_cpus"]
+
+# Environment variables holding the MPI rank, by launcher: MPICH/Intel MPI
+# (Hydra) and Cray PMI, PMIx (Open MPI 5, srun --mpi=pmix), Open MPI,
+# MVAPICH2.
+_RANK_VARS: tuple[str, ...] = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_SIZE_VARS: tuple[str, ...] = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+# Which optional extra of stokesflow installs which package.
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "dask_jobqueue": ("dask-jobqueue", "hpc"),
+    "dask_mpi": ("dask-mpi", "mpi"),
+    "mpi4py": ("mpi4py", "mpi"),
+}
+
+
+@runtime_checkable
+class Future(Protocol):
+    """What :meth:`Executor.submit` returns.
+
+    Satisfied by :class:`concurrent.futures.Future` (``serial``,
+    ``mpi_mode="futures"``) and :class:`distributed.Future` (Dask kinds).
+    """
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def exception(self, timeout: float | None = None) -> BaseException | None: ...
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> Any: ...
+
+
+class Executor(abc.ABC):
+    """One interface over the ways tasks reach workers.
+
+    Attributes
+    ----------
+    kind : str
+        The :attr:`clusters.ClusterSpec.kind` it was opened for.
+    n_workers : int
+        Worker processes available now, or planned (``slurm``/``pbs`` with
+        adaptive scaling start with none).  Use it to bound the tasks in
+        flight.
+
+    Notes
+    -----
+    Use as a context manager or call :meth:`close`; :func:`clusters.open_executor`
+    does both.
+    """
+
+    kind: str
+
+    @property
+    @abc.abstractmethod
+    def n_workers(self) -> int:
+        """Number of worker processes available now (or planned)."""
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker.
+
+        Parameters
+        ----------
+        fn : callable
+            A picklable function: defined at module level in an importable
+            module (not a lambda in ``__main__`` for ``mpi_mode="futures"``).
+        *args, **kwargs
+            Its arguments, sent with the task.
+
+        Returns
+        -------
+        Future
+            With ``result()``, ``exception()``, ``done()``, ``cancel()``.  An
+            exception raised by ``fn`` is re-raised by ``result()`` once the
+            retries are used up.
+        """
+
+    @abc.abstractmethod
+    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
+        """Yield the given futures as they finish (successfully or not)."""
+
+    @abc.abstractmethod
+    def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Run ``fn(*args)`` once in every worker process.
+
+        For set-up and warm-up (compile numba kernels, open scratch folders).
+        Dask kinds also run it in workers that join or restart later; see
+        each executor for details.  An exception in ``fn`` is raised here.
+        """
+
+    @abc.abstractmethod
+    def scatter(self, obj: Any) -> Any:
+        """Share a small object with all tasks.
+
+        Returns a handle to pass to :meth:`submit` in place of ``obj``; the
+        task receives ``obj``.  Kinds without shared storage return ``obj``.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the workers and connections (idempotent)."""
+
+    @abc.abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Describe the executor.
+
+        Returns
+        -------
+        dict
+            ``kind``, ``n_workers``, ``scheduler_address`` (or ``None``),
+            ``dashboard_link`` (or ``None``), ``worker_pids`` (mapping worker
+            name to process id, or ``None`` where unknown), plus kind-specific
+            entries.
+        """
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} kind={self.kind!r} n_workers={self.n_workers}>"
+
+
+def _int_env(names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def mpi_rank() -> int | None:
+    """MPI rank of this process if it was started by ``mpiexec``/``srun``, else ``None``.
+
+    Read from the launcher's environment variables (``PMI_RANK``,
+    ``PMIX_RANK``, ``OMPI_COMM_WORLD_RANK``, ``MV2_COMM_WORLD_RANK``) without
+    importing mpi4py, so calling it never initialises MPI.
+
+    Notes
+    -----
+    Processes started by an MPI rank inherit its variables: a Dask worker
+    that a dask-mpi Nanny spawned reports the rank of its Nanny.
+    """
+    return _int_env(_RANK_VARS)
+
+
+def mpi_size() -> int | None:
+    """Number of MPI ranks from the launcher's environment (``PMI_SIZE``, ...), else ``None``."""
+    return _int_env(_SIZE_VARS)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as set by a batch system or taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def require(module: str, kind: str) -> ModuleType:
+    """Import an optional dependency or say what to install.
+
+    Parameters
+    ----------
+    module : str
+        Importable name (``"dask_jobqueue"``, ``"dask_mpi"``, ``"mpi4py"``).
+    kind : str
+        The cluster kind that needs it, for the message.
+
+    Raises
+    ------
+    MissingDependencyError
+        Naming the package and the ``pip install`` command.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        package, extra = _EXTRAS.get(top, (top, "all"))
+        raise MissingDependencyError(
+            f"cluster kind {kind!r} needs the Python package {package!r}, which cannot be "
+            f"imported ({exc}): install it with  pip install \"stokesflow[{extra}]\"  "
+            f"(or  pip install {package})"
+        ) from exc

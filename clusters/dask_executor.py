@@ -1,0 +1,286 @@
+"""Dask-based executors: ``kind="local"`` and ``kind="address"``, and the
+:class:`DaskExecutor` that ``slurm``, ``pbs`` and ``mpi`` (dask mode) share.
+
+Tasks go through ``client.submit(fn, *args, pure=False, retries=spec.retries)``:
+``pure=False`` because an inversion task is not a pure function of its
+arguments as far as caching goes (the same chunk may be re-run on purpose),
+``retries`` re-runs a task that raised.  A task whose worker *process* dies is
+rescheduled by the scheduler on its own; workers run under a Nanny, which
+starts a fresh process in place of one that died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from clusters.base import Executor, Future, usable_cpus
+from clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
+
+__all__ = ["DaskExecutor", "open_address", "open_local"]
+
+# Log level of the scheduler and workers we start: warnings (a worker that
+# died and was restarted) stay visible, the start/stop chatter does not.
+_LOG_LEVEL = logging.WARNING
+
+
+def _share(obj: Any) -> Any:
+    """Task body of :meth:`DaskExecutor.scatter`: returns its argument."""
+    return obj
+
+
+def _run_on_worker_plugin(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    # Built lazily so that importing clusters does not import distributed.
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class RunOnWorkers(WorkerPlugin):
+        """Run ``fn(*args)`` when a worker starts or the plugin is registered."""
+
+        def __init__(self) -> None:
+            self.fn = fn
+            self.args = args
+
+        async def setup(self, worker: Any) -> None:
+            # In a thread: a warm-up that compiles numba kernels for seconds
+            # must not block the worker's event loop (heartbeats).
+            await asyncio.to_thread(self.fn, *self.args)
+
+    return RunOnWorkers()
+
+
+class DaskExecutor(Executor):
+    """Executor over a ``distributed.Client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Connected client; closed by :meth:`close`.
+    kind : str
+        Cluster kind, for :meth:`info`.
+    planned_workers : int
+        Workers expected (``local``: started; ``slurm``/``pbs``: the adaptive
+        maximum; ``address``: found at connection).  :attr:`n_workers` is the
+        larger of this and the workers connected now.
+    retries : int
+        Re-runs of a task that raised.
+    cluster : object, optional
+        Cluster object to close after the client (LocalCluster,
+        SLURMCluster, ...).
+    extra_info : dict, optional
+        Added to :meth:`info`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        kind: str,
+        planned_workers: int,
+        retries: int,
+        cluster: Any = None,
+        extra_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.client = client
+        self.cluster = cluster
+        self._planned = int(planned_workers)
+        self._retries = int(retries)
+        self._extra_info = dict(extra_info or {})
+        self._plugins: list[str] = []
+        self._closed = False
+
+    @property
+    def n_workers(self) -> int:
+        if self._closed:
+            return self._planned
+        try:
+            current = _connected_workers(self.client)
+        except Exception:  # a closing client: fall back to the plan
+            current = 0
+        return max(self._planned, current)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if kwargs:
+            # Keyword arguments of the task must not collide with those of
+            # Client.submit (key, workers, retries, ...).
+            fn = functools.partial(fn, **kwargs)
+        return self.client.submit(fn, *args, pure=False, retries=self._retries)
+
+    def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
+        from distributed import as_completed
+
+        futures = list(futures)
+        if not futures:
+            return iter(())
+        return iter(as_completed(futures, loop=self.client.loop))
+
+    def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Run ``fn(*args)`` once in every worker process, now and in workers that start later.
+
+        Registered as a ``WorkerPlugin``: the scheduler runs it on every
+        connected worker before this call returns, and on each worker that
+        connects afterwards (adaptive scale-up, a Nanny restart after a
+        crash).  Each call registers a new plugin, so calling twice runs
+        ``fn`` twice per worker.
+
+        Raises
+        ------
+        Exception
+            Whatever ``fn`` raised on a worker; the plugin is then removed
+            again so that later workers do not fail the same way.
+        """
+        name = f"stokesflow-run-{getattr(fn, '__name__', 'fn')}-{uuid.uuid4().hex[:12]}"
+        plugin = _run_on_worker_plugin(fn, tuple(args))
+        try:
+            self.client.register_plugin(plugin, name=name)
+        except BaseException:
+            try:
+                self.client.unregister_worker_plugin(name)
+            except Exception:  # it may not have been stored at all
+                pass
+            raise
+        self._plugins.append(name)
+
+    def scatter(self, obj: Any) -> Any:
+        """Share ``obj`` with all tasks through one task that returns it.
+
+        Unlike ``Client.scatter`` data, the result of a task is recomputed by
+        the scheduler if every worker holding it dies or retires (worker
+        lifetime on batch systems), so the tasks that need it never fail
+        with lost data.
+        """
+        return self.client.submit(
+            _share, obj, pure=False, key=f"stokesflow-shared-{uuid.uuid4().hex}", retries=self._retries
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+    def worker_pids(self) -> dict[str, int]:
+        """Process id of every connected worker, by worker address."""
+        return dict(self.client.run(os.getpid))
+
+    def info(self) -> dict[str, Any]:
+        sched = self.client.scheduler_info(n_workers=0)
+        dashboard = None
+        # The scheduler's HTTP server always runs; it serves a dashboard only
+        # where bokeh is installed (known here for schedulers we started).
+        if "dashboard" in sched.get("services", {}) and (
+            self.kind == "address" or importlib.util.find_spec("bokeh") is not None
+        ):
+            dashboard = self.client.dashboard_link
+        out = {
+            "kind": self.kind,
+            "n_workers": self.n_workers,
+            "scheduler_address": self.client.scheduler.address,
+            "dashboard_link": dashboard,
+            "worker_pids": self.worker_pids(),
+        }
+        out.update(self._extra_info)
+        return out
+
+
+def _connected_workers(client: Any) -> int:
+    """Workers connected to the client's scheduler now (one round trip, no per-worker data)."""
+    return int(client.scheduler_info(n_workers=0).get("n_workers", 0))
+
+
+def _dashboard_kwargs(spec: ClusterSpec, host: str) -> dict[str, Any]:
+    # Always a free port: the scheduler's HTTP server (health, metrics, and
+    # the dashboard when bokeh is installed) would otherwise try 8787 and warn
+    # when several runs share a machine.
+    return {"dashboard_address": f"{host}:0", "dashboard": spec.dashboard}
+
+
+def open_local(spec: ClusterSpec) -> DaskExecutor:
+    """Start a ``distributed.LocalCluster`` of worker processes and connect to it.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        Uses ``workers`` (default: the usable CPUs), ``threads_per_worker``,
+        ``memory_limit``, ``local_directory``, ``dashboard``, ``retries``.
+
+    Returns
+    -------
+    DaskExecutor
+        Scheduler on 127.0.0.1, one Nanny-managed worker process per worker.
+    """
+    from distributed import Client, LocalCluster
+
+    n_workers = spec.workers or usable_cpus()
+    dash = _dashboard_kwargs(spec, "127.0.0.1")
+    kwargs: dict[str, Any] = {}
+    if spec.local_directory is not None:
+        kwargs["local_directory"] = spec.local_directory
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=spec.threads_per_worker,
+        processes=True,
+        memory_limit=spec.memory_limit or "auto",
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=dash["dashboard_address"],
+        scheduler_kwargs={"dashboard": dash["dashboard"]},
+        silence_logs=_LOG_LEVEL,
+        **kwargs,
+    )
+    try:
+        client = Client(cluster, set_as_default=False)
+    except BaseException:
+        cluster.close()
+        raise
+    return DaskExecutor(client, kind="local", planned_workers=n_workers, retries=spec.retries, cluster=cluster)
+
+
+def open_address(spec: ClusterSpec) -> DaskExecutor:
+    """Connect to a running Dask scheduler at ``spec.address``.
+
+    Waits up to ``spec.connect_timeout`` seconds for the scheduler, then as
+    long again for ``max(1, spec.minimum_workers)`` workers.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If no scheduler answers in time.
+    ClusterError
+        If the scheduler has too few workers.
+    """
+    from distributed import Client
+
+    address = spec.address
+    timeout = spec.connect_timeout
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
+        raise SchedulerUnreachableError(
+            f"no Dask scheduler answered at {address} after {timeout:g} s: start one with "
+            f"`dask scheduler` (and workers with `dask worker {address}`) or check the address "
+            f"and the firewall ({type(exc).__name__}: {exc})"
+        ) from exc
+    want = max(1, spec.minimum_workers)
+    try:
+        client.wait_for_workers(want, timeout=timeout)
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        have = _connected_workers(client)
+        client.close()
+        raise ClusterError(
+            f"the Dask scheduler at {address} has {have} worker(s), expected at least {want} "
+            f"after {timeout:g} s: start workers with `dask worker {address}` or lower "
+            "minimum_workers"
+        ) from exc
+    planned = _connected_workers(client)
+    return DaskExecutor(client, kind="address", planned_workers=planned, retries=spec.retries)

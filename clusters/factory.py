@@ -1,0 +1,79 @@
+""":func:`open_executor`: one entry point for every cluster kind."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from clusters.base import Executor
+from clusters.spec import ClusterError, ClusterSpec
+
+__all__ = ["open_executor"]
+
+
+@contextlib.contextmanager
+def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
+    """Open the executor described by ``spec`` and close it on leaving the block.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        ``kind`` selects serial, local (default), mpi, slurm, pbs or address.
+
+    Yields
+    ------
+    Executor
+
+    Raises
+    ------
+    ClusterError
+        A spec that cannot be opened here (see the kind's module);
+        ``MissingDependencyError`` names the package to install;
+        ``SchedulerUnreachableError`` for ``address`` nobody answers at.
+
+    Notes
+    -----
+    ``kind="mpi"``: only one MPI rank (1 in dask mode, 0 in futures mode)
+    runs the body of the ``with`` block; the others serve tasks and leave by
+    ``SystemExit(0)`` when it ends - see :mod:`clusters.mpi`.
+
+    Examples
+    --------
+    >>> with open_executor(ClusterSpec(kind="serial")) as ex:
+    ...     ex.submit(pow, 2, 10).result()
+    1024
+    """
+    if not isinstance(spec, ClusterSpec):
+        raise ClusterError(
+            f"open_executor() needs a ClusterSpec, got {type(spec).__name__}; "
+            "build one with ClusterSpec(kind=...) or ClusterSpec.from_mapping(table)"
+        )
+    if spec.kind == "mpi":
+        from clusters.mpi import open_mpi
+
+        with open_mpi(spec) as ex:
+            yield ex
+        return
+    ex: Executor
+    if spec.kind == "serial":
+        from clusters.serial import SerialExecutor
+
+        ex = SerialExecutor()
+    elif spec.kind == "local":
+        from clusters.dask_executor import open_local
+
+        ex = open_local(spec)
+    elif spec.kind == "address":
+        from clusters.dask_executor import open_address
+
+        ex = open_address(spec)
+    elif spec.kind in ("slurm", "pbs"):
+        from clusters.jobqueue import open_jobqueue
+
+        ex = open_jobqueue(spec)
+    else:  # pragma: no cover - ClusterSpec validates kind
+        raise ClusterError(f"unknown cluster kind {spec.kind!r}")
+    try:
+        yield ex
+    finally:
+        ex.close()

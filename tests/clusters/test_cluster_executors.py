@@ -1,0 +1,220 @@
+"""serial, local and address executors on this machine (real Dask processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import _cluster_helpers as h
+from clusters import (
+    ClusterError,
+    ClusterSpec,
+    Executor,
+    SchedulerUnreachableError,
+    open_executor,
+)
+
+N_TASKS = 12
+
+
+def _run_task_set(ex: Executor) -> dict[int, int]:
+    """The same small task set for every kind: {x: x**2} collected via as_completed."""
+    futures = {ex.submit(h.square_with_pid, x): x for x in range(N_TASKS)}
+    out = {}
+    for fut in ex.as_completed(list(futures)):
+        assert fut.done()
+        out[futures[fut]] = fut.result()[0]
+    return out
+
+
+def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached after {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def local_ex() -> Iterator[Executor]:
+    with open_executor(ClusterSpec(kind="local", workers=2, memory_limit="1GiB", retries=2)) as ex:
+        yield ex
+
+
+@pytest.fixture
+def serial_ex() -> Iterator[Executor]:
+    with open_executor(ClusterSpec(kind="serial")) as ex:
+        yield ex
+
+
+# --- serial and local give the same answers -------------------------------------------
+
+
+def test_serial_and_local_same_results(serial_ex: Executor, local_ex: Executor) -> None:
+    expected = {x: x * x for x in range(N_TASKS)}
+    assert _run_task_set(serial_ex) == expected
+    assert _run_task_set(local_ex) == expected
+
+
+@pytest.mark.parametrize("which", ["serial_ex", "local_ex"])
+def test_kwargs_exceptions_and_scatter(which: str, request: pytest.FixtureRequest) -> None:
+    ex: Executor = request.getfixturevalue(which)
+    # Task keyword arguments reach the task, even ones that Client.submit
+    # would otherwise take for itself.
+    assert ex.submit(h.add, 1.0, b=2.0, scale=3.0).result() == 9.0
+    fut = ex.submit(h.raise_value_error, "pixel 7 exploded")
+    assert isinstance(fut.exception(), ValueError)
+    with pytest.raises(ValueError, match="pixel 7 exploded"):
+        fut.result()
+    shared = ex.scatter(list(range(5)))
+    assert [ex.submit(h.total_length, shared).result() for _ in range(3)] == [5, 5, 5]
+
+
+def test_local_runs_tasks_in_worker_processes(local_ex: Executor) -> None:
+    pids = {local_ex.submit(h.square_with_pid, x).result()[1] for x in range(20)}
+    info = local_ex.info()
+    assert os.getpid() not in pids
+    assert pids <= set(info["worker_pids"].values())
+    assert info["kind"] == "local" and info["n_workers"] == local_ex.n_workers == 2
+    assert info["scheduler_address"].startswith("tcp://127.0.0.1:")
+    assert len(info["worker_pids"]) == 2
+
+
+def test_as_completed_yields_all_in_completion_order(local_ex: Executor) -> None:
+    futs = [local_ex.submit(time.sleep, d) for d in (1.0, 0.0)]
+    order = list(local_ex.as_completed(futs))
+    assert len(order) == 2 and set(order) == set(futs)
+    assert order[0] is futs[1]  # the 0 s task finishes first
+    assert list(local_ex.as_completed([])) == []
+
+
+def test_run_on_workers_once_per_worker(local_ex: Executor, tmp_path: Path) -> None:
+    local_ex.run_on_workers(h.record_pid, str(tmp_path))
+    pids = [int(p.name.split("-")[0]) for p in tmp_path.iterdir()]
+    worker_pids = set(local_ex.info()["worker_pids"].values())
+    assert sorted(pids) == sorted(worker_pids)  # each worker exactly once
+    assert os.getpid() not in pids
+
+
+def test_run_on_workers_error_is_raised(local_ex: Executor) -> None:
+    with pytest.raises(ValueError, match="no warm-up"):
+        local_ex.run_on_workers(h.raise_value_error, "no warm-up")
+    # The failed plugin is not left behind for later workers.
+    names = local_ex.client.run_on_scheduler(h.scheduler_worker_plugins)
+    assert not [n for n in names if "raise_value_error" in n]
+    assert local_ex.submit(h.add, 1.0).result() == 1.0
+
+
+def test_serial_run_on_workers_runs_in_process(serial_ex: Executor, tmp_path: Path) -> None:
+    serial_ex.run_on_workers(h.record_pid, str(tmp_path))
+    assert [int(p.name.split("-")[0]) for p in tmp_path.iterdir()] == [os.getpid()]
+    assert serial_ex.info()["worker_pids"] == {"serial": os.getpid()}
+
+
+def test_local_retries_a_failing_task(local_ex: Executor, tmp_path: Path) -> None:
+    # retries=2: two failures then success on the third run.
+    assert local_ex.submit(h.fail_until, str(tmp_path / "a"), 2).result() == 3
+    # Three failures exhaust the retries.
+    with pytest.raises(RuntimeError, match="planned failure 3 of 3"):
+        local_ex.submit(h.fail_until, str(tmp_path / "b"), 3).result()
+    assert (tmp_path / "b").read_text() == "3"
+
+
+def test_serial_does_not_retry(serial_ex: Executor, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="planned failure 1 of 1"):
+        serial_ex.submit(h.fail_until, str(tmp_path / "c"), 1).result()
+    assert (tmp_path / "c").read_text() == "1"
+
+
+# --- a worker process killed mid-task ---------------------------------------------------
+
+
+def test_killed_worker_task_is_rerun(tmp_path: Path) -> None:
+    task_dir = tmp_path / "task"
+    setup_dir = tmp_path / "setup"
+    task_dir.mkdir()
+    setup_dir.mkdir()
+    # retries=0: task *exceptions* are not retried, yet the scheduler
+    # reschedules a task whose worker died.
+    with open_executor(ClusterSpec(kind="local", workers=1, memory_limit="1GiB", retries=0)) as ex:
+        ex.run_on_workers(h.record_pid, str(setup_dir))
+        fut = ex.submit(h.slow_once, str(task_dir), 20.0)
+        _wait_for(lambda: any(task_dir.iterdir()), what="the task to start")
+        victim = int(next(task_dir.iterdir()).name)
+        assert victim in ex.info()["worker_pids"].values()
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        new_pid = fut.result(timeout=60)
+        # Re-run at once in the restarted worker, not after the 20 s sleep.
+        assert time.monotonic() - t0 < 15
+        assert new_pid != victim
+        assert sorted(int(p.name) for p in task_dir.iterdir()) == sorted([victim, new_pid])
+        # The restarted worker also ran the set-up function.
+        def setup_pids() -> set[int]:
+            return {int(p.name.split("-")[0]) for p in setup_dir.iterdir()}
+
+        _wait_for(lambda: new_pid in setup_pids(), timeout=10, what="set-up in the restarted worker")
+        assert setup_pids() == {victim, new_pid}
+
+
+# --- address: an existing scheduler -----------------------------------------------------
+
+
+def test_address_runs_tasks_on_existing_scheduler() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address="127.0.0.1:0",
+        memory_limit="1GiB",
+    ) as cluster:
+        spec = ClusterSpec(kind="address", address=cluster.scheduler_address)
+        with open_executor(spec) as ex:
+            assert _run_task_set(ex) == {x: x * x for x in range(N_TASKS)}
+            info = ex.info()
+            assert info["scheduler_address"] == cluster.scheduler_address
+            assert ex.n_workers == 2 and len(info["worker_pids"]) == 2
+        # Closing the executor leaves the scheduler and its workers running.
+        assert len(cluster.scheduler_info["workers"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_address_nobody_answers() -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    spec = ClusterSpec(kind="address", address=address, connect_timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(SchedulerUnreachableError) as err:
+        with open_executor(spec):
+            pass  # pragma: no cover
+    assert time.monotonic() - t0 < 10
+    msg = str(err.value)
+    assert f"no Dask scheduler answered at {address} after 1 s" in msg
+    assert "dask scheduler" in msg
+    assert isinstance(err.value, ClusterError)
+
+
+def test_address_scheduler_without_workers() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=0, processes=True, host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0"
+    ) as cluster:
+        spec = ClusterSpec(kind="address", address=cluster.scheduler_address, connect_timeout=1.0)
+        with pytest.raises(ClusterError, match=r"has 0 worker\(s\), expected at least 1"):
+            with open_executor(spec):
+                pass  # pragma: no cover
