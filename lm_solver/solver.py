@@ -183,6 +183,16 @@ class FitResult:
                 f"{c[3]} bad input; median iterations {med:g}")
 
 
+def _kernel_array(arr: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """C-contiguous, aligned, writeable copy if needed.
+
+    numba compiles a separate specialisation (the whole engine, seconds) for
+    read-only or non-contiguous arrays, and a caller's cached wrapper would
+    then miss its cache; normalising here keeps one set of argument types.
+    """
+    return np.require(arr, dtype=dtype, requirements=["C", "A", "W"])
+
+
 def _as_float_vector(value: Any, name: str, npar: int, default: float) -> np.ndarray:
     if value is None:
         return np.full(npar, default, dtype=np.float64)
@@ -192,7 +202,7 @@ def _as_float_vector(value: Any, name: str, npar: int, default: float) -> np.nda
     if arr.shape != (npar,):
         raise LMError(f"{name} must have shape (npar,) = ({npar},) (npar from the last axis of "
                       f"p0), got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return _kernel_array(arr)
 
 
 def _bound_modes(value: Any, npar: int) -> np.ndarray:
@@ -215,7 +225,7 @@ def _bound_modes(value: Any, npar: int) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer) or np.any((arr < 0) | (arr > 2)):
         raise LMError(f"bound_mode entries must be 0 (clip), 1 (periodic) or 2 (reflect), "
                       f"got {arr.tolist()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return _kernel_array(arr, np.int64)
 
 
 def _default_scale(p0: np.ndarray) -> np.ndarray:
@@ -316,7 +326,7 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
     npix, nobs = obs_a.shape
     if nobs < 1:
         raise LMError(f"obs must have at least one observation per pixel, got shape {obs_a.shape}")
-    obs_a = np.ascontiguousarray(obs_a)
+    obs_a = _kernel_array(obs_a)
 
     p0_a = np.asarray(p0, dtype=np.float64)
     if p0_a.ndim == 1:
@@ -335,7 +345,7 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
                       f"shape {p0_a.shape}")
     if p0_a.shape[1] < 1 or p0_a.shape[2] < 1:
         raise LMError(f"p0 needs at least one start and one parameter, got shape {p0_a.shape}")
-    p0_a = np.ascontiguousarray(p0_a)
+    p0_a = _kernel_array(p0_a)
     npar = p0_a.shape[2]
 
     if weights is None:
@@ -347,7 +357,7 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
         elif w_a.shape != (npix, nobs):
             raise LMError(f"weights must have shape (nobs,) = ({nobs},) or (npix, nobs) = "
                           f"({npix}, {nobs}), got shape {w_a.shape}")
-        w_a = np.ascontiguousarray(w_a)
+        w_a = _kernel_array(w_a)
 
     lo = _as_float_vector(lower, "lower", npar, -np.inf)
     up = _as_float_vector(upper, "upper", npar, np.inf)
