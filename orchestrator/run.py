@@ -346,6 +346,13 @@ def _fingerprint(obs: Any, backend: Backend, provider: InitProvider, chunk_pixel
     }
 
 
+def _is_driver(spec: Any) -> bool:
+    """Whether this process will run the body of ``open_executor`` (always, except under mpiexec)."""
+    from clusters import client_rank, mpi_rank
+
+    return spec.kind != "mpi" or mpi_rank() in (None, client_rank(spec))
+
+
 def _drive(
     ex: Any,
     ctx: Any,
@@ -477,10 +484,11 @@ def run_inversion(
     _WORKER_BACKENDS.setdefault(token, backend)  # the driver is set up already (serial runs here)
     ctx = TaskContext(backend, token, obs, provider, config.output.synthetic)
     t_plan = time.perf_counter() - t_start
-    log.info(
-        "%s: %d x %d pixels, %d wavelengths; backend %s, init %s; %d chunks of %d pixels",
-        obs.path, obs.ny, obs.nx, obs.nw, backend.name, provider.name, plan.n_chunks, plan.chunk_pixels,
-    )
+    if _is_driver(spec):  # under mpiexec every rank gets here; one line is enough
+        log.info(
+            "%s: %d x %d pixels, %d wavelengths; backend %s, init %s; %d chunks of %d pixels",
+            obs.path, obs.ny, obs.nx, obs.nw, backend.name, provider.name, plan.n_chunks, plan.chunk_pixels,
+        )
 
     # -- 2. executor and worker set-up --------------------------------------------
     from clusters import open_executor

@@ -123,8 +123,6 @@ def synthesize_observation(
         Unknown instrument or scene, bad size or noise, existing file.
     """
     from backends import get_backend
-    from orchestrator.io import ObservationWriter
-    from orchestrator.scenes import make_scene
 
     out = Path(out)
     ny, nx = (int(v) for v in size)
@@ -141,24 +139,46 @@ def synthesize_observation(
     options["lines"] = list(lines)
     options.setdefault("noise", noise if noise > 0 else 1e-3)
     backend = get_backend("me", options)
-    names = backend.parameter_names
     nw = wavelength.size
     rows = int(rows_per_block or default_rows_per_block(nx, nw))
     attrs = {
         "instrument": instrument,
         "lines": ",".join(lines),
-        "noise": float(noise),
+        "noise": float(noise) if noise > 0 else None,  # noise-free: no attribute
         "scene": scene,
         "seed": int(seed),
         "generator": "stokesflow synth (Milne-Eddington, backend option instrument="
         f"{backend.options.instrument!r})",
     }
     tmp = out.with_name(out.name + ".partial")
+    t0 = time.perf_counter()
+    try:
+        _write_blocks(tmp, backend, scene=scene, ny=ny, nx=nx, wavelength=wavelength, attrs=attrs,
+                      rows=rows, noise=noise, seed=seed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+    log.info("wrote %s: %d x %d pixels, %d wavelengths, %s (%.1f s)", out, ny, nx, nw, instrument,
+             time.perf_counter() - t0)
+    return out
+
+
+def _write_blocks(
+    tmp: Path, backend: Any, *, scene: str, ny: int, nx: int, wavelength: np.ndarray,
+    attrs: Mapping[str, Any], rows: int, noise: float, seed: int,
+) -> None:
+    """Synthesise and write the file ``tmp`` block of ``rows`` rows by block."""
+    from orchestrator.io import ObservationWriter
+    from orchestrator.scenes import make_scene
+
+    names = backend.parameter_names
+    nw = wavelength.size
     t0 = last = time.perf_counter()
     with ObservationWriter(tmp, ny, nx, wavelength, attrs) as writer:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
-            maps = make_scene(scene, ny, nx, seed=seed, rows=(y0, y1))
+            maps = make_scene(scene, ny, nx, seed=seed, rows=slice(y0, y1))
             missing = [n for n in names if n not in maps]
             if missing:
                 raise OrchestratorError(
@@ -176,6 +196,3 @@ def synthesize_observation(
             if now - last > 10.0:
                 last = now
                 log.info("synth: %d/%d rows, %.0f s", y1, ny, now - t0)
-    tmp.replace(out)
-    log.info("wrote %s: %d x %d pixels, %d wavelengths, %s", out, ny, nx, nw, instrument)
-    return out

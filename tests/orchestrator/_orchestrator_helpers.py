@@ -68,13 +68,13 @@ def write_hmi_observation(
     return path
 
 
-def make_config(obs: Path, out: Path, *, cluster: str = "serial", **tables: Any) -> Config:
-    """Defaults + ``--input obs --out out --cluster cluster`` + extra tables (``run={...}``)."""
+def make_config(obs: Path, out: Path, *, kind: str = "serial", **tables: Any) -> Config:
+    """Defaults + ``--input obs --out out --cluster kind`` + extra tables (``run={...}``)."""
     layer: dict[str, Any] = {
         "input": {"path": str(obs)},
         "output": {"path": str(out)},
         "run": {"progress": "none"},
-        "cluster": {"kind": cluster},
+        "cluster": {"kind": kind},
     }
     for table, values in tables.items():
         layer.setdefault(table, {}).update(values)
