@@ -634,7 +634,13 @@ def _finish_meta(
     meta["lines"] = line_str
     inst = instrument if instrument is not None else meta.get("instrument")
     meta["instrument"] = str(inst).strip() if inst not in (None, "") else default_instrument
-    meta["noise"] = _noise_value(noise if noise is not None else meta.get("noise"), where)
+    if noise is not None:
+        meta["noise"] = _noise_value(noise, where)
+    else:
+        try:
+            meta["noise"] = _noise_value(meta.get("noise"), where)
+        except ObservationError:  # a placeholder such as 0 or NaN in the file means "unknown"
+            meta["noise_attribute"], meta["noise"] = meta.get("noise"), None
     return meta
 
 
@@ -655,7 +661,11 @@ def _plain(v: Any) -> Any:
 # --------------------------------------------------------------------------- #
 def _open_h5(path: str) -> h5py.File:
     try:
-        return h5py.File(path, "r")
+        try:
+            # Read-only: no HDF5 file locks, which fail on some network file systems (NFS).
+            return h5py.File(path, "r", locking=False)
+        except (TypeError, ValueError):  # an HDF5 library without the locking switch
+            return h5py.File(path, "r")
     except OSError as exc:
         raise ObservationError(
             f"{path}: not a readable HDF5 file ({exc}); the HDF5 contract wants /stokes (ny, nx, 4, nw) and "

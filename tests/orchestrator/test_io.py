@@ -7,7 +7,9 @@ other codes in ../shared/data.
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
+from concurrent.futures import ProcessPoolExecutor
 
 import h5py
 import numpy as np
@@ -81,6 +83,29 @@ def test_handle_pickles_small_and_fingerprint_is_stable(h5file, tmp_path):
     other = tmp_path / "other.h5"
     write_observation(other, cube, WL + 0.001, ATTRS)
     assert open_observation(other).fingerprint() != obs.fingerprint()
+
+
+def _read(obs: Observation, start: int, stop: int) -> np.ndarray:
+    return obs.read_pixels(start, stop)
+
+
+def test_worker_processes_read_their_own_ranges(h5file):
+    path, cube, _ = h5file
+    obs = open_observation(path)
+    # spawn: a fresh interpreter, like a Dask or MPI worker, that gets the handle by pickle
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_read, [obs] * 3, [0, 11, 23], [11, 23, 30]))
+    np.testing.assert_array_equal(np.concatenate(parts), cube.reshape(-1, 4, 7))
+
+
+def test_noise_placeholder_in_file_means_unknown(tmp_path):
+    write_observation(tmp_path / "n.h5", _cube(), WL, {"lines": "FeI_6302"})
+    with h5py.File(tmp_path / "n.h5", "r+") as f:
+        f.attrs["noise"] = 0.0
+    obs = open_observation(tmp_path / "n.h5")
+    assert obs.meta["noise"] is None and obs.meta["noise_attribute"] == 0.0
+    with pytest.raises(ObservationError, match="noise must be one positive sigma or four"):
+        open_observation(tmp_path / "n.h5", noise=-1.0)
 
 
 def test_nan_and_inf_pixels_are_passed_through(tmp_path):
