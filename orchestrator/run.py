@@ -31,7 +31,6 @@ import os
 import pickle
 import platform
 import socket
-import sys
 import time
 import traceback
 from collections import deque
@@ -46,7 +45,7 @@ from backends import STATUS_BAD_INPUT, STATUS_NAMES, Backend, BackendError, Chun
 from nn_init.providers import InitProvider, get_provider
 from orchestrator.config import Config, ConfigurationError
 from orchestrator.errors import OrchestratorError
-from orchestrator.plan import Chunk, Plan, auto_chunk_pixels, default_in_flight, plan_chunks
+from orchestrator.plan import Chunk, auto_chunk_pixels, default_in_flight, plan_chunks
 from orchestrator.progress import Progress
 from orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, inspect_result
 
@@ -88,6 +87,8 @@ class TaskContext:
         Bound to ``backend``.
     synthetic : bool
         Also return best-fit profiles.
+    trial : (stokes, wavelength), optional
+        One pixel for the worker's warm-up (see :func:`_setup_worker`).
     """
 
     backend: Backend
@@ -95,14 +96,26 @@ class TaskContext:
     observation: Any
     init: InitProvider
     synthetic: bool = False
+    trial: tuple[np.ndarray, np.ndarray] | None = None
 
 
 #: Per worker process: backend token -> the backend instance that was set up.
 _WORKER_BACKENDS: dict[str, Backend] = {}
 
 
-def _setup_worker(backend: Backend, token: str) -> float:
+def _setup_worker(backend: Backend, token: str, trial: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Set ``backend`` up in this process once (numba warm-up, scratch folder).
+
+    Parameters
+    ----------
+    backend : Backend
+        The backend of the run.
+    token : str
+        Its cache key (:attr:`TaskContext.backend_token`).
+    trial : (stokes, wavelength), optional
+        One observed pixel (1, 4, nw) and the wavelengths [A]: inverted once
+        after ``setup()`` so that kernels specialised for the data's dtypes
+        are compiled (or loaded from numba's cache) here, not in the first chunk.
 
     Returns
     -------
@@ -113,6 +126,8 @@ def _setup_worker(backend: Backend, token: str) -> float:
         return 0.0
     t0 = time.perf_counter()
     backend.setup()
+    if trial is not None:
+        backend.invert(trial[0], trial[1])
     _WORKER_BACKENDS[token] = backend
     return time.perf_counter() - t0
 
@@ -135,7 +150,7 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
         executor retries the task, then the driver records the error.
     """
     t0 = time.perf_counter()
-    setup_s = _setup_worker(ctx.backend, ctx.backend_token)
+    setup_s = _setup_worker(ctx.backend, ctx.backend_token, ctx.trial)
     backend = _WORKER_BACKENDS[ctx.backend_token]
     t1 = time.perf_counter()
     stokes = ctx.observation.read_pixels(start, stop)
@@ -169,16 +184,19 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
                 f"chunk {index}: backend {backend.name!r} returned {res.npix} pixels with parameters "
                 f"{list(res.names)}, expected {ngood} pixels with {list(names)}"
             )
-        params[good] = res.params
-        sigma[good] = res.sigma
-        chi2[good] = res.chi2
-        n_iter[good] = res.n_iter
-        status[good] = res.status
-        if synthetic is not None:
-            syn = res.synthetic
-            if syn is None:
-                syn = backend.synthesize(np.asarray(res.params, dtype=np.float64), wavelength)
-            synthetic[good] = syn
+        # float32 storage: an unconstrained parameter's sigma (or a huge chi2)
+        # beyond 3.4e38 is stored as inf, on purpose and without a warning
+        with np.errstate(over="ignore"):
+            params[good] = res.params
+            sigma[good] = res.sigma
+            chi2[good] = res.chi2
+            n_iter[good] = res.n_iter
+            status[good] = res.status
+            if synthetic is not None:
+                syn = res.synthetic
+                if syn is None:
+                    syn = backend.synthesize(np.asarray(res.params, dtype=np.float64), wavelength)
+                synthetic[good] = syn
     t3 = time.perf_counter()
     return ChunkOutput(
         index=index, start=start, stop=stop, params=params, sigma=sigma, chi2=chi2,
@@ -361,14 +379,10 @@ def _drive(
     store: ResultStore,
     progress: Progress,
     worker_seconds: dict[str, float],
-) -> float:
-    """Submit ``pending`` with at most ``window`` in flight; write results as they come.
-
-    Returns the seconds spent writing.
-    """
+) -> None:
+    """Submit ``pending`` with at most ``window`` in flight; write results as they come."""
     queue = deque(pending)
     inflight: dict[Any, Chunk] = {}
-    write_s = 0.0
 
     def top_up() -> None:
         while queue and len(inflight) < window:
@@ -389,16 +403,13 @@ def _drive(
                 progress.update(chunk.npix, failed=True)
             else:
                 out: ChunkOutput = fut.result()
-                tw = time.perf_counter()
                 store.write_chunk(out)
-                write_s += time.perf_counter() - tw
                 for k, v in out.seconds.items():
                     worker_seconds[k] = worker_seconds.get(k, 0.0) + float(v)
                 log.debug("chunk %d done by %s in %.3f s", chunk.index, out.worker, out.seconds.get("total", 0.0))
                 progress.update(chunk.npix)
             del fut
             top_up()
-    return write_s
 
 
 # ---------------------------------------------------------------------------
@@ -469,10 +480,10 @@ def run_inversion(
     # and invert one pixel here, so a bad input fails now and not in every task
     backend.setup()
     trial = _trial_pixels(obs)
+    wavelength = np.asarray(obs.wavelength, dtype=np.float64)
     if trial is not None:
         try:
-            backend.invert(trial, np.asarray(obs.wavelength, dtype=np.float64),
-                           provider.initial_guess(trial, obs.wavelength, start=0, stop=1))
+            backend.invert(trial, wavelength, provider.initial_guess(trial, wavelength, start=0, stop=1))
         except BackendError:
             raise
         except Exception as exc:
@@ -482,7 +493,8 @@ def run_inversion(
             ) from exc
     token = hashlib.sha256(pickle.dumps(backend)).hexdigest()[:16]
     _WORKER_BACKENDS.setdefault(token, backend)  # the driver is set up already (serial runs here)
-    ctx = TaskContext(backend, token, obs, provider, config.output.synthetic)
+    trial_pair = (trial, wavelength) if trial is not None else None
+    ctx = TaskContext(backend, token, obs, provider, config.output.synthetic, trial_pair)
     t_plan = time.perf_counter() - t_start
     if _is_driver(spec):  # under mpiexec every rank gets here; one line is enough
         log.info(
@@ -520,7 +532,13 @@ def run_inversion(
                          out_path, skipped, plan.n_chunks, len(pending))
             n_workers = max(1, int(ex.n_workers))
             if pending:
-                ex.run_on_workers(_setup_worker, backend, token)
+                try:
+                    ex.run_on_workers(_setup_worker, backend, token, trial_pair)
+                except Exception as exc:  # a worker lost during set-up must not end the run
+                    log.warning(
+                        "worker set-up failed (%s); each worker sets itself up in its first task instead",
+                        _error_text(exc),
+                    )
             t_setup = time.perf_counter() - t0
             window = config.run.max_in_flight or default_in_flight(n_workers, spec.threads_per_worker)
             worker_seconds: dict[str, float] = {}
@@ -532,13 +550,12 @@ def run_inversion(
                 interval_s=config.run.log_interval_s, stream=progress_stream,
             )
             t1 = time.perf_counter()
-            write_s = 0.0
             try:
-                write_s = _drive(ex, ctx, pending, window, store, progress, worker_seconds)
+                _drive(ex, ctx, pending, window, store, progress, worker_seconds)
             finally:
                 progress.close()
                 t_invert = time.perf_counter() - t1
-                times = {"plan": t_plan, "setup": t_setup, "invert": t_invert, "write": write_s,
+                times = {"plan": t_plan, "setup": t_setup, "invert": t_invert, "write": store.write_seconds,
                          "total": time.perf_counter() - t_start}
                 store.finalize({f"time_{k}_s": v for k, v in times.items()})
             counts = store.status_counts()

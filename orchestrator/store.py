@@ -11,7 +11,7 @@ Layout (DESIGN.md, "Result file")::
     /chunks/start    (n_chunks,) int64  first flat (row-major) pixel of each chunk
     /chunks/stop     (n_chunks,) int64  one past the last pixel
     /chunks/done     (n_chunks,) bool   the chunk's pixels are all on disk
-    /chunks/seconds  (n_chunks,) float32 worker seconds spent on the chunk
+    /chunks/seconds  (n_chunks,) float32 worker seconds spent on the chunk (read + invert)
     /chunks/error    (n_chunks,) str    why a chunk failed, "" if it did not
 
 Attributes: ``config`` (TOML text), ``versions`` (JSON), ``backend``,
@@ -41,10 +41,10 @@ defeat ``--resume``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -157,6 +157,7 @@ class ResultStore:
             raise StoreError(f"{self.path}: /chunks/done has shape {self._done.shape}, expected ({n},)")
         self._has_synthetic = "synthetic" in h5
         self.computed = 0
+        self.write_seconds = 0.0
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -328,6 +329,7 @@ class ResultStore:
     # -- writing ----------------------------------------------------------------
     def write_chunk(self, out: ChunkOutput) -> None:
         """Write one chunk's pixels, flush, then mark it done and flush again."""
+        t0 = time.perf_counter()
         chunk = self.plan.chunk(out.index)
         if (chunk.start, chunk.stop) != (out.start, out.stop):
             raise StoreError(
@@ -353,13 +355,14 @@ class ResultStore:
             h5["status"][y0:y1, x0:x1] = out.status[sl].reshape(shape)
             if self._has_synthetic and out.synthetic is not None:
                 h5["synthetic"][y0:y1, x0:x1] = out.synthetic[sl].reshape(shape + out.synthetic.shape[1:])
-        h5["chunks/seconds"][out.index] = float(sum(out.seconds.values()))
+        h5["chunks/seconds"][out.index] = float(out.seconds.get("total", sum(out.seconds.values())))
         h5.flush()
         h5["chunks/done"][out.index] = True
         h5.flush()
         self._done[out.index] = True
         self._errors.pop(out.index, None)
         self.computed += 1
+        self.write_seconds += time.perf_counter() - t0
 
     def record_error(self, index: int, message: str) -> None:
         """Remember that chunk ``index`` failed; written by :meth:`finalize`."""

@@ -17,7 +17,7 @@ import numpy as np
 from backends.base import Backend
 from backends.me.backend import MEBackend
 
-__all__ = ["WrappingDouble", "PoisonDouble", "SlowPidDouble", "ExitOnceDouble", "POISON_VALUE"]
+__all__ = ["WrappingDouble", "PoisonDouble", "SlowPidDouble", "ExitOnceDouble", "HugeSigmaDouble", "POISON_VALUE"]
 
 #: Stokes I at the first wavelength that makes :class:`PoisonDouble` raise.
 POISON_VALUE = 7.0
@@ -74,32 +74,51 @@ class PoisonDouble(WrappingDouble):
 
 
 class SlowPidDouble(WrappingDouble):
-    """Sleeps ``sleep_s`` per chunk and leaves a file named after its process id in ``pid_dir``."""
+    """Sleeps ``sleep_s`` per chunk and leaves a file named after its process id in ``pid_dir``.
+
+    Calls with a single pixel (the warm-up inversions of the driver and of
+    each worker's set-up) pass straight through, so the sleep marks chunks only.
+    """
 
     name = "slow-pid-double"
     own_keys = ("sleep_s", "pid_dir")
 
     def invert(self, stokes, wavelength, init=None):
-        Path(self.own["pid_dir"], str(os.getpid())).touch()
-        time.sleep(float(self.own.get("sleep_s", 0.2)))
+        if stokes.shape[0] > 1:
+            Path(self.own["pid_dir"], str(os.getpid())).touch()
+            time.sleep(float(self.own.get("sleep_s", 0.2)))
         return super().invert(stokes, wavelength, init)
 
 
 class ExitOnceDouble(WrappingDouble):
-    """Ends its worker process with ``os._exit(1)`` on the first chunk it sees outside the driver.
+    """Ends its worker process with ``os._exit(1)`` the first time it inverts outside the driver.
 
     ``driver_pid`` is the process that must never exit (the test itself, which
-    runs the driver's trial inversion). The marker file ``marker`` is created
-    just before the exit, so the retry of the chunk (on a restarted worker)
-    goes through.
+    runs the driver's trial inversion). With ``in_setup`` false (default) only
+    calls of more than one pixel count, i.e. chunks, not the one-pixel warm-up
+    of the worker set-up. The marker file ``marker`` is created just before the
+    exit, so the retry (on a restarted worker) goes through.
     """
 
     name = "exit-once-double"
-    own_keys = ("marker", "driver_pid")
+    own_keys = ("marker", "driver_pid", "in_setup")
 
     def invert(self, stokes, wavelength, init=None):
         marker = Path(self.own["marker"])
-        if os.getpid() != int(self.own["driver_pid"]) and not marker.exists():
+        counts = stokes.shape[0] > 1 or self.own.get("in_setup", False)
+        if counts and os.getpid() != int(self.own["driver_pid"]) and not marker.exists():
             marker.write_text(str(os.getpid()))
             os._exit(1)
         return super().invert(stokes, wavelength, init)
+
+
+class HugeSigmaDouble(WrappingDouble):
+    """Reports a sigma of 1e39 (beyond float32) and a chi2 of 1e40 for the first pixel of each chunk."""
+
+    name = "huge-sigma-double"
+
+    def invert(self, stokes, wavelength, init=None):
+        res = super().invert(stokes, wavelength, init)
+        res.sigma[0, :] = 1e39
+        res.chi2[0] = 1e40
+        return res

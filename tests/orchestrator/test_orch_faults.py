@@ -69,10 +69,11 @@ def test_killed_worker_chunks_are_retried_elsewhere(tmp_path):
     assert_same_result(r, _reference(obs, tmp_path, 12))
 
 
-def test_worker_exiting_inside_a_task_is_replaced(tmp_path):
+@pytest.mark.parametrize("in_setup", [False, True], ids=["in-a-task", "in-worker-setup"])
+def test_worker_exiting_is_replaced(tmp_path, in_setup):
     obs = write_hmi_observation(tmp_path / "obs.h5", 8, 12)
     marker = tmp_path / "exited"
-    backend = ExitOnceDouble({"marker": str(marker), "driver_pid": os.getpid()})
+    backend = ExitOnceDouble({"marker": str(marker), "driver_pid": os.getpid(), "in_setup": in_setup})
     out = tmp_path / "r.h5"
     summary = run_inversion(
         make_config(obs, out, kind="local", run={"chunk_pixels": 16}, cluster={"workers": 2}),

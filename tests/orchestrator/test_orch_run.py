@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _orchestrator_doubles import PoisonDouble  # noqa: E402
+from _orchestrator_doubles import HugeSigmaDouble, PoisonDouble  # noqa: E402
 from _orchestrator_helpers import HMI_WAVELENGTH, make_config, write_hmi_observation  # noqa: E402
 
 import clusters  # noqa: E402
@@ -187,3 +187,14 @@ def test_deterministic_chunk_failure_gives_partial_result(tmp_path):
     assert "poisoned pixel" in r.errors[3] and set(r.errors) == {3}
     assert (r.status.ravel()[30:40] == 255).all()
     assert (r.status.ravel()[:30] != 255).all() and (r.status.ravel()[40:] != 255).all()
+
+
+def test_values_beyond_float32_are_stored_as_inf_without_warning(obs, tmp_path):
+    # regression: an unconstrained parameter's sigma overflowed the float32 cast with a
+    # RuntimeWarning (an error under this test configuration) and failed the chunk
+    out = tmp_path / "r.h5"
+    summary = run_inversion(make_config(obs, out, run={"chunk_pixels": 48}), backend=HugeSigmaDouble())
+    assert summary.complete
+    r = read_result(out)
+    assert np.isinf(r.sigma["B"].ravel()[[0, 48]]).all() and np.isinf(r.chi2.ravel()[[0, 48]]).all()
+    assert np.isfinite(r.chi2.ravel()[1])

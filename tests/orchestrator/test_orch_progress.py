@@ -1,0 +1,48 @@
+"""Progress: a bar on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from orchestrator.progress import Progress, choose_mode, format_duration
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_mode_follows_the_terminal():
+    assert choose_mode("auto", _Tty()) == "bar"
+    assert choose_mode("auto", io.StringIO()) == "log"
+    assert choose_mode("none", _Tty()) == "none"
+
+
+def test_bar_shows_pixels_rate_and_eta():
+    stream = _Tty()
+    with Progress(1000, initial=200, mode="auto", stream=stream) as p:
+        p.update(300)
+        assert p.mode == "bar"
+    text = stream.getvalue()
+    assert "500/1.00k" in text or "500/1000" in text
+    assert "px/s" in text and "<" in text  # tqdm's elapsed<remaining (ETA)
+
+
+def test_log_lines(caplog):
+    caplog.set_level(logging.INFO, logger="stokesflow.progress")
+    p = Progress(100, n_chunks=4, mode="log", interval_s=1e-9, stream=io.StringIO())
+    p.update(25)
+    p.update(25, failed=True)
+    p.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("progress: 25/100 pixels (25.0%), chunks 1/4,")
+    assert "px/s" in lines[0] and "ETA" in lines[0]
+    assert "1 chunk(s) failed" in lines[-1]
+    assert p.rate > 0 and p.eta_s > 0
+
+
+def test_format_duration():
+    assert format_duration(3725.0) == "1:02:05"
+    assert format_duration(65) == "1:05"
+    assert format_duration(float("inf")) == "?"
