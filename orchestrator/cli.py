@@ -83,8 +83,9 @@ _INVERT_EPILOG = textwrap.dedent(
       [backend.me]
       max_iter = 50
 
-    Wavelength source for FITS/.npy input (--wavelength): a .npy or text file
-    with one wavelength [A] per point, or a FITS file's own WCS when omitted.
+    Inputs: the HDF5 contract of DESIGN.md (/stokes, /wavelength, attrs
+    instrument/lines/noise), FITS or .npy cubes with --axes (numpy order, e.g.
+    y,x,stokes,wave or stokes,wave,y,x), --wavelength and --lines.
 
     Exit codes: 0 complete, 3 partial (some chunks failed; see /chunks/error),
     2 bad input or configuration (nothing computed), 1 unexpected error.
@@ -115,12 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("input")
     g.add_argument("-i", "--input", dest="input.path", metavar="PATH",
                    help="observation: HDF5 (DESIGN.md contract), FITS or .npy")
-    g.add_argument("--format", dest="input.format", choices=["hdf5", "fits", "npy"],
-                   help="input format (default: from the file suffix)")
+    g.add_argument("--format", dest="input.format", choices=["hdf5", "fits", "npy", "hmi", "hinode_sp"],
+                   help="input format: hdf5 (DESIGN.md contract), fits, npy, hmi (24 SDO/HMI segment "
+                        "files), hinode_sp (folder of Hinode SP level-1 files); default: detected")
     g.add_argument("--axes", dest="input.axes", metavar="AXES",
                    help="axis order of a FITS/.npy cube, e.g. 'y,x,stokes,wave' or 'stokes,wave,y,x'")
     g.add_argument("--wavelength", dest="input.wavelength", metavar="SOURCE",
-                   help="wavelength source for FITS/.npy input (file with one value per point, in A)")
+                   help="wavelengths for FITS/.npy input: a .npy or text file with one value per point, "
+                        "or 'start:step', in A (default: the file's own: FITS WCS or a WAVELENGTH HDU, "
+                        "<name>.wavelength.npy beside a .npy)")
     g.add_argument("--lines", dest="input.lines", metavar="NAMES",
                    help="comma-separated line names, e.g. FeI_6301,FeI_6302 (default: the file's 'lines')")
     g.add_argument("--instrument", dest="input.instrument", metavar="NAME",
@@ -129,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise sigma in continuum units (default: the file's 'noise')")
     g = p.add_argument_group("inversion")
     g.add_argument("--backend", dest="run.backend", metavar="NAME",
-                   help="backend name; `stokesflow backends` lists them (default from config: me)")
+                   help="backend name; `stokesflow backends` lists them")
     g.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option (repeatable), e.g. max_iter=50")
     g.add_argument("--init", dest="run.init", metavar="NAME",
@@ -224,10 +228,10 @@ def _add_config_defaults(parser: argparse.ArgumentParser) -> None:
         return
     for action in parser._actions:
         table, _, key = action.dest.partition(".")
-        if key and key in defaults.get(table, {}) and action.help:
+        if key and key in defaults.get(table, {}) and action.help and "default" not in action.help:
             value = defaults[table][key]
-            shown = repr(value) if value not in ("", []) else "from the file"
-            action.help += f" [default: {shown}]"
+            if value not in ("", []):  # empty means "from the file", which the help text says
+                action.help += f" [default: {value!r}]"
 
 
 # ---------------------------------------------------------------------------

@@ -57,7 +57,8 @@ __all__ = [
 DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 
 _PROGRESS_MODES = ("auto", "bar", "log", "none")
-_FORMATS = ("", "hdf5", "fits", "npy")
+#: Input formats (see orchestrator.io.FORMATS); "" detects the format from the file.
+_FORMATS = ("", "hdf5", "fits", "npy", "hmi", "hinode_sp")
 
 
 class ConfigurationError(OrchestratorError, ValueError):
@@ -73,13 +74,16 @@ class InputConfig:
     path : str
         Observation file (HDF5 contract, FITS or ``.npy``).
     format : str
-        ``"hdf5"``, ``"fits"``, ``"npy"``, or ``""`` to decide from the suffix.
+        ``"hdf5"``, ``"fits"``, ``"npy"``, ``"hmi"`` (24 SDO/HMI segment
+        files), ``"hinode_sp"`` (a folder of Hinode SP level-1 files), or
+        ``""`` to detect it from the file.
     axes : str
         Axis order of a FITS or ``.npy`` cube, e.g. ``"y,x,stokes,wave"`` or
         ``"stokes,wave,y,x"``; ``""`` for the HDF5 contract.
     wavelength : str
-        Wavelength source for FITS or ``.npy`` input (see
-        :func:`orchestrator.io.open_observation`); ``""`` when the file has it.
+        Wavelength source for FITS or ``.npy`` input: a ``.npy`` or text file
+        with one value per point, or ``"start:step"``, in A; ``""`` when the
+        file has it (HDF5, FITS WCS, ``<name>.wavelength.npy`` beside a ``.npy``).
     lines : tuple of str
         Spectral line names (e.g. ``("FeI_6173",)``); empty to use the file's
         ``lines`` attribute.
