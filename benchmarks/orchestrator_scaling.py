@@ -155,6 +155,18 @@ def bare_kernel(obs_path: Path, chunk_pixels: int) -> dict[str, Any]:
             "status": {int(k): int(statuses[k]) for k in np.flatnonzero(statuses)}}
 
 
+def bare_kernel_fresh(obs_path: Path, chunk_pixels: int) -> dict[str, Any]:
+    """(a) in a fresh Python process, like the runs (b)-(d) (process-to-process speed varies by a few %)."""
+    code = (
+        "import json, sys; sys.path.insert(0, %r); from benchmarks.orchestrator_scaling import bare_kernel; "
+        "print(json.dumps(bare_kernel(%r, %d)))" % (str(ROOT), str(obs_path), chunk_pixels)
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["status"] = {int(k): v for k, v in out["status"].items()}
+    return out
+
+
 def cli_run(args: list[str], out: Path, *, mpi_ranks: int = 0, timeout: float = 3600.0,
             stop_after_s: float | None = None) -> dict[str, Any]:
     """Run ``stokesflow invert`` (under mpiexec if ``mpi_ranks``) and sample its memory."""
@@ -296,18 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     k = args.chunk_pixels
     print(f"field: {npix:,} pixels, chunks of {k} pixels ({-(-npix // k)} tasks)\n")
 
-    # (a) before and after the other runs: its spread shows the machine's noise
-    a1 = bare_kernel(obs, k)
+    # (a) in fresh processes before and after the other runs: the spread shows the noise
+    a1 = bare_kernel_fresh(obs, k)
     common = ["--input", str(obs), "--chunk-pixels", str(k), "--overwrite"]
     runs: dict[str, dict[str, Any]] = {}
     runs["b"] = cli_run([*common, "--cluster", "local", "--workers", "1"], work / "b.h5")
     runs["c"] = cli_run([*common, "--cluster", "local", "--workers", "2"], work / "c.h5")
     if not args.skip_mpi and shutil.which("mpiexec"):
         runs["d"] = cli_run([*common, "--cluster", "mpi"], work / "d.h5", mpi_ranks=4)
-    a2 = bare_kernel(obs, k)
+    a2 = bare_kernel_fresh(obs, k)
     a = {"px_s": 0.5 * (a1["px_s"] + a2["px_s"]), "status": a1["status"]}
     print(f"(a) bare ME kernel, 1 core : {a['px_s']:8.0f} px/s  (mean of {a1['px_s']:.0f} before and "
-          f"{a2['px_s']:.0f} after the other runs; status {a['status']})")
+          f"{a2['px_s']:.0f} after the other runs, each in a fresh process; status {a['status']})")
     labels = {"b": "(b) local, 1 worker     ", "c": "(c) local, 2 workers    ", "d": "(d) mpi, 2 workers      "}
     for key, r in runs.items():
         print(f"{labels[key]}: {r['px_s']:8.0f} px/s  (invert {r['invert_s']:.1f} s; start-up: plan "

@@ -23,6 +23,7 @@ of the observation with ``Observation.read_pixels``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -62,6 +63,12 @@ log = logging.getLogger("stokesflow.run")
 
 #: Longest error text kept per failed chunk, in characters.
 _MAX_ERROR_CHARS = 4000
+
+#: Dask settings for the run's workers. The statistical profiler samples every
+#: worker thread's Python stack each 10 ms; a chunk task spends its time in one
+#: numba call, so the samples say nothing and cost 1-2 % of the throughput
+#: (measured with benchmarks/orchestrator_scaling.py, 2 local workers).
+_DASK_SETTINGS = {"distributed.worker.profile.enabled": False}
 
 
 class ChunkTaskError(OrchestratorError):
@@ -364,6 +371,16 @@ def _fingerprint(obs: Any, backend: Backend, provider: InitProvider, chunk_pixel
     }
 
 
+def _dask_settings(spec: Any) -> Any:
+    """Context applying :data:`_DASK_SETTINGS` for the Dask-based cluster kinds."""
+    if spec.kind == "serial":
+        return contextlib.nullcontext()
+    import dask
+    import distributed  # noqa: F401 - loads distributed's defaults, which set() must not shadow
+
+    return dask.config.set(_DASK_SETTINGS)
+
+
 def _is_driver(spec: Any) -> bool:
     """Whether this process will run the body of ``open_executor`` (always, except under mpiexec)."""
     from clusters import client_rank, mpi_rank
@@ -506,7 +523,8 @@ def run_inversion(
     from clusters import open_executor
 
     t0 = time.perf_counter()
-    with open_executor(spec) as ex:
+    # every rank of an mpiexec job passes here, so the Dask settings reach all workers
+    with _dask_settings(spec), open_executor(spec) as ex:
         # under mpiexec only the driver rank gets here
         if config.output.resume:
             store = ResultStore.resume(out_path, fingerprint=fingerprint, parameters=backend.parameters)
