@@ -255,25 +255,25 @@ def chunk_paragraph(px_s: float, t_task: float) -> str:
     npix, W = 4096 * 4096, 1000
     share = npix / W
     work_s = share / px_s
-    auto = min(65536, max(1024, -(-npix // (8 * W))))
-    n_auto = -(-npix // auto)
-    sched_auto = n_auto * t_task
-    # scheduler busy fraction f = W * px_s * t_task / K  ->  K >= W * px_s * t_task / f
-    k_half = W * px_s * t_task / 0.5
+    k_balance = npix / (8 * W)  # at least 8 tasks per worker
+    k_sched = 2 * W * px_s * t_task  # scheduler at most half busy: W * R * t / K <= 0.5
+    n_sched = npix / k_sched
+    disks = 8 * W * k_sched / npix
+    slow_r = 1.0  # px/s of a slow classical code (SIR-like: about a second per pixel)
     return (
-        f"Chunk size for a 4096 x 4096 disk ({npix:,} pixels) on 1,000 workers: each worker's share is "
-        f"{share:,.0f} pixels, {work_s:.1f} s of ME work at the measured {px_s:,.0f} px/s per core. The "
-        f"scheduler spends ~{t_task * 1e3:.2f} ms per task (measured here; DESIGN.md field notes give 1.7-2.7 ms), "
-        f"so with chunks of K pixels it is busy a fraction W * R * t / K = {W * px_s * t_task:,.0f} / K of the "
-        f"time. The default rule clamp(npix/(8 W), 1024, 65536) gives K = {auto:,} ({n_auto:,} tasks, "
-        f"{sched_auto:.1f} s of scheduler time against {work_s:.1f} s of work per worker): scheduler-bound. "
-        f"Keeping the scheduler below half busy needs K >= {k_half:,.0f} pixels, i.e. fewer tasks than "
-        f"workers. So for a fast backend like ME, pass --chunk-pixels ~{int(share):,} (one task per worker, "
-        f"{W:,} tasks) or, better, use ~{max(1, int(npix / (8 * max(k_half, 1024)))):,} workers with 8 tasks "
-        f"of K ~{int(k_half):,} pixels each, or invert many disks in one job. The 8-tasks-per-worker rule is "
-        f"right when a task is long against the scheduler cost, i.e. K / R >> 8 W t: slow backends (SIR, STiC: "
-        f"seconds per pixel) or few workers. In general choose K = max(npix / (8 W), 2 W R t) and never "
-        f"K / R below ~1 s."
+        f"Chunk size for a 4096 x 4096 disk ({npix:,} pixels) on W = 1,000 workers. Two bounds: load balance "
+        f"wants >= 8 tasks per worker, K <= npix / (8 W) = {k_balance:,.0f} pixels; the scheduler, which spends "
+        f"t = {t_task * 1e3:.2f} ms per task (measured above, a round trip with the driver's window; DESIGN.md: "
+        f"1.7-2.7 ms), is busy a fraction W R t / K, so keeping it at most half busy needs K >= 2 W R t = "
+        f"{k_sched:,.0f} pixels at the measured R = {px_s:,.0f} px/s per worker. For the ME backend the bounds "
+        f"cross: a disk is only {work_s:.1f} s of work per worker while dispatching even one task per worker "
+        f"costs {W * t_task:.1f} s of scheduler time. So with ME, one disk does not need 1,000 workers: use "
+        f"K ~ {k_sched:,.0f} ({n_sched:,.0f} tasks) on ~{max(1, n_sched / 8):,.0f} workers, or keep the 1,000 "
+        f"workers and give them >= {disks:,.0f} disks per job at that K. For a slow backend (R ~ {slow_r:g} px/s, "
+        f"SIR-like) the scheduler bound is K >= {2 * W * slow_r * t_task:,.1f} pixels and the default "
+        f"clamp(npix/(8 W), 1024, 65536) = {min(65536, max(1024, -(-npix // (8 * W)))):,} pixels is right "
+        f"(7,997 tasks, {7997 * t_task:.0f} s of dispatch against ~{min(65536, max(1024, -(-npix // (8 * W)))) / slow_r / 60:,.0f} "
+        f"min per task). Rule: K = max(npix / (8 W), 2 W R t), capped by memory (65,536 pixels)."
     )
 
 
