@@ -17,7 +17,15 @@ import numpy as np
 from backends.base import Backend
 from backends.me.backend import MEBackend
 
-__all__ = ["WrappingDouble", "PoisonDouble", "SlowPidDouble", "ExitOnceDouble", "HugeSigmaDouble", "POISON_VALUE"]
+__all__ = [
+    "WrappingDouble",
+    "PoisonDouble",
+    "SlowPidDouble",
+    "ExitOnceDouble",
+    "HugeSigmaDouble",
+    "SetupCountingDouble",
+    "POISON_VALUE",
+]
 
 #: Stokes I at the first wavelength that makes :class:`PoisonDouble` raise.
 POISON_VALUE = 7.0
@@ -122,3 +130,24 @@ class HugeSigmaDouble(WrappingDouble):
         res.sigma[0, :] = 1e39
         res.chi2[0] = 1e40
         return res
+
+
+class SetupCountingDouble(WrappingDouble):
+    """Records each ``setup()`` call as a file ``<pid>-<n>`` in ``setup_dir`` and each chunk as ``chunk-<pid>-<n>``."""
+
+    name = "setup-counting-double"
+    own_keys = ("setup_dir",)
+
+    def _mark(self, prefix: str) -> None:
+        folder = Path(self.own["setup_dir"])
+        n = len(list(folder.glob(f"{prefix}{os.getpid()}-*")))
+        Path(folder, f"{prefix}{os.getpid()}-{n}").touch()
+
+    def setup(self) -> None:
+        self._mark("")
+        super().setup()
+
+    def invert(self, stokes, wavelength, init=None):
+        if stokes.shape[0] > 1:
+            self._mark("chunk-")
+        return super().invert(stokes, wavelength, init)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _orchestrator_doubles import SetupCountingDouble  # noqa: E402
 from _orchestrator_helpers import assert_same_result, make_config, write_hmi_observation  # noqa: E402
 
 from orchestrator.run import run_inversion  # noqa: E402
@@ -53,3 +55,27 @@ def test_mpi_equals_serial(obs_and_serial, tmp_path):
     r = read_result(out)
     assert r.attrs["complete"] is True
     assert_same_result(r, serial)
+
+
+@pytest.mark.slow
+def test_worker_setup_happens_once_per_worker_not_per_chunk(obs_and_serial, tmp_path):
+    obs, serial = obs_and_serial
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "local.h5"
+    summary = run_inversion(
+        make_config(obs, out, kind="local", run={"chunk_pixels": K}, cluster={"workers": 2}),
+        backend=SetupCountingDouble({"setup_dir": str(marks)}),
+    )
+    assert summary.complete and summary.n_chunks == 10
+    setups: dict[int, int] = {}
+    for f in marks.iterdir():
+        if not f.name.startswith("chunk-"):
+            pid = int(f.name.split("-")[0])
+            setups[pid] = setups.get(pid, 0) + 1
+    chunk_pids = {int(f.name.split("-")[1]) for f in marks.glob("chunk-*")}
+    assert len(list(marks.glob("chunk-*"))) == 10
+    assert setups.pop(os.getpid()) == 1  # the driver validates the backend once
+    assert chunk_pids <= set(setups)  # every worker that ran chunks was set up ...
+    assert all(n == 1 for n in setups.values()), setups  # ... exactly once, not per chunk
+    assert_same_result(read_result(out), serial)
