@@ -53,7 +53,7 @@ def test_killed_worker_chunks_are_retried_elsewhere(tmp_path):
                 return
             time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_first_worker)
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
     killer.start()
     out = tmp_path / "r.h5"
     summary = run_inversion(
