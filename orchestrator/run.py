@@ -64,11 +64,21 @@ log = logging.getLogger("stokesflow.run")
 #: Longest error text kept per failed chunk, in characters.
 _MAX_ERROR_CHARS = 4000
 
-#: Dask settings for the run's workers. The statistical profiler samples every
+#: Dask settings for the run's processes. The statistical profiler samples every
 #: worker thread's Python stack each 10 ms; a chunk task spends its time in one
 #: numba call, so the samples say nothing and cost 1-2 % of the throughput
-#: (measured with benchmarks/orchestrator_scaling.py, 2 local workers).
-_DASK_SETTINGS = {"distributed.worker.profile.enabled": False}
+#: (measured with benchmarks/orchestrator_scaling.py, 2 local workers). The
+#: periodic callbacks (event-loop tick every 20 ms, memory monitor and system
+#: monitor every 0.1-0.5 s, work stealing every 0.1 s) cost an idle 2-worker
+#: LocalCluster 8 % of one core here, 1.2 % with the slower intervals below;
+#: chunk tasks last seconds, so nothing needs faster bookkeeping.
+_DASK_SETTINGS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
 
 
 class ChunkTaskError(OrchestratorError):

@@ -65,8 +65,12 @@ class MEOptions:
         Relative weights of I, Q, U, V in chi2.
     max_iter : int
         Levenberg-Marquardt iterations per start.
-    chi2_rtol : float
-        Relative chi2 decrease below which a fit has converged.
+    chi2_tol : float
+        A fit has converged when a step lowers chi2 by less than this many
+        times the reduced chi2 (with the noise known, an absolute chi2 change:
+        0.02 leaves each parameter within ~0.15 sigma of the minimum). It
+        becomes the solver's relative tolerance ``chi2_tol / dof``, so a fit of
+        six points and one of 448 stop at the same statistical precision.
     n_starts : int
         Starting points per pixel: the classical estimate, then its azimuth
         rotated by 90 deg, then its opposite polarity, then seeded random
@@ -96,7 +100,7 @@ class MEOptions:
     noise: float | None = None
     stokes_weights: tuple[float, float, float, float] = _STOKES_WEIGHT_DEFAULT
     max_iter: int = 50
-    chi2_rtol: float = 1e-4
+    chi2_tol: float = 0.02
     n_starts: int = 2
     good_chi2: float = 3.0
     regularize: tuple = ()
@@ -117,6 +121,8 @@ class MEOptions:
             raise ConfigError(f"[backend.me] noise must be > 0, got {self.noise!r}")
         if not 0 < self.mu <= 1:
             raise ConfigError(f"[backend.me] mu must be in (0, 1], got {self.mu!r}")
+        if not self.chi2_tol > 0:
+            raise ConfigError(f"[backend.me] chi2_tol must be > 0, got {self.chi2_tol!r}")
         if int(self.n_starts) < 1 or int(self.max_iter) < 1:
             raise ConfigError("[backend.me] n_starts and max_iter must be >= 1")
         names = {p.name for p in ME_PARAMETERS}
@@ -318,7 +324,7 @@ class MEBackend(Backend):
         res = fit(
             None, model.ctx, obs, p0, weights=weights, lower=lower, upper=upper, bound_mode=mode,
             scale=scale, reg_target=reg_t, reg_weight=reg_w,
-            options=LMOptions(max_iter=int(o.max_iter), chi2_rtol=float(o.chi2_rtol),
+            options=LMOptions(max_iter=int(o.max_iter), chi2_rtol=float(o.chi2_tol) / max(obs.shape[1] - npar, 1),
                               good_chi2=float(o.good_chi2), scale_covar=scale_covar),
             threads=int(o.threads), kernel=_kernels.me_fit_pixels_impl,
         )
