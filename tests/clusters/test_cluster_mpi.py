@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_mpi_script.py"
 TIMEOUT_S = 120
 
-needs_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
 
 
 def _run_mpi(args: list[str], outdir: Path) -> subprocess.CompletedProcess:
@@ -68,7 +66,6 @@ def _check_common(res: dict, outdir: Path, *, n_workers: int, rank: int) -> None
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_dask_mpi_runs_tasks_and_survives_a_worker_crash(tmp_path: Path) -> None:
     proc = _run_mpi(["-n", "4", sys.executable, str(SCRIPT), "dask", str(tmp_path)], tmp_path)
     res = _result(tmp_path, proc)
@@ -88,7 +85,6 @@ def test_dask_mpi_runs_tasks_and_survives_a_worker_crash(tmp_path: Path) -> None
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_mpi4py_futures_comm_executor(tmp_path: Path) -> None:
     proc = _run_mpi(["-n", "3", sys.executable, str(SCRIPT), "futures", str(tmp_path)], tmp_path)
     res = _result(tmp_path, proc)
@@ -97,7 +93,6 @@ def test_mpi4py_futures_comm_executor(tmp_path: Path) -> None:
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_mpi4py_futures_under_python_m_mpi4py_futures(tmp_path: Path) -> None:
     proc = _run_mpi(
         ["-n", "3", sys.executable, "-m", "mpi4py.futures", str(SCRIPT), "futures", str(tmp_path)], tmp_path
@@ -107,7 +102,6 @@ def test_mpi4py_futures_under_python_m_mpi4py_futures(tmp_path: Path) -> None:
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_mpi4py_futures_worker_death_ends_the_job(tmp_path: Path) -> None:
     # The documented limit of mpi_mode="futures": no restart, the job ends.
     proc = _run_mpi(["-n", "2", sys.executable, str(SCRIPT), "futures-crash", str(tmp_path)], tmp_path)
@@ -117,7 +111,6 @@ def test_mpi4py_futures_worker_death_ends_the_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_dask_mpi_with_two_ranks_fails_clearly(tmp_path: Path) -> None:
     proc = _run_mpi(["-n", "2", sys.executable, str(SCRIPT), "dask", str(tmp_path)], tmp_path)
     assert proc.returncode != 0
@@ -126,7 +119,6 @@ def test_dask_mpi_with_two_ranks_fails_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.mpi
-@needs_mpiexec
 def test_dask_mode_under_python_m_mpi4py_futures_is_refused(tmp_path: Path) -> None:
     # Would hang in dask-mpi's broadcast: the other ranks serve mpi4py.futures.
     proc = _run_mpi(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +40,6 @@ def test_local_equals_serial(obs_and_serial, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
 def test_mpi_equals_serial(obs_and_serial, tmp_path):
     pytest.importorskip("dask_mpi")
     pytest.importorskip("mpi4py")
