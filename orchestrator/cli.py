@@ -7,24 +7,32 @@ library, so everything the command line does is callable from Python.
 
 Exit codes of ``invert``: 0 complete, 3 partial (some chunks failed after
 their retries; the result file says which and why), 2 bad input or
-configuration (nothing was computed), 1 unexpected error, 130 interrupted.
+configuration (nothing was computed), 1 unexpected error, 130 interrupted,
+143 terminated by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import textwrap
+import threading
 from typing import Any, Callable, Sequence
 
-__all__ = ["main", "build_parser", "invert_overrides", "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL"]
+__all__ = [
+    "main", "build_parser", "invert_overrides", "Terminated",
+    "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
+]
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+#: Exit code after SIGTERM (128 + 15), as batch systems send it before the walltime kill.
+EXIT_TERMINATED = 143
 
 log = logging.getLogger("stokesflow.cli")
 
@@ -320,8 +328,21 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (OrchestratorError, BackendError, ClusterError, InitError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received (a batch system's walltime warning, ``scancel``, ``kill``)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``stokesflow`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run ``stokesflow`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    SIGTERM is turned into an interruption like Ctrl-C: the driver stops
+    submitting, the result file gets its closing attributes (``complete``
+    false) and the exit code is 143; ``--resume`` finishes the run.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -335,8 +356,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(level)
     func: Callable[[argparse.Namespace], int] = args.func
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return func(args)
+    except Terminated:
+        log.error("terminated (SIGTERM); finished chunks are on disk, finish the run with --resume")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted; finished chunks are on disk, finish the run with --resume")
         return EXIT_INTERRUPTED
@@ -347,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error (please report it with the traceback above)")
         return EXIT_UNEXPECTED
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         logger.removeHandler(handler)
         logger.setLevel(old_level)
 

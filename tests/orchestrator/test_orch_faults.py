@@ -97,10 +97,12 @@ def test_deterministic_failure_after_retries_on_local_cluster(tmp_path):
     assert r.done.tolist() == [True, True, False] and "poisoned pixel" in r.errors[2]
 
 
-def _run_cli(args: list[str], *, kill_after_chunks: int | None, rng: np.random.Generator):
-    """Run ``python -m orchestrator.cli invert ARGS``; SIGKILL it once it logged that many chunks.
+def _run_cli(args: list[str], *, kill_after_chunks: int | None, rng: np.random.Generator,
+             sig: int = signal.SIGKILL):
+    """Run ``python -m orchestrator.cli invert ARGS``; send ``sig`` once it logged that many chunks.
 
-    Returns (killed, indices of the chunks it logged as written, its stderr).
+    Returns (killed, indices of the chunks it logged as written, its stderr); the exit
+    code of the last run is kept in ``_run_cli.returncode``.
     """
     cmd = [sys.executable, "-m", "orchestrator.cli", "invert", *args, "-vv", "--progress", "log",
            "--log-interval", "0.001"]
@@ -116,11 +118,12 @@ def _run_cli(args: list[str], *, kill_after_chunks: int | None, rng: np.random.G
             if m:
                 written.append(int(m.group(1)))
             m = re.search(r"chunks (\d+)/(\d+)", line)
-            if kill_after_chunks is not None and m and int(m.group(1)) >= kill_after_chunks:
+            if not killed and kill_after_chunks is not None and m and int(m.group(1)) >= kill_after_chunks:
                 time.sleep(float(rng.uniform(0.0, 0.02)))  # land anywhere: computing or writing
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(sig)
                 killed = True
-                break
+                if sig == signal.SIGKILL:
+                    break
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -129,6 +132,7 @@ def _run_cli(args: list[str], *, kill_after_chunks: int | None, rng: np.random.G
         proc.stderr.close()
     if not killed:
         assert proc.returncode == 0, "".join(lines[-30:])
+    _run_cli.returncode = proc.returncode
     return killed, written, "".join(lines)
 
 
@@ -161,3 +165,24 @@ def test_driver_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert final.attrs["chunks_computed"] == 192 - done_before[-1] == len(written)
     assert final.attrs["runs"] == 1  # only the last run got to its end
     assert_same_result(final, _reference(obs, tmp_path, k))
+
+
+def test_driver_sigterm_closes_the_file_then_resume_finishes(tmp_path):
+    # Batch systems send SIGTERM before the walltime kill: the driver stops, writes the
+    # closing attributes (complete = false), exits 143, and --resume finishes the job.
+    obs = write_hmi_observation(tmp_path / "obs.h5", 24, 24, seed=5)
+    out = tmp_path / "r.h5"
+    base = ["--input", str(obs), "--out", str(out), "--chunk-pixels", "8", "--cluster", "serial"]
+    rng = np.random.default_rng(3)
+    cmd_killed, written, err = _run_cli(base, kill_after_chunks=10, rng=rng, sig=signal.SIGTERM)
+    assert cmd_killed
+    assert _run_cli.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err
+    r = read_result(out)
+    assert r.attrs["complete"] is False and "time_total_s" in r.attrs
+    assert r.done[written].all() and not r.done.all()
+    _, rest, err = _run_cli(base + ["--resume"], kill_after_chunks=None, rng=rng)
+    assert not set(written) & set(rest)
+    final = read_result(out)
+    assert final.attrs["complete"] is True and final.done.all()
+    assert_same_result(final, _reference(obs, tmp_path, 8))
