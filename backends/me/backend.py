@@ -30,7 +30,7 @@ from backends.me import _kernels
 from backends.me.estimates import classical_estimates
 from backends.me.instrument import INSTRUMENT_KINDS
 from backends.me.lines import get_lines
-from backends.me.model import ME_PARAMETERS, MEModel, params_to_array
+from backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
 from lm_solver import LMOptions, fit
 
 __all__ = ["MEOptions", "MEBackend"]
@@ -174,9 +174,7 @@ class MEBackend(Backend):
 
     @property
     def parameters(self) -> tuple[ParameterSpec, ...]:
-        from backends.me.model import FILLING_FACTOR
-
-        return ME_PARAMETERS + ((FILLING_FACTOR,) if self._stray is not None else ())
+        return me_parameters(self._stray is not None)
 
     def for_observation(self, meta: Mapping[str, Any]) -> "MEBackend":
         updates: dict[str, Any] = {}
@@ -282,9 +280,7 @@ class MEBackend(Backend):
             raise BackendError(
                 f"stokes has {stokes.shape[2]} wavelength points but the wavelength array has {wl.size}"
             )
-        model = self.model_for(wl)
-        if model.n_observed != wl.size:
-            raise BackendError(f"instrument {self.options.instrument!r} expects {model.n_observed} points, got {wl.size}")
+        model = self.model_for(wl)  # make_instrument checks the point count of filter instruments
         npix, nw = stokes.shape[0], wl.size
         specs = self.parameters
         npar = len(specs)

@@ -17,7 +17,7 @@ from backends.me import _kernels
 from backends.me.instrument import Instrument, make_instrument
 from backends.me.lines import Line
 
-__all__ = ["ME_PARAMETERS", "FILLING_FACTOR", "MEModel", "build_context", "params_to_array"]
+__all__ = ["ME_PARAMETERS", "FILLING_FACTOR", "MEModel", "build_context", "me_parameters", "params_to_array"]
 
 #: Parameters of the ME atmosphere, in kernel order (names are the result-file contract).
 ME_PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -33,6 +33,11 @@ ME_PARAMETERS: tuple[ParameterSpec, ...] = (
 )
 #: Optional magnetic filling factor (with a stray-light profile).
 FILLING_FACTOR = ParameterSpec("filling_factor", "", 0.0, 1.0, 0.2)
+
+
+def me_parameters(filling_factor: bool) -> tuple[ParameterSpec, ...]:
+    """The fitted parameters, in column order, with or without the filling factor."""
+    return ME_PARAMETERS + ((FILLING_FACTOR,) if filling_factor else ())
 
 
 def _merge_components(lines: Sequence[Line]) -> tuple[np.ndarray, ...]:
@@ -144,7 +149,7 @@ class MEModel:
     @property
     def parameters(self) -> tuple[ParameterSpec, ...]:
         """Parameters of this model, in column order."""
-        return ME_PARAMETERS + ((FILLING_FACTOR,) if self.stray is not None else ())
+        return me_parameters(self.stray is not None)
 
     @property
     def n_observed(self) -> int:
