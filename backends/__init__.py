@@ -3,7 +3,7 @@
 Imports ``lm_solver`` only; never imports ``orchestrator``, ``nn_init`` or ``clusters``.
 """
 
-from backends.base import (
+from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     STATUS_MAX_ITER,
@@ -17,7 +17,7 @@ from backends.base import (
     ConfigError,
     ParameterSpec,
 )
-from backends.registry import get_backend, get_backend_class, list_backends
+from stokesflow.backends.registry import get_backend, get_backend_class, list_backends
 
 __all__ = [
     "Backend",

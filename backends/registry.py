@@ -11,13 +11,13 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from backends.base import Backend, BackendError, BackendUnavailable
+from stokesflow.backends.base import Backend, BackendError, BackendUnavailable
 
 __all__ = ["BUILTIN_BACKENDS", "list_backends", "get_backend_class", "get_backend"]
 
 #: name -> "module:Class" of the backends shipped with stokesflow.
 BUILTIN_BACKENDS: dict[str, str] = {
-    "me": "backends.me.backend:MEBackend",
+    "me": "stokesflow.backends.me.backend:MEBackend",
 }
 
 #: Backends named in the design but not built yet, with what they need.

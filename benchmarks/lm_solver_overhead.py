@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from lm_solver import LMOptions, fit
+from stokesflow.lm_solver import LMOptions, fit
 
 __all__ = ["gauss3_impl", "main"]
 

@@ -31,7 +31,7 @@ import time
 import numba
 import numpy as np
 
-from backends import get_backend
+from stokesflow.backends import get_backend
 
 HMI_WAVE = 6173.334 + np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0]) * 1e-3
 HINODE_WAVE = 6300.884 + np.arange(112) * 0.021549

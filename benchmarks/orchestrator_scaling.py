@@ -53,7 +53,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.run import package_versions  # noqa: E402
+from stokesflow.orchestrator.run import package_versions  # noqa: E402
 
 __all__ = ["main"]
 
@@ -135,8 +135,8 @@ def _fmt_mem(mem: dict[str, list[float]]) -> str:
 # ---------------------------------------------------------------------------
 def bare_kernel(obs_path: Path, chunk_pixels: int) -> dict[str, Any]:
     """(a): backend.invert chunk after chunk in this process (reads not timed)."""
-    from backends import get_backend
-    from orchestrator.io import open_observation
+    from stokesflow.backends import get_backend
+    from stokesflow.orchestrator.io import open_observation
 
     obs = open_observation(obs_path)
     me = get_backend("me").for_observation(obs.meta)
@@ -170,7 +170,7 @@ def bare_kernel_fresh(obs_path: Path, chunk_pixels: int) -> dict[str, Any]:
 def cli_run(args: list[str], out: Path, *, mpi_ranks: int = 0, timeout: float = 3600.0,
             stop_after_s: float | None = None) -> dict[str, Any]:
     """Run ``stokesflow invert`` (under mpiexec if ``mpi_ranks``) and sample its memory."""
-    cmd = [sys.executable, "-m", "orchestrator.cli", "invert", *args, "--out", str(out), "--progress", "none", "-q"]
+    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "invert", *args, "--out", str(out), "--progress", "none", "-q"]
     if mpi_ranks:
         cmd = ["mpiexec", "-n", str(mpi_ranks), *cmd]
     t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def _driver_pid(root: int, mpi: bool) -> int:
 
 def scheduler_overhead(n_tasks: int = 2000, workers: int = 2) -> float:
     """Seconds per no-op task on a local Dask cluster, with a bounded window like the driver's."""
-    from clusters import ClusterSpec, open_executor
+    from stokesflow.clusters import ClusterSpec, open_executor
 
     with open_executor(ClusterSpec(kind="local", workers=workers, dashboard=False)) as ex:
         ex.submit(int, 0).result()
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     obs = work / f"hmi_{args.size}.h5"
     if not obs.exists():
-        from orchestrator.synth import synthesize_observation
+        from stokesflow.orchestrator.synth import synthesize_observation
 
         t0 = time.perf_counter()
         synthesize_observation(obs, instrument="hmi", scene="sunspot", size=(args.size, args.size), noise=1e-3, seed=0)
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== 4096 x 4096 HMI-like disk ==")
         big = work / "hmi_4096.h5"
         if not big.exists():
-            cmd = [sys.executable, "-m", "orchestrator.cli", "synth", "--instrument", "hmi", "--scene", "sunspot",
+            cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "synth", "--instrument", "hmi", "--scene", "sunspot",
                    "--size", "4096", "4096", "--noise", "1e-3", "--out", str(big), "-q"]
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)

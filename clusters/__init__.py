@@ -19,11 +19,11 @@ Examples
 
 from __future__ import annotations
 
-from clusters.base import Executor, Future, mpi_rank, mpi_size
-from clusters.factory import open_executor
-from clusters.jobqueue import job_script
-from clusters.mpi import client_rank
-from clusters.spec import (
+from stokesflow.clusters.base import Executor, Future, mpi_rank, mpi_size
+from stokesflow.clusters.factory import open_executor
+from stokesflow.clusters.jobqueue import job_script
+from stokesflow.clusters.mpi import client_rank
+from stokesflow.clusters.spec import (
     ClusterError,
     ClusterSpec,
     MissingDependencyError,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
-from clusters.spec import MissingDependencyError
+from stokesflow.clusters.spec import MissingDependencyError
 
 __all__ = ["Executor", "Future", "mpi_rank", "mpi_size", "require", "usable_cpus"]
 
@@ -60,7 +60,7 @@ class Executor(abc.ABC):
     Attributes
     ----------
     kind : str
-        The :attr:`clusters.ClusterSpec.kind` it was opened for.
+        The :attr:`stokesflow.clusters.ClusterSpec.kind` it was opened for.
     n_workers : int
         Worker processes available now, or planned (``slurm``/``pbs`` with
         adaptive scaling start with none).  Use it to bound the tasks in
@@ -68,7 +68,7 @@ class Executor(abc.ABC):
 
     Notes
     -----
-    Use as a context manager or call :meth:`close`; :func:`clusters.open_executor`
+    Use as a context manager or call :meth:`close`; :func:`stokesflow.clusters.open_executor`
     does both.
     """
 

@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from clusters.base import Executor, Future, usable_cpus
-from clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
+from stokesflow.clusters.base import Executor, Future, usable_cpus
+from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
 
 __all__ = ["DaskExecutor", "open_address", "open_local"]
 

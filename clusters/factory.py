@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from clusters.base import Executor
-from clusters.spec import ClusterError, ClusterSpec
+from stokesflow.clusters.base import Executor
+from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
 __all__ = ["open_executor"]
 
@@ -35,7 +35,7 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
     -----
     ``kind="mpi"``: only one MPI rank (1 in dask mode, 0 in futures mode)
     runs the body of the ``with`` block; the others serve tasks and leave by
-    ``SystemExit(0)`` when it ends - see :mod:`clusters.mpi`.
+    ``SystemExit(0)`` when it ends - see :mod:`stokesflow.clusters.mpi`.
 
     Examples
     --------
@@ -49,26 +49,26 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
             "build one with ClusterSpec(kind=...) or ClusterSpec.from_mapping(table)"
         )
     if spec.kind == "mpi":
-        from clusters.mpi import open_mpi
+        from stokesflow.clusters.mpi import open_mpi
 
         with open_mpi(spec) as ex:
             yield ex
         return
     ex: Executor
     if spec.kind == "serial":
-        from clusters.serial import SerialExecutor
+        from stokesflow.clusters.serial import SerialExecutor
 
         ex = SerialExecutor()
     elif spec.kind == "local":
-        from clusters.dask_executor import open_local
+        from stokesflow.clusters.dask_executor import open_local
 
         ex = open_local(spec)
     elif spec.kind == "address":
-        from clusters.dask_executor import open_address
+        from stokesflow.clusters.dask_executor import open_address
 
         ex = open_address(spec)
     elif spec.kind in ("slurm", "pbs"):
-        from clusters.jobqueue import open_jobqueue
+        from stokesflow.clusters.jobqueue import open_jobqueue
 
         ex = open_jobqueue(spec)
     else:  # pragma: no cover - ClusterSpec validates kind

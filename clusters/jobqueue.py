@@ -5,7 +5,7 @@ login node or inside a small batch job; each worker job runs
 ``python -m distributed.cli.dask_worker <scheduler> ...`` on a compute node.
 
 Walltime safety: every worker gets ``--lifetime <L> --lifetime-stagger <S>``
-with ``L`` a few minutes below the walltime (:func:`clusters.spec.worker_lifetime`).
+with ``L`` a few minutes below the walltime (:func:`stokesflow.clusters.spec.worker_lifetime`).
 At its lifetime a worker retires gracefully: the scheduler moves its data to
 other workers and reschedules its task, the worker process exits, the job
 ends, and the adaptive cluster submits a replacement.  ``--lifetime-restart``
@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from clusters.base import require
-from clusters.dask_executor import DaskExecutor, _dashboard_kwargs
-from clusters.spec import ClusterError, ClusterSpec, worker_lifetime
+from stokesflow.clusters.base import require
+from stokesflow.clusters.dask_executor import DaskExecutor, _dashboard_kwargs
+from stokesflow.clusters.spec import ClusterError, ClusterSpec, worker_lifetime
 
 __all__ = ["job_kwargs", "job_script", "open_jobqueue"]
 

@@ -1,6 +1,6 @@
 """``kind="mpi"``: the program itself is started by ``mpiexec -n N``.
 
-Every rank runs the same program up to :func:`clusters.open_executor`; there
+Every rank runs the same program up to :func:`stokesflow.clusters.open_executor`; there
 the ranks take their roles.  Exactly one rank, the *client rank*, enters the
 ``with open_executor(spec) as ex:`` block and runs the orchestrator; every
 other rank serves tasks inside ``open_executor`` and, when the client rank
@@ -50,9 +50,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from clusters.base import Executor, mpi_rank, require
-from clusters.dask_executor import DaskExecutor, _connected_workers, _dashboard_kwargs
-from clusters.spec import ClusterError, ClusterSpec
+from stokesflow.clusters.base import Executor, mpi_rank, require
+from stokesflow.clusters.dask_executor import DaskExecutor, _connected_workers, _dashboard_kwargs
+from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
 __all__ = ["MPIFuturesExecutor", "client_rank", "open_mpi"]
 

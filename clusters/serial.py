@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from clusters.base import Executor
+from stokesflow.clusters.base import Executor
 
 __all__ = ["SerialExecutor"]
 

@@ -29,10 +29,10 @@ __all__ = [
     "worker_lifetime",
 ]
 
-#: The executor kinds understood by :func:`clusters.open_executor`.
+#: The executor kinds understood by :func:`stokesflow.clusters.open_executor`.
 KINDS: tuple[str, ...] = ("serial", "local", "mpi", "slurm", "pbs", "address")
 
-#: How ``kind="mpi"`` reaches its workers (see :mod:`clusters.mpi`).
+#: How ``kind="mpi"`` reaches its workers (see :mod:`stokesflow.clusters.mpi`).
 MPI_MODES: tuple[str, ...] = ("dask", "futures")
 
 

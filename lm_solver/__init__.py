@@ -9,10 +9,10 @@ fit(model, ctx, obs, p0, *, weights, lower, upper, bound_mode, scale,
     reg_target, reg_weight, options, threads, kernel) -> FitResult
 LMOptions, FitResult, LMError, STATUS_* codes and STATUS_MESSAGES,
 BOUND_* codes. The numba kernel and the caching pattern for callers are
-documented in :mod:`lm_solver._kernels`.
+documented in :mod:`stokesflow.lm_solver._kernels`.
 """
 
-from lm_solver.solver import (
+from stokesflow.lm_solver.solver import (
     BOUND_CLIP,
     BOUND_MODES,
     BOUND_PERIODIC,

@@ -93,7 +93,7 @@ process loads it in about 0.3 s, cache hit, no compilation) is, in the
 caller's own ``_kernels.py``::
 
     from numba import njit
-    from lm_solver._kernels import fit_pixels_impl
+    from stokesflow.lm_solver._kernels import fit_pixels_impl
 
     @njit(cache=True, nogil=True)
     def my_model_impl(p, ctx, y, jac):
@@ -109,7 +109,7 @@ caller's own ``_kernels.py``::
                         chi2_rtol, step_tol, good_chi2, scale_covar, out_p,
                         out_sigma, out_chi2, out_niter, out_status)
 
-and ``lm_solver.fit(None, ctx, obs, p0, kernel=fit_my_model_impl, ...)``.
+and ``stokesflow.lm_solver.fit(None, ctx, obs, p0, kernel=fit_my_model_impl, ...)``.
 Caveat (a general numba limitation): the cache of ``fit_my_model_impl`` is
 invalidated only when *its own* source file changes; after editing this file
 (or the model in another file) clear the caller's cache (``__pycache__/*.nbi``

@@ -2,7 +2,7 @@
 
 :func:`fit` validates and normalises the arrays, optionally splits the pixels
 over a thread pool (the numba kernel releases the GIL), calls
-:func:`lm_solver._kernels.fit_pixels_impl` (or a caller's cached wrapper of it,
+:func:`stokesflow.lm_solver._kernels.fit_pixels_impl` (or a caller's cached wrapper of it,
 see ``kernel``) and returns a :class:`FitResult`.
 
 Example
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from lm_solver._kernels import (
+from stokesflow.lm_solver._kernels import (
     BOUND_CLIP,
     BOUND_PERIODIC,
     BOUND_REFLECT,
@@ -288,7 +288,7 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
     threads : int
         Split the pixels over this many threads (the kernel releases the GIL).
     kernel : numba dispatcher, optional
-        A cached wrapper of :func:`lm_solver._kernels.fit_pixels_impl` with the
+        A cached wrapper of :func:`stokesflow.lm_solver._kernels.fit_pixels_impl` with the
         model bound as a global (see that module's docstring); it takes the
         kernel's arguments without ``model``. Lets a caller reuse compiled code
         across processes.

@@ -3,7 +3,7 @@
 Imports ``backends`` only (for parameter specs); never ``orchestrator``.
 """
 
-from nn_init.providers import (
+from stokesflow.nn_init.providers import (
     PLANNED_PROVIDERS,
     PROVIDERS,
     ConstantInit,

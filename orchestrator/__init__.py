@@ -3,18 +3,18 @@
 The public entry points (imported lazily, so ``import orchestrator`` stays cheap
 and never imports dask or MPI - Nanny workers re-import the main module)::
 
-    from orchestrator import load_config, run_inversion, synthesize_observation
+    from stokesflow.orchestrator import load_config, run_inversion, synthesize_observation
 
     cfg = load_config("run.toml", {"cluster": {"kind": "local", "workers": 8}})
     summary = run_inversion(cfg)          # RunSummary; summary.partial if chunks failed
     print(summary.report())
 
-Modules: :mod:`orchestrator.config` (layered TOML configuration),
-:mod:`orchestrator.plan` (chunking), :mod:`orchestrator.store` (the HDF5
-result file), :mod:`orchestrator.run` (the driver loop and the task),
-:mod:`orchestrator.progress`, :mod:`orchestrator.synth`,
-:mod:`orchestrator.io` / :mod:`orchestrator.readers` / :mod:`orchestrator.scenes`
-(observations and synthetic scenes), :mod:`orchestrator.cli` (``stokesflow``).
+Modules: :mod:`stokesflow.orchestrator.config` (layered TOML configuration),
+:mod:`stokesflow.orchestrator.plan` (chunking), :mod:`stokesflow.orchestrator.store` (the HDF5
+result file), :mod:`stokesflow.orchestrator.run` (the driver loop and the task),
+:mod:`stokesflow.orchestrator.progress`, :mod:`stokesflow.orchestrator.synth`,
+:mod:`stokesflow.orchestrator.io` / :mod:`stokesflow.orchestrator.readers` / :mod:`stokesflow.orchestrator.scenes`
+(observations and synthetic scenes), :mod:`stokesflow.orchestrator.cli` (``stokesflow``).
 """
 
 from __future__ import annotations
@@ -37,17 +37,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Config": "orchestrator.config",
-    "ConfigurationError": "orchestrator.config",
-    "load_config": "orchestrator.config",
-    "ObservationError": "orchestrator.errors",
-    "OrchestratorError": "orchestrator.errors",
-    "open_observation": "orchestrator.io",
-    "ResultFile": "orchestrator.store",
-    "read_result": "orchestrator.store",
-    "RunSummary": "orchestrator.run",
-    "run_inversion": "orchestrator.run",
-    "synthesize_observation": "orchestrator.synth",
+    "Config": "stokesflow.orchestrator.config",
+    "ConfigurationError": "stokesflow.orchestrator.config",
+    "load_config": "stokesflow.orchestrator.config",
+    "ObservationError": "stokesflow.orchestrator.errors",
+    "OrchestratorError": "stokesflow.orchestrator.errors",
+    "open_observation": "stokesflow.orchestrator.io",
+    "ResultFile": "stokesflow.orchestrator.store",
+    "read_result": "stokesflow.orchestrator.store",
+    "RunSummary": "stokesflow.orchestrator.run",
+    "run_inversion": "stokesflow.orchestrator.run",
+    "synthesize_observation": "stokesflow.orchestrator.synth",
 }
 
 

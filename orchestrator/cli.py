@@ -1,8 +1,8 @@
 """The ``stokesflow`` command line: a thin layer over the library functions.
 
-Subcommands: ``invert`` (:func:`orchestrator.run.run_inversion`), ``synth``
-(:func:`orchestrator.synth.synthesize_observation`) and ``backends``
-(:func:`backends.list_backends`). Each one builds its arguments and calls the
+Subcommands: ``invert`` (:func:`stokesflow.orchestrator.run.run_inversion`), ``synth``
+(:func:`stokesflow.orchestrator.synth.synthesize_observation`) and ``backends``
+(:func:`stokesflow.backends.list_backends`). Each one builds its arguments and calls the
 library, so everything the command line does is callable from Python.
 
 Exit codes of ``invert``: 0 complete, 3 partial (some chunks failed after
@@ -38,7 +38,7 @@ log = logging.getLogger("stokesflow.cli")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
-    from orchestrator.config import parse_value
+    from stokesflow.orchestrator.config import parse_value
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config_defaults(parser: argparse.ArgumentParser) -> None:
     """Append each flag's packaged default (from defaults.toml) to its help text."""
-    from orchestrator.config import DEFAULTS_PATH, tomllib
+    from stokesflow.orchestrator.config import DEFAULTS_PATH, tomllib
 
     try:
         defaults = tomllib.loads(DEFAULTS_PATH.read_text(encoding="utf-8"))
@@ -273,8 +273,8 @@ def _resolve_selected(overrides: dict[str, Any], cfg_backend: str, cfg_init: str
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.run import run_inversion
+    from stokesflow.orchestrator.config import load_config
+    from stokesflow.orchestrator.run import run_inversion
 
     overrides = invert_overrides(args)
     base = load_config(args.config, {k: v for k, v in overrides.items() if k not in ("backend", "init")},
@@ -291,7 +291,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from orchestrator.synth import synthesize_observation
+    from stokesflow.orchestrator.synth import synthesize_observation
 
     path = synthesize_observation(
         args.out, instrument=args.instrument, scene=args.scene, size=tuple(args.size),
@@ -303,8 +303,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
-    from backends import list_backends
-    from nn_init.providers import list_providers
+    from stokesflow.backends import list_backends
+    from stokesflow.nn_init.providers import list_providers
 
     lines = ["backends:"]
     for name, (ok, why) in sorted(list_backends().items()):
@@ -320,10 +320,10 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 # entry point
 # ---------------------------------------------------------------------------
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from backends.base import BackendError
-    from clusters import ClusterError
-    from nn_init.providers import InitError
-    from orchestrator.errors import OrchestratorError
+    from stokesflow.backends.base import BackendError
+    from stokesflow.clusters import ClusterError
+    from stokesflow.nn_init.providers import InitError
+    from stokesflow.orchestrator.errors import OrchestratorError
 
     return (OrchestratorError, BackendError, ClusterError, InitError)
 
@@ -380,5 +380,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.setLevel(old_level)
 
 
-if __name__ == "__main__":  # python -m orchestrator.cli
+if __name__ == "__main__":  # python -m stokesflow.orchestrator.cli
     sys.exit(main())

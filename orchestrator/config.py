@@ -10,10 +10,10 @@ Three sections are owned here and checked key by key (``[input]``,
 ``[output]``, ``[run]``); an unknown key is rejected with the list of valid
 ones. Three tables belong to other parts and are passed through as mappings:
 
-- ``[cluster]`` goes to :meth:`clusters.ClusterSpec.from_mapping`, which checks it;
-- ``[backend.<name>]`` goes to :func:`backends.get_backend` as that backend's
+- ``[cluster]`` goes to :meth:`stokesflow.clusters.ClusterSpec.from_mapping`, which checks it;
+- ``[backend.<name>]`` goes to :func:`stokesflow.backends.get_backend` as that backend's
   options, so the orchestrator never spells out a backend's fields;
-- ``[init.<provider>]`` goes to :func:`nn_init.providers.get_provider`.
+- ``[init.<provider>]`` goes to :func:`stokesflow.nn_init.providers.get_provider`.
 
 A :class:`Config` turns back into TOML text with :meth:`Config.to_toml` (a
 small writer is included, since :mod:`tomllib` only reads); the result file
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.errors import OrchestratorError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,7 +57,7 @@ __all__ = [
 DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 
 _PROGRESS_MODES = ("auto", "bar", "log", "none")
-#: Input formats (see orchestrator.io.FORMATS); "" detects the format from the file.
+#: Input formats (see stokesflow.orchestrator.io.FORMATS); "" detects the format from the file.
 _FORMATS = ("", "hdf5", "fits", "npy", "hmi", "hinode_sp")
 
 
@@ -139,7 +139,7 @@ class RunConfig:
         estimates; ``"constant"``: one vector for every pixel).
     chunk_pixels : int
         Pixels per task; 0 chooses automatically (see
-        :func:`orchestrator.plan.auto_chunk_pixels`).
+        :func:`stokesflow.orchestrator.plan.auto_chunk_pixels`).
     max_in_flight : int
         Tasks submitted but not yet collected; 0 means 3 per worker.
     progress : str
@@ -170,7 +170,7 @@ class Config:
     input, output, run : InputConfig, OutputConfig, RunConfig
         The checked sections.
     cluster : dict
-        The ``[cluster]`` table (keys of :class:`clusters.ClusterSpec`).
+        The ``[cluster]`` table (keys of :class:`stokesflow.clusters.ClusterSpec`).
     backend : dict of str to dict
         ``[backend.<name>]`` tables: options per backend name.
     init : dict of str to dict
@@ -197,8 +197,8 @@ class Config:
         return dict(self.init.get(name or self.run.init, {}))
 
     def cluster_spec(self) -> Any:
-        """The ``[cluster]`` table as a :class:`clusters.ClusterSpec`."""
-        from clusters import ClusterSpec
+        """The ``[cluster]`` table as a :class:`stokesflow.clusters.ClusterSpec`."""
+        from stokesflow.clusters import ClusterSpec
 
         try:
             return ClusterSpec.from_mapping(dict(self.cluster))
@@ -400,7 +400,7 @@ def load_config(
         Nested mapping (third layer), e.g. ``{"run": {"chunk_pixels": 4096}}``;
         the command line builds one from its flags.
     check_cluster : bool
-        Also check the ``[cluster]`` table with :class:`clusters.ClusterSpec`.
+        Also check the ``[cluster]`` table with :class:`stokesflow.clusters.ClusterSpec`.
 
     Returns
     -------

@@ -18,8 +18,8 @@ class OrchestratorError(Exception):
 class ObservationError(OrchestratorError, ValueError):
     """An observation file (or a set of instrument files) cannot be used.
 
-    Raised by :func:`orchestrator.io.open_observation` and the instrument
-    readers of :mod:`orchestrator.readers` when a file is missing, is not of
+    Raised by :func:`stokesflow.orchestrator.io.open_observation` and the instrument
+    readers of :mod:`stokesflow.orchestrator.readers` when a file is missing, is not of
     the declared format, or holds arrays of the wrong shape, order or units.
     Also a :class:`ValueError`, so generic callers that catch bad values keep
     working.

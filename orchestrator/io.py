@@ -34,7 +34,7 @@ Formats
 ``hmi``, ``hinode_sp``
     Instrument layouts (24 per-segment SDO/HMI ``hmi.S_720s`` files; a
     directory of Hinode SOT/SP level-1 slit files), see
-    :mod:`orchestrator.readers`.
+    :mod:`stokesflow.orchestrator.readers`.
 
 Wavelength grids must be strictly monotonic; a decreasing grid is accepted and
 flipped on reading, so every :class:`Observation` has increasing wavelengths.
@@ -58,7 +58,7 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-from orchestrator.errors import ObservationError
+from stokesflow.orchestrator.errors import ObservationError
 
 __all__ = [
     "CANONICAL_AXES",
@@ -344,7 +344,7 @@ def open_observation(
     continuum : float or str, optional
         ``hmi`` / ``hinode_sp`` only: the quiet-Sun continuum in the file's
         units (DN/s, DN) by which every Stokes parameter is divided, or
-        ``"local"`` / ``"disc_centre"``; see :mod:`orchestrator.readers`.
+        ``"local"`` / ``"disc_centre"``; see :mod:`stokesflow.orchestrator.readers`.
     reader_options : Mapping, optional
         Format-specific options: ``hdu`` (FITS HDU index or name); for ``hmi``:
         ``order``, ``center``, ``mask_offdisc``, ``disc_fraction``; for
@@ -376,7 +376,7 @@ def open_observation(
             raise ObservationError(
                 f"{p}: axes={axes!r} was given, but the {fmt!r} layout fixes its own axes; leave axes out"
             )
-        from orchestrator import readers  # local import: readers imports this module
+        from stokesflow.orchestrator import readers  # local import: readers imports this module
 
         opener = readers.open_hmi if fmt == "hmi" else readers.open_hinode_sp
         return opener(
@@ -415,7 +415,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """
     p = os.fspath(path)
     if os.path.isdir(p):
-        from orchestrator import readers
+        from stokesflow.orchestrator import readers
 
         return readers.detect_directory(p)
     with open(p, "rb") as f:
@@ -425,13 +425,13 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if head.startswith(_NPY_SIGNATURE):
         return "npy"
     if head.startswith(_FITS_SIGNATURE) or (head[:2] == b"\x1f\x8b" and p.lower().endswith((".fits.gz", ".fts.gz"))):
-        from orchestrator import readers
+        from stokesflow.orchestrator import readers
 
         return readers.detect_fits_file(p)
     raise ObservationError(
         f"{p}: cannot tell the format of this file: it starts with {head[:10]!r}, which is neither an "
         f"HDF5 signature, a FITS header ('SIMPLE  =') nor a .npy header; convert it to the HDF5 contract "
-        f"(orchestrator.io.write_observation) or pass format= one of {', '.join(FORMATS)}"
+        f"(stokesflow.orchestrator.io.write_observation) or pass format= one of {', '.join(FORMATS)}"
     )
 
 
@@ -892,7 +892,7 @@ _ROW_READERS: dict[str, Callable[[Observation, int, int], np.ndarray]] = {
 def _row_reader(fmt: str) -> Callable[[Observation, int, int], np.ndarray]:
     if fmt in _ROW_READERS:
         return _ROW_READERS[fmt]
-    from orchestrator import readers
+    from stokesflow.orchestrator import readers
 
     if fmt in readers.ROW_READERS:
         return readers.ROW_READERS[fmt]

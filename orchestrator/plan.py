@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.errors import OrchestratorError
 
 __all__ = [
     "MIN_CHUNK_PIXELS",

@@ -1,8 +1,8 @@
 """Instrument layouts: SDO/HMI ``hmi.S_720s`` and Hinode SOT/SP level 1.
 
-Both are opened through :func:`orchestrator.io.open_observation` (``format="hmi"``
+Both are opened through :func:`stokesflow.orchestrator.io.open_observation` (``format="hmi"``
 or ``"hinode_sp"``, or detected), return an ordinary
-:class:`~orchestrator.io.Observation`, and are read row block by row block by
+:class:`~stokesflow.orchestrator.io.Observation`, and are read row block by row block by
 the workers, so neither a 4096 x 4096 HMI disc nor a long SP scan is ever held
 in memory whole. Every Stokes parameter is divided by one quiet-Sun continuum
 level, so the data reach the backend in the contract's continuum units.
@@ -88,8 +88,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from orchestrator.errors import ObservationError
-from orchestrator.io import Observation, _finish_meta, _plain, check_wavelength, parse_wavelength
+from stokesflow.orchestrator.errors import ObservationError
+from stokesflow.orchestrator.io import Observation, _finish_meta, _plain, check_wavelength, parse_wavelength
 
 __all__ = [
     "HINODE_SP_LINES",

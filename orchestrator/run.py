@@ -42,13 +42,13 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from backends import STATUS_BAD_INPUT, STATUS_NAMES, Backend, BackendError, ChunkResult, get_backend
-from nn_init.providers import InitProvider, get_provider
-from orchestrator.config import Config, ConfigurationError
-from orchestrator.errors import OrchestratorError
-from orchestrator.plan import Chunk, auto_chunk_pixels, default_in_flight, plan_chunks
-from orchestrator.progress import Progress
-from orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, inspect_result
+from stokesflow.backends import STATUS_BAD_INPUT, STATUS_NAMES, Backend, BackendError, ChunkResult, get_backend
+from stokesflow.nn_init.providers import InitProvider, get_provider
+from stokesflow.orchestrator.config import Config, ConfigurationError
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.plan import Chunk, auto_chunk_pixels, default_in_flight, plan_chunks
+from stokesflow.orchestrator.progress import Progress
+from stokesflow.orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, inspect_result
 
 __all__ = [
     "RunSummary",
@@ -333,7 +333,7 @@ def _options_as_dict(options: Any) -> Any:
 
 
 def _open_observation(config: Config) -> Any:
-    from orchestrator.io import open_observation
+    from stokesflow.orchestrator.io import open_observation
 
     i = config.input
     if not i.path:
@@ -393,7 +393,7 @@ def _dask_settings(spec: Any) -> Any:
 
 def _is_driver(spec: Any) -> bool:
     """Whether this process will run the body of ``open_executor`` (always, except under mpiexec)."""
-    from clusters import client_rank, mpi_rank
+    from stokesflow.clusters import client_rank, mpi_rank
 
     return spec.kind != "mpi" or mpi_rank() in (None, client_rank(spec))
 
@@ -453,7 +453,7 @@ def run_inversion(
     Parameters
     ----------
     config : Config
-        From :func:`orchestrator.config.load_config`.
+        From :func:`stokesflow.orchestrator.config.load_config`.
     backend : Backend, optional
         Use this backend instance instead of building ``config.run.backend``
         from the registry (programmatic use, test doubles). It is still
@@ -530,7 +530,7 @@ def run_inversion(
         )
 
     # -- 2. executor and worker set-up --------------------------------------------
-    from clusters import open_executor
+    from stokesflow.clusters import open_executor
 
     t0 = time.perf_counter()
     # every rank of an mpiexec job passes here, so the Dask settings reach all workers

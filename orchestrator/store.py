@@ -52,9 +52,9 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from backends.base import STATUS_NAMES, STATUS_NOT_RUN
-from orchestrator.errors import OrchestratorError
-from orchestrator.plan import Chunk, Plan, flat_to_rows
+from stokesflow.backends.base import STATUS_NAMES, STATUS_NOT_RUN
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.plan import Chunk, Plan, flat_to_rows
 
 __all__ = [
     "StoreError",

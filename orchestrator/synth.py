@@ -1,7 +1,7 @@
 """Synthetic observations: a Milne-Eddington scene through an instrument, plus noise.
 
 :func:`synthesize_observation` is what ``stokesflow synth`` calls. It builds
-the scene's parameter maps (:func:`orchestrator.scenes.make_scene`), turns
+the scene's parameter maps (:func:`stokesflow.orchestrator.scenes.make_scene`), turns
 them into Stokes profiles with the ME backend's ``synthesize``, adds Gaussian
 noise and writes an observation file of the DESIGN.md contract, with the true
 maps under ``/truth/<param>``. Everything happens block of rows by block of
@@ -33,13 +33,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.errors import OrchestratorError
 
 __all__ = ["INSTRUMENTS", "SCENES", "instrument_setup", "synthesize_observation", "default_rows_per_block"]
 
 log = logging.getLogger("stokesflow.synth")
 
-#: Scenes understood by :func:`orchestrator.scenes.make_scene`.
+#: Scenes understood by :func:`stokesflow.orchestrator.scenes.make_scene`.
 SCENES = ("sunspot", "quiet", "plage", "mixed")
 
 #: Stokes values per synthesis block (float64), which bounds its memory.
@@ -47,7 +47,7 @@ _BLOCK_VALUES = 1 << 22
 
 
 def _hmi() -> tuple[tuple[str, ...], np.ndarray]:
-    from backends.me.instrument import HMI_LINE_CENTRE, HMI_OFFSETS_MA
+    from stokesflow.backends.me.instrument import HMI_LINE_CENTRE, HMI_OFFSETS_MA
 
     return ("FeI_6173",), HMI_LINE_CENTRE + 1e-3 * np.asarray(HMI_OFFSETS_MA, dtype=np.float64)
 
@@ -96,7 +96,7 @@ def synthesize_observation(
     instrument : {"hmi", "hinode"}
         Lines and wavelength sampling (see the module docstring).
     scene : {"sunspot", "quiet", "plage", "mixed"}
-        Kind of scene (:func:`orchestrator.scenes.make_scene`).
+        Kind of scene (:func:`stokesflow.orchestrator.scenes.make_scene`).
     size : (int, int)
         ``(ny, nx)`` in pixels.
     noise : float
@@ -122,7 +122,7 @@ def synthesize_observation(
     OrchestratorError
         Unknown instrument or scene, bad size or noise, existing file.
     """
-    from backends import get_backend
+    from stokesflow.backends import get_backend
 
     out = Path(out)
     ny, nx = (int(v) for v in size)
@@ -169,8 +169,8 @@ def _write_blocks(
     attrs: Mapping[str, Any], rows: int, noise: float, seed: int,
 ) -> None:
     """Synthesise and write the file ``tmp`` block of ``rows`` rows by block."""
-    from orchestrator.io import ObservationWriter
-    from orchestrator.scenes import make_scene
+    from stokesflow.orchestrator.io import ObservationWriter
+    from stokesflow.orchestrator.scenes import make_scene
 
     names = backend.parameter_names
     nw = wavelength.size

@@ -12,7 +12,7 @@ are the real and imaginary parts of the Faddeeva function w(z), z = v + i a,
 computed with Humlicek's (1982) W4 rational approximation. All derivatives
 are analytic (derivatives of the rational approximation itself).
 
-Context tuple ``ctx`` (built by ``backends.me.model.build_context``):
+Context tuple ``ctx`` (built by ``stokesflow.backends.me.model.build_context``):
 
 =====  ===============  =====================================================
 index  array            meaning
@@ -41,7 +41,7 @@ import math
 import numpy as np
 from numba import njit
 
-from lm_solver._kernels import fit_pixels_impl
+from stokesflow.lm_solver._kernels import fit_pixels_impl
 
 __all__ = [
     "faddeeva_w4_impl",
@@ -427,7 +427,7 @@ def me_fit_pixels_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, r
 
     The engine is inlined at the numba-IR level, so this wrapper is cached
     on disk and a new worker process does not recompile it (see
-    ``lm_solver._kernels``).
+    ``stokesflow.lm_solver._kernels``).
     """
     fit_pixels_impl(me_model_impl, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
                     reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,

@@ -2,7 +2,7 @@
 
 Usable without any cluster::
 
-    from backends import get_backend
+    from stokesflow.backends import get_backend
     me = get_backend("me", {"lines": ["FeI_6301", "FeI_6302"]})
     stokes = me.synthesize(params, wavelength)          # (npix, 4, nw)
     result = me.invert(stokes, wavelength)              # ChunkResult
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from backends.base import (
+from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     Backend,
@@ -26,12 +26,12 @@ from backends.base import (
     ConfigError,
     ParameterSpec,
 )
-from backends.me import _kernels
-from backends.me.estimates import classical_estimates
-from backends.me.instrument import INSTRUMENT_KINDS
-from backends.me.lines import get_lines
-from backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
-from lm_solver import LMOptions, fit
+from stokesflow.backends.me import _kernels
+from stokesflow.backends.me.estimates import classical_estimates
+from stokesflow.backends.me.instrument import INSTRUMENT_KINDS
+from stokesflow.backends.me.lines import get_lines
+from stokesflow.backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
+from stokesflow.lm_solver import LMOptions, fit
 
 __all__ = ["MEOptions", "MEBackend"]
 
@@ -164,7 +164,7 @@ class MEBackend(Backend):
 
     @property
     def lines(self):
-        """The fitted lines (``backends.me.lines.Line``)."""
+        """The fitted lines (``stokesflow.backends.me.lines.Line``)."""
         if self._lines is None:
             raise BackendError(
                 "the ME backend does not know which lines to fit: set [backend.me] lines = ['FeI_6173'] "

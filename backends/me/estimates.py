@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from backends.me.lines import ZEEMAN_CONSTANT, Line
+from stokesflow.backends.me.lines import ZEEMAN_CONSTANT, Line
 
 __all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import ConfigError
+from stokesflow.backends.base import ConfigError
 
 __all__ = [
     "INSTRUMENT_KINDS",

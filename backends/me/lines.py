@@ -32,7 +32,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from backends.base import BackendError, ConfigError
+from stokesflow.backends.base import BackendError, ConfigError
 
 try:  # Python >= 3.11
     import tomllib
@@ -268,7 +268,7 @@ class Line:
 @lru_cache(maxsize=16)
 def _read_table(path: str | None) -> dict[str, dict]:
     if path is None:
-        text = resources.files("backends.me").joinpath("data/lines.toml").read_text()
+        text = resources.files("stokesflow.backends.me").joinpath("data/lines.toml").read_text()
         where = "the packaged line table"
     else:
         p = Path(path)

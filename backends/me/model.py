@@ -12,10 +12,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from backends.base import ParameterSpec
-from backends.me import _kernels
-from backends.me.instrument import Instrument, make_instrument
-from backends.me.lines import Line
+from stokesflow.backends.base import ParameterSpec
+from stokesflow.backends.me import _kernels
+from stokesflow.backends.me.instrument import Instrument, make_instrument
+from stokesflow.backends.me.lines import Line
 
 __all__ = ["ME_PARAMETERS", "FILLING_FACTOR", "MEModel", "build_context", "me_parameters", "params_to_array"]
 
@@ -70,7 +70,7 @@ def build_context(
     mu: float = 1.0,
     stray: np.ndarray | None = None,
 ) -> tuple:
-    """The kernel context tuple (see ``backends.me._kernels``)."""
+    """The kernel context tuple (see ``stokesflow.backends.me._kernels``)."""
     lam0 = np.array([ln.wavelength for ln in lines], dtype=np.float64)
     loggf = np.array([ln.loggf for ln in lines], dtype=np.float64)
     ratio = 10.0 ** (loggf - loggf[0])

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cluster_helpers as h  # noqa: E402
 
-from clusters import ClusterSpec, client_rank, mpi_rank, open_executor  # noqa: E402
+from stokesflow.clusters import ClusterSpec, client_rank, mpi_rank, open_executor  # noqa: E402
 
 
 def main(mode: str, outdir: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import _cluster_helpers as h
-from clusters import (
+from stokesflow.clusters import (
     ClusterError,
     ClusterSpec,
     Executor,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import _cluster_helpers as h
-from clusters import ClusterSpec, open_executor
+from stokesflow.clusters import ClusterSpec, open_executor
 
 HERE = Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from clusters import ClusterError, ClusterSpec, job_script
+from stokesflow.clusters import ClusterError, ClusterSpec, job_script
 
 SLURM = ClusterSpec(
     kind="slurm",
@@ -114,7 +114,7 @@ def test_same_text_as_dask_jobqueue_cluster() -> None:
     # started here, no job submitted) must produce the same script.
     from dask_jobqueue import SLURMCluster
 
-    from clusters.jobqueue import SCHEDULER_PLACEHOLDER, job_kwargs
+    from stokesflow.clusters.jobqueue import SCHEDULER_PLACEHOLDER, job_kwargs
 
     with SLURMCluster(**job_kwargs(SLURM), scheduler_options={"dashboard_address": "127.0.0.1:0"}) as cluster:
         real = cluster.job_script().replace(cluster.scheduler_address, SCHEDULER_PLACEHOLDER)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusters import ClusterError, ClusterSpec, client_rank, open_executor
+from stokesflow.clusters import ClusterError, ClusterSpec, client_rank, open_executor
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_mpi_script.py"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from clusters import (
+from stokesflow.clusters import (
     ClusterError,
     ClusterSpec,
     MissingDependencyError,
@@ -14,7 +14,7 @@ from clusters import (
     mpi_rank,
     open_executor,
 )
-from clusters.spec import parse_walltime, worker_lifetime
+from stokesflow.clusters.spec import parse_walltime, worker_lifetime
 
 
 def test_defaults() -> None:
@@ -142,9 +142,8 @@ def test_missing_dask_jobqueue_says_what_to_install(monkeypatch: pytest.MonkeyPa
 def test_missing_dask_mpi_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "dask_mpi", None)
     monkeypatch.setenv("PMI_RANK", "0")  # pretend to be under mpiexec
-    import clusters.mpi
-
-    monkeypatch.setattr(clusters.mpi, "_opened", False)
+    import stokesflow.clusters.mpi
+    monkeypatch.setattr(stokesflow.clusters.mpi, "_opened", False)
     with pytest.raises(MissingDependencyError, match=r'pip install "stokesflow\[mpi\]"') as err:
         with open_executor(ClusterSpec(kind="mpi")):
             pass  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The caching pattern of lm_solver._kernels, exercised in fresh processes.
+"""The caching pattern of stokesflow.lm_solver._kernels, exercised in fresh processes.
 
 ``fit_line_impl`` binds the model as a global and calls the inlined engine;
 it is cached on disk. Run as a script it fits one small problem and prints
@@ -14,7 +14,7 @@ import time
 import numpy as np
 from numba import njit
 
-from lm_solver._kernels import fit_pixels_impl
+from stokesflow.lm_solver._kernels import fit_pixels_impl
 
 __all__ = ["fit_line_impl", "line_model_impl", "main"]
 
@@ -41,7 +41,7 @@ def fit_line_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, reg_ta
 
 def main() -> dict:
     """Fit y = 1 + 2x through the cached wrapper."""
-    from lm_solver import fit
+    from stokesflow.lm_solver import fit
 
     x = np.linspace(0.0, 1.0, 7)
     obs = (1.0 + 2.0 * x)[None, :] + 0.01 * np.cos(5 * x)[None, :]

@@ -1,6 +1,6 @@
 """On-disk caching of a model-bound engine across processes (numba 0.68 finding).
 
-What this checks (see the lm_solver._kernels docstring):
+What this checks (see the stokesflow.lm_solver._kernels docstring):
 * a caller's ``@njit(cache=True)`` wrapper that calls the inlined engine with
   its model as a global is compiled once and loaded from the cache by the
   next process (no "Cannot cache" warning: warnings are errors here);
@@ -21,8 +21,8 @@ import numba
 import numpy as np
 from _lm_models import TOY_LINE, toy_ctx, toy_model_impl
 
-import lm_solver
-from lm_solver import fit
+import stokesflow.lm_solver as lm_solver
+from stokesflow.lm_solver import fit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -1,4 +1,4 @@
-"""lm_solver.fit: statistics, bounds, regularisation, status codes, multi-start, errors."""
+"""stokesflow.lm_solver.fit: statistics, bounds, regularisation, status codes, multi-start, errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from _lm_models import (
     toy_model_impl,
 )
 
-from lm_solver import (
+from stokesflow.lm_solver import (
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     STATUS_MAX_ITER,
@@ -28,7 +28,7 @@ from lm_solver import (
     LMOptions,
     fit,
 )
-from lm_solver._kernels import apply_bounds_impl
+from stokesflow.lm_solver._kernels import apply_bounds_impl
 
 
 def synth(ctx: tuple[np.ndarray, np.ndarray], params: np.ndarray) -> np.ndarray:
@@ -426,7 +426,7 @@ def test_read_only_inputs_reuse_the_compiled_engine() -> None:
     Regression: numba specialises on read-only arrays, which recompiled the
     whole engine and made a caller's cached wrapper miss its cache.
     """
-    from lm_solver._kernels import fit_pixels_impl
+    from stokesflow.lm_solver._kernels import fit_pixels_impl
 
     x = np.linspace(0.0, 1.0, 6)
     ctx = toy_ctx(TOY_LINE, x)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _lm_models import NIST_IDS, load_nist, nist_model_impl
 
-from lm_solver import STATUS_OK, LMOptions, fit
+from stokesflow.lm_solver import STATUS_OK, LMOptions, fit
 
 # Tight stopping rules: NIST certifies 11 significant digits.
 NIST_OPTIONS = LMOptions(max_iter=1000, chi2_rtol=1e-15, step_tol=1e-12, scale_covar=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends.base import ParameterSpec
-from nn_init.providers import ConstantInit, DefaultInit, InitError, get_provider, list_providers
+from stokesflow.backends.base import ParameterSpec
+from stokesflow.nn_init.providers import ConstantInit, DefaultInit, InitError, get_provider, list_providers
 
 
 class _SpecsOnly:

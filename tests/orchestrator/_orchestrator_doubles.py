@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from backends.base import Backend
-from backends.me.backend import MEBackend
+from stokesflow.backends.base import Backend
+from stokesflow.backends.me.backend import MEBackend
 
 __all__ = [
     "WrappingDouble",

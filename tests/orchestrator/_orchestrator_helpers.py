@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.config import Config, load_config
+from stokesflow.orchestrator.config import Config, load_config
 
 __all__ = [
     "HMI_WAVELENGTH",
@@ -46,8 +46,8 @@ def write_hmi_observation(
     ``nan_pixels`` (flat indices) get NaN in Stokes Q; ``poison_pixels`` get
     Stokes I = POISON_VALUE at the first wavelength (see the doubles).
     """
-    from backends import get_backend
-    from orchestrator.io import write_observation
+    from stokesflow.backends import get_backend
+    from stokesflow.orchestrator.io import write_observation
 
     from _orchestrator_doubles import POISON_VALUE
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from orchestrator.errors import ObservationError, OrchestratorError
-from orchestrator.io import (
+from stokesflow.orchestrator.errors import ObservationError, OrchestratorError
+from stokesflow.orchestrator.io import (
     Observation,
     ObservationWriter,
     open_observation,

@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _orchestrator_helpers import write_hmi_observation  # noqa: E402
 
-from backends import registry  # noqa: E402
-from orchestrator.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, build_parser, main  # noqa: E402
-from orchestrator.config import tomllib  # noqa: E402
-from orchestrator.store import read_result  # noqa: E402
+from stokesflow.backends import registry  # noqa: E402
+from stokesflow.orchestrator.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, build_parser, main  # noqa: E402
+from stokesflow.orchestrator.config import tomllib  # noqa: E402
+from stokesflow.orchestrator.store import read_result  # noqa: E402
 
 
 def _subparser(name):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from orchestrator.config import (
+from stokesflow.orchestrator.config import (
     Config,
     ConfigurationError,
     config_from_mapping,
@@ -77,7 +77,7 @@ def test_unknown_key_lists_valid(tmp_path):
 
 
 def test_unknown_cluster_key_rejected():
-    from clusters import ClusterError
+    from stokesflow.clusters import ClusterError
 
     with pytest.raises(ClusterError, match="workerz"):
         load_config(None, {"cluster": {"workerz": 3}})

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _orchestrator_doubles import SetupCountingDouble  # noqa: E402
 from _orchestrator_helpers import assert_same_result, make_config, write_hmi_observation  # noqa: E402
 
-from orchestrator.run import run_inversion  # noqa: E402
-from orchestrator.store import read_result  # noqa: E402
+from stokesflow.orchestrator.run import run_inversion  # noqa: E402
+from stokesflow.orchestrator.store import read_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 24
@@ -45,7 +45,7 @@ def test_mpi_equals_serial(obs_and_serial, tmp_path):
     pytest.importorskip("mpi4py")
     obs, serial = obs_and_serial
     out = tmp_path / "mpi.h5"
-    cmd = ["mpiexec", "-n", "4", sys.executable, "-m", "orchestrator.cli", "invert", "--input", str(obs),
+    cmd = ["mpiexec", "-n", "4", sys.executable, "-m", "stokesflow.orchestrator.cli", "invert", "--input", str(obs),
            "--out", str(out), "--cluster", "mpi", "--chunk-pixels", str(K), "--progress", "log"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

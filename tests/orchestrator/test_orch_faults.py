@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _orchestrator_doubles import ExitOnceDouble, PoisonDouble, SlowPidDouble  # noqa: E402
 from _orchestrator_helpers import assert_same_result, make_config, write_hmi_observation  # noqa: E402
 
-from orchestrator.run import run_inversion  # noqa: E402
-from orchestrator.store import read_result  # noqa: E402
+from stokesflow.orchestrator.run import run_inversion  # noqa: E402
+from stokesflow.orchestrator.store import read_result  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +99,12 @@ def test_deterministic_failure_after_retries_on_local_cluster(tmp_path):
 
 def _run_cli(args: list[str], *, kill_after_chunks: int | None, rng: np.random.Generator,
              sig: int = signal.SIGKILL):
-    """Run ``python -m orchestrator.cli invert ARGS``; send ``sig`` once it logged that many chunks.
+    """Run ``python -m stokesflow.orchestrator.cli invert ARGS``; send ``sig`` once it logged that many chunks.
 
     Returns (killed, indices of the chunks it logged as written, its stderr); the exit
     code of the last run is kept in ``_run_cli.returncode``.
     """
-    cmd = [sys.executable, "-m", "orchestrator.cli", "invert", *args, "-vv", "--progress", "log",
+    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "invert", *args, "-vv", "--progress", "log",
            "--log-interval", "0.001"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     written: list[int] = []

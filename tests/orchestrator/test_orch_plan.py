@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.plan import (
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.plan import (
     MAX_CHUNK_PIXELS,
     MIN_CHUNK_PIXELS,
     auto_chunk_pixels,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from orchestrator.progress import Progress, choose_mode, format_duration
+from stokesflow.orchestrator.progress import Progress, choose_mode, format_duration
 
 
 class _Tty(io.StringIO):

@@ -16,13 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _orchestrator_doubles import HugeSigmaDouble, PoisonDouble  # noqa: E402
 from _orchestrator_helpers import HMI_WAVELENGTH, make_config, write_hmi_observation  # noqa: E402
 
-import clusters  # noqa: E402
-from backends import BackendError, get_backend  # noqa: E402
-from nn_init.providers import InitError  # noqa: E402
-from orchestrator.config import tomllib  # noqa: E402
-from orchestrator.errors import ObservationError  # noqa: E402
-from orchestrator.run import run_inversion  # noqa: E402
-from orchestrator.store import ResumeError, StoreError, read_result  # noqa: E402
+import stokesflow.clusters as clusters  # noqa: E402
+from stokesflow.backends import BackendError, get_backend  # noqa: E402
+from stokesflow.nn_init.providers import InitError  # noqa: E402
+from stokesflow.orchestrator.config import tomllib  # noqa: E402
+from stokesflow.orchestrator.errors import ObservationError  # noqa: E402
+from stokesflow.orchestrator.run import run_inversion  # noqa: E402
+from stokesflow.orchestrator.store import ResumeError, StoreError, read_result  # noqa: E402
 
 NY, NX, K = 8, 12, 10  # 96 pixels, 10 chunks, the last one of 6 pixels; chunks straddle rows
 
@@ -44,7 +44,7 @@ def no_cluster(monkeypatch):
 
 def _direct(obs: Path, init=None) -> tuple[np.ndarray, np.ndarray]:
     """Reference: the ME backend called chunk by chunk on the same pixels, no orchestrator."""
-    from orchestrator.io import open_observation
+    from stokesflow.orchestrator.io import open_observation
 
     o = open_observation(obs)
     me = get_backend("me").for_observation(o.meta)
@@ -201,8 +201,8 @@ def test_values_beyond_float32_are_stored_as_inf_without_warning(obs, tmp_path):
 
 
 def test_npy_input_with_declared_axes_gives_the_same_result(obs, tmp_path):
-    from orchestrator.cli import main
-    from orchestrator.io import open_observation
+    from stokesflow.orchestrator.cli import main
+    from stokesflow.orchestrator.io import open_observation
 
     o = open_observation(obs)
     cube = o.read_rows(0, NY)  # (ny, nx, 4, nw)

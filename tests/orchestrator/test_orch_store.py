@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from backends.base import ParameterSpec
-from orchestrator.plan import plan_chunks
-from orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, read_result
+from stokesflow.backends.base import ParameterSpec
+from stokesflow.orchestrator.plan import plan_chunks
+from stokesflow.orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, read_result
 
 SPECS = (ParameterSpec("B", "G", 0.0, 5000.0, 1000.0), ParameterSpec("azimuth", "deg", 0.0, 180.0, 90.0, True))
 FP = {"observation": "hdf5:abc", "backend": "me", "backend_options": {"max_iter": 50}, "chunk_pixels": 7}

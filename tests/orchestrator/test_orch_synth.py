@@ -7,13 +7,13 @@ import h5py
 import numpy as np
 import pytest
 
-from backends import get_backend
-from orchestrator.cli import EXIT_OK, main
-from orchestrator.errors import OrchestratorError
-from orchestrator.io import open_observation
-from orchestrator.scenes import make_scene
-from orchestrator.store import read_result
-from orchestrator.synth import synthesize_observation
+from stokesflow.backends import get_backend
+from stokesflow.orchestrator.cli import EXIT_OK, main
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.io import open_observation
+from stokesflow.orchestrator.scenes import make_scene
+from stokesflow.orchestrator.store import read_result
+from stokesflow.orchestrator.synth import synthesize_observation
 
 HMI_OFFSETS_MA = np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0])  # DESIGN.md, HMI tuning
 
@@ -24,7 +24,7 @@ def test_hmi_file_follows_the_contract(tmp_path):
     with h5py.File(path, "r") as h5:
         assert h5["stokes"].shape == (10, 14, 4, 6) and h5["stokes"].dtype == np.float32
         assert h5["wavelength"].dtype == np.float64
-        # offsets about the HMI line centre (backends.me.instrument.HMI_LINE_CENTRE, 6173.3433 A)
+        # offsets about the HMI line centre (stokesflow.backends.me.instrument.HMI_LINE_CENTRE, 6173.3433 A)
         np.testing.assert_allclose((h5["wavelength"][:] - 6173.3433) * 1e3, HMI_OFFSETS_MA, atol=1e-6)
         assert h5.attrs["instrument"] == "hmi" and h5.attrs["lines"] == "FeI_6173"
         assert "noise" not in h5.attrs  # noise-free file

@@ -25,9 +25,9 @@ from _io_instruments import (  # noqa: E402
     write_sp_scan,
 )
 
-from orchestrator.errors import ObservationError  # noqa: E402
-from orchestrator.io import open_observation  # noqa: E402
-from orchestrator.readers import (  # noqa: E402
+from stokesflow.orchestrator.errors import ObservationError  # noqa: E402
+from stokesflow.orchestrator.io import open_observation  # noqa: E402
+from stokesflow.orchestrator.readers import (  # noqa: E402
     HMI_CENTER_A,
     hinode_sp_unscale,
     hmi_disc_geometry,

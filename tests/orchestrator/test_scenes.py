@@ -15,7 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from orchestrator.scenes import (
+from stokesflow.orchestrator.scenes import (
     PARAMETERS,
     PENUMBRA,
     PLAGE,

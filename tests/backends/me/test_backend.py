@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from backends import STATUS_BAD_INPUT, STATUS_OK, BackendError, ConfigError, get_backend, list_backends
-from backends.me import MEBackend
+from stokesflow.backends import STATUS_BAD_INPUT, STATUS_OK, BackendError, ConfigError, get_backend, list_backends
+from stokesflow.backends.me import MEBackend
 
 HMI_WAVE = 6173.334 + np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0]) * 1e-3
 HINODE_WAVE = 6300.884 + np.arange(112) * 0.021549

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from backends import ConfigError, get_backend
-from backends.me.instrument import (
+from stokesflow.backends import ConfigError, get_backend
+from stokesflow.backends.me.instrument import (
     HMI_FWHM_MA,
     filter_matrix,
     gaussian_psf_matrix,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.special import wofz
 
-from backends.me._kernels import faddeeva_w4_impl
-from backends.me.lines import get_lines
-from backends.me.model import MEModel
+from stokesflow.backends.me._kernels import faddeeva_w4_impl
+from stokesflow.backends.me.lines import get_lines
+from stokesflow.backends.me.model import MEModel
 
 HMI_WAVE = 6173.334 + np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0]) * 1e-3
 HINODE_WAVE = 6300.884 + np.arange(112) * 0.021549

@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from backends.me.lines import (
+from stokesflow.backends.me.lines import (
     PI,
     SIGMA_BLUE,
     SIGMA_RED,

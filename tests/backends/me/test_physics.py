@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from backends.me.lines import ZEEMAN_CONSTANT, get_lines
-from backends.me.model import MEModel
+from stokesflow.backends.me.lines import ZEEMAN_CONSTANT, get_lines
+from stokesflow.backends.me.model import MEModel
 
 WAVE = 6302.4931 + np.linspace(-0.5, 0.5, 401)  # Fe I 6302.5, a normal triplet with g = 2.5
 BASE = dict(B=1000.0, inclination=30.0, azimuth=20.0, vlos=0.0, doppler_width=30.0, eta0=10.0,
