@@ -25,6 +25,7 @@ __all__ = [
     "STATUS_MAX_ITER",
     "STATUS_FAILED",
     "STATUS_BAD_INPUT",
+    "STATUS_POOR_FIT",
     "STATUS_NOT_RUN",
     "STATUS_NAMES",
     "options_from_mapping",
@@ -35,12 +36,16 @@ STATUS_OK = 0
 STATUS_MAX_ITER = 1
 STATUS_FAILED = 2
 STATUS_BAD_INPUT = 3
+#: The fit ended, but its reduced chi2 stays far above what the noise allows
+#: (after the adaptive extra starts): never stored as ok.
+STATUS_POOR_FIT = 4
 STATUS_NOT_RUN = 255
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_MAX_ITER: "max-iterations",
     STATUS_FAILED: "failed",
     STATUS_BAD_INPUT: "skipped (bad input)",
+    STATUS_POOR_FIT: "poor fit",
     STATUS_NOT_RUN: "not yet run",
 }
 
