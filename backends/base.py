@@ -9,10 +9,17 @@ spells out a backend's own options: each backend owns an options dataclass
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
+
+# The solver's codes 0-3 are defined once, in lm_solver; re-exported here with
+# the two codes only a backend or the result file gives (4 and 255).
+from stokesflow.lm_solver import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_MAX_ITER, STATUS_OK
 
 __all__ = [
     "BackendError",
@@ -28,14 +35,12 @@ __all__ = [
     "STATUS_POOR_FIT",
     "STATUS_NOT_RUN",
     "STATUS_NAMES",
+    "coerce_option",
     "options_from_mapping",
 ]
 
-#: Pixel status codes shared by every backend and the result file.
-STATUS_OK = 0
-STATUS_MAX_ITER = 1
-STATUS_FAILED = 2
-STATUS_BAD_INPUT = 3
+#: Pixel status codes shared by every backend and the result file: 0 ok,
+#: 1 max-iterations, 2 failed, 3 bad input come from ``stokesflow.lm_solver``.
 #: The fit ended, but its reduced chi2 stays far above what the noise allows
 #: (after the adaptive extra starts): never stored as ok.
 STATUS_POOR_FIT = 4
@@ -148,11 +153,152 @@ class ChunkResult:
         return {n: self.params[:, i] for i, n in enumerate(self.names)}
 
 
+def _describe(tp: Any) -> str:
+    """Plain-words name of a type annotation, for error messages."""
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "nothing (omit the key)"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is tuple or origin is tuple and not typing.get_args(tp):
+        return "a list"
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
+        return f"a list of {len(args)} values [{', '.join(_describe(a) for a in args)}]"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    """Internal: a value does not fit a type annotation."""
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` converted to annotation ``tp``; raises _Mismatch if it cannot be."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Mismatch
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, (bool, np.bool_)):
+            raise _Mismatch
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (bool, np.bool_)):
+            raise _Mismatch
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if tp is tuple or (origin is tuple and not typing.get_args(tp)):
+        if isinstance(value, (list, tuple)):
+            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        raise _Mismatch
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise _Mismatch
+        return tuple(_coerce(v, a) for v, a in zip(value, args))
+    return value  # an annotation this function does not know: the class checks it
+
+
+def coerce_option(cls: type, key: str, value: Any, *, where: str) -> Any:
+    """One option value converted to the type its dataclass field declares.
+
+    Parameters
+    ----------
+    cls : type
+        The options dataclass.
+    key : str
+        Field name.
+    value : any
+        The value as given (a TOML value, or a string from the command line).
+    where : str
+        Table the option belongs to (``"[backend.me]"``), for the message.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``<where> <key>``, the expected type and the value given. A
+        field's ``metadata["expected"]`` (plain words) replaces the type name.
+    """
+    fld = {f.name: f for f in dataclasses.fields(cls)}[key]
+    hints = typing.get_type_hints(cls)
+    tp = hints.get(key, Any)
+    try:
+        return _coerce(value, tp)
+    except _Mismatch:
+        expected = fld.metadata.get("expected") or _describe(tp)
+        flag = "-B" if where.startswith("[backend") else "--option"
+        raise ConfigError(
+            f"{where} {key}: expected {expected}, got {value!r} ({type(value).__name__}); "
+            f"fix the value in the TOML table or on the command line ({flag} {key}=...)"
+        ) from None
+
+
 def options_from_mapping(cls: type, data: Mapping[str, Any] | None, *, where: str) -> Any:
     """Build the frozen options dataclass ``cls`` from a mapping.
 
-    Unknown keys are rejected with the list of valid ones. Lists become tuples
-    so the result stays hashable.
+    Unknown keys are rejected with the list of valid ones. Every value is
+    converted to the type its field declares (see :func:`coerce_option`), so a
+    wrong value is reported as ``[backend.me] max_iter: expected an integer,
+    got 'abc'`` instead of failing later; lists become tuples so the result
+    stays hashable.
 
     Parameters
     ----------
@@ -161,7 +307,7 @@ def options_from_mapping(cls: type, data: Mapping[str, Any] | None, *, where: st
     data : mapping or None
         Values, e.g. one TOML table.
     where : str
-        Where the mapping came from, for the error message.
+        Where the mapping came from (``"[backend.me]"``), for the error message.
     """
     data = dict(data or {})
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -170,7 +316,7 @@ def options_from_mapping(cls: type, data: Mapping[str, Any] | None, *, where: st
         raise ConfigError(
             f"unknown option(s) {unknown} in {where}; valid options are {sorted(valid)}"
         )
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    clean = {k: coerce_option(cls, k, v, where=where) for k, v in data.items()}
     return cls(**clean)
 
 
@@ -193,9 +339,7 @@ class Backend:
 
     def __init__(self, options: Any = None) -> None:
         if self.options_class is not None and not isinstance(options, self.options_class):
-            options = options_from_mapping(
-                self.options_class, options, where=f"[backend.{self.name}] options"
-            )
+            options = options_from_mapping(self.options_class, options, where=f"[backend.{self.name}]")
         self.options = options
 
     @classmethod
@@ -222,8 +366,41 @@ class Backend:
         """
         return self
 
-    def setup(self) -> None:
-        """Prepare a worker process (compile kernels, make scratch folders)."""
+    def setup(self, trial: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Prepare a worker process (compile kernels, make scratch folders).
+
+        Parameters
+        ----------
+        trial : (stokes, wavelength), optional
+            A few real pixels, ``stokes`` (n, 4, nw) and ``wavelength`` (nw,)
+            [A], from the observation about to be inverted; a backend may warm
+            up on them (the observation's own grid, which its instrument
+            accepts). The base class ignores it.
+        """
+
+    def estimate_noise(self, stokes: np.ndarray, wavelength: np.ndarray) -> np.ndarray:
+        """One-sigma noise per Stokes parameter (I, Q, U, V) from a sample of pixels.
+
+        Model-free default (:func:`stokesflow.backends.noise.continuum_noise`):
+        robust scatter of second differences at the continuum points (where
+        the median I profile is flattest). Backends with a forward model
+        override it with a model-based estimate that needs no continuum.
+
+        Parameters
+        ----------
+        stokes : ndarray (npix, 4, nw)
+            Valid pixels (finite), in the data's units.
+        wavelength : ndarray (nw,)
+            Observed wavelengths [A].
+
+        Returns
+        -------
+        ndarray (4,)
+            Noise sigma of I, Q, U, V in the data's units.
+        """
+        from stokesflow.backends.noise import continuum_noise
+
+        return continuum_noise(stokes, wavelength)
 
     def teardown(self) -> None:
         """Release what :meth:`setup` took."""

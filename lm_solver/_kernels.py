@@ -308,6 +308,46 @@ def normal_equations_impl(jac, y, obs, sw, scale, q, tq, rw, jw, rs, a, g):
         a[j, j] += rw[j]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _cholesky_factor_impl(m, n, pivot_rel):
+    """Cholesky factor of the leading ``n`` x ``n`` block of ``m``, in place.
+
+    The one factorisation of this module (the damped solve and the
+    covariance both use it). The lower triangle of ``m[:n, :n]`` is
+    overwritten by L (m = L L^T); the upper triangle is left untouched.
+
+    Parameters
+    ----------
+    m : float64[:, ::1], shape (>= n, >= n)
+        Symmetric matrix; only its lower triangle is read.
+    n : int
+        Size of the block to factorise.
+    pivot_rel : float
+        A pivot must exceed ``pivot_rel`` times its original diagonal (0:
+        merely positive) and be finite.
+
+    Returns
+    -------
+    bool
+        False at the first pivot that fails (``m`` is then partly overwritten).
+    """
+    for j in range(n):
+        diag = m[j, j]
+        s = diag
+        for k in range(j):
+            s -= m[j, k] * m[j, k]
+        if not (s > pivot_rel * diag) or not math.isfinite(s):
+            return False
+        d = math.sqrt(s)
+        m[j, j] = d
+        for i in range(j + 1, n):
+            t = m[i, j]
+            for k in range(j):
+                t -= m[i, k] * m[j, k]
+            m[i, j] = t / d
+    return True
+
+
 @njit(cache=True, nogil=True)
 def cholesky_solve_impl(m, b, x):
     """Solve ``m x = b`` for symmetric positive definite ``m`` in place.
@@ -320,19 +360,8 @@ def cholesky_solve_impl(m, b, x):
         False if a pivot is not positive and finite (``x`` is then undefined).
     """
     n = m.shape[0]
-    for j in range(n):
-        s = m[j, j]
-        for k in range(j):
-            s -= m[j, k] * m[j, k]
-        if not (s > 0.0) or not math.isfinite(s):
-            return False
-        d = math.sqrt(s)
-        m[j, j] = d
-        for i in range(j + 1, n):
-            t = m[i, j]
-            for k in range(j):
-                t -= m[i, k] * m[j, k]
-            m[i, j] = t / d
+    if not _cholesky_factor_impl(m, n, 0.0):
+        return False
     for i in range(n):
         t = b[i]
         for k in range(i):
@@ -382,20 +411,8 @@ def sigma_from_normal_impl(a, scale, factor, work, idx, z, sigma):
     # Cholesky with a relative pivot test: a pivot that lost all but 1e-13 of
     # its diagonal means a variance inflation beyond what double precision
     # can resolve.
-    for j in range(na):
-        diag = work[j, j]
-        s = diag
-        for k in range(j):
-            s -= work[j, k] * work[j, k]
-        if not (s > COV_PIVOT_REL * diag) or not math.isfinite(s):
-            return
-        d = math.sqrt(s)
-        work[j, j] = d
-        for i in range(j + 1, na):
-            t = work[i, j]
-            for k in range(j):
-                t -= work[i, k] * work[j, k]
-            work[i, j] = t / d
+    if not _cholesky_factor_impl(work, na, COV_PIVOT_REL):
+        return
     for u in range(na):
         # inv(A)_uu = |L^-1 e_u|^2; z_i = 0 for i < u
         var = 0.0

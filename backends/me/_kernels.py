@@ -22,13 +22,18 @@ index  array            meaning
 2      ratio (nl,)      line opacity relative to the first line (gf ratio)
 3      cline (nc,)      line index of each Zeeman component
 4      cgroup (nc,)     0 sigma_b, 1 pi, 2 sigma_r
-5      cshift (nc,)     shift in units of 4.6686e-13 lambda0^2 B [A/G]... per G
+5      cshift (nc,)     shift in units of ZEEMAN_CONSTANT lambda0^2 B [A]
 6      cstr (nc,)       relative strength of each component
 7      mu (1,)          heliocentric cosine
 8      proj (no, nm)    instrument matrix (observed = proj @ model); (0, 0) = none
 9      stray (4*no,)    stray-light profile on the observed grid (filling factor)
 10     flags (2,)       [use_filling_factor, unused]
 =====  ===============  =====================================================
+
+The Zeeman constant is :data:`stokesflow.backends.me.lines.ZEEMAN_CONSTANT`,
+read by numba as a compile-time global: after changing it there, clear
+``backends/me/__pycache__/*.nb*`` (numba's cache of this file does not see
+changes in other files).
 
 Parameter vector ``p``: B [G], inclination [deg], azimuth [deg], vlos [km/s],
 doppler_width [mA], eta0, damping, S0, S1, and filling_factor when used.
@@ -41,6 +46,7 @@ import math
 import numpy as np
 from numba import njit
 
+from stokesflow.backends.me.lines import ZEEMAN_CONSTANT
 from stokesflow.lm_solver._kernels import fit_pixels_impl
 
 __all__ = [
@@ -120,7 +126,7 @@ def _profiles_impl(lam, B, vlos, dlam_d, a, lam0, ratio, cline, cgroup, cshift, 
     for k in range(nc):
         li = cline[k]
         l0 = lam0[li]
-        zfac = 4.6686e-13 * l0 * l0
+        zfac = ZEEMAN_CONSTANT * l0 * l0
         va = l0 * vlos / _C_KMS
         v = (lam - l0 - va - cshift[k] * zfac * B) / dlam_d
         w, dw = faddeeva_w4_impl(v, a)

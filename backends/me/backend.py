@@ -11,15 +11,21 @@ Usable without any cluster::
 from __future__ import annotations
 
 import dataclasses
+import math
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from scipy.stats import chi2 as _chi2
 
 from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
     STATUS_FAILED,
+    STATUS_MAX_ITER,
+    STATUS_OK,
+    STATUS_POOR_FIT,
     Backend,
     BackendError,
     ChunkResult,
@@ -28,14 +34,57 @@ from stokesflow.backends.base import (
 )
 from stokesflow.backends.me import _kernels
 from stokesflow.backends.me.estimates import classical_estimates
-from stokesflow.backends.me.instrument import INSTRUMENT_KINDS
+from stokesflow.backends.me.instrument import HMI_OFFSETS_MA, INSTRUMENT_KINDS
 from stokesflow.backends.me.lines import get_lines
 from stokesflow.backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
-from stokesflow.lm_solver import LMOptions, fit
+from stokesflow.backends.noise import continuum_noise, continuum_points, noise_from_residuals
+from stokesflow.lm_solver import BOUND_MODES, FitResult, LMOptions, fit
 
-__all__ = ["MEOptions", "MEBackend"]
+__all__ = ["MEOptions", "MEBackend", "POOR_CHI2_FLOOR", "POOR_CHI2_TAIL", "RETRY_RELATIVE", "poor_chi2_threshold"]
 
 _STOKES_WEIGHT_DEFAULT = (1.0, 1.0, 1.0, 1.0)
+
+#: Tail probability of the automatic poor-fit threshold: a fit is poor when its
+#: reduced chi2 exceeds the (1 - 1e-6) quantile of chi2(dof) / dof, i.e. a value
+#: that noise alone reaches once in a million pixels.
+POOR_CHI2_TAIL = 1e-6
+#: Floor of the automatic poor-fit threshold [reduced chi2], i.e. an rms
+#: residual of 10 noise sigma. Real data carry model error the noise does not
+#: (an ME atmosphere for a stratified one, line data, instrument profiles), so
+#: the noise quantile alone (3.8 for 15 dof, 1.35 for 439) would flag them: ME
+#: fits of the SIR sample (LTE, gradients; noise 1e-3) reach a reduced chi2 of
+#: 66 (median 20) with the field right, while the wrong minima of the HMI
+#: sunspot of issue 6 (B off by > 1000 G) sat at 2,300-13,000.
+POOR_CHI2_FLOOR = 100.0
+
+
+#: A pixel above good_chi2 gets extra starts when its reduced chi2 is also above
+#: this many times the median of the converged pixels fitted with it (or above
+#: the poor-fit threshold).
+RETRY_RELATIVE = 3.0
+
+
+def poor_chi2_threshold(dof: int, floor: float = POOR_CHI2_FLOOR, tail: float = POOR_CHI2_TAIL) -> float:
+    """Automatic poor-fit threshold in reduced chi2 for ``dof`` degrees of freedom.
+
+    ``max(floor, chi2.isf(tail, dof) / dof)``: the floor (100) for every grid
+    in use (the 1e-6 quantile is 3.8 for 15 dof, HMI-like; 1.35 for 439,
+    Hinode-like), the quantile only for fits of one or two points per
+    parameter.
+    """
+    return max(float(floor), float(_chi2.isf(tail, max(int(dof), 1)) / max(int(dof), 1)))
+
+
+def _as_noise(value: Any, where: str) -> float | tuple[float, float, float, float] | None:
+    """Noise as a float, 4 floats (I, Q, U, V), or None; ConfigError if malformed."""
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float64).ravel()
+    if arr.size == 1:
+        return float(arr[0])
+    if arr.size == 4:
+        return tuple(float(v) for v in arr)
+    raise ConfigError(f"{where} noise must be one number or 4 numbers (I, Q, U, V), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -48,21 +97,26 @@ class MEOptions:
         Line names fitted together; default: the observation's ``lines``.
     line_table : str, optional
         User TOML line table extending/overriding the packaged one.
-    instrument : str
-        ``grid`` (no convolution), ``psf``, ``hmi_filters`` or ``filters``.
+    instrument : str, optional
+        ``grid`` (no convolution), ``psf``, ``hmi_filters`` or ``filters``;
+        default: the observation's ``spectral_instrument``, else ``grid``.
     psf_fwhm : float
-        Gaussian spectral PSF FWHM [mA] for ``psf``.
+        Gaussian spectral PSF FWHM [mA] for ``psf``; default: the
+        observation's ``psf_fwhm``.
     psf_file : str, optional
         PSF kernel sampled at the observed step (``psf``).
     filters_file : str, optional
-        ``.npz`` with ``wavelength`` and ``transmission`` (``filters``).
+        ``.npz`` with ``wavelength`` and ``transmission`` (``filters``);
+        default: the observation's ``/filters`` profiles.
     mu : float
         Heliocentric cosine of the observation.
-    noise : float, optional
-        Noise sigma [continuum units]; default: the observation's ``noise``,
-        else sigma is scaled by the fit's reduced chi2.
+    noise : float or 4 floats, optional
+        Noise sigma [continuum units], one for all Stokes parameters or one
+        each for I, Q, U, V. Default: the observation's ``noise``, else
+        estimated from the data (:meth:`MEBackend.estimate_noise`), so the
+        fit is always in statistical units.
     stokes_weights : tuple of 4 float
-        Relative weights of I, Q, U, V in chi2.
+        Relative weights of I, Q, U, V in chi2 (on top of 1 / noise^2).
     max_iter : int
         Levenberg-Marquardt iterations per start.
     chi2_tol : float
@@ -77,6 +131,15 @@ class MEOptions:
         draws; the lowest chi2 wins.
     good_chi2 : float
         Stop trying further starts once the reduced chi2 is below this.
+    max_starts : int
+        Cap on the starts of a pixel still above ``good_chi2`` after its
+        ``n_starts``: only those pixels get the extra starts (the same
+        sequence, continued), up to this many in all.
+    poor_chi2 : float, optional
+        Reduced chi2 above which a fit that ended is flagged ``poor fit``
+        (status 4, parameters kept). Default: :func:`poor_chi2_threshold`,
+        ``max(100, chi2.isf(1e-6, dof) / dof)`` (an rms residual of 10 noise
+        sigma; see ``POOR_CHI2_FLOOR`` for why).
     regularize : tuple of (name, target, weight)
         Tikhonov pull of parameters towards a value (VFISV pulls eta0 to 5):
         adds ``weight * ((p - target) / scale)^2`` to chi2.
@@ -90,20 +153,27 @@ class MEOptions:
         Seed of the random extra starts.
     """
 
-    lines: tuple[str, ...] | None = None
+    lines: tuple[str, ...] | str | None = field(
+        default=None, metadata={"expected": 'a list of line names, e.g. ["FeI_6301", "FeI_6302"]'})
     line_table: str | None = None
-    instrument: str = "grid"
+    instrument: str | None = field(
+        default=None, metadata={"expected": f"one of {list(INSTRUMENT_KINDS)}"})
     psf_fwhm: float = 0.0
     psf_file: str | None = None
     filters_file: str | None = None
     mu: float = 1.0
-    noise: float | None = None
-    stokes_weights: tuple[float, float, float, float] = _STOKES_WEIGHT_DEFAULT
+    noise: float | tuple[float, float, float, float] | None = field(
+        default=None, metadata={"expected": "a number > 0 or a list of 4 numbers [I, Q, U, V]"})
+    stokes_weights: tuple[float, float, float, float] = field(
+        default=_STOKES_WEIGHT_DEFAULT, metadata={"expected": "a list of 4 numbers >= 0 [I, Q, U, V]"})
     max_iter: int = 50
     chi2_tol: float = 0.02
     n_starts: int = 2
     good_chi2: float = 3.0
-    regularize: tuple = ()
+    max_starts: int = 8
+    poor_chi2: float | None = None
+    regularize: tuple[tuple[str, float, float], ...] = field(
+        default=(), metadata={"expected": 'a list of [name, target, weight], e.g. [["eta0", 5.0, 0.1]]'})
     stray_light_file: str | None = None
     return_synthetic: bool = False
     threads: int = 1
@@ -111,29 +181,53 @@ class MEOptions:
 
     def __post_init__(self) -> None:
         if self.lines is not None:
-            lines = (self.lines,) if isinstance(self.lines, str) else tuple(self.lines)
-            object.__setattr__(self, "lines", lines)
-        if self.instrument not in INSTRUMENT_KINDS:
+            lines = self.lines
+            if isinstance(lines, str):
+                lines = [n.strip() for n in lines.split(",") if n.strip()]
+            object.__setattr__(self, "lines", tuple(lines))
+        if self.instrument is not None and self.instrument not in INSTRUMENT_KINDS:
             raise ConfigError(f"[backend.me] instrument = {self.instrument!r}; valid: {list(INSTRUMENT_KINDS)}")
         if len(tuple(self.stokes_weights)) != 4 or min(self.stokes_weights) < 0:
             raise ConfigError(f"[backend.me] stokes_weights must be 4 numbers >= 0, got {self.stokes_weights!r}")
-        if self.noise is not None and not self.noise > 0:
-            raise ConfigError(f"[backend.me] noise must be > 0, got {self.noise!r}")
+        noise = _as_noise(self.noise, "[backend.me]")
+        if noise is not None and not np.all(np.isfinite(noise) & (np.asarray(noise) > 0)):
+            raise ConfigError(f"[backend.me] noise must be > 0 (one number or 4: I, Q, U, V), got {self.noise!r}")
+        object.__setattr__(self, "noise", noise)
         if not 0 < self.mu <= 1:
             raise ConfigError(f"[backend.me] mu must be in (0, 1], got {self.mu!r}")
         if not self.chi2_tol > 0:
             raise ConfigError(f"[backend.me] chi2_tol must be > 0, got {self.chi2_tol!r}")
         if int(self.n_starts) < 1 or int(self.max_iter) < 1:
-            raise ConfigError("[backend.me] n_starts and max_iter must be >= 1")
+            raise ConfigError(
+                f"[backend.me] n_starts and max_iter must be >= 1, got n_starts={self.n_starts!r}, "
+                f"max_iter={self.max_iter!r}"
+            )
+        if int(self.max_starts) < 1:
+            raise ConfigError(f"[backend.me] max_starts must be >= 1 (no extra starts: max_starts = n_starts), "
+                              f"got {self.max_starts!r}")
+        if self.poor_chi2 is not None and not self.poor_chi2 > 0:
+            raise ConfigError(f"[backend.me] poor_chi2 must be > 0 (reduced chi2), got {self.poor_chi2!r}")
         names = {p.name for p in ME_PARAMETERS}
-        reg = tuple(tuple(r) for r in self.regularize)
-        for r in reg:
-            if len(r) != 3 or r[0] not in names:
+        expected = 'a list of [name, target, weight], e.g. regularize = [["eta0", 5.0, 0.1]]'
+        if isinstance(self.regularize, str) or not isinstance(self.regularize, (list, tuple)):
+            raise ConfigError(f"[backend.me] regularize: expected {expected}, got {self.regularize!r}")
+        reg = []
+        for r in self.regularize:
+            if isinstance(r, str) or not isinstance(r, (list, tuple)) or len(r) != 3 or r[0] not in names:
                 raise ConfigError(
-                    f"[backend.me] regularize entries are [name, target, weight] with name in {sorted(names)}; got {r!r}"
+                    f"[backend.me] regularize: expected {expected} with name in {sorted(names)}; "
+                    f"got entry {r!r}"
                 )
-        object.__setattr__(self, "regularize", reg)
+            try:
+                reg.append((str(r[0]), float(r[1]), float(r[2])))
+            except (TypeError, ValueError):
+                raise ConfigError(f"[backend.me] regularize: target and weight must be numbers, got {r!r}") from None
+        object.__setattr__(self, "regularize", tuple(reg))
         object.__setattr__(self, "stokes_weights", tuple(float(w) for w in self.stokes_weights))
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class MEBackend(Backend):
@@ -146,6 +240,8 @@ class MEBackend(Backend):
         super().__init__(options)
         self._models: dict[bytes, MEModel] = {}
         self._stray = None
+        #: measured filter profiles (wavelength, transmission) from the observation
+        self._filters: tuple[np.ndarray, np.ndarray] | None = None
         if self.options.stray_light_file:
             try:
                 self._stray = np.load(self.options.stray_light_file)
@@ -176,19 +272,66 @@ class MEBackend(Backend):
     def parameters(self) -> tuple[ParameterSpec, ...]:
         return me_parameters(self._stray is not None)
 
+    @property
+    def instrument(self) -> str:
+        """The instrument kind in use (option ``instrument``, default ``grid``)."""
+        return self.options.instrument or "grid"
+
+    @property
+    def noise(self) -> np.ndarray | None:
+        """Noise sigma of I, Q, U, V (4,) [continuum units], or None when unknown."""
+        if self.options.noise is None:
+            return None
+        return np.broadcast_to(np.asarray(self.options.noise, dtype=np.float64), (4,)).copy()
+
+    def _replace(self, filters: tuple[np.ndarray, np.ndarray] | None = None, **updates: Any) -> "MEBackend":
+        new = MEBackend(dataclasses.replace(self.options, **updates))
+        new._filters = filters if filters is not None else self._filters
+        return new
+
     def for_observation(self, meta: Mapping[str, Any]) -> "MEBackend":
+        """This backend with what the observation states filled in; explicit options win.
+
+        Uses ``meta["lines"]`` (comma-separated names), ``meta["noise"]`` (one
+        sigma or four, I, Q, U, V; NaN or <= 0 means unknown),
+        ``meta["spectral_instrument"]`` (``grid``, ``psf``, ``hmi_filters``,
+        ``filters``), ``meta["psf_fwhm"]`` [mA] and ``meta["filters"]`` =
+        (wavelength (nf,) [A], transmission (nobs, nf)).
+        """
         updates: dict[str, Any] = {}
-        if self.options.lines is None and meta.get("lines"):
-            raw = meta["lines"]
-            raw = raw.decode() if isinstance(raw, bytes) else str(raw)
-            updates["lines"] = tuple(n.strip() for n in raw.split(",") if n.strip())
-        if self.options.noise is None and meta.get("noise") is not None:
-            noise = float(meta["noise"])
-            if noise > 0:
+        o = self.options
+        if o.lines is None and meta.get("lines") is not None:
+            raw = str(_decode(meta["lines"]))
+            names = tuple(n.strip() for n in raw.split(",") if n.strip())
+            if names:
+                updates["lines"] = names
+        if o.noise is None and meta.get("noise") is not None:
+            try:
+                noise = _as_noise(meta["noise"], "the observation attribute")
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"the observation attribute noise = {meta['noise']!r} is not one number or 4 (I, Q, U, V): {exc}"
+                ) from None
+            if noise is not None and np.all(np.isfinite(noise) & (np.asarray(noise) > 0)):
                 updates["noise"] = noise
-        if not updates:
+        instrument = o.instrument
+        if instrument is None and meta.get("spectral_instrument") is not None:
+            instrument = str(_decode(meta["spectral_instrument"])).strip()
+            if instrument not in INSTRUMENT_KINDS:
+                raise ConfigError(
+                    f"the observation's spectral_instrument = {instrument!r} is not one of {list(INSTRUMENT_KINDS)}; "
+                    "override it with -B instrument=..."
+                )
+            updates["instrument"] = instrument
+        if instrument == "psf" and not o.psf_fwhm and not o.psf_file and meta.get("psf_fwhm") is not None:
+            updates["psf_fwhm"] = float(meta["psf_fwhm"])
+        filters = None
+        if instrument == "filters" and not o.filters_file and meta.get("filters") is not None:
+            lam, T = meta["filters"]
+            filters = (np.asarray(lam, dtype=np.float64), np.asarray(T, dtype=np.float64))
+        if not updates and filters is None:
             return self
-        return MEBackend(dataclasses.replace(self.options, **updates))
+        return self._replace(filters=filters, **updates)
 
     def model_for(self, wavelength: np.ndarray) -> MEModel:
         """The (cached) forward model for an observed grid."""
@@ -200,8 +343,8 @@ class MEBackend(Backend):
             if wl.ndim != 1 or wl.size < 2 or not np.all(np.isfinite(wl)):
                 raise BackendError(f"wavelength must be a finite 1-D array of >= 2 points, got shape {wl.shape}")
             model = MEModel.for_grid(
-                self.lines, wl, o.instrument, psf_fwhm=o.psf_fwhm, psf_file=o.psf_file,
-                filters_file=o.filters_file, mu=o.mu, stray=self._stray,
+                self.lines, wl, self.instrument, psf_fwhm=o.psf_fwhm, psf_file=o.psf_file,
+                filters_file=o.filters_file, filters=self._filters, mu=o.mu, stray=self._stray,
             )
             lo = min(ln.wavelength for ln in self.lines)
             hi = max(ln.wavelength for ln in self.lines)
@@ -214,53 +357,317 @@ class MEBackend(Backend):
             self._models[key] = model
         return model
 
-    def setup(self) -> None:
+    # -- worker warm-up ---------------------------------------------------------
+    def _warm_grid(self) -> np.ndarray:
+        """Observed wavelengths [A] that this backend's instrument accepts (for the warm-up)."""
+        centre = self.lines[0].wavelength
+        kind = self.instrument
+        if kind == "hmi_filters":
+            return centre + np.asarray(HMI_OFFSETS_MA) * 1e-3
+        if kind == "filters":
+            if self.options.filters_file:
+                p = Path(self.options.filters_file)
+                if not p.is_file():
+                    raise ConfigError(f"filters file {self.options.filters_file} does not exist")
+                with np.load(p) as z:
+                    n = int(np.atleast_2d(z["transmission"]).shape[0]) if "transmission" in z.files else 6
+            elif self._filters is not None:
+                n = int(np.atleast_2d(self._filters[1]).shape[0])
+            else:
+                n = 6  # make_instrument reports the missing profiles
+            return centre + np.linspace(-0.172, 0.172, n)
+        return centre + np.linspace(-0.3, 0.3, 8)
+
+    def setup(self, trial: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Compile (or load from numba's on-disk cache) the kernels with one tiny fit.
 
-        Called once per worker process; the kernels do not depend on the
-        lines, so a backend that does not know its lines yet warms up on
-        Fe I 6173.
+        Called once per worker process.
+
+        Parameters
+        ----------
+        trial : (stokes (n, 4, nw), wavelength (nw,)), optional
+            Real pixels of the observation: the warm-up inverts (up to two of)
+            them on the observation's own grid, which the instrument accepts,
+            and so also checks that grid and instrument agree. Without a
+            trial the warm-up synthesises one pixel on a grid the configured
+            instrument accepts (six points for ``hmi_filters``, one per
+            profile for ``filters``, eight otherwise). A backend that does not
+            know its lines yet warms up on Fe I 6173 without an instrument:
+            the compiled kernels do not depend on either.
         """
-        warm = self if (self._lines is not None and self._stray is None) else MEBackend(
-            MEOptions(lines=("FeI_6173",), noise=1e-3)
-        )
-        wl = warm.lines[0].wavelength + np.linspace(-0.3, 0.3, 8)
-        p = np.array([[1000.0, 45.0, 30.0, 0.5, 30.0, 10.0, 0.1, 0.3, 0.7]])
+        if trial is not None and self._lines is not None:
+            stokes, wavelength = trial
+            stokes = np.asarray(stokes, dtype=np.float64)
+            if stokes.ndim == 2:
+                stokes = stokes[None]
+            self.invert(stokes[:2], np.asarray(wavelength, dtype=np.float64))
+            return
+        if self._lines is not None:
+            warm = self._replace(
+                noise=self.options.noise if self.options.noise is not None else 1e-3,
+                stray_light_file=None, return_synthetic=False, threads=1,
+            )
+        else:
+            warm = MEBackend(MEOptions(lines=("FeI_6173",), noise=1e-3))
+        wl = warm._warm_grid()
+        p = {"B": [1000.0], "inclination": [45.0], "azimuth": [30.0], "vlos": [0.5], "doppler_width": [30.0],
+             "eta0": [10.0], "damping": [0.1], "S0": [0.3], "S1": [0.7]}
         warm.invert(warm.synthesize(p, wl), wl)
 
     def synthesize(self, params: np.ndarray | Mapping[str, np.ndarray], wavelength: np.ndarray) -> np.ndarray:
         """Stokes profiles (npix, 4, nw) [continuum units] at ``wavelength`` [A]."""
         return self.model_for(wavelength).synthesize(params)
 
-    def _weights(self, nw: int) -> tuple[np.ndarray, bool]:
-        o = self.options
-        sw = np.repeat(np.asarray(o.stokes_weights, dtype=np.float64), nw)
-        if o.noise is not None:
-            return sw / o.noise**2, False
-        return sw, True
+    # -- fitting ----------------------------------------------------------------
+    def _weights(self, noise: np.ndarray, nw: int) -> np.ndarray:
+        """Weights (4*nw,): stokes_weights / noise^2 per Stokes parameter."""
+        sw = np.asarray(self.options.stokes_weights, dtype=np.float64) / np.asarray(noise, dtype=np.float64) ** 2
+        return np.repeat(sw, nw)
 
-    def _starts(self, est: np.ndarray, n: int) -> np.ndarray:
-        """Starting points (npix, n, npar) around the classical estimate."""
+    def _problem(self) -> dict[str, Any]:
+        """Bounds, bound modes, scales and regularisation, by parameter name."""
+        specs = self.parameters
+        names = tuple(p.name for p in specs)
+        col = {n: k for k, n in enumerate(names)}
+        lower = np.array([p.lower for p in specs])
+        upper = np.array([p.upper for p in specs])
+        # B may go negative inside the fit (the same field with opposite polarity);
+        # folded back in invert() so B >= 0 in the result.
+        lower[col["B"]] = -upper[col["B"]]
+        mode = np.full(len(specs), BOUND_MODES["clip"], dtype=np.int64)
+        mode[col["inclination"]] = BOUND_MODES["reflect"]  # an exact symmetry of the model at 0 and 180
+        mode[col["azimuth"]] = BOUND_MODES["periodic"]     # modulo 180
+        reg_t = np.zeros(len(specs))
+        reg_w = np.zeros(len(specs))
+        for name, target, weight in self.options.regularize:
+            reg_t[col[name]], reg_w[col[name]] = float(target), float(weight)
+        return dict(names=names, col=col, lower=lower, upper=upper, mode=mode,
+                    scale=np.array([p.scale for p in specs]), reg_target=reg_t, reg_weight=reg_w)
+
+    def _starts(self, est: np.ndarray, first: int, stop: int) -> np.ndarray:
+        """Starting points ``first .. stop-1`` (npix, stop - first, npar) of the start sequence.
+
+        0: the classical estimate; 1: its azimuth rotated by 90 deg; 2: its
+        opposite polarity (inclination 180 - i); 3 and on: seeded random
+        field vectors and eta0 around the estimate (start k draws from a
+        generator seeded with (seed, k), so a pixel's extra starts do not
+        depend on which other pixels need them).
+        """
+        col = self._problem()["col"]
+        iB, iinc, iazi, ieta = col["B"], col["inclination"], col["azimuth"], col["eta0"]
         npix, npar = est.shape
-        p0 = np.empty((npix, n, npar))
-        p0[:, 0] = est
-        if n > 1:
-            p0[:, 1] = est
-            p0[:, 1, 2] = np.mod(est[:, 2] + 90.0, 180.0)
-        if n > 2:
-            p0[:, 2] = est
-            p0[:, 2, 1] = 180.0 - est[:, 1]
-        rng = np.random.default_rng(self.options.seed)
-        for k in range(3, n):
-            p0[:, k] = est
-            p0[:, k, 0] = rng.uniform(100.0, 3000.0, npix)
-            p0[:, k, 1] = rng.uniform(5.0, 175.0, npix)
-            p0[:, k, 2] = rng.uniform(0.0, 180.0, npix)
-            p0[:, k, 5] = est[:, 5] * rng.uniform(0.5, 2.0, npix)
+        p0 = np.empty((npix, stop - first, npar))
+        for j, k in enumerate(range(first, stop)):
+            p = est.copy()
+            if k == 1:
+                p[:, iazi] = np.mod(est[:, iazi] + 90.0, 180.0)
+            elif k == 2:
+                p[:, iinc] = 180.0 - est[:, iinc]
+            elif k >= 3:
+                rng = np.random.default_rng((int(self.options.seed), k))
+                p[:, iB] = rng.uniform(100.0, 3000.0, npix)
+                p[:, iinc] = rng.uniform(5.0, 175.0, npix)
+                p[:, iazi] = rng.uniform(0.0, 180.0, npix)
+                p[:, ieta] = est[:, ieta] * rng.uniform(0.5, 2.0, npix)
+            p0[:, j] = p
         return p0
 
+    def _classical(self, stokes: np.ndarray, wl: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        """Classical estimates (npix, npar); finite defaults for bad pixels."""
+        specs = self.parameters
+        npix = stokes.shape[0]
+        defaults = {"B": 1000.0, "inclination": 90.0, "azimuth": 90.0, "vlos": 0.0, "doppler_width": 30.0,
+                    "eta0": 10.0, "damping": 0.1, "S0": 0.3, "S1": 0.7, "filling_factor": 0.5}
+        est = np.tile(np.array([defaults[p.name] for p in specs]), (npix, 1))
+        good = ~bad
+        if good.any():
+            # classical_estimates returns the ME_PARAMETERS columns, in that order
+            est[good, : len(ME_PARAMETERS)] = classical_estimates(stokes[good], wl, self.lines, self.options.mu)
+        return est
+
+    def _fit(self, model: MEModel, obs: np.ndarray, p0: np.ndarray, weights: np.ndarray,
+             good_chi2: float) -> FitResult:
+        """One call of the LM engine (statistical weights, covariance not rescaled)."""
+        o = self.options
+        pr = self._problem()
+        dof = max(int(np.count_nonzero(weights > 0)) - len(pr["names"]), 1)
+        return fit(
+            None, model.ctx, obs, p0, weights=weights, lower=pr["lower"], upper=pr["upper"],
+            bound_mode=pr["mode"], scale=pr["scale"], reg_target=pr["reg_target"], reg_weight=pr["reg_weight"],
+            options=LMOptions(max_iter=int(o.max_iter), chi2_rtol=float(o.chi2_tol) / dof,
+                              good_chi2=float(good_chi2), scale_covar=False),
+            threads=int(o.threads), kernel=_kernels.me_fit_pixels_impl,
+        )
+
+    def _fit_adaptive(self, model: MEModel, obs: np.ndarray, est: np.ndarray, weights: np.ndarray,
+                      n_starts: int, max_starts: int, poor: float) -> tuple[FitResult, np.ndarray]:
+        """``n_starts`` starts for every pixel, then extra starts up to ``max_starts`` for the misfits.
+
+        A pixel gets the extra starts (the start sequence continued, with
+        early exit at ``good_chi2``) when its fit ended above ``good_chi2``
+        and either above ``poor`` (it would be flagged otherwise) or above
+        ``RETRY_RELATIVE`` times the median reduced chi2 of the converged
+        pixels of this call. The second condition keeps data whose every
+        pixel carries model error (an ME fit of a stratified atmosphere:
+        reduced chi2 ~ 20 everywhere in the SIR sample, where extra starts
+        cost 4.6x the inversion and change nothing) from retrying every
+        pixel, while a pixel caught in a wrong minimum (100 to 10,000 times
+        its neighbours) always gets them.
+
+        Returns the merged result and a boolean mask of the pixels that got
+        extra starts.
+        """
+        good_chi2 = float(self.options.good_chi2)
+        res = self._fit(model, obs, self._starts(est, 0, n_starts), weights, good_chi2)
+        fitted = (res.status == STATUS_OK) | (res.status == STATUS_MAX_ITER)
+        converged = res.status == STATUS_OK
+        typical = float(np.median(res.chi2[converged])) if converged.any() else 0.0
+        retry = fitted & ~(res.chi2 <= good_chi2) & ((res.chi2 > poor) | (res.chi2 > RETRY_RELATIVE * typical))
+        if max_starts > n_starts and retry.any():
+            idx = np.flatnonzero(retry)
+            more = self._fit(model, obs[idx], self._starts(est[idx], n_starts, max_starts), weights, good_chi2)
+            res.n_iter[idx] += more.n_iter
+            better = (more.status <= STATUS_MAX_ITER) & (more.chi2 < res.chi2[idx])
+            take = idx[better]
+            res.params[take] = more.params[better]
+            res.sigma[take] = more.sigma[better]
+            res.chi2[take] = more.chi2[better]
+            res.status[take] = more.status[better]
+        return res, retry
+
+    def poor_threshold(self, nw: int) -> float:
+        """Reduced chi2 above which a fit on ``nw`` points per Stokes parameter is poor."""
+        if self.options.poor_chi2 is not None:
+            return float(self.options.poor_chi2)
+        n_used = int(np.count_nonzero(np.asarray(self.options.stokes_weights) > 0)) * nw
+        return poor_chi2_threshold(n_used - len(self.parameters))
+
+    # -- noise ------------------------------------------------------------------
+    def _provisional_noise(self, stokes: np.ndarray, wl: np.ndarray) -> np.ndarray:
+        """Model-free starting noise: the continuum estimate, or one common value without continuum."""
+        est = continuum_noise(stokes, wl)
+        cont = continuum_points(stokes, wl)
+        has_triples = bool(np.any(cont[1:-1] & cont[:-2] & cont[2:]))
+        ok = np.isfinite(est) & (est > 0)
+        if not ok.any():
+            return np.full(4, 1e-3 * max(float(np.median(np.max(stokes[:, 0], axis=1))), 1e-30))
+        if not has_triples or not ok.all():
+            # no continuum: every estimate carries line curvature; the smallest is the least biased
+            return np.full(4, float(est[ok].min()))
+        return est
+
+    def _leverage_dof(self, model: MEModel, params: np.ndarray, weights: np.ndarray, nw: int) -> np.ndarray:
+        """Effective degrees of freedom per Stokes parameter (npix, 4) at the fitted ``params``.
+
+        nw_s minus the trace of the s-block of the weighted hat matrix
+        W^1/2 J (J^T W J + R)^+ J^T W^1/2 (R the regularisation); the four
+        traces sum to the number of free parameters. Parameters held at a
+        clipped bound are not free.
+        """
+        pr = self._problem()
+        npix, npar = params.shape
+        scale = pr["scale"]
+        clip = pr["mode"] == BOUND_MODES["clip"]
+        used = (weights > 0).reshape(4, nw).sum(axis=1).astype(float)
+        dof = np.empty((npix, 4))
+        jac = np.empty((npix, 4 * nw, npar))
+        for i in range(npix):
+            jac[i] = model.jacobian(params[i])[1]
+        jq = jac * scale[None, None, :]
+        at_bound = clip[None, :] & ((params <= pr["lower"] + 1e-9 * scale) | (params >= pr["upper"] - 1e-9 * scale))
+        jq[np.broadcast_to(at_bound[:, None, :], jq.shape)] = 0.0
+        a = np.einsum("pik,i,pil->pkl", jq, weights, jq) + np.diag(pr["reg_weight"])[None]
+        ainv = np.linalg.pinv(a, rcond=1e-12, hermitian=True)
+        h = np.einsum("pik,pkl,pil->pi", jq, ainv, jq) * weights[None, :]
+        dof[:] = used[None, :] - h.reshape(npix, 4, nw).sum(axis=2)
+        return dof
+
+    def estimate_noise(self, stokes: np.ndarray, wavelength: np.ndarray, *, max_pixels: int = 2000) -> np.ndarray:
+        """Noise sigma of I, Q, U, V from the pixels themselves, by a pilot ME fit.
+
+        Works with or without continuum points (filtergrams included):
+
+        1. provisional noise: the model-free continuum estimate
+           (:func:`stokesflow.backends.noise.continuum_noise`), or without
+           continuum points one common value;
+        2. a pilot fit of (a deterministic, evenly spread sample of up to
+           ``max_pixels`` of) the pixels with ``max(3, n_starts)`` starts and
+           the adaptive extra starts, weighted by the provisional noise;
+        3. per Stokes parameter s: sigma_s^2 = median over pixels of
+           RSS_s / median(chi2(nu_s)), RSS_s the residual sum of squares of s
+           and nu_s its effective degrees of freedom, nw minus the trace of
+           its block of the hat matrix (about nw - npar / 4 on average, but
+           for six filtergrams I carries most of the parameters and Q, U few);
+           the median keeps failed fits (outliers) from biasing it;
+        4. once more from the pilot solution, weighted by the estimate of 3.
+
+        Limits: the ME model must describe the profiles; model error (a
+        stratified atmosphere, wrong line data) adds to the estimate, so it is
+        an upper bound on real data. At least a few dozen pixels are needed for a
+        stable median (the relative scatter is about 1.25 / sqrt(npix nu_s / 2)).
+
+        Parameters
+        ----------
+        stokes : ndarray (npix, 4, nw)
+            Pixels in continuum units; non-finite pixels are ignored.
+        wavelength : ndarray (nw,)
+            Observed wavelengths [A].
+        max_pixels : int
+            Largest sample fitted.
+
+        Returns
+        -------
+        ndarray (4,)
+            Noise sigma of I, Q, U, V [continuum units].
+        """
+        st = np.asarray(stokes, dtype=np.float64)
+        wl = np.asarray(wavelength, dtype=np.float64)
+        if st.ndim != 3 or st.shape[1] != 4 or st.shape[2] != wl.size:
+            raise BackendError(f"stokes must have shape (npix, 4, {wl.size}) to match the wavelengths; got {st.shape}")
+        st = st[np.all(np.isfinite(st), axis=(1, 2))]
+        if st.shape[0] == 0:
+            raise BackendError("no pixel with finite values to estimate the noise from")
+        if st.shape[0] > max_pixels:
+            st = st[np.unique(np.linspace(0, st.shape[0] - 1, max_pixels).round().astype(int))]
+        nw = wl.size
+        model = self.model_for(wl)
+        obs = np.ascontiguousarray(st.reshape(st.shape[0], 4 * nw))
+        floor = 1e-9 * max(float(np.median(np.max(st[:, 0], axis=1))), 1e-30)
+        noise = np.maximum(self._provisional_noise(st, wl), floor)
+        est = self._classical(st, wl, np.zeros(st.shape[0], dtype=bool))
+        n_starts = max(3, int(self.options.n_starts))
+        params = None
+        for it in range(2):
+            weights = self._weights(noise, nw)
+            if it == 0:
+                res, _ = self._fit_adaptive(model, obs, est, weights, n_starts,
+                                            max(n_starts, int(self.options.max_starts)), self.poor_threshold(nw))
+            else:
+                p0 = np.where(np.isfinite(params), params, est)[:, None, :]
+                res = self._fit(model, obs, p0, weights, 0.0)
+            params = res.params
+            ok = np.all(np.isfinite(params), axis=1) & (res.status <= STATUS_MAX_ITER)
+            if not ok.any():
+                break
+            resid = (st[ok] - model.synthesize(params[ok]))
+            dof = self._leverage_dof(model, params[ok], weights, nw)
+            new = noise_from_residuals(resid, dof)
+            good = np.isfinite(new) & (new > 0)
+            noise = np.where(good, np.maximum(new, floor), noise)
+        return noise
+
+    # -- the inversion ----------------------------------------------------------
     def invert(self, stokes: np.ndarray, wavelength: np.ndarray, init: np.ndarray | None = None) -> ChunkResult:
         """Invert ``stokes`` (npix, 4, nw) observed at ``wavelength`` [A].
+
+        The fit is always in statistical units: weights are
+        ``stokes_weights / noise^2`` per Stokes parameter, with the noise from
+        the options or the observation, or, when neither states it,
+        estimated from these pixels (:meth:`estimate_noise`). Sigma is the
+        covariance at the solution, not rescaled by chi2. Pixels above
+        ``good_chi2`` after ``n_starts`` starts get extra starts up to
+        ``max_starts``; a fit that ends above the poor-fit threshold
+        (:meth:`poor_threshold`) gets status 4 and keeps its parameters.
 
         Parameters
         ----------
@@ -282,62 +689,43 @@ class MEBackend(Backend):
             )
         model = self.model_for(wl)  # make_instrument checks the point count of filter instruments
         npix, nw = stokes.shape[0], wl.size
-        specs = self.parameters
-        npar = len(specs)
-        names = tuple(p.name for p in specs)
+        pr = self._problem()
+        names, col = pr["names"], pr["col"]
+        npar = len(names)
         obs = np.ascontiguousarray(stokes.reshape(npix, 4 * nw), dtype=np.float64)
         bad = ~np.all(np.isfinite(obs), axis=1)
-        est = np.zeros((npix, 9))
-        good = ~bad
-        if good.any():
-            est[good] = classical_estimates(stokes[good], wl, self.lines, self.options.mu)
-        est[bad] = [1000.0, 90.0, 90.0, 0.0, 30.0, 10.0, 0.1, 0.3, 0.7]
-        if npar > 9:
-            est = np.concatenate([est, np.full((npix, 1), 0.5)], axis=1)
+        noise = self.noise
+        if noise is None:
+            noise = self.estimate_noise(stokes[~bad], wl) if (~bad).any() else np.ones(4)
+        weights = self._weights(noise, nw)
+        est = self._classical(stokes, wl, bad)
         if init is not None:
             init = params_to_array(init, names) if not isinstance(init, np.ndarray) else np.asarray(init, float)
             if init.shape != (npix, npar):
                 raise BackendError(f"init has shape {init.shape}; expected ({npix}, {npar}) for {list(names)}")
             ok = np.all(np.isfinite(init), axis=1)
             est[ok] = init[ok]
-        # B may go negative inside the fit (the same field with opposite polarity);
-        # folded back below so B >= 0 in the result.
-        lower = np.array([p.lower for p in specs])
-        upper = np.array([p.upper for p in specs])
-        lower[0] = -upper[0]
-        mode = np.zeros(npar, dtype=np.int64)
-        mode[1] = 2  # inclination: reflect at 0 and 180 (an exact symmetry of the model)
-        mode[2] = 1  # azimuth: periodic modulo 180
-        scale = np.array([p.scale for p in specs])
-        reg_t = np.zeros(npar)
-        reg_w = np.zeros(npar)
-        for name, target, weight in self.options.regularize:
-            k = names.index(name)
-            reg_t[k], reg_w[k] = float(target), float(weight)
-        weights, scale_covar = self._weights(nw)
         o = self.options
-        p0 = self._starts(est, int(o.n_starts))
-        res = fit(
-            None, model.ctx, obs, p0, weights=weights, lower=lower, upper=upper, bound_mode=mode,
-            scale=scale, reg_target=reg_t, reg_weight=reg_w,
-            options=LMOptions(max_iter=int(o.max_iter), chi2_rtol=float(o.chi2_tol) / max(obs.shape[1] - npar, 1),
-                              good_chi2=float(o.good_chi2), scale_covar=scale_covar),
-            threads=int(o.threads), kernel=_kernels.me_fit_pixels_impl,
-        )
+        n_starts = int(o.n_starts)
+        poor = self.poor_threshold(nw)
+        res, _ = self._fit_adaptive(model, obs, est, weights, n_starts, max(n_starts, int(o.max_starts)), poor)
         params = res.params.copy()
-        neg = params[:, 0] < 0
-        params[neg, 0] = -params[neg, 0]
-        params[neg, 1] = 180.0 - params[neg, 1]
+        iB, iinc = col["B"], col["inclination"]
+        neg = params[:, iB] < 0
+        params[neg, iB] = -params[neg, iB]
+        params[neg, iinc] = 180.0 - params[neg, iinc]
         status = res.status.astype(np.uint8)
         status[bad] = STATUS_BAD_INPUT
-        params[status >= STATUS_FAILED] = np.nan
+        status[(status == STATUS_OK) & (res.chi2 > poor)] = STATUS_POOR_FIT
+        no_fit = (status == STATUS_FAILED) | (status == STATUS_BAD_INPUT)
+        params[no_fit] = np.nan
         sigma = res.sigma.copy()
-        sigma[status >= STATUS_FAILED] = np.nan
+        sigma[no_fit] = np.nan
         errors = {int(i): "non-finite values in the observed profiles" for i in np.flatnonzero(bad)}
         synthetic = None
         if o.return_synthetic:
             synthetic = np.full((npix, 4, nw), np.nan, dtype=np.float32)
-            ok = status < STATUS_FAILED
+            ok = ~no_fit
             if ok.any():
                 try:
                     synthetic[ok] = model.synthesize(params[ok]).astype(np.float32)

@@ -165,6 +165,7 @@ def make_instrument(
     psf_fwhm: float = 0.0,
     psf_file: str | None = None,
     filters_file: str | None = None,
+    filters: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Instrument:
     """Build the instrument for an observed grid.
 
@@ -181,6 +182,9 @@ def make_instrument(
         ``.npy`` or text file with a PSF kernel sampled at the observed step (``psf``).
     filters_file : str, optional
         ``.npz`` with ``wavelength`` (nf,) [A] and ``transmission`` (nw, nf) (``filters``).
+    filters : (wavelength (nf,), transmission (nw, nf)), optional
+        The same profiles as arrays (e.g. the observation's ``/filters``
+        datasets); used when ``filters_file`` is not given.
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
     nw = wavelength.size
@@ -199,19 +203,29 @@ def make_instrument(
             raise ConfigError(f"instrument 'hmi_filters' has 6 filtergrams but the observation has {nw} points")
         return Instrument(kind, lam, filter_matrix(lam, T))
     if kind == "filters":
-        if not filters_file:
-            raise ConfigError("instrument 'filters' needs filters_file = 'profiles.npz' (wavelength, transmission)")
-        p = Path(filters_file)
-        if not p.is_file():
-            raise ConfigError(f"filters file {filters_file} does not exist")
-        with np.load(p) as z:
-            missing = {"wavelength", "transmission"} - set(z.files)
-            if missing:
-                raise ConfigError(f"filters file {filters_file} lacks array(s) {sorted(missing)}")
-            lam, T = z["wavelength"], z["transmission"]
-        if T.shape[0] != nw:
+        if filters_file:
+            p = Path(filters_file)
+            if not p.is_file():
+                raise ConfigError(f"filters file {filters_file} does not exist")
+            with np.load(p) as z:
+                missing = {"wavelength", "transmission"} - set(z.files)
+                if missing:
+                    raise ConfigError(f"filters file {filters_file} lacks array(s) {sorted(missing)}")
+                lam, T = z["wavelength"], z["transmission"]
+            what = f"filters file {filters_file}"
+        elif filters is not None:
+            if len(filters) != 2:
+                raise ConfigError("filters must be a pair (wavelength (nf,), transmission (nobs, nf))")
+            lam, T = filters
+            what = "the observation's /filters/transmission"
+        else:
             raise ConfigError(
-                f"filters file {filters_file} has {T.shape[0]} profiles but the observation has {nw} points"
+                "instrument 'filters' needs filters_file = 'profiles.npz' (wavelength, transmission), "
+                "or an observation that stores /filters/wavelength and /filters/transmission"
             )
-        return Instrument(kind, np.asarray(lam, float), filter_matrix(lam, T))
+        lam = np.asarray(lam, dtype=np.float64).ravel()
+        T = np.atleast_2d(np.asarray(T, dtype=np.float64))
+        if T.shape[0] != nw:
+            raise ConfigError(f"{what} has {T.shape[0]} profiles but the observation has {nw} points")
+        return Instrument(kind, lam, filter_matrix(lam, T))
     raise ConfigError(f"unknown instrument {kind!r}; valid kinds: {list(INSTRUMENT_KINDS)}")

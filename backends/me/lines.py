@@ -4,8 +4,9 @@ A line is known by its name (``FeI_6173``), as observation files name their
 lines. The shipped table ``data/lines.toml`` can be extended or overridden by a
 user table of the same form. The Zeeman pattern is computed from the levels'
 LS terms (Lande factors in LS coupling, every pi and sigma component with its
-relative strength) or, when only an effective Lande factor is known, as a
-normal triplet.
+relative strength; measured Lande factors ``g_lower``/``g_upper`` replace the
+LS ones when an entry gives them) or, when only an effective Lande factor is
+known, as a normal triplet.
 
 Conventions (shared with other ME codes, see DESIGN.md; LL04 = Landi
 Degl'Innocenti & Landolfi 2004):
@@ -241,22 +242,30 @@ class Line:
     @classmethod
     def from_entry(cls, name: str, entry: Mapping[str, object], where: str) -> "Line":
         """Build a line from one table entry (see ``data/lines.toml``)."""
-        valid = {"wavelength", "loggf", "lower", "upper", "g_eff", "source"}
+        valid = {"wavelength", "loggf", "lower", "upper", "g_lower", "g_upper", "g_eff", "source"}
         unknown = sorted(set(entry) - valid)
         if unknown:
             raise LineError(f"line {name!r} in {where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
         for key in ("wavelength", "loggf"):
             if key not in entry:
                 raise LineError(f"line {name!r} in {where} has no {key!r}")
-        lam = float(entry["wavelength"])
-        loggf = float(entry["loggf"])
-        if "lower" in entry and "upper" in entry:
+        lam = _number(entry, "wavelength", name, where)
+        loggf = _number(entry, "loggf", name, where)
+        has_terms = "lower" in entry and "upper" in entry
+        if ("g_lower" in entry or "g_upper" in entry) and not has_terms:
+            raise LineError(
+                f"line {name!r} in {where} gives g_lower/g_upper without the terms 'lower' and 'upper': "
+                "the levels' J come from the terms, so give both terms too"
+            )
+        if has_terms:
             lo, up = parse_term(str(entry["lower"])), parse_term(str(entry["upper"]))
-            g_l, g_u = lo.lande, up.lande
+            # measured Lande factors (when given) replace the LS values; J stays from the terms
+            g_l = _number(entry, "g_lower", name, where) if "g_lower" in entry else lo.lande
+            g_u = _number(entry, "g_upper", name, where) if "g_upper" in entry else up.lande
             group, shift, strength = zeeman_pattern(lo.J, up.J, g_l, g_u)
             g_eff = effective_lande(g_l, g_u, float(lo.J), float(up.J))
         elif "g_eff" in entry:
-            g_eff = float(entry["g_eff"])
+            g_eff = _number(entry, "g_eff", name, where)
             group = np.array([SIGMA_BLUE, PI, SIGMA_RED], dtype=np.int64)
             shift = np.array([-g_eff, 0.0, g_eff])
             strength = np.ones(3)
@@ -265,35 +274,54 @@ class Line:
         return cls(name, lam, loggf, g_eff, group, shift, strength, str(entry.get("source", "")))
 
 
+def _number(entry: Mapping[str, object], key: str, name: str, where: str) -> float:
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LineError(f"line {name!r} in {where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
 @lru_cache(maxsize=16)
-def _read_table(path: str | None) -> dict[str, dict]:
+def _parse_table(path: str | None, mtime_ns: int) -> tuple[str, str]:
+    """(where, TOML text) of a line table; cached per path and modification time.
+
+    Only immutable values are cached: every caller parses its own fresh
+    dictionaries (see :func:`_read_table`), so nothing a caller does to them,
+    and no error half-way through building lines, can change the cache.
+    """
     if path is None:
         text = resources.files("stokesflow.backends.me").joinpath("data/lines.toml").read_text()
-        where = "the packaged line table"
+        return "the packaged line table", text
+    return str(path), Path(path).read_text()
+
+
+def _read_table(path: str | None) -> tuple[str, dict[str, dict]]:
+    """(where, {line name: fresh entry dict}) of a line table."""
+    if path is None:
+        where, text = _parse_table(None, 0)
     else:
         p = Path(path)
         if not p.is_file():
             raise LineError(f"line table {path} does not exist")
-        text = p.read_text()
-        where = str(p)
+        where, text = _parse_table(str(p), p.stat().st_mtime_ns)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LineError(f"line table {where} is not valid TOML: {exc}") from exc
-    return {k: dict(v, _where=where) for k, v in data.items()}
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise LineError(f"line table {where}: {name!r} must be a table [{name}] of line data, got {entry!r}")
+    return where, data
 
 
 def load_line_table(user_table: str | None = None) -> dict[str, Line]:
     """The packaged line table, extended/overridden by ``user_table`` (a TOML path)."""
-    entries = dict(_read_table(None))
+    where, data = _read_table(None)
+    entries = {name: (entry, where) for name, entry in data.items()}
     if user_table:
-        entries.update(_read_table(str(user_table)))
-    out = {}
-    for name, entry in entries.items():
-        where = entry.pop("_where")
-        out[name] = Line.from_entry(name, entry, where)
-        entry["_where"] = where
-    return out
+        where, data = _read_table(str(user_table))
+        entries.update({name: (entry, where) for name, entry in data.items()})
+    return {name: Line.from_entry(name, entry, w) for name, (entry, w) in entries.items()}
 
 
 def get_lines(names: Iterable[str] | str, user_table: str | None = None) -> tuple[Line, ...]:
