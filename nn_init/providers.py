@@ -71,16 +71,24 @@ class InitProvider:
     def initial_guess(
         self, stokes: np.ndarray, wavelength: np.ndarray, *, start: int, stop: int
     ) -> np.ndarray | None:
-        """Starting points (npix, npar) for the pixels ``start..stop`` (flat indices).
+        """Starting points (npix, npar) for the pixels ``start..stop`` (flat row-major indices).
 
-        ``stokes`` (npix, 4, nw) holds those pixels, ``wavelength`` is in A.
-        ``None`` lets the backend choose its own starting points.
+        ``stokes`` (npix, 4, nw) holds *every* pixel of the range in order
+        (row ``i`` is flat pixel ``start + i``), including pixels with NaN or
+        inf that the backend will skip, so a provider may look pixels up by
+        position; the caller keeps the rows of the pixels it inverts.
+        ``wavelength`` is in A. ``None`` lets the backend choose its own
+        starting points.
         """
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """Name and options, for the result file's fingerprint."""
         return {"name": self.name, "options": dict(self.options)}
+
+    def effective_options(self) -> dict[str, Any]:
+        """Every option with its value, defaults filled in (``stokesflow invert --print-config``)."""
+        return dict(self.options)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} options={self.options!r}>"
@@ -120,6 +128,7 @@ class ConstantInit(InitProvider):
                     f"[init.constant] {key} must be a finite number, got {type(value).__name__} {value!r}"
                 )
         self.vector: np.ndarray | None = None
+        self._names: tuple[str, ...] | None = None
 
     def bind(self, backend: Any) -> "ConstantInit":
         specs = tuple(backend.parameters)
@@ -144,6 +153,7 @@ class ConstantInit(InitProvider):
                 vec[j] = 0.5 * (p.lower + p.upper)
         bound = ConstantInit(self.options)
         bound.vector = vec
+        bound._names = tuple(names)
         return bound
 
     def initial_guess(self, stokes, wavelength, *, start, stop):  # noqa: D102 - see base
@@ -156,6 +166,12 @@ class ConstantInit(InitProvider):
         if self.vector is not None:
             out["vector"] = [float(v) for v in self.vector]
         return out
+
+    def effective_options(self) -> dict[str, Any]:
+        """Each parameter's starting value once bound (the midpoint of its bounds when not given)."""
+        if self.vector is None or self._names is None:
+            return dict(self.options)
+        return {n: float(v) for n, v in zip(self._names, self.vector)}
 
 
 #: name -> provider class of the built-in providers.

@@ -5,24 +5,29 @@ Subcommands: ``invert`` (:func:`stokesflow.orchestrator.run.run_inversion`), ``s
 (:func:`stokesflow.backends.list_backends`). Each one builds its arguments and calls the
 library, so everything the command line does is callable from Python.
 
-Exit codes of ``invert``: 0 complete, 3 partial (some chunks failed after
-their retries; the result file says which and why), 2 bad input or
-configuration (nothing was computed), 1 unexpected error, 130 interrupted,
-143 terminated by SIGTERM.
+Exit codes: 0 complete (also ``--resume`` of a file that is already complete,
+which is left untouched), 3 partial (some chunks failed after their retries;
+the result file says which and why), 2 bad input or configuration (a one-line
+message, nothing computed), 1 unexpected error (with a traceback to report),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import re
 import signal
 import sys
 import textwrap
 import threading
-from typing import Any, Callable, Sequence
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 __all__ = [
-    "main", "build_parser", "invert_overrides", "Terminated",
+    "main", "build_parser", "invert_overrides", "effective_config_toml", "Terminated", "KeyValue",
     "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
 ]
 
@@ -37,13 +42,34 @@ EXIT_TERMINATED = 143
 log = logging.getLogger("stokesflow.cli")
 
 
-def _key_value(text: str) -> tuple[str, Any]:
+class KeyValue(NamedTuple):
+    """One ``KEY=VALUE`` flag (``-B``, ``-I``, ``-C``, ``-R``): the key, the parsed value, the text."""
+
+    key: str
+    value: Any
+    text: str
+
+
+def _key_value(text: str) -> KeyValue:
     from stokesflow.orchestrator.config import parse_value
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(value.strip())
+    return KeyValue(key.strip(), parse_value(value.strip()), text)
+
+
+def _noise(text: str) -> float | list[float]:
+    """``--noise``: one sigma or four comma-separated (I, Q, U, V)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one sigma or four comma-separated sigmas (I,Q,U,V), got {text!r}") from None
+    if len(values) not in (1, 4):
+        raise argparse.ArgumentTypeError(
+            f"expected one sigma or four comma-separated sigmas (I,Q,U,V), got {len(values)} values in {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def _positive_int(text: str) -> int:
@@ -92,11 +118,21 @@ _INVERT_EPILOG = textwrap.dedent(
       max_iter = 50
 
     Inputs: the HDF5 contract of DESIGN.md (/stokes, /wavelength, attrs
-    instrument/lines/noise), FITS or .npy cubes with --axes (numpy order, e.g.
-    y,x,stokes,wave or stokes,wave,y,x), --wavelength and --lines.
+    instrument/lines/noise/spectral_instrument), FITS or .npy cubes with --axes
+    (numpy order, e.g. y,x,stokes,wave or stokes,wave,y,x), --wavelength and
+    --lines; instrument layouts take reader options with -R (-R continuum=local,
+    -R order=blue_to_red). When neither --noise nor the file states the noise,
+    the backend estimates it from up to 2000 valid pixels spread over the map
+    (logged, and stored in the result file as attributes noise, noise_source).
 
-    Exit codes: 0 complete, 3 partial (some chunks failed; see /chunks/error),
-    2 bad input or configuration (nothing computed), 1 unexpected error.
+    Exit codes:
+      0    complete (also --resume of a complete file: nothing done, file unchanged)
+      3    partial: some chunks failed after their retries (see /chunks/error);
+           --resume computes them
+      2    bad input or configuration: one line says what and where, nothing computed
+      1    unexpected error (the traceback is printed: please report it)
+      130  interrupted (Ctrl-C): finished chunks are on disk, --resume finishes the run
+      143  terminated (SIGTERM, e.g. the batch walltime): likewise
     """
 )
 
@@ -108,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parallel inversions of solar Stokes profiles, from a laptop to HPC and cloud clusters.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"stokesflow {_version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -124,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("input")
     g.add_argument("-i", "--input", dest="input.path", metavar="PATH",
                    help="observation: HDF5 (DESIGN.md contract), FITS or .npy")
-    g.add_argument("--format", dest="input.format", choices=["hdf5", "fits", "npy", "hmi", "hinode_sp"],
+    g.add_argument("--format", dest="input.format", choices=list(_formats()),
                    help="input format: hdf5 (DESIGN.md contract), fits, npy, hmi (24 SDO/HMI segment "
                         "files), hinode_sp (folder of Hinode SP level-1 files); default: detected")
     g.add_argument("--axes", dest="input.axes", metavar="AXES",
@@ -137,8 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated line names, e.g. FeI_6301,FeI_6302 (default: the file's 'lines')")
     g.add_argument("--instrument", dest="input.instrument", metavar="NAME",
                    help="instrument name (default: the file's 'instrument')")
-    g.add_argument("--noise", dest="input.noise", type=float, metavar="SIGMA",
-                   help="noise sigma in continuum units (default: the file's 'noise')")
+    g.add_argument("--noise", dest="input.noise", type=_noise, metavar="SIGMA",
+                   help="noise sigma in continuum units, one value or four comma-separated (I,Q,U,V) "
+                        "(default: the file's 'noise', else estimated from a sample of pixels)")
+    g.add_argument("-R", "--reader-option", dest="reader_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE",
+                   help="reader option (repeatable): continuum=local|disc_centre|NUMBER for the hmi and "
+                        "hinode_sp layouts, order=blue_to_red (hmi), hdu=NAME (fits), ...")
     g = p.add_argument_group("inversion")
     g.add_argument("--backend", dest="run.backend", metavar="NAME",
                    help="backend name; `stokesflow backends` lists them")
@@ -191,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--print-config", action="store_true", default=False,
                    help="print the merged configuration as TOML and exit without inverting")
     _add_config_defaults(p)
-    p.set_defaults(func=_cmd_invert)
+    p.set_defaults(func=_cmd_invert, on_interrupt=_invert_interrupted,
+                   flag_names={a.dest: max(a.option_strings, key=len) for a in p._actions if a.option_strings})
 
     # -- synth ----------------------------------------------------------------
     p = sub.add_parser(
@@ -200,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the true parameter maps under /truth.",
         formatter_class=_Formatter,
     )
-    p.add_argument("--instrument", choices=["hmi", "hinode"], default="hmi",
+    p.add_argument("--instrument", choices=list(_synth_instruments()), default="hmi",
                    help="hmi: FeI 6173 at the six HMI tuning offsets; hinode: FeI 6301/6302 at "
                         "112 points of 21.549 mA")
-    p.add_argument("--scene", choices=["sunspot", "quiet", "plage", "mixed"], default="sunspot",
+    p.add_argument("--scene", choices=list(_scenes()), default="sunspot",
                    help="kind of solar scene")
     p.add_argument("--size", nargs=2, type=_positive_int, metavar=("NY", "NX"), default=[64, 64],
                    help="field of view in pixels")
@@ -214,9 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows synthesised and written at a time; 0 = about 65536 pixels per block")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
-                   metavar="KEY=VALUE", help="option of the ME backend used to synthesise (repeatable)")
+                   metavar="KEY=VALUE",
+                   help="option of the ME backend used to synthesise (repeatable), e.g. instrument=hmi_filters; "
+                        "the spectral instrument is written to the file, and invert uses it")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    p.set_defaults(func=_cmd_synth, verbose=0)
+    p.set_defaults(func=_cmd_synth, verbose=0, on_interrupt=_synth_interrupted,
+                   flag_names={"backend_option": "-B"})
 
     # -- backends -------------------------------------------------------------
     p = sub.add_parser("backends", help="list registered backends and whether they can run here",
@@ -224,6 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "known one cannot run here.")
     p.set_defaults(func=_cmd_backends, verbose=0, quiet=False)
     return parser
+
+
+def _version() -> str:
+    from stokesflow import __version__
+
+    return __version__
+
+
+def _formats() -> tuple[str, ...]:
+    from stokesflow.orchestrator.io import FORMATS
+
+    return tuple(FORMATS)
+
+
+def _synth_instruments() -> tuple[str, ...]:
+    from stokesflow.orchestrator.synth import INSTRUMENTS
+
+    return tuple(INSTRUMENTS)
+
+
+def _scenes() -> tuple[str, ...]:
+    from stokesflow.orchestrator.scenes import SCENES
+
+    return tuple(SCENES)
 
 
 def _add_config_defaults(parser: argparse.ArgumentParser) -> None:
@@ -254,13 +325,18 @@ def invert_overrides(args: argparse.Namespace) -> dict[str, Any]:
         table, key = dest.split(".", 1)
         out.setdefault(table, {})[key] = value
     backend = out.get("run", {}).get("backend")
-    for key, value in getattr(args, "backend_option", None) or []:
+    for key, value, _ in getattr(args, "backend_option", None) or []:
         # the options belong to the backend chosen by the flags, or else by the files
         out.setdefault("backend", {}).setdefault(backend or "__selected__", {})[key] = value
-    for key, value in getattr(args, "init_option", None) or []:
+    for key, value, _ in getattr(args, "init_option", None) or []:
         out.setdefault("init", {}).setdefault(out.get("run", {}).get("init") or "__selected__", {})[key] = value
-    for key, value in getattr(args, "cluster_option", None) or []:
+    for key, value, _ in getattr(args, "cluster_option", None) or []:
         out.setdefault("cluster", {})[key] = value
+    for key, value, _ in getattr(args, "reader_option", None) or []:
+        if key == "continuum":  # a key of [input] itself
+            out.setdefault("input", {})["continuum"] = value
+        else:
+            out.setdefault("input", {}).setdefault("reader_options", {})[key] = value
     return out
 
 
@@ -282,24 +358,87 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     overrides = _resolve_selected(overrides, base.run.backend, base.run.init)
     cfg = load_config(args.config, overrides)
     if args.print_config:
-        sys.stdout.write(cfg.to_toml())
+        sys.stdout.write(effective_config_toml(cfg))
         return EXIT_OK
+    args.result_path = cfg.output.path  # for the message after an interruption
+    args.started = time.time()
     summary = run_inversion(cfg)
     sys.stdout.write(summary.report() + "\n")
     sys.stdout.flush()
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 
 
+def effective_config_toml(cfg: Any) -> str:
+    """The merged configuration as TOML, with every option of the selected backend and init provider.
+
+    ``[backend.<selected>]`` lists each field of the backend's options class
+    (what was set, and the default of the rest), ``[init.<selected>]`` each
+    option of the provider bound to that backend (for ``constant``: every
+    parameter's starting value). Options without a value (None) appear as
+    comments. Building them checks the options, so a wrong ``-B`` or ``-I``
+    value fails here as it would in a run.
+    """
+    from stokesflow.nn_init.providers import get_provider
+    from stokesflow.orchestrator.config import dumps_toml
+    from stokesflow.orchestrator.run import _build_backend
+
+    data = cfg.to_dict()
+    backend = _build_backend(cfg)
+    opts = backend.options
+    if dataclasses.is_dataclass(opts) and not isinstance(opts, type):
+        full = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    elif isinstance(opts, Mapping):
+        full = dict(opts)
+    else:
+        full = dict(cfg.backend_options())
+    data["backend"] = {**data["backend"], cfg.run.backend: full}
+    provider = get_provider(cfg.run.init, cfg.init_options()).bind(backend)
+    data["init"] = {**data["init"], cfg.run.init: provider.effective_options()}
+    head = (
+        "# stokesflow invert: merged configuration (packaged defaults < CONFIG.toml < flags).\n"
+        f"# [backend.{cfg.run.backend}] and [init.{cfg.run.init}] list every option with its default filled in;\n"
+        "# commented keys have no value (None).\n"
+    )
+    return head + dumps_toml(data, none_as_comment=True)
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.synth import synthesize_observation
 
+    args.out_existed = Path(args.out).exists()
     path = synthesize_observation(
         args.out, instrument=args.instrument, scene=args.scene, size=tuple(args.size),
         noise=args.noise, seed=args.seed, rows_per_block=args.rows_per_block or None,
-        overwrite=args.overwrite, backend_options=dict(args.backend_option or []),
+        overwrite=args.overwrite, backend_options={kv.key: kv.value for kv in args.backend_option or []},
     )
     sys.stdout.write(f"wrote {path}\n")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# what an interruption left behind (one line each)
+# ---------------------------------------------------------------------------
+def _invert_interrupted(args: argparse.Namespace) -> str:
+    from stokesflow.orchestrator.store import inspect_result
+
+    path = getattr(args, "result_path", None)
+    if path is None or not Path(path).exists():
+        return "nothing written (the result file was not created yet)"
+    if Path(path).stat().st_mtime < getattr(args, "started", 0.0):
+        return f"nothing written; {path} was left as it was"
+    try:
+        info = inspect_result(path)
+    except Exception:  # noqa: BLE001 - this message must not fail in turn
+        return f"{path} may hold finished chunks; finish the run with --resume"
+    return (f"{info['n_done']} of {info['n_chunks']} chunks are on disk in {path}; "
+            "finish the run with --resume")
+
+
+def _synth_interrupted(args: argparse.Namespace) -> str:
+    out = getattr(args, "out", "?")
+    if getattr(args, "out_existed", False):
+        return f"nothing written: the existing {out} is unchanged (the partial file was removed)"
+    return f"nothing written: {out} was not created (the partial file was removed)"
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -336,12 +475,47 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(f"signal {signum}")
 
 
+def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The command-line flags the user gave, as (keyword, flag text) pairs.
+
+    ``--chunk-pixels 0`` gives ``("chunk_pixels", "--chunk-pixels 0")``,
+    ``-B max_iter=abc`` gives ``("max_iter", "-B max_iter=abc")``: the keyword
+    is what an error message names, the text what the user typed.
+    """
+    names: Mapping[str, str] = getattr(args, "flag_names", {}) or {}
+    out: list[tuple[str, str]] = []
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None and dest in names:
+            key = dest.split(".", 1)[1]
+            shown = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+            out.append((key, f"{names[dest]} {shown}"))
+    for dest, flag in (("backend_option", "-B"), ("init_option", "-I"), ("cluster_option", "-C"),
+                       ("reader_option", "-R")):
+        for key, _, text in getattr(args, dest, None) or []:
+            out.append((key, f"{flag} {text}"))
+    return out
+
+
+def with_flags(message: str, flags: Sequence[tuple[str, str]]) -> str:
+    """``message`` plus the command-line flags whose keyword it names (and does not already show)."""
+    hits = []
+    for key, text in flags:
+        if key in ("path",) or text.split(" ", 1)[0] in message:
+            continue
+        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", message):
+            hits.append(text)
+    return f"{message} (given on the command line as {', '.join(hits)})" if hits else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stokesflow`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
-    SIGTERM is turned into an interruption like Ctrl-C: the driver stops
-    submitting, the result file gets its closing attributes (``complete``
-    false) and the exit code is 143; ``--resume`` finishes the run.
+    Bad input or configuration ends with one line that names the file, flag
+    or value, and exit code 2. SIGTERM is turned into an interruption like
+    Ctrl-C: the driver stops submitting, the result file gets its closing
+    attributes (``complete`` false) and the exit code is 143 (130 for
+    Ctrl-C); the last line says what was left (``--resume`` finishes an
+    inversion).
     """
     parser = build_parser()
     try:
@@ -361,14 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return func(args)
-    except Terminated:
-        log.error("terminated (SIGTERM); finished chunks are on disk, finish the run with --resume")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        log.error("interrupted; finished chunks are on disk, finish the run with --resume")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        what = getattr(args, "on_interrupt", None)
+        left = what(args) if what is not None else "stopped"
+        log.error("%s: %s", "terminated (SIGTERM)" if terminated else "interrupted", left)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except _bad_input_types() as exc:
-        log.error("%s", exc)
+        log.error("%s", with_flags(" ".join(str(exc).split("\n")), given_flags(args)))
         return EXIT_BAD_INPUT
     except Exception:
         log.exception("unexpected error (please report it with the traceback above)")

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,15 @@ __all__ = [
 DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 
 _PROGRESS_MODES = ("auto", "bar", "log", "none")
-#: Input formats (see stokesflow.orchestrator.io.FORMATS); "" detects the format from the file.
-_FORMATS = ("", "hdf5", "fits", "npy", "hmi", "hinode_sp")
+#: Named continuum normalisations of the instrument layouts (or a number: the continuum itself).
+_CONTINUUM_NAMES = ("local", "disc_centre")
+
+
+def _input_formats() -> tuple[str, ...]:
+    """``""`` (detect from the file) and the formats of :data:`stokesflow.orchestrator.io.FORMATS`."""
+    from stokesflow.orchestrator.io import FORMATS
+
+    return ("",) + tuple(FORMATS)
 
 
 class ConfigurationError(OrchestratorError, ValueError):
@@ -89,9 +97,20 @@ class InputConfig:
         ``lines`` attribute.
     instrument : str
         Instrument name; ``""`` to use the file's ``instrument`` attribute.
-    noise : float
-        Noise sigma in units of the continuum intensity; 0 to use the file's
-        ``noise`` attribute.
+    noise : float or tuple of 4 float
+        One-sigma noise in units of the continuum intensity, one value or
+        four (I, Q, U, V); 0 to use the file's ``noise`` attribute, and when
+        the file states none, the backend's estimate from a sample of pixels.
+    continuum : float or str
+        Instrument layouts (``hmi``, ``hinode_sp``) only: the quiet-Sun
+        continuum in the file's units (DN/s, DN), ``"local"`` or
+        ``"disc_centre"``; ``""`` for the reader's default. Command line:
+        ``-R continuum=local``.
+    reader_options : dict
+        Format-specific reader options (``hdu`` for FITS; ``order``,
+        ``center``, ``mask_offdisc``, ``disc_fraction`` for ``hmi``;
+        ``allow_partial``, ``continuum_window`` for ``hinode_sp``). Command
+        line: ``-R key=value``.
     """
 
     path: str = ""
@@ -100,7 +119,9 @@ class InputConfig:
     wavelength: str = ""
     lines: tuple[str, ...] = ()
     instrument: str = ""
-    noise: float = 0.0
+    noise: float | tuple[float, ...] = 0.0
+    continuum: float | str = ""
+    reader_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -301,6 +322,17 @@ def _coerce(section: str, name: str, hint: Any, value: Any, where: str) -> Any:
         f"[{section}] {name} in {where} must be {_hint_name(hint)}, got "
         f"{type(value).__name__} {value!r}"
     )
+    if origin in (typing.Union, types.UnionType):  # the first arm that accepts the value
+        for arm in typing.get_args(hint):
+            try:
+                return _coerce(section, name, arm, value, where)
+            except ConfigurationError:
+                continue
+        raise bad
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise bad
@@ -318,6 +350,13 @@ def _coerce(section: str, name: str, hint: Any, value: Any, where: str) -> Any:
             raise bad
         return value
     if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if item is float:
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            ):
+                raise bad
+            return tuple(float(v) for v in value)
         if isinstance(value, str):  # "FeI_6301,FeI_6302" on the command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -327,7 +366,14 @@ def _coerce(section: str, name: str, hint: Any, value: Any, where: str) -> Any:
 
 
 def _hint_name(hint: Any) -> str:
-    if typing.get_origin(hint) is tuple:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_hint_name(arm) for arm in typing.get_args(hint))
+    if origin is dict or hint is dict:
+        return "a table of options"
+    if origin is tuple:
+        if typing.get_args(hint)[0] is float:
+            return "a list of numbers"
         return "a list of strings (or one comma-separated string)"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
 
@@ -353,10 +399,29 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigurationError(f"[run] backend in {where} is empty; `stokesflow backends` lists the names")
     if not r.init:
         raise ConfigurationError(f"[run] init in {where} is empty; use 'default' or 'constant'")
-    if i.format not in _FORMATS:
-        raise ConfigurationError(f"[input] format in {where} must be one of {list(_FORMATS)}, got {i.format!r}")
-    if i.noise < 0 or not math.isfinite(i.noise):
-        raise ConfigurationError(f"[input] noise in {where} must be >= 0 (0 = from the file), got {i.noise}")
+    formats = _input_formats()
+    if i.format not in formats:
+        raise ConfigurationError(f"[input] format in {where} must be one of {list(formats)}, got {i.format!r}")
+    if isinstance(i.noise, tuple):
+        if len(i.noise) != 4 or not all(v > 0 and math.isfinite(v) for v in i.noise):
+            raise ConfigurationError(
+                f"[input] noise in {where} must be one sigma or four positive sigmas (I, Q, U, V) in "
+                f"continuum units, got {list(i.noise)}"
+            )
+    elif i.noise < 0 or not math.isfinite(i.noise):
+        raise ConfigurationError(
+            f"[input] noise in {where} must be >= 0 (0 = from the file, else estimated), got {i.noise}"
+        )
+    c = i.continuum
+    if isinstance(c, str) and c not in ("",) + _CONTINUUM_NAMES:
+        raise ConfigurationError(
+            f"[input] continuum in {where} must be a positive number (the quiet-Sun continuum in the "
+            f"file's units) or one of {list(_CONTINUUM_NAMES)}, got {c!r}"
+        )
+    if not isinstance(c, str) and not (c > 0 and math.isfinite(c)):
+        raise ConfigurationError(
+            f"[input] continuum in {where} must be a positive number or one of {list(_CONTINUUM_NAMES)}, got {c}"
+        )
     if not o.path:
         raise ConfigurationError(f"[output] path in {where} is empty; give --out result.h5")
     if o.resume and o.overwrite:
@@ -462,24 +527,28 @@ def _scalar(value: Any, where: str) -> str:
     )
 
 
-def dumps_toml(data: Mapping[str, Any]) -> str:
+def dumps_toml(data: Mapping[str, Any], *, none_as_comment: bool = False) -> str:
     """Write nested mappings of str/int/float/bool/list values as TOML text.
 
     ``None`` values are left out (TOML has no null; reading the text back gives
-    the default). Nested mappings become ``[a.b]`` tables; an empty mapping is
-    written as an empty table so it survives a round trip.
+    the default), or written as a comment ``# key = (not set)`` with
+    ``none_as_comment``. Nested mappings become ``[a.b]`` tables; an empty
+    mapping is written as an empty table so it survives a round trip.
     """
     lines: list[str] = []
 
     def table(prefix: tuple[str, ...], mapping: Mapping[str, Any]) -> None:
         scalars = [(k, v) for k, v in mapping.items() if not isinstance(v, Mapping) and v is not None]
+        unset = [k for k, v in mapping.items() if v is None] if none_as_comment else []
         subs = [(k, v) for k, v in mapping.items() if isinstance(v, Mapping)]
-        if prefix and (scalars or not subs):
+        if prefix and (scalars or unset or not subs):
             if lines:
                 lines.append("")
             lines.append("[" + ".".join(_key(p) for p in prefix) + "]")
         for k, v in scalars:
             lines.append(f"{_key(k)} = {_scalar(v, '.'.join(prefix + (k,)))}")
+        for k in unset:
+            lines.append(f"# {_key(k)} = (not set)")
         for k, v in subs:
             table(prefix + (k,), v)
 

@@ -6,7 +6,7 @@ Layout (DESIGN.md, "Result file")::
     /sigma/<name>    (ny, nx) float32   1-sigma uncertainty
     /chi2            (ny, nx) float32   reduced weighted chi-square
     /n_iter          (ny, nx) int32     solver iterations
-    /status          (ny, nx) uint8     0 ok, 1 max-iter, 2 failed, 3 bad input, 255 not run
+    /status          (ny, nx) uint8     0 ok, 1 max-iter, 2 failed, 3 bad input, 4 poor fit, 255 not run
     /synthetic       (ny, nx, 4, nw) float32, optional best-fit profiles
     /chunks/start    (n_chunks,) int64  first flat (row-major) pixel of each chunk
     /chunks/stop     (n_chunks,) int64  one past the last pixel
@@ -15,7 +15,9 @@ Layout (DESIGN.md, "Result file")::
     /chunks/error    (n_chunks,) str    why a chunk failed, "" if it did not
 
 Attributes: ``config`` (TOML text), ``versions`` (JSON), ``backend``,
-``init``, ``parameters``, ``units``, ``input``, ``fingerprint`` and
+``backend_options`` (JSON), ``init``, ``parameters``, ``units``, ``input``,
+``noise`` (four sigmas I, Q, U, V, when known) and ``noise_source``
+(``configuration``, ``observation``, ``estimated`` or ``unknown``), ``fingerprint`` and
 ``fingerprint_json``, ``time_plan_s``, ``time_setup_s``, ``time_invert_s``,
 ``time_write_s``, ``time_total_s``, ``chunks_computed`` (chunks inverted by the
 last run), ``runs``, ``complete``.
@@ -52,7 +54,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from stokesflow.backends.base import STATUS_NAMES, STATUS_NOT_RUN
+from stokesflow.backends.base import STATUS_NAMES, STATUS_NOT_RUN, ChunkResult
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.plan import Chunk, Plan, flat_to_rows
 
@@ -65,6 +67,7 @@ __all__ = [
     "fingerprint_digest",
     "read_result",
     "inspect_result",
+    "read_status_counts",
 ]
 
 _LAYOUT_VERSION = 1
@@ -80,20 +83,20 @@ class ResumeError(StoreError):
 
 @dataclass
 class ChunkOutput:
-    """What a task sends back to the driver for one chunk (compact dtypes).
+    """What a task sends back to the driver for one chunk: a ChunkResult plus its place.
 
     Attributes
     ----------
     index, start, stop : int
-        The chunk.
-    params, sigma : ndarray, (npix, npar) float32
-        Best fit and uncertainties, NaN where not inverted.
-    chi2 : ndarray, (npix,) float32
-    n_iter : ndarray, (npix,) int32
-    status : ndarray, (npix,) uint8
-    synthetic : ndarray, (npix, 4, nw) float32, optional
+        The chunk: flat pixels ``start..stop``.
+    result : ChunkResult
+        Every pixel of the chunk (skipped ones with status 3 and NaN), in
+        compact dtypes to keep the pickled payload small: ``params``,
+        ``sigma``, ``chi2``, ``synthetic`` float32, ``n_iter`` int32,
+        ``status`` uint8.
     seconds : dict of str to float
-        Worker-side timings (``read``, ``invert``, ``setup``), in s.
+        Worker-side timings (``read``, ``init``, ``invert``, ``setup``,
+        ``total``), in s.
     worker : str
         Host and process id of the worker that did it.
     """
@@ -101,12 +104,7 @@ class ChunkOutput:
     index: int
     start: int
     stop: int
-    params: np.ndarray
-    sigma: np.ndarray
-    chi2: np.ndarray
-    n_iter: np.ndarray
-    status: np.ndarray
-    synthetic: np.ndarray | None = None
+    result: ChunkResult
     seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
 
@@ -337,10 +335,11 @@ class ResultStore:
                 f"the task returned {out.start}..{out.stop}"
             )
         npix = chunk.npix
-        if out.params.shape != (npix, len(self.names)):
+        res = out.result
+        if tuple(res.names) != self.names or res.npix != npix:
             raise StoreError(
-                f"{self.path}: chunk {out.index} params have shape {out.params.shape}, "
-                f"expected {(npix, len(self.names))}"
+                f"{self.path}: chunk {out.index} holds {res.npix} pixels with parameters {list(res.names)}, "
+                f"expected {npix} pixels with {list(self.names)}"
             )
         h5 = self._h5
         for y0, y1, x0, x1, off in flat_to_rows(chunk.start, chunk.stop, self.plan.nx):
@@ -348,13 +347,13 @@ class ResultStore:
             sl = slice(off, off + n)
             shape = (y1 - y0, x1 - x0)
             for j, name in enumerate(self.names):
-                h5["params"][name][y0:y1, x0:x1] = out.params[sl, j].reshape(shape)
-                h5["sigma"][name][y0:y1, x0:x1] = out.sigma[sl, j].reshape(shape)
-            h5["chi2"][y0:y1, x0:x1] = out.chi2[sl].reshape(shape)
-            h5["n_iter"][y0:y1, x0:x1] = out.n_iter[sl].reshape(shape)
-            h5["status"][y0:y1, x0:x1] = out.status[sl].reshape(shape)
-            if self._has_synthetic and out.synthetic is not None:
-                h5["synthetic"][y0:y1, x0:x1] = out.synthetic[sl].reshape(shape + out.synthetic.shape[1:])
+                h5["params"][name][y0:y1, x0:x1] = res.params[sl, j].reshape(shape)
+                h5["sigma"][name][y0:y1, x0:x1] = res.sigma[sl, j].reshape(shape)
+            h5["chi2"][y0:y1, x0:x1] = res.chi2[sl].reshape(shape)
+            h5["n_iter"][y0:y1, x0:x1] = res.n_iter[sl].reshape(shape)
+            h5["status"][y0:y1, x0:x1] = res.status[sl].reshape(shape)
+            if self._has_synthetic and res.synthetic is not None:
+                h5["synthetic"][y0:y1, x0:x1] = res.synthetic[sl].reshape(shape + res.synthetic.shape[1:])
         h5["chunks/seconds"][out.index] = float(out.seconds.get("total", sum(out.seconds.values())))
         h5.flush()
         h5["chunks/done"][out.index] = True
@@ -370,12 +369,7 @@ class ResultStore:
 
     def status_counts(self) -> dict[int, int]:
         """Pixels per status code over the whole field (reads /status by rows)."""
-        counts = np.zeros(256, dtype=np.int64)
-        ds = self._h5["status"]
-        step = max(1, (1 << 22) // max(1, self.plan.nx))
-        for y in range(0, self.plan.ny, step):
-            counts += np.bincount(ds[y:y + step].ravel(), minlength=256)
-        return {int(k): int(counts[k]) for k in np.flatnonzero(counts)}
+        return _count_status(self._h5["status"])
 
     def finalize(self, attrs: Mapping[str, Any]) -> None:
         """Write error texts and the closing attributes (times, ``complete``)."""
@@ -465,6 +459,25 @@ def read_result(path: str | Path) -> ResultFile:
             )
     except (OSError, KeyError) as exc:
         raise StoreError(f"cannot read result file {str(path)!r}: {exc}") from exc
+
+
+def _count_status(ds: h5py.Dataset) -> dict[int, int]:
+    """Pixels per status code of a (ny, nx) /status dataset, read by blocks of rows."""
+    counts = np.zeros(256, dtype=np.int64)
+    ny, nx = ds.shape
+    step = max(1, (1 << 22) // max(1, nx))
+    for y in range(0, ny, step):
+        counts += np.bincount(ds[y:y + step].ravel(), minlength=256)
+    return {int(k): int(counts[k]) for k in np.flatnonzero(counts)}
+
+
+def read_status_counts(path: str | Path) -> dict[int, int]:
+    """Pixels per status code of a result file, opened read-only (the file is not changed)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return _count_status(h5["status"])
+    except (OSError, KeyError) as exc:
+        raise StoreError(f"cannot read /status of result file {str(path)!r}: {exc}") from exc
 
 
 def inspect_result(path: str | Path) -> dict[str, Any]:

@@ -19,28 +19,42 @@ Instruments (the observation's ``instrument`` attribute):
 - ``"hinode"``: Fe I 6301.5 and 6302.5 at 112 points of 21.549 mA from
   6300.884 A (Hinode/SP sampling), again without spectral PSF by default.
 
+The file states the spectral instrument it was synthesised through, so that
+``stokesflow invert`` uses it without being told: the attribute
+``spectral_instrument`` (``grid``, ``psf``, ``hmi_filters`` or ``filters``,
+from the ME option ``instrument``), ``psf_fwhm`` [mA] for a Gaussian PSF, and
+for ``filters`` the profiles as ``/filters/wavelength`` (nf,) [A] and
+``/filters/transmission`` (nobs, nf).
+
 Noise: for row ``y`` the generator ``numpy.random.default_rng([seed, 1, y])``
 draws ``(nx, 4, nw)`` normal deviates times ``noise``, so the file does not
 depend on the block size.
+
+An interruption (Ctrl-C, SIGTERM) or an error leaves nothing behind: the rows
+are written to ``<out>.partial``, which is removed, and ``out`` appears (or is
+replaced) only once the file is complete.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import h5py
 import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.scenes import SCENES
 
-__all__ = ["INSTRUMENTS", "SCENES", "instrument_setup", "synthesize_observation", "default_rows_per_block"]
+__all__ = [
+    "INSTRUMENTS", "SCENES", "instrument_setup", "spectral_instrument_attrs", "synthesize_observation",
+    "default_rows_per_block",
+]
 
 log = logging.getLogger("stokesflow.synth")
-
-#: Scenes understood by :func:`stokesflow.orchestrator.scenes.make_scene`.
-SCENES = ("sunspot", "quiet", "plage", "mixed")
 
 #: Stokes values per synthesis block (float64), which bounds its memory.
 _BLOCK_VALUES = 1 << 22
@@ -67,6 +81,58 @@ def instrument_setup(instrument: str) -> tuple[tuple[str, ...], np.ndarray]:
     except KeyError:
         raise OrchestratorError(
             f"unknown synthetic instrument {instrument!r}; choose one of {sorted(INSTRUMENTS)}"
+        ) from None
+
+
+def spectral_instrument_attrs(backend: Any) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """What an observation synthesised by ``backend`` states about its spectral instrument.
+
+    Returns
+    -------
+    attrs : dict
+        ``spectral_instrument`` and, for a Gaussian PSF, ``psf_fwhm`` [mA].
+    filters : (wavelength (nf,) [A], transmission (nobs, nf)), optional
+        The measured profiles of instrument ``filters`` (from ``filters_file``).
+    """
+    o = backend.options
+    kind = getattr(o, "instrument", None) or "grid"
+    attrs: dict[str, Any] = {"spectral_instrument": str(kind)}
+    filters = None
+    if kind == "psf":
+        if getattr(o, "psf_file", None):
+            log.warning("the PSF kernel of psf_file %s is not stored in the observation; invert it with "
+                        "-B instrument=psf -B psf_file=%s", o.psf_file, o.psf_file)
+        elif getattr(o, "psf_fwhm", None):
+            attrs["psf_fwhm"] = float(o.psf_fwhm)
+    elif kind == "filters" and getattr(o, "filters_file", None):
+        try:
+            with np.load(o.filters_file) as z:
+                filters = (np.asarray(z["wavelength"], dtype=np.float64),
+                           np.asarray(z["transmission"], dtype=np.float64))
+        except (OSError, KeyError, ValueError) as exc:
+            raise OrchestratorError(
+                f"cannot read the filter profiles of filters_file {o.filters_file!r}: {exc}; it must be an "
+                "npz with arrays 'wavelength' (nf,) [A] and 'transmission' (nobs, nf)"
+            ) from exc
+    return attrs, filters
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """``out`` can be written: absent (or ``overwrite``), in an existing, writable folder."""
+    if out.exists() and not overwrite:
+        raise OrchestratorError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise OrchestratorError(f"cannot write {str(out)!r}: folder {str(folder)!r} {what}; "
+                                "create it or choose another --out")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".write-test"):
+            pass
+    except OSError as exc:
+        raise OrchestratorError(
+            f"cannot write {str(out)!r}: folder {str(folder)!r} is not writable ({exc.strerror}); "
+            "choose another --out"
         ) from None
 
 
@@ -122,7 +188,7 @@ def synthesize_observation(
     OrchestratorError
         Unknown instrument or scene, bad size or noise, existing file.
     """
-    from stokesflow.backends import get_backend
+    from stokesflow.backends import BackendError, get_backend
 
     out = Path(out)
     ny, nx = (int(v) for v in size)
@@ -132,29 +198,37 @@ def synthesize_observation(
         raise OrchestratorError(f"noise must be a finite sigma >= 0 in continuum units, got {noise}")
     if scene not in SCENES:
         raise OrchestratorError(f"unknown scene {scene!r}; choose one of {list(SCENES)}")
-    if out.exists() and not overwrite:
-        raise OrchestratorError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    _check_out(out, overwrite)
     lines, wavelength = instrument_setup(instrument)
     options = dict(backend_options or {})
     options["lines"] = list(lines)
     options.setdefault("noise", noise if noise > 0 else 1e-3)
-    backend = get_backend("me", options)
+    try:
+        backend = get_backend("me", options)
+    except BackendError:
+        raise
+    except (TypeError, ValueError) as exc:  # an option value checked with plain Python errors
+        raise OrchestratorError(f"ME options {options} for synth (-B): {exc}") from exc
     nw = wavelength.size
     rows = int(rows_per_block or default_rows_per_block(nx, nw))
+    spectral, filters = spectral_instrument_attrs(backend)
     attrs = {
         "instrument": instrument,
         "lines": ",".join(lines),
         "noise": float(noise) if noise > 0 else None,  # noise-free: no attribute
         "scene": scene,
         "seed": int(seed),
-        "generator": "stokesflow synth (Milne-Eddington, backend option instrument="
-        f"{backend.options.instrument!r})",
+        **spectral,
+        "generator": "stokesflow synth (Milne-Eddington, spectral instrument "
+        f"{spectral['spectral_instrument']!r})",
     }
     tmp = out.with_name(out.name + ".partial")
     t0 = time.perf_counter()
     try:
         _write_blocks(tmp, backend, scene=scene, ny=ny, nx=nx, wavelength=wavelength, attrs=attrs,
                       rows=rows, noise=noise, seed=seed)
+        if filters is not None:
+            _write_filters(tmp, *filters)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -162,6 +236,14 @@ def synthesize_observation(
     log.info("wrote %s: %d x %d pixels, %d wavelengths, %s (%.1f s)", out, ny, nx, nw, instrument,
              time.perf_counter() - t0)
     return out
+
+
+def _write_filters(path: Path, wavelength: np.ndarray, transmission: np.ndarray) -> None:
+    """Add the measured filter profiles ``/filters/wavelength`` [A] and ``/filters/transmission``."""
+    with h5py.File(path, "a") as h5:
+        g = h5.require_group("filters")
+        g.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))
+        g.create_dataset("transmission", data=np.asarray(transmission, dtype=np.float64))
 
 
 def _write_blocks(

@@ -12,13 +12,20 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import inspect
+
 import numpy as np
 
-from stokesflow.backends.base import Backend
+from stokesflow.backends.base import STATUS_OK, STATUS_POOR_FIT, Backend, ChunkResult
 from stokesflow.backends.me.backend import MEBackend
+from stokesflow.nn_init.providers import InitProvider
 
 __all__ = [
     "WrappingDouble",
+    "NoiseDouble",
+    "EchoInitDouble",
+    "PoorFitDouble",
+    "PositionInit",
     "PoisonDouble",
     "SlowPidDouble",
     "ExitOnceDouble",
@@ -57,8 +64,14 @@ class WrappingDouble(Backend):
     def for_observation(self, meta):
         return type(self)(dict(self.own), inner=self.inner.for_observation(meta))
 
-    def setup(self) -> None:
-        self.inner.setup()
+    def setup(self, trial=None) -> None:
+        if inspect.signature(self.inner.setup).parameters:
+            self.inner.setup(trial)
+        else:  # an ME backend from before setup(trial)
+            self.inner.setup()
+
+    def estimate_noise(self, stokes, wavelength):
+        return self.inner.estimate_noise(stokes, wavelength)
 
     def synthesize(self, params, wavelength):
         return self.inner.synthesize(params, wavelength)
@@ -133,21 +146,87 @@ class HugeSigmaDouble(WrappingDouble):
 
 
 class SetupCountingDouble(WrappingDouble):
-    """Records each ``setup()`` call as a file ``<pid>-<n>`` in ``setup_dir`` and each chunk as ``chunk-<pid>-<n>``."""
+    """Records each ``setup(trial)`` call as a file ``<pid>-<n>`` in ``setup_dir`` and each chunk as ``chunk-<pid>-<n>``.
+
+    A set-up file holds the shape of the trial pixels and of the trial
+    wavelengths it was handed (``"1x4x6 6"``), or ``"none"``.
+    """
 
     name = "setup-counting-double"
     own_keys = ("setup_dir",)
 
-    def _mark(self, prefix: str) -> None:
+    def _mark(self, prefix: str, text: str = "") -> None:
         folder = Path(self.own["setup_dir"])
         n = len(list(folder.glob(f"{prefix}{os.getpid()}-*")))
-        Path(folder, f"{prefix}{os.getpid()}-{n}").touch()
+        Path(folder, f"{prefix}{os.getpid()}-{n}").write_text(text)
 
-    def setup(self) -> None:
-        self._mark("")
-        super().setup()
+    def setup(self, trial=None) -> None:
+        what = "none" if trial is None else "x".join(map(str, trial[0].shape)) + f" {len(trial[1])}"
+        self._mark("", what)
+        super().setup(trial)
 
     def invert(self, stokes, wavelength, init=None):
         if stokes.shape[0] > 1:
             self._mark("chunk-")
         return super().invert(stokes, wavelength, init)
+
+
+class NoiseDouble(WrappingDouble):
+    """A fixed noise estimate (``sigma``, four floats); records what the driver hands it.
+
+    ``SAMPLES`` (class attribute, this process) receives every sample passed
+    to ``estimate_noise``; ``METAS`` every ``meta`` passed to ``for_observation``.
+    """
+
+    name = "noise-double"
+    own_keys = ("sigma",)
+    SAMPLES: list = []
+    METAS: list = []
+
+    def for_observation(self, meta):
+        NoiseDouble.METAS.append(dict(meta))
+        return super().for_observation(meta)
+
+    def estimate_noise(self, stokes, wavelength):
+        NoiseDouble.SAMPLES.append(np.array(stokes))
+        return np.asarray(self.own.get("sigma", (1e-3, 2e-3, 3e-3, 4e-3)), dtype=np.float64)
+
+
+class EchoInitDouble(WrappingDouble):
+    """Returns, as each pixel's fit, the starting point it was given (status 0): the result maps show the init."""
+
+    name = "echo-init-double"
+
+    def invert(self, stokes, wavelength, init=None):
+        n = stokes.shape[0]
+        if init is None:
+            raise AssertionError("EchoInitDouble needs starting points (use an init provider that gives them)")
+        init = np.asarray(init, dtype=np.float64)
+        assert init.shape == (n, len(self.parameter_names)), init.shape
+        return ChunkResult(
+            names=self.parameter_names, params=init.copy(), sigma=np.zeros_like(init),
+            chi2=np.ones(n), n_iter=np.ones(n, dtype=np.int32), status=np.full(n, STATUS_OK, dtype=np.uint8),
+        )
+
+
+class PoorFitDouble(WrappingDouble):
+    """Marks every pixel whose flat index within its chunk is even as status 4 (poor fit), keeping its parameters."""
+
+    name = "poor-fit-double"
+
+    def invert(self, stokes, wavelength, init=None):
+        res = super().invert(stokes, wavelength, init)
+        if stokes.shape[0] > 1:
+            res.status[::2] = STATUS_POOR_FIT
+        return res
+
+
+class PositionInit(InitProvider):
+    """Looks each pixel's starting point up by flat position in an (npix, npar) ``.npy`` table (option ``table``)."""
+
+    name = "position-double"
+
+    def initial_guess(self, stokes, wavelength, *, start, stop):
+        table = np.load(self.options["table"])
+        assert stokes.shape[0] == stop - start, "the provider must see every pixel of the range"
+        return table[start:stop]

@@ -40,11 +40,13 @@ def write_hmi_observation(
     nan_pixels: tuple[int, ...] = (),
     poison_pixels: tuple[int, ...] = (),
     lines: str = "FeI_6173",
+    state_noise: bool = True,
 ) -> Path:
     """A small HMI-like observation of random ME pixels (written with the real ME synthesis).
 
     ``nan_pixels`` (flat indices) get NaN in Stokes Q; ``poison_pixels`` get
-    Stokes I = POISON_VALUE at the first wavelength (see the doubles).
+    Stokes I = POISON_VALUE at the first wavelength (see the doubles). With
+    ``state_noise`` false the file has no ``noise`` attribute (the run estimates it).
     """
     from stokesflow.backends import get_backend
     from stokesflow.orchestrator.io import write_observation
@@ -63,7 +65,7 @@ def write_hmi_observation(
     truth = {n: params[:, j].reshape(ny, nx) for j, n in enumerate(me.parameter_names)}
     write_observation(
         path, stokes.reshape(ny, nx, 4, -1).astype(np.float32), HMI_WAVELENGTH,
-        {"instrument": "hmi", "lines": lines, "noise": noise}, truth,
+        {"instrument": "hmi", "lines": lines, "noise": noise if state_noise else None}, truth,
     )
     return path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _orchestrator_helpers import write_hmi_observation  # noqa: E402
 
-from stokesflow.backends import registry  # noqa: E402
+import stokesflow  # noqa: E402
+import stokesflow.orchestrator.io as io_module  # noqa: E402
+from stokesflow.backends import get_backend, registry  # noqa: E402
+from stokesflow.orchestrator.errors import ObservationError  # noqa: E402
 from stokesflow.orchestrator.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, build_parser, main  # noqa: E402
 from stokesflow.orchestrator.config import tomllib  # noqa: E402
 from stokesflow.orchestrator.store import read_result  # noqa: E402
@@ -39,8 +44,12 @@ def test_help_documents_every_option(command, capsys):
 def test_invert_help_mentions_the_contract(capsys):
     main(["invert", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("Exit codes", "3 partial", "[backend.<name>]", "--resume", "y,x,stokes,wave",
-                     "[default: 'me']", "local Dask (default)"):
+    for fragment in ("Exit codes", "[backend.<name>]", "--resume", "y,x,stokes,wave",
+                     "[default: 'me']", "local Dask (default)", "-R continuum=local"):
+        assert fragment in text, fragment
+    # every exit code the README lists
+    for fragment in ("0 complete", "3 partial", "2 bad input or configuration", "1 unexpected error",
+                     "130 interrupted (Ctrl-C)", "143 terminated (SIGTERM"):
         assert fragment in text, fragment
 
 
@@ -50,20 +59,70 @@ def test_flags_override_the_toml_file(tmp_path, capsys):
     code = main(["invert", str(user), "--chunk-pixels", "9", "-B", "n_starts=3", "--workers", "2",
                  "-C", "memory_limit='1GiB'", "--lines", "FeI_6301,FeI_6302", "--print-config"])
     assert code == EXIT_OK
-    cfg = tomllib.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    cfg = tomllib.loads(text)
     assert cfg["run"]["chunk_pixels"] == 9
-    assert cfg["backend"]["me"] == {"max_iter": 20, "n_starts": 3}
     assert cfg["cluster"] == {"kind": "serial", "workers": 2, "memory_limit": "1GiB"}
     assert cfg["input"]["lines"] == ["FeI_6301", "FeI_6302"]
+    # the selected backend's table shows every option: what was set, and the defaults of the rest
+    me = cfg["backend"]["me"]
+    assert me["max_iter"] == 20 and me["n_starts"] == 3
+    defaults = get_backend("me").options
+    unset = set(re.findall(r"^# (\w+) = \(not set\)$", text, flags=re.M))
+    assert set(me) | unset == {f.name for f in dataclasses.fields(defaults)}
+    for name, value in me.items():
+        if name not in ("max_iter", "n_starts", "lines"):
+            assert value == _toml_plain(getattr(defaults, name)), name
+    assert cfg["init"]["default"] == {}
 
 
-def test_backend_option_follows_the_selected_backend(tmp_path, capsys):
+def _toml_plain(value):
+    return [_toml_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def test_backend_option_follows_the_selected_backend(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN_BACKENDS, "other", "stokesflow.backends.me.backend:MEBackend")
     user = tmp_path / "run.toml"
     user.write_text('[run]\nbackend = "other"\ninit = "constant"\n')
-    assert main(["invert", str(user), "-B", "x=1", "-I", "B=500", "--print-config"]) == EXIT_OK
+    assert main(["invert", str(user), "-B", "max_iter=7", "-I", "B=500", "--print-config"]) == EXIT_OK
     cfg = tomllib.loads(capsys.readouterr().out)
-    assert cfg["backend"] == {"other": {"x": 1}}
-    assert cfg["init"] == {"constant": {"B": 500}}
+    assert set(cfg["backend"]) == {"other"} and cfg["backend"]["other"]["max_iter"] == 7
+    # the init table shows every parameter's start: the one given, the midpoints of the bounds for the rest
+    init = cfg["init"]["constant"]
+    assert init["B"] == 500 and init["inclination"] == 90.0 and init["azimuth"] == 90.0
+    assert set(init) == set(get_backend("me").parameter_names)
+
+
+def test_version(capsys):
+    assert main(["--version"]) == EXIT_OK
+    assert capsys.readouterr().out == f"stokesflow {stokesflow.__version__}\n"
+
+
+def test_reader_options_reach_open_observation(tmp_path, capsys, monkeypatch):
+    args = ["invert", "--input", str(tmp_path / "hmi"), "-R", "continuum=local", "-R", "order=blue_to_red",
+            "-R", "mask_offdisc=true", "--cluster", "serial", "--out", str(tmp_path / "r.h5")]
+    assert main([*args, "--print-config"]) == EXIT_OK
+    cfg = tomllib.loads(capsys.readouterr().out)
+    assert cfg["input"]["continuum"] == "local"
+    assert cfg["input"]["reader_options"] == {"order": "blue_to_red", "mask_offdisc": True}
+    seen = {}
+
+    def fake_open(path, **kw):
+        seen.update(kw)
+        raise ObservationError(f"{path}: stop here (test)")
+
+    monkeypatch.setattr(io_module, "open_observation", fake_open)
+    assert main(args) == EXIT_BAD_INPUT
+    assert seen["continuum"] == "local" and seen["reader_options"] == {"order": "blue_to_red", "mask_offdisc": True}
+
+
+def test_noise_flag_takes_one_or_four_sigmas(tmp_path, capsys):
+    assert main(["invert", "--noise", "1e-3,2e-3,2e-3,1.5e-3", "--print-config"]) == EXIT_OK
+    assert tomllib.loads(capsys.readouterr().out)["input"]["noise"] == [1e-3, 2e-3, 2e-3, 1.5e-3]
+    assert main(["invert", "--noise", "2e-3", "--print-config"]) == EXIT_OK
+    assert tomllib.loads(capsys.readouterr().out)["input"]["noise"] == 2e-3
+    assert main(["invert", "--noise", "1e-3,2e-3", "--print-config"]) == EXIT_BAD_INPUT
+    assert "--noise" in capsys.readouterr().err
 
 
 def test_usage_and_config_errors_exit_2(tmp_path, capsys):

@@ -3,6 +3,7 @@ bad input before any work, partial runs, resume checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -42,12 +43,12 @@ def no_cluster(monkeypatch):
     monkeypatch.setattr(clusters, "open_executor", refuse)
 
 
-def _direct(obs: Path, init=None) -> tuple[np.ndarray, np.ndarray]:
+def _direct(obs: Path, init=None, options=None) -> tuple[np.ndarray, np.ndarray]:
     """Reference: the ME backend called chunk by chunk on the same pixels, no orchestrator."""
     from stokesflow.orchestrator.io import open_observation
 
     o = open_observation(obs)
-    me = get_backend("me").for_observation(o.meta)
+    me = get_backend("me", options).for_observation(o.meta)
     params = np.full((NY * NX, 9), np.nan, np.float32)
     status = np.full(NY * NX, 3, np.uint8)
     for start in range(0, NY * NX, K):
@@ -91,17 +92,26 @@ def test_serial_run_equals_direct_backend_calls(obs, tmp_path):
 
 
 def test_constant_init_reaches_the_backend(obs, tmp_path):
+    # A deliberately wrong start (opposite polarity, strong field, redshift) with one start and
+    # few iterations: the fit then depends on where it starts, so the result equals the direct
+    # calls from that start and differs from the classical estimates' (init "default").
     out = tmp_path / "r.h5"
-    vector = [800.0, 60.0, 40.0, 0.0, 30.0, 8.0, 0.2, 0.3, 0.7]
+    vector = [4000.0, 170.0, 150.0, 5.0, 55.0, 40.0, 0.8, 0.1, 0.4]
     names = get_backend("me").parameter_names
+    me = {"n_starts": 1, "max_iter": 3}
+    if "max_starts" in {f.name for f in dataclasses.fields(get_backend("me").options)}:
+        me["max_starts"] = 1  # no adaptive extra starts either
     cfg = make_config(obs, out, run={"chunk_pixels": K, "init": "constant"},
-                      init={"constant": dict(zip(names, vector))})
+                      init={"constant": dict(zip(names, vector))}, backend={"me": me})
     run_inversion(cfg)
     r = read_result(out)
-    params, status = _direct(obs, init=np.array(vector))
+    params, status = _direct(obs, init=np.array(vector), options=me)
     np.testing.assert_array_equal(r.params["B"], params[..., 0])
     np.testing.assert_array_equal(r.status, status)
     assert r.attrs["init"] == "constant"
+    from_default, _ = _direct(obs, options=me)
+    valid = np.isfinite(params[..., 0])
+    assert np.median(np.abs(params[..., 0] - from_default[..., 0])[valid]) > 100.0  # G: the start matters here
 
 
 def _h5_with(path: Path, stokes_shape, nw_wave, lines="FeI_6173"):
@@ -167,10 +177,14 @@ def test_existing_output_needs_resume_or_overwrite(obs, tmp_path, monkeypatch):
             run_inversion(make_config(obs, out, run={"chunk_pixels": 24}, output={"resume": True}))
         with pytest.raises(ResumeError, match="does not exist"):
             run_inversion(make_config(obs, tmp_path / "none.h5", output={"resume": True}))
-    # resuming a complete file computes nothing; automatic chunking adopts the file's
-    summary = run_inversion(make_config(obs, out, output={"resume": True}))
-    assert summary.complete and summary.chunks_computed == 0 and summary.chunks_skipped == 2
-    assert read_result(out).attrs["runs"] == 2
+        # resuming a complete file says so, starts no cluster and leaves the file untouched
+        # (automatic chunking adopts the file's)
+        before = (out.read_bytes(), out.stat().st_mtime_ns)
+        summary = run_inversion(make_config(obs, out, output={"resume": True}))
+        assert summary.already_complete and summary.complete and summary.chunks_computed == 0
+        assert summary.chunks_skipped == 2 and "was already complete" in summary.report()
+        assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+        assert read_result(out).attrs["runs"] == 1
     summary = run_inversion(make_config(obs, out, run={"chunk_pixels": 24}, output={"overwrite": True}))
     assert summary.n_chunks == 4
 

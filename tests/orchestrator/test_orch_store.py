@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stokesflow.backends.base import ParameterSpec
+from stokesflow.backends.base import ChunkResult, ParameterSpec
 from stokesflow.orchestrator.plan import plan_chunks
 from stokesflow.orchestrator.store import ChunkOutput, ResultStore, ResumeError, StoreError, read_result
 
@@ -20,11 +20,11 @@ def _output(plan, i, value_of):
     c = plan.chunk(i)
     flat = np.arange(c.start, c.stop)
     params = np.stack([value_of(flat), -value_of(flat)], axis=1).astype(np.float32)
-    return ChunkOutput(
-        index=i, start=c.start, stop=c.stop, params=params, sigma=params / 10, chi2=value_of(flat).astype(np.float32),
+    result = ChunkResult(
+        names=("B", "azimuth"), params=params, sigma=params / 10, chi2=value_of(flat).astype(np.float32),
         n_iter=(flat % 7).astype(np.int32), status=(flat % 3).astype(np.uint8),
-        seconds={"invert": 0.5}, worker="test:1",
     )
+    return ChunkOutput(index=i, start=c.start, stop=c.stop, result=result, seconds={"invert": 0.5}, worker="test:1")
 
 
 def test_layout_and_fill_values(tmp_path):
