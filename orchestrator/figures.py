@@ -78,9 +78,7 @@ def _new_figure(width: float = 6.4, height: float = 5.2) -> Any:
 def _cmap(name: str) -> Any:
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad(MASK_COLOUR)
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad=MASK_COLOUR)
 
 
 def draw_map(
