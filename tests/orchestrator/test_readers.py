@@ -26,11 +26,11 @@ from _io_instruments import (  # noqa: E402
 )
 
 from stokesflow.orchestrator.errors import ObservationError  # noqa: E402
-from stokesflow.orchestrator.io import open_observation  # noqa: E402
-from stokesflow.orchestrator.readers import (  # noqa: E402
-    HMI_CENTER_A,
+from stokesflow.backends.me.instrument import HMI_LINE_CENTRE as HMI_CENTER_A  # noqa: E402
+from stokesflow.orchestrator.io import (  # noqa: E402
     hinode_sp_unscale,
     hmi_disc_geometry,
+    open_observation,
     quiet_sun_level,
 )
 
@@ -192,6 +192,20 @@ def test_sp_one_file_opens_its_scan_and_auto_continuum(tmp_path):
     obs = open_observation(paths[2])
     assert obs.meta["continuum"] == 40000.0
     np.testing.assert_allclose(obs.read_pixels(0, 5)[:, 0], counts[0, 0, :5] / 40000.0, rtol=1e-6)  # float32
+
+
+def test_sp_auto_continuum_with_every_spbshft(tmp_path):
+    # Regression: the continuum estimate reads Stokes I alone, which SPBSHFT >= 2 must not
+    # treat as a 4-Stokes image (it raised IndexError on the V doubling).
+    counts = np.zeros((4, 4, 8, 112))
+    counts[:, 0] = 40000.0  # above 32767: wrapped where SPBSHFT = 0
+    write_sp_scan(tmp_path, counts, spbshft=[0, 1, 2, 3])
+    obs = open_observation(tmp_path)
+    assert obs.meta["continuum"] == 40000.0
+    np.testing.assert_array_equal(obs.read_rows(0, 8)[..., 0, :], 1.0)
+    np.testing.assert_array_equal(hinode_sp_unscale(np.array([[[-5536]]], np.int16), 3, "I"), [[[120000.0]]])
+    with pytest.raises(ObservationError, match="raw has 1 Stokes images but stokes='IQUV'"):
+        hinode_sp_unscale(np.zeros((1, 2, 3), np.int16), 0)
 
 
 def test_sp_missing_and_duplicate_slits(tmp_path):
