@@ -117,6 +117,13 @@ def fits_header(products: Products, name: str) -> Any:
             h[k] = _fits_value(v)
         for k, v in info.observing.items():
             h[k] = _fits_value(v)
+        if "DATE-OBS" in h and "MJD-OBS" not in h:  # spares WCS readers their 'datfix' warning
+            try:
+                from astropy.time import Time
+
+                h["MJD-OBS"] = float(Time(str(h["DATE-OBS"]).replace("_TAI", ""), scale="utc").mjd)
+            except ValueError:
+                pass
     h["BTYPE"] = name
     h["BUNIT"] = products.units.get(name, "")
     if products.comments.get(name):
