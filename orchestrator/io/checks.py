@@ -282,18 +282,18 @@ def _check_spectral(meta: dict[str, Any], where: str) -> None:
             f"{where}: spectral_instrument = {kind!r}; expected one of {', '.join(SPECTRAL_INSTRUMENTS)}"
         )
     meta["spectral_instrument"] = kind
-    if kind == "filters" and meta.get("filters") is None:
+    if meta.get("filters") is not None and kind != "filters":
         raise ObservationError(
-            f"{where}: spectral_instrument = 'filters' but the file has no /filters/wavelength and "
-            f"/filters/transmission; add the measured profiles, or state another spectral_instrument"
+            f"{where}: the file holds /filters profiles but states spectral_instrument = {kind!r}; state "
+            f"'filters' (or remove the profiles)"
         )
+    # "psf" without psf_fwhm, or "filters" without /filters, is left to the backend's own options
+    # (-B psf_file=..., -B filters_file=...), which say what is missing if nothing is given.
     if meta.get("psf_fwhm") is not None:
         fwhm = option_float(meta["psf_fwhm"], "psf_fwhm", where, attribute=True)
         if not fwhm > 0:
             raise ObservationError(f"{where}: psf_fwhm = {fwhm!r} mA; a spectral PSF needs a positive FWHM")
         meta["psf_fwhm"] = fwhm
-    elif kind == "psf":
-        raise ObservationError(f"{where}: spectral_instrument = 'psf' needs the attribute psf_fwhm (mA)")
 
 
 def finish_meta(

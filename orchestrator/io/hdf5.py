@@ -13,12 +13,14 @@ root attributes
     required), ``instrument``, ``noise`` (one sigma, or four for I, Q, U, V, in
     continuum units; 0, negative or NaN mean unknown), and how the spectra
     were taken: ``spectral_instrument`` (``"grid"``, ``"psf"``,
-    ``"hmi_filters"`` or ``"filters"``) with ``psf_fwhm`` [mA] for ``"psf"``.
+    ``"hmi_filters"`` or ``"filters"``) with, optionally, ``psf_fwhm`` [mA]
+    for ``"psf"``.
 ``/filters/wavelength``, ``/filters/transmission``
     Measured transmission profiles, ``(nf,)`` [A] and ``(nw, nf)``, for
     ``spectral_instrument = "filters"`` (a file that has them and states no
-    ``spectral_instrument`` means ``"filters"``); read into
-    ``meta["filters"] = (wavelength, transmission)``.
+    ``spectral_instrument`` means ``"filters"``; one that states another kind
+    is refused); read into ``meta["filters"] = (wavelength, transmission)``.
+    Without them, ``"filters"`` needs the backend's ``-B filters_file``.
 ``/truth/<param>``
     Optional ``(ny, nx)`` true parameter maps of a synthetic scene.
 

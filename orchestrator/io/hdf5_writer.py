@@ -55,17 +55,15 @@ def _writer_attrs(
         raise ObservationError(
             f"{where}: spectral_instrument={kind!r}; use one of {', '.join(SPECTRAL_INSTRUMENTS)}"
         )
-    if (kind == "filters") != has_filters:
+    if has_filters and kind != "filters":
         raise ObservationError(
-            f"{where}: spectral_instrument='filters' and filters=(wavelength, transmission) go together; "
-            f"got spectral_instrument={kind!r} with{'' if has_filters else 'out'} filters"
+            f"{where}: filters=(wavelength, transmission) are the profiles of spectral_instrument='filters', "
+            f"got spectral_instrument={kind!r}"
         )
     if a.get("psf_fwhm") is not None:
         a["psf_fwhm"] = option_float(a["psf_fwhm"], "psf_fwhm", where, attribute=True)
         if a["psf_fwhm"] <= 0:
             raise ObservationError(f"{where}: psf_fwhm={a['psf_fwhm']!r} mA must be positive")
-    elif kind == "psf":
-        raise ObservationError(f"{where}: spectral_instrument='psf' needs psf_fwhm= (FWHM in mA)")
     return a
 
 
@@ -92,9 +90,11 @@ class ObservationWriter:
         optional; others are stored as given.
     spectral_instrument : str, optional
         How the spectra were taken: ``"grid"``, ``"psf"``, ``"hmi_filters"``
-        or ``"filters"`` (attribute ``spectral_instrument``).
+        or ``"filters"`` (attribute ``spectral_instrument``; may also be given
+        in ``attrs``).
     psf_fwhm : float, optional
-        FWHM of the spectral PSF [mA], for ``"psf"``.
+        FWHM of the spectral PSF [mA], for ``"psf"`` (optional: without it
+        the inversion needs ``-B psf_fwhm`` or ``-B psf_file``).
     filters : (array_like, array_like), optional
         Measured transmission profiles ``(wavelength (nf,) [A], transmission
         (nw, nf))``, written to ``/filters/wavelength`` and

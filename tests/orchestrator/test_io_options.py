@@ -133,6 +133,12 @@ def test_spectral_instrument_attributes_pass_through(tmp_path):
     assert "filters" not in obs.meta
     write_observation(tmp_path / "hmi.h5", _cube(), WL, {**ATTRS, "spectral_instrument": "hmi_filters"})
     assert open_observation(tmp_path / "hmi.h5").meta["spectral_instrument"] == "hmi_filters"
+    # "psf" with a kernel file and "filters" with a filters file: the backend's options supply the profile
+    write_observation(tmp_path / "kernel.h5", _cube(), WL, {**ATTRS, "spectral_instrument": "psf"})
+    assert "psf_fwhm" not in open_observation(tmp_path / "kernel.h5").meta
+    write_observation(tmp_path / "ff.h5", _cube(), WL, ATTRS, spectral_instrument="filters")
+    ff = open_observation(tmp_path / "ff.h5")
+    assert ff.meta["spectral_instrument"] == "filters" and "filters" not in ff.meta
     write_observation(tmp_path / "psf.h5", _cube(), WL, ATTRS)  # same path and data, no spectral attributes
     plain = open_observation(tmp_path / "psf.h5")
     assert "spectral_instrument" not in plain.meta and plain.fingerprint() != obs.fingerprint()
@@ -160,9 +166,10 @@ def test_filters_round_trip_into_meta_and_fingerprint(tmp_path):
     ("attrs", "datasets", "pattern"),
     [
         ({"spectral_instrument": "prism"}, {}, r"spectral_instrument = 'prism'; expected one of grid, psf"),
-        ({"spectral_instrument": "psf"}, {}, r"'psf' needs the attribute psf_fwhm"),
         ({"spectral_instrument": "psf", "psf_fwhm": -3.0}, {}, r"psf_fwhm = -3.0 mA"),
-        ({"spectral_instrument": "filters"}, {}, r"'filters' but the file has no /filters/wavelength"),
+        ({"spectral_instrument": "psf", "psf_fwhm": "wide"}, {}, r"attribute psf_fwhm = 'wide' must be a finite"),
+        ({"spectral_instrument": "grid"}, {"filters/wavelength": WL, "filters/transmission": np.eye(6)},
+         r"holds /filters profiles but states spectral_instrument = 'grid'"),
         ({}, {"filters/wavelength": WL}, r"/filters must hold two datasets"),
         ({}, {"filters/wavelength": WL, "filters/transmission": np.ones((5, 6))},
          r"/filters/transmission has shape \(5, 6\), expected \(nw, nf\) = \(6, 6\)"),
@@ -183,10 +190,11 @@ def test_spectral_instrument_errors(tmp_path, attrs, datasets, pattern):
 def test_writer_checks_the_spectral_instrument(tmp_path):
     with pytest.raises(ObservationError, match=r"spectral_instrument='slit'; use one of"):
         ObservationWriter(tmp_path / "a.h5", 2, 2, WL, ATTRS, spectral_instrument="slit")
-    with pytest.raises(ObservationError, match=r"'psf' needs psf_fwhm="):
-        ObservationWriter(tmp_path / "b.h5", 2, 2, WL, ATTRS, spectral_instrument="psf")
-    with pytest.raises(ObservationError, match=r"'filters' and filters=\(wavelength, transmission\) go together"):
-        ObservationWriter(tmp_path / "c.h5", 2, 2, WL, ATTRS, spectral_instrument="filters")
+    with pytest.raises(ObservationError, match=r"profiles of spectral_instrument='filters', got spectral_instrument='psf'"):
+        ObservationWriter(tmp_path / "b.h5", 2, 2, WL, ATTRS, spectral_instrument="psf",
+                          filters=(WL, np.eye(6)))
+    with pytest.raises(ObservationError, match=r"psf_fwhm=-1.0 mA must be positive"):
+        ObservationWriter(tmp_path / "c.h5", 2, 2, WL, ATTRS, spectral_instrument="psf", psf_fwhm=-1.0)
     with pytest.raises(ObservationError, match=r"/filters/transmission has shape \(2, 3\)"):
         ObservationWriter(tmp_path / "d.h5", 2, 2, WL, ATTRS, filters=(WL[:3], np.ones((2, 3))))
     assert SPECTRAL_INSTRUMENTS == ("grid", "psf", "hmi_filters", "filters")
