@@ -25,8 +25,9 @@ public copy github.com/ulrichw/NASA-HMI-Observables-Code, file
 nominally centered at +172 mA to -172 mA ...)"). The filter model of the same
 pipeline agrees (``lookup.c`` there: the tunable-element phases of ``I0`` put
 its transmission peak at the red end), and VFISV reverses the observed order
-"so that they are in increasing wavelength order" before fitting
-(``invert.f90``, RCE, 23 Apr 2010). The offsets and the line centre are those
+"so that they are in increasing wavelength order" before fitting (VFISV
+``invert.f90``, change of 23 Apr 2010; public copy
+github.com/abgm-github/standalone_VFISV, ``src/invert.f90``). The offsets and the line centre are those
 of the ME backend's HMI instrument
 (:data:`stokesflow.backends.me.instrument.HMI_OFFSETS_MA`, blue to red, and
 ``HMI_LINE_CENTRE`` = 6173.3433 A, VFISV's ``LAMBDA_0``); this module derives
