@@ -13,12 +13,20 @@ from stokesflow.orchestrator.io.registry import FORMATS, detect_format, format_m
 __all__ = ["open_observation"]
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as numbers (``2`` and ``"2.0"``) or as words (``"Local"`` and ``"local"``)."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a).strip().lower() == str(b).strip().lower()
+
+
 def _split_continuum(where: str, continuum: Any, options: dict[str, Any]) -> Any:
     """``continuum`` may come as its own argument or as ``-R continuum=...`` among the reader options."""
     if "continuum" not in options:
         return continuum
     given = options.pop("continuum")
-    if continuum is not None and str(continuum) != str(given):
+    if continuum is not None and not _same_value(continuum, given):
         raise ObservationError(
             f"{where}: continuum={continuum!r} ([input] continuum) and reader_options continuum={given!r} "
             f"(-R continuum=...) disagree; give it once"

@@ -218,9 +218,13 @@ class Observation:
         h.update(f"|{self.format}|{self.ny}|{self.nx}|{self.nw}|".encode())
         h.update(np.ascontiguousarray(self.wavelength, dtype="<f8").tobytes())
         h.update(repr(sorted((str(k), _stable(v)) for k, v in self._layout.items())).encode())
-        h.update(repr(sorted((str(k), _stable(v)) for k, v in self.options.items())).encode())
+        # The parts below enter only when present, so an observation opened without options
+        # and without spectral attributes keeps the fingerprint of earlier versions (resumable).
+        if self.options.get("continuum") is not None or self.options.get("reader_options"):
+            h.update(repr(sorted((str(k), _stable(v)) for k, v in self.options.items())).encode())
         spectral = {k: self.meta[k] for k in ("spectral_instrument", "psf_fwhm") if k in self.meta}
-        h.update(repr(sorted((k, _stable(v)) for k, v in spectral.items())).encode())
+        if spectral:
+            h.update(repr(sorted((k, _stable(v)) for k, v in spectral.items())).encode())
         for arr in self.meta.get("filters") or ():
             h.update(np.ascontiguousarray(arr, dtype="<f8").tobytes())
         return f"{self.format}:{h.hexdigest()[:32]}"

@@ -104,6 +104,7 @@ def test_hmi_text_option_values_and_continuum_among_reader_options(hmi_dir):
     assert obs.wavelength[0] == pytest.approx(6173.34 - 0.172, abs=1e-9)
     with pytest.raises(ObservationError, match=r"disagree; give it once"):
         open_observation(hmi_dir, continuum=3.0, reader_options={"continuum": 2.0})
+    assert open_observation(hmi_dir, continuum=2, reader_options={"continuum": "2.0"}).meta["continuum"] == 2.0
 
 
 # --------------------------------------------------------------------------- #
