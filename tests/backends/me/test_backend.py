@@ -200,3 +200,29 @@ def test_sir_sample(shared_data):
     assert np.median(azimuth_error(res.param("azimuth")[strong], truth["azimuth"][strong])) < 5
     # SIR's line centres differ by a few mA from ours: a velocity offset of a few hundred m/s
     assert np.corrcoef(res.param("vlos"), truth["vlos"])[0, 1] > 0.8
+
+
+def test_pymilne_hinode_with_pymilnes_atomic_data_is_noise_limited(shared_data, tmp_path):
+    # A user table carrying pyMilne's atomic data (shared/data README: measured g = 1.84 / 1.50 for
+    # Fe I 6301.5, 2.49 for 6302.5 lower (upper J = 0), log gf -1.160) removes the ~0.25 % scale
+    # error of the LS table: median |dB| 4.2 G -> 0.8 G measured; require a factor 2.
+    table = tmp_path / "pymilne_lines.toml"
+    table.write_text(
+        '[FeI_6301]\nwavelength = 6301.4995\nloggf = -0.718\nlower = "5P2"\nupper = "5D2"\n'
+        'g_lower = 1.84\ng_upper = 1.50\nsource = "pyMilne"\n'
+        '[FeI_6302]\nwavelength = 6302.4931\nloggf = -1.160\nlower = "5P1"\nupper = "5D0"\n'
+        'g_lower = 2.49\ng_upper = 0.0\nsource = "pyMilne"\n'
+    )
+    import h5py
+
+    with h5py.File(shared_data / "pymilne_hinode_sample.h5") as f:
+        wl = f["wavelength"][:]
+        st = f["stokes"][:].reshape(-1, 4, wl.size)
+        tB = f["truth/B"][:].ravel()
+        meta = dict(f.attrs)
+    ls = get_backend("me", {}).for_observation(meta).invert(st, wl)
+    measured = get_backend("me", {"line_table": str(table)}).for_observation(meta).invert(st, wl)
+    err_ls = np.median(np.abs(ls.param("B") - tB))
+    err_measured = np.median(np.abs(measured.param("B") - tB))
+    assert err_measured < 0.5 * err_ls and err_measured < 1.5
+    assert np.median(measured.chi2) < np.median(ls.chi2)

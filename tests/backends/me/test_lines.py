@@ -104,3 +104,61 @@ def test_bad_terms_raise():
     with pytest.raises(LineError):
         parse_term("5P7")  # J > L + S
     assert lande_ls(Fraction(0), 0, Fraction(0)) == 0.0
+
+
+def test_measured_lande_factors_replace_the_ls_values(tmp_path):
+    # Fe I 6302.5 (5P1 -> 5D0): the upper level has J = 0, so the pattern is a triplet at -+g_lower;
+    # pyMilne's measured g_lower = 2.49 instead of LS 2.5 (shared/data README)
+    p = tmp_path / "measured.toml"
+    p.write_text(
+        '[FeI_6302]\nwavelength = 6302.4931\nloggf = -1.160\nlower = "5P1"\nupper = "5D0"\n'
+        'g_lower = 2.49\ng_upper = 0.0\n'
+        '[FeI_6301]\nwavelength = 6301.4995\nloggf = -0.718\nlower = "5P2"\nupper = "5D2"\n'
+        'g_lower = 1.84\ng_upper = 1.50\n'
+    )
+    fe6302, fe6301 = get_lines(["FeI_6302", "FeI_6301"], str(p))
+    order = np.argsort(fe6302.shift)
+    np.testing.assert_allclose(fe6302.shift[order], [-2.49, 0.0, 2.49], atol=1e-12)
+    assert fe6302.g_eff == pytest.approx(2.49)
+    # J = 2 -> 2: pi components shifted by -(g_u - g_l) M = 0.34 M; g_eff = (g_u + g_l) / 2 (LL04 3.44)
+    pi = fe6301.group == PI
+    np.testing.assert_allclose(np.sort(fe6301.shift[pi]), np.array([-2, -1, 1, 2]) * 0.34, atol=1e-12)
+    assert fe6301.g_eff == pytest.approx(1.67)
+    # sigma components: -(g_u M_u - g_l M_l), e.g. M_u = 2 -> M_l = 1: -(3.0 - 1.84)
+    assert np.any(np.isclose(fe6301.shift[fe6301.group == SIGMA_BLUE], -(1.5 * 2 - 1.84 * 1)))
+    # only one measured: the other stays LS
+    one = tmp_path / "one.toml"
+    one.write_text('[L]\nwavelength = 6301.4995\nloggf = -0.7\nlower = "5P2"\nupper = "5D2"\ng_lower = 1.84\n')
+    (line,) = get_lines(["L"], str(one))
+    np.testing.assert_allclose(np.sort(line.shift[line.group == PI]), np.array([-2, -1, 1, 2]) * (1.84 - 1.5))
+
+
+def test_measured_lande_factors_need_the_terms(tmp_path):
+    p = tmp_path / "noterms.toml"
+    p.write_text("[L]\nwavelength = 6000.0\nloggf = -1.0\ng_lower = 1.5\ng_upper = 1.0\n")
+    with pytest.raises(LineError, match="without the terms"):
+        get_lines(["L"], str(p))
+    p.write_text('[L]\nwavelength = 6000.0\nloggf = -1.0\nlower = "5P1"\nupper = "5D0"\ng_lower = "x"\n')
+    with pytest.raises(LineError, match="g_lower must be a number"):
+        get_lines(["L"], str(p))
+
+
+def test_a_bad_entry_does_not_corrupt_the_cached_table(tmp_path):
+    # regression (issue 6): the cache handed out dicts that were mutated and not restored on error,
+    # so the second call raised KeyError('_where') instead of the line-table error
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[X]\nwavelength = 6000.0\nloggf = 0.0\nlower = "5J1"\nupper = "5D0"\n')
+    for _ in range(3):
+        with pytest.raises(LineError, match="5J1"):
+            get_lines(["X"], str(bad))
+    # the packaged table is untouched, and an edited user table is read again
+    assert get_lines(["FeI_6173"])[0].g_eff == pytest.approx(2.5)
+    import os
+
+    bad.write_text('[X]\nwavelength = 6000.0\nloggf = 0.0\nlower = "5P1"\nupper = "5D0"\n')
+    os.utime(bad, ns=(1, 1_000_000_000_000))  # a new modification time even on a coarse clock
+    assert get_lines(["X"], str(bad))[0].g_eff == pytest.approx(2.5)
+    # what load_line_table hands out is the caller's to change
+    table = load_line_table()
+    table.pop("FeI_6173")
+    assert "FeI_6173" in load_line_table()
