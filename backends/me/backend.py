@@ -11,7 +11,6 @@ Usable without any cluster::
 from __future__ import annotations
 
 import dataclasses
-import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from stokesflow.backends.base import (
     ParameterSpec,
 )
 from stokesflow.backends.me import _kernels
-from stokesflow.backends.me.estimates import classical_estimates
+from stokesflow.backends.me.estimates import ESTIMATE_COLUMNS, classical_estimates
 from stokesflow.backends.me.instrument import HMI_OFFSETS_MA, INSTRUMENT_KINDS
 from stokesflow.backends.me.lines import get_lines
 from stokesflow.backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
@@ -481,8 +480,9 @@ class MEBackend(Backend):
         est = np.tile(np.array([defaults[p.name] for p in specs]), (npix, 1))
         good = ~bad
         if good.any():
-            # classical_estimates returns the ME_PARAMETERS columns, in that order
-            est[good, : len(ME_PARAMETERS)] = classical_estimates(stokes[good], wl, self.lines, self.options.mu)
+            col = self._problem()["col"]
+            cols = [col[name] for name in ESTIMATE_COLUMNS]
+            est[np.ix_(good, cols)] = classical_estimates(stokes[good], wl, self.lines, self.options.mu)
         return est
 
     def _fit(self, model: MEModel, obs: np.ndarray, p0: np.ndarray, weights: np.ndarray,

@@ -19,9 +19,12 @@ import numpy as np
 
 from stokesflow.backends.me.lines import ZEEMAN_CONSTANT, Line
 
-__all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS"]
+__all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS", "ESTIMATE_COLUMNS"]
 
 _C_KMS = 299792.458
+#: Columns of :func:`classical_estimates`: the ME atmosphere's parameters, in the
+#: model's order (``stokesflow.backends.me.model.ME_PARAMETERS``).
+ESTIMATE_COLUMNS = ("B", "inclination", "azimuth", "vlos", "doppler_width", "eta0", "damping", "S0", "S1")
 #: Typical photospheric Doppler velocity sqrt(2kT/m + xi^2) for Fe I lines [km/s].
 THERMAL_PLUS_MICRO_KMS = 1.6
 #: Fraction of the continuum carried by the source-function gradient, from the
@@ -121,14 +124,9 @@ def classical_estimates(
     imin = np.nan_to_num(st[:, 0, :]).min(axis=1)
     eta0 = np.clip(mu * s1 / np.maximum(imin - s0, 1e-3) - 1.0, 1.0, 60.0)
 
-    out = np.empty((npix, 9))
-    out[:, 0] = B
-    out[:, 1] = incl
-    out[:, 2] = azi
-    out[:, 3] = vlos
-    out[:, 4] = typical_doppler_width(lam0)
-    out[:, 5] = eta0
-    out[:, 6] = 0.1
-    out[:, 7] = s0
-    out[:, 8] = s1
+    columns = {"B": B, "inclination": incl, "azimuth": azi, "vlos": vlos,
+               "doppler_width": typical_doppler_width(lam0), "eta0": eta0, "damping": 0.1, "S0": s0, "S1": s1}
+    out = np.empty((npix, len(ESTIMATE_COLUMNS)))
+    for k, name in enumerate(ESTIMATE_COLUMNS):
+        out[:, k] = columns[name]
     return out
