@@ -20,13 +20,15 @@ Examples
 from __future__ import annotations
 
 from stokesflow.clusters.base import Executor, Future, mpi_rank, mpi_size
-from stokesflow.clusters.factory import open_executor
+from stokesflow.clusters.factory import open_executor, preflight
 from stokesflow.clusters.jobqueue import job_script
 from stokesflow.clusters.mpi import client_rank
 from stokesflow.clusters.spec import (
     ClusterError,
     ClusterSpec,
+    JobSubmissionError,
     MissingDependencyError,
+    MissingProgramError,
     SchedulerUnreachableError,
 )
 
@@ -35,11 +37,14 @@ __all__ = [
     "ClusterSpec",
     "Executor",
     "Future",
+    "JobSubmissionError",
     "MissingDependencyError",
+    "MissingProgramError",
     "SchedulerUnreachableError",
     "client_rank",
     "job_script",
     "mpi_rank",
     "mpi_size",
     "open_executor",
+    "preflight",
 ]

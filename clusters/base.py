@@ -15,13 +15,23 @@ from __future__ import annotations
 import abc
 import importlib
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
-from stokesflow.clusters.spec import MissingDependencyError
+from stokesflow.clusters.spec import MissingDependencyError, MissingProgramError
 
-__all__ = ["Executor", "Future", "mpi_rank", "mpi_size", "require", "usable_cpus"]
+__all__ = [
+    "Executor",
+    "Future",
+    "InProcessFuturesExecutor",
+    "mpi_rank",
+    "mpi_size",
+    "require",
+    "require_program",
+    "usable_cpus",
+]
 
 # Environment variables holding the MPI rank, by launcher: MPICH/Intel MPI
 # (Hydra) and Cray PMI, PMIx (Open MPI 5, srun --mpi=pmix), Open MPI,
@@ -147,6 +157,40 @@ class Executor(abc.ABC):
         return f"<{type(self).__name__} kind={self.kind!r} n_workers={self.n_workers}>"
 
 
+class InProcessFuturesExecutor(Executor):
+    """Base of the executors without a Dask scheduler (``serial``, ``mpi_mode="futures"``).
+
+    Their futures are :class:`concurrent.futures.Future`; :meth:`scatter`
+    hands back the object itself (it travels pickled with each task) and
+    :meth:`info` has no scheduler address, dashboard or per-worker pids
+    unless the subclass knows them (:meth:`_worker_pids`, :meth:`_info_extra`).
+    """
+
+    _closed: bool = False
+
+    def scatter(self, obj: Any) -> Any:
+        return obj
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _worker_pids(self) -> dict[str, int] | None:
+        return None
+
+    def _info_extra(self) -> dict[str, Any]:
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "n_workers": self.n_workers,
+            "scheduler_address": None,
+            "dashboard_link": None,
+            "worker_pids": self._worker_pids(),
+            **self._info_extra(),
+        }
+
+
 def _int_env(names: tuple[str, ...]) -> int | None:
     for name in names:
         value = os.environ.get(name)
@@ -208,3 +252,36 @@ def require(module: str, kind: str) -> ModuleType:
             f"imported ({exc}): install it with  pip install \"stokesflow[{extra}]\"  "
             f"(or  pip install {package})"
         ) from exc
+
+
+def require_program(program: str, kind: str, *, system: str, remedy: str) -> str:
+    """Find a program the cluster kind runs, or say what to do, before any work starts.
+
+    Parameters
+    ----------
+    program : str
+        Executable name looked up on the ``PATH`` (``"sbatch"``, ``"qsub"``, ``"mpiexec"``).
+    kind : str
+        The cluster kind that needs it, for the message.
+    system : str
+        What the program belongs to (``"SLURM"``, ``"PBS"``, ``"MPI"``).
+    remedy : str
+        How to get it, e.g. ``"load the SLURM module (module load slurm) or run on a login node"``.
+
+    Returns
+    -------
+    str
+        The full path of the program.
+
+    Raises
+    ------
+    MissingProgramError
+        One line: the program, the kind, the remedy, and the other kinds.
+    """
+    path = shutil.which(program)
+    if path is None:
+        raise MissingProgramError(
+            f"--cluster {kind} needs the {system} program {program!r}, which is not on the PATH: "
+            f"{remedy}, or choose another --cluster (local, mpi, address)"
+        )
+    return path

@@ -12,6 +12,7 @@ starts a fresh process in place of one that died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -28,6 +29,47 @@ __all__ = ["DaskExecutor", "open_address", "open_local"]
 # Log level of the scheduler and workers we start: warnings (a worker that
 # died and was restarted) stay visible, the start/stop chatter does not.
 _LOG_LEVEL = logging.WARNING
+
+# Preload module of local worker processes: they ignore SIGINT.
+_WORKER_PRELOAD = "stokesflow.clusters._worker_signals"
+
+# Seconds between checks of a cluster's health while tasks wait (jobqueue).
+_WATCH_INTERVAL_S = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class _ToDebugLog(logging.Handler):
+    """Hand a record of another library to this module's logger at debug level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        log.debug("%s: %s", record.name, text)
+
+
+@contextlib.contextmanager
+def _library_logs_to_debug(names: tuple[str, ...] = ("distributed", "tornado")) -> Iterator[None]:
+    """Send the records of Dask's (and tornado's) loggers in this process to the debug log.
+
+    Used while a cluster closes: workers that disappear mid-task, comms
+    closed under a pending request and tasks cancelled at close are expected
+    then, and their warnings and tracebacks must not reach the terminal.
+    """
+    handler = _ToDebugLog()
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [handler]
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.propagate = propagate
 
 
 def _share(obj: Any) -> Any:
@@ -74,6 +116,11 @@ class DaskExecutor(Executor):
         SLURMCluster, ...).
     extra_info : dict, optional
         Added to :meth:`info`.
+    watch : callable, optional
+        Called every half second while :meth:`as_completed` waits; raises a
+        :class:`stokesflow.clusters.ClusterError` when the cluster cannot
+        deliver (``slurm``/``pbs``: a worker job the batch system refused),
+        so the driver stops instead of waiting for ever.
     """
 
     def __init__(
@@ -85,6 +132,7 @@ class DaskExecutor(Executor):
         retries: int,
         cluster: Any = None,
         extra_info: dict[str, Any] | None = None,
+        watch: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
         self.client = client
@@ -93,6 +141,7 @@ class DaskExecutor(Executor):
         self._retries = int(retries)
         self._extra_info = dict(extra_info or {})
         self._plugins: list[str] = []
+        self._watch = watch
         self._closed = False
 
     @property
@@ -118,7 +167,24 @@ class DaskExecutor(Executor):
         futures = list(futures)
         if not futures:
             return iter(())
-        return iter(as_completed(futures, loop=self.client.loop))
+        ac = as_completed(futures, loop=self.client.loop)
+        if self._watch is None:
+            return iter(ac)
+        return self._watched(ac, self._watch)
+
+    @staticmethod
+    def _watched(ac: Any, watch: Callable[[], None]) -> Iterator[Future]:
+        """Iterate ``ac`` (a ``distributed.as_completed``), calling ``watch`` while nothing is ready."""
+        while True:
+            if ac.has_ready():
+                yield next(ac)
+                continue
+            if ac.is_empty():
+                return
+            watch()
+            # Woken early when a future finishes.
+            with ac.thread_condition:
+                ac.thread_condition.wait(timeout=_WATCH_INTERVAL_S)
 
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process, now and in workers that start later.
@@ -160,14 +226,21 @@ class DaskExecutor(Executor):
         )
 
     def close(self) -> None:
+        """Close the client, then the cluster we started (if any); idempotent.
+
+        Dask's warnings and tracebacks while closing go to the debug log
+        (a run interrupted by Ctrl-C cancels tasks and loses workers on
+        purpose).
+        """
         if self._closed:
             return
         self._closed = True
-        try:
-            self.client.close()
-        finally:
-            if self.cluster is not None:
-                self.cluster.close()
+        with _library_logs_to_debug():
+            try:
+                self.client.close()
+            finally:
+                if self.cluster is not None:
+                    self.cluster.close()
 
     def worker_pids(self) -> dict[str, int]:
         """Process id of every connected worker, by worker address."""
@@ -218,7 +291,11 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
     -------
     DaskExecutor
         Scheduler on 127.0.0.1, one Nanny-managed worker process per worker.
+        The worker processes ignore SIGINT: a Ctrl-C in the terminal reaches
+        the whole process group, and only the driver acts on it (it stops
+        and closes the cluster).
     """
+    import dask
     from distributed import Client, LocalCluster
 
     n_workers = spec.workers or usable_cpus()
@@ -226,6 +303,9 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
     kwargs: dict[str, Any] = {}
     if spec.local_directory is not None:
         kwargs["local_directory"] = spec.local_directory
+    # Ctrl-C is the driver's: the worker processes ignore SIGINT (see the
+    # preload module), keeping any preload the site configured.
+    preload = list(dask.config.get("distributed.worker.preload", None) or [])
     cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=spec.threads_per_worker,
@@ -236,6 +316,7 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
         dashboard_address=dash["dashboard_address"],
         scheduler_kwargs={"dashboard": dash["dashboard"]},
         silence_logs=_LOG_LEVEL,
+        preload=[*preload, _WORKER_PRELOAD],
         **kwargs,
     )
     try:

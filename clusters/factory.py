@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from stokesflow.clusters.base import Executor
 from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
-__all__ = ["open_executor"]
+__all__ = ["open_executor", "preflight"]
+
+log = logging.getLogger(__name__)
+
+
+def preflight(spec: ClusterSpec) -> None:
+    """Check, without starting or importing anything, what ``open_executor(spec)`` needs from this machine.
+
+    ``slurm``: ``sbatch`` and ``scancel`` on the PATH; ``pbs``: ``qsub`` and
+    ``qdel``; ``mpi``: the process was started by an MPI launcher (and, if
+    not, whether ``mpiexec`` is there to do it).  :func:`open_executor` runs
+    it first; call it earlier to fail before other expensive work (reading
+    the input, compiling kernels).
+
+    Raises
+    ------
+    MissingProgramError
+        A program is not on the PATH; one line with the program, the kind
+        and what to do.
+    ClusterError
+        ``mpi`` outside ``mpiexec``.
+    """
+    if spec.kind in ("slurm", "pbs"):
+        from stokesflow.clusters.jobqueue import check_programs
+
+        check_programs(spec.kind)
+    elif spec.kind == "mpi":
+        from stokesflow.clusters.mpi import check_launch
+
+        check_launch(spec)
 
 
 @contextlib.contextmanager
@@ -29,7 +59,10 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
     ClusterError
         A spec that cannot be opened here (see the kind's module);
         ``MissingDependencyError`` names the package to install;
-        ``SchedulerUnreachableError`` for ``address`` nobody answers at.
+        ``SchedulerUnreachableError`` for ``address`` nobody answers at;
+        ``MissingProgramError`` for ``sbatch``/``qsub``/``mpiexec`` not on
+        the PATH (before anything starts); ``JobSubmissionError`` from the
+        executor's ``as_completed`` when the batch system refused a worker job.
 
     Notes
     -----
@@ -48,6 +81,7 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
             f"open_executor() needs a ClusterSpec, got {type(spec).__name__}; "
             "build one with ClusterSpec(kind=...) or ClusterSpec.from_mapping(table)"
         )
+    preflight(spec)
     if spec.kind == "mpi":
         from stokesflow.clusters.mpi import open_mpi
 
@@ -75,5 +109,13 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
         raise ClusterError(f"unknown cluster kind {spec.kind!r}")
     try:
         yield ex
-    finally:
-        ex.close()
+    except BaseException:
+        # The error of the body (or Ctrl-C) is what the caller must see: a
+        # close that fails as well (a cluster that never started) only logs.
+        try:
+            ex.close()
+        except Exception as exc:
+            log.debug("closing the %s executor after an error failed too: %s: %s", spec.kind,
+                      type(exc).__name__, exc)
+        raise
+    ex.close()

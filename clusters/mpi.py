@@ -50,11 +50,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from stokesflow.clusters.base import Executor, mpi_rank, require
+from stokesflow.clusters.base import Executor, InProcessFuturesExecutor, mpi_rank, require, require_program
 from stokesflow.clusters.dask_executor import DaskExecutor, _connected_workers, _dashboard_kwargs
 from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
-__all__ = ["MPIFuturesExecutor", "client_rank", "open_mpi"]
+__all__ = ["MPIFuturesExecutor", "check_launch", "client_rank", "open_mpi"]
 
 # Seconds the client rank waits for all dask-mpi workers to connect.
 WORKER_WAIT_S = 120.0
@@ -96,16 +96,36 @@ def _under_mpi4py_futures_server() -> bool:
     return getattr(core, "SharedPool", None) is not None
 
 
-def _check_launch(spec: ClusterSpec) -> None:
-    global _opened
+def check_launch(spec: ClusterSpec) -> None:
+    """Check that this process was started by an MPI launcher (nothing is imported or started).
+
+    Raises
+    ------
+    MissingProgramError
+        Not under MPI, and no ``mpiexec`` on the PATH to start it with.
+    ClusterError
+        Not under MPI (the message shows the ``mpiexec`` command line).
+    """
     if mpi_rank() is None and not _under_srun():
         need = 3 if spec.mpi_mode == "dask" else 2
+        # Without a launcher on the PATH, the advice below cannot be followed:
+        # say that first.
+        require_program(
+            "mpiexec", "mpi", system="MPI",
+            remedy=f"install one (pip install \"stokesflow[mpich]\") or load your MPI module (module load "
+            f"openmpi), then start the program with `mpiexec -n {need + 1} stokesflow invert ... --cluster mpi`",
+        )
         raise ClusterError(
             "ClusterSpec(kind='mpi') needs the program to be started by MPI, e.g. "
             f"`mpiexec -n {need + 1} stokesflow invert ... --cluster mpi` (at least {need} ranks "
             f"for mpi_mode={spec.mpi_mode!r}); no MPI rank variable (PMI_RANK, PMIX_RANK, "
             "OMPI_COMM_WORLD_RANK) is set in this process. For one machine use kind='local'."
         )
+
+
+def _check_launch(spec: ClusterSpec) -> None:
+    global _opened
+    check_launch(spec)
     if _opened:
         raise ClusterError(
             "open_executor(kind='mpi') was already used in this process: the MPI cluster "
@@ -231,7 +251,7 @@ def _run_task(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class MPIFuturesExecutor(Executor):
+class MPIFuturesExecutor(InProcessFuturesExecutor):
     """Executor over an ``mpi4py.futures.MPIPoolExecutor`` (``mpi_mode="futures"``).
 
     Futures are :class:`concurrent.futures.Future`.  Tasks and their
@@ -247,7 +267,6 @@ class MPIFuturesExecutor(Executor):
         self._size = size
         self._setups: tuple[tuple[str, Callable[..., Any], tuple[Any, ...]], ...] = ()
         self._n_workers = max(1, int(pool.num_workers))
-        self._closed = False
 
     @property
     def n_workers(self) -> int:
@@ -272,23 +291,8 @@ class MPIFuturesExecutor(Executor):
         token = uuid.uuid4().hex
         self._setups = self._setups + ((token, fn, tuple(args)),)
 
-    def scatter(self, obj: Any) -> Any:
-        return obj
-
-    def close(self) -> None:
-        self._closed = True
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "n_workers": self._n_workers,
-            "scheduler_address": None,
-            "dashboard_link": None,
-            "worker_pids": None,
-            "mpi_mode": "futures",
-            "mpi_rank": mpi_rank(),
-            "mpi_size": self._size,
-        }
+    def _info_extra(self) -> dict[str, Any]:
+        return {"mpi_mode": "futures", "mpi_rank": mpi_rank(), "mpi_size": self._size}
 
 
 @contextlib.contextmanager

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from stokesflow.clusters.base import Executor
+from stokesflow.clusters.base import InProcessFuturesExecutor
 
 __all__ = ["SerialExecutor"]
 
 
-class SerialExecutor(Executor):
+class SerialExecutor(InProcessFuturesExecutor):
     """Synchronous executor: ``submit`` runs the task and returns a finished future.
 
     An exception raised by the task is stored in the future (``result()``
@@ -25,9 +25,6 @@ class SerialExecutor(Executor):
     """
 
     kind = "serial"
-
-    def __init__(self) -> None:
-        self._closed = False
 
     @property
     def n_workers(self) -> int:
@@ -54,17 +51,5 @@ class SerialExecutor(Executor):
         # The only "worker" is this process.
         fn(*args)
 
-    def scatter(self, obj: Any) -> Any:
-        return obj
-
-    def close(self) -> None:
-        self._closed = True
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "n_workers": 1,
-            "scheduler_address": None,
-            "dashboard_link": None,
-            "worker_pids": {"serial": os.getpid()},
-        }
+    def _worker_pids(self) -> dict[str, int]:
+        return {"serial": os.getpid()}

@@ -22,7 +22,9 @@ __all__ = [
     "MPI_MODES",
     "ClusterError",
     "ClusterSpec",
+    "JobSubmissionError",
     "MissingDependencyError",
+    "MissingProgramError",
     "SchedulerUnreachableError",
     "format_duration",
     "parse_walltime",
@@ -46,6 +48,17 @@ class ClusterError(Exception):
 
 class MissingDependencyError(ClusterError, ImportError):
     """An optional package needed by the requested cluster kind is missing."""
+
+
+class MissingProgramError(ClusterError):
+    """A program the requested cluster kind runs (``sbatch``, ``qsub``, ``mpiexec``) is not on the PATH.
+
+    Raised when the executor is opened, before anything is submitted.
+    """
+
+
+class JobSubmissionError(ClusterError):
+    """The batch system refused a worker job (``sbatch``/``qsub`` exited with an error)."""
 
 
 class SchedulerUnreachableError(ClusterError, OSError):
@@ -284,7 +297,9 @@ class ClusterSpec:
         Serve the Dask dashboard on a free port when bokeh is installed
         (never on the fixed port 8787, so several runs do not collide).
     connect_timeout : float
-        Seconds to wait for a scheduler (``address``) before giving up.
+        Seconds to wait for a scheduler (``address``) before giving up;
+        ``slurm``/``pbs``: seconds after the first job submission without a
+        connected worker before a warning says what to check.
     """
 
     kind: str = "local"
