@@ -1,11 +1,11 @@
-"""Shared test fixtures: paths to the observations made by other codes."""
+"""Shared test fixtures: paths to the observations made by other codes; what MPI tests need."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +30,30 @@ def shared_data() -> Path:
     return d
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``mpi`` need an ``mpiexec``.
+def skip_or_fail_on_ci(reason: str) -> None:
+    """Skip the test on a developer machine; fail it on CI (``CI`` set), where it must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test")
+    pytest.skip(reason)
 
-    Elsewhere they are skipped when there is none; on CI (which installs mpich
-    from PyPI) they must run, so a missing launcher fails them instead.
+
+def missing_for_mpi() -> list[str]:
+    """What a test marked ``mpi`` needs and this environment lacks: ``mpiexec``, mpi4py, dask-mpi."""
+    missing = [] if shutil.which("mpiexec") else ["the program mpiexec"]
+    missing += [f"the module {m}" for m in ("mpi4py", "dask_mpi") if importlib.util.find_spec(m) is None]
+    return missing
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tests marked ``mpi`` need ``mpiexec``, mpi4py and dask-mpi.
+
+    Skipped on a developer machine without them; on CI (which installs them
+    with ``pip install ".[mpi,mpich]"``) a missing one fails the test.
     """
-    if shutil.which("mpiexec") is not None or os.environ.get("CI"):
-        return
-    skip = pytest.mark.skip(reason="mpiexec not found (pip install mpich, or load your MPI module)")
-    for item in items:
-        if "mpi" in item.keywords:
-            item.add_marker(skip)
+    if item.get_closest_marker("mpi") is not None:
+        missing = missing_for_mpi()
+        if missing:
+            skip_or_fail_on_ci(
+                f"{', '.join(missing)} not found (pip install \"stokesflow[mpi,mpich]\", or load your MPI module)"
+            )

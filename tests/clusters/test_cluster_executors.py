@@ -135,6 +135,7 @@ def test_serial_does_not_retry(serial_ex: Executor, tmp_path: Path) -> None:
 # --- a worker process killed mid-task ---------------------------------------------------
 
 
+@pytest.mark.timeout(180)
 def test_killed_worker_task_is_rerun(tmp_path: Path) -> None:
     task_dir = tmp_path / "task"
     setup_dir = tmp_path / "setup"
@@ -144,22 +145,23 @@ def test_killed_worker_task_is_rerun(tmp_path: Path) -> None:
     # reschedules a task whose worker died.
     with open_executor(ClusterSpec(kind="local", workers=1, memory_limit="1GiB", retries=0)) as ex:
         ex.run_on_workers(h.record_pid, str(setup_dir))
-        fut = ex.submit(h.slow_once, str(task_dir), 20.0)
+        # The first run sleeps far longer than the test's timeout: the result
+        # can only come from a second run of the task.
+        fut = ex.submit(h.slow_once, str(task_dir), 3600.0)
         _wait_for(lambda: any(task_dir.iterdir()), what="the task to start")
         victim = int(next(task_dir.iterdir()).name)
         assert victim in ex.info()["worker_pids"].values()
         os.kill(victim, signal.SIGKILL)
-        t0 = time.monotonic()
-        new_pid = fut.result(timeout=60)
-        # Re-run at once in the restarted worker, not after the 20 s sleep.
-        assert time.monotonic() - t0 < 15
+        new_pid = fut.result()
+        # The task ran again, in another process: the Nanny's replacement worker.
         assert new_pid != victim
         assert sorted(int(p.name) for p in task_dir.iterdir()) == sorted([victim, new_pid])
+        assert new_pid in ex.info()["worker_pids"].values()
         # The restarted worker also ran the set-up function.
         def setup_pids() -> set[int]:
             return {int(p.name.split("-")[0]) for p in setup_dir.iterdir()}
 
-        _wait_for(lambda: new_pid in setup_pids(), timeout=10, what="set-up in the restarted worker")
+        _wait_for(lambda: new_pid in setup_pids(), timeout=60, what="set-up in the restarted worker")
         assert setup_pids() == {victim, new_pid}
 
 
@@ -194,16 +196,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.timeout(60)
 def test_address_nobody_answers() -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
-    spec = ClusterSpec(kind="address", address=address, connect_timeout=1.0)
-    t0 = time.monotonic()
+    # Not the default (10 s): the message must name the configured time-out.
+    spec = ClusterSpec(kind="address", address=address, connect_timeout=1.5)
     with pytest.raises(SchedulerUnreachableError) as err:
         with open_executor(spec):
             pass  # pragma: no cover
-    assert time.monotonic() - t0 < 10
     msg = str(err.value)
-    assert f"no Dask scheduler answered at {address} after 1 s" in msg
+    assert f"no Dask scheduler answered at {address} after 1.5 s" in msg
     assert "dask scheduler" in msg
     assert isinstance(err.value, ClusterError)
 
@@ -218,3 +220,22 @@ def test_address_scheduler_without_workers() -> None:
         with pytest.raises(ClusterError, match=r"has 0 worker\(s\), expected at least 1"):
             with open_executor(spec):
                 pass  # pragma: no cover
+
+
+# --- closing after an error ---------------------------------------------------------------
+
+
+def test_error_in_the_block_wins_over_an_error_while_closing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stokesflow.clusters.serial import SerialExecutor
+
+    def broken_close(self: SerialExecutor) -> None:
+        raise RuntimeError("close failed")
+
+    monkeypatch.setattr(SerialExecutor, "close", broken_close)
+    with pytest.raises(ValueError, match="the real problem"):
+        with open_executor(ClusterSpec(kind="serial")):
+            raise ValueError("the real problem")
+    # Without an error in the block, a failing close is raised.
+    with pytest.raises(RuntimeError, match="close failed"):
+        with open_executor(ClusterSpec(kind="serial")):
+            pass

@@ -1,23 +1,36 @@
-"""kind="slurm" end to end with a test double for the batch system.
+"""kind="slurm" and "pbs" end to end with test doubles for the batch system.
 
 ``sbatch`` and ``scancel`` are replaced by small shell scripts (test doubles,
-written by the fixture) that run the job script in the background on this
-machine and kill it again.  Everything else is real: dask-jobqueue builds
-and "submits" the job script, the adaptive cluster asks for jobs when tasks
-wait, the workers in those jobs connect to the scheduler started here.
+written by the fixtures) that run the job script in the background on this
+machine and kill it again, or that refuse every job, or that accept jobs and
+never run them.  Everything else is real: dask-jobqueue builds and "submits"
+the job script, the adaptive cluster asks for jobs when tasks wait, the
+workers in those jobs connect to the scheduler started here.  Without the
+programs on the PATH nothing starts at all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import _cluster_helpers as h
-from stokesflow.clusters import ClusterSpec, open_executor
+from stokesflow.clusters import (
+    ClusterError,
+    ClusterSpec,
+    JobSubmissionError,
+    MissingProgramError,
+    open_executor,
+    preflight,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,16 +53,42 @@ done
 """
 
 
+# Refuses every job, as sbatch does for an account or partition that does not exist.
+REFUSING_SBATCH = """#!/bin/bash
+echo "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified" >&2
+exit 1
+"""
+
+# Accepts every job and never runs it: a job waiting in the queue (or one
+# that dies before its worker starts).
+QUEUEING_SBATCH = """#!/bin/bash
+cp "$1" "$FAKE_SLURM_DIR/4242.sh"
+echo "Submitted batch job 4242"
+"""
+
+
+def _install_programs(bindir: Path, programs: dict[str, str]) -> None:
+    bindir.mkdir(exist_ok=True)
+    for name, text in programs.items():
+        path = bindir / name
+        path.write_text(text)
+        path.chmod(0o755)
+
+
+def _only_python_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH = an empty folder (returned, for test doubles) + the folder of this Python."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{Path(sys.executable).parent}")
+    return bindir
+
+
 @pytest.fixture
 def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bindir = tmp_path / "bin"
     jobs = tmp_path / "jobs"
-    bindir.mkdir()
     jobs.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
-        path = bindir / name
-        path.write_text(text)
-        path.chmod(0o755)
+    _install_programs(bindir, {"sbatch": FAKE_SBATCH, "scancel": FAKE_SCANCEL})
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
     yield jobs
@@ -101,3 +140,114 @@ def test_slurm_adaptive_cluster_runs_tasks(fake_slurm: Path) -> None:
     assert not any(_alive(g) for g in pgids)
     cancelled = (fake_slurm / "cancelled").read_text().split()
     assert sorted(cancelled) == sorted(p.stem for p in fake_slurm.glob("*.pid"))
+
+
+# --- what is checked before anything starts -------------------------------------------------
+
+
+class _MustNotStart:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("a dask-jobqueue cluster was started although a program is missing")
+
+
+@pytest.mark.parametrize(
+    ("kind", "present", "missing"),
+    [("slurm", (), "sbatch"), ("slurm", ("sbatch",), "scancel"), ("pbs", (), "qsub"), ("pbs", ("qsub",), "qdel")],
+)
+def test_missing_batch_program_is_one_line_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, present: tuple[str, ...], missing: str
+) -> None:
+    from stokesflow.clusters.jobqueue import _import_dask_jobqueue
+
+    dj = _import_dask_jobqueue(kind)
+    monkeypatch.setattr(dj, "SLURMCluster", _MustNotStart)
+    monkeypatch.setattr(dj, "PBSCluster", _MustNotStart)
+    bindir = _only_python_on_path(tmp_path, monkeypatch)
+    _install_programs(bindir, {name: "#!/bin/sh\nexit 0\n" for name in present})
+    spec = ClusterSpec(kind=kind, walltime="00:10:00")
+    with pytest.raises(MissingProgramError) as err:
+        preflight(spec)
+    with pytest.raises(MissingProgramError) as err_open:
+        with open_executor(spec):
+            pass  # pragma: no cover
+    msg = str(err.value)
+    assert str(err_open.value) == msg
+    assert "\n" not in msg
+    assert f"--cluster {kind} needs the {'SLURM' if kind == 'slurm' else 'PBS'} program {missing!r}" in msg
+    assert "not on the PATH" in msg and "module load" in msg and "choose another --cluster" in msg
+    assert isinstance(err.value, ClusterError)
+
+
+def test_importing_dask_jobqueue_leaves_ctrl_c_to_the_program() -> None:
+    # dask_jobqueue.runner installs `signal(SIGINT, lambda *_: sys.exit())` at
+    # import, which turned Ctrl-C into a silent exit 0; a fresh interpreter
+    # shows whether the handler survives the first import.
+    code = (
+        "import signal\n"
+        "before = signal.getsignal(signal.SIGINT)\n"
+        "from stokesflow.clusters import ClusterSpec, job_script\n"
+        "job_script(ClusterSpec(kind='slurm'))\n"
+        "import dask_jobqueue\n"
+        "after = signal.getsignal(signal.SIGINT)\n"
+        "assert after is before, after\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- a batch system that refuses or sits on the jobs ---------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("adapt", [True, False], ids=["adapt", "scale"])
+def test_refused_worker_job_raises_instead_of_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, adapt: bool
+) -> None:
+    bindir = _only_python_on_path(tmp_path, monkeypatch)
+    _install_programs(bindir, {"sbatch": REFUSING_SBATCH, "scancel": "#!/bin/sh\nexit 0\n"})
+    spec = ClusterSpec(kind="slurm", workers=1, walltime="00:10:00", memory_per_job="1GiB", adapt=adapt)
+    with open_executor(spec) as ex:
+        fut = ex.submit(h.add, 1.0)
+        with pytest.raises(JobSubmissionError) as err:
+            list(ex.as_completed([fut]))
+        # Closing a cluster whose job never started: no AssertionError from
+        # distributed's SpecCluster._close, nothing raised at all.
+        ex.close()
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("--cluster slurm: the SLURM submission of a worker job failed")
+    assert "Exit code: 1" in msg and "Invalid account or account/partition combination" in msg
+    assert "check queue, account, walltime" in msg
+    # The event loop's traceback of the refused job is not printed besides.
+    assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
+
+
+@pytest.mark.timeout(120)
+def test_no_worker_after_connect_timeout_warns_once_and_keeps_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    bindir = _only_python_on_path(tmp_path, monkeypatch)
+    _install_programs(bindir, {"sbatch": QUEUEING_SBATCH, "scancel": "#!/bin/sh\nexit 0\n"})
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
+    spec = ClusterSpec(kind="slurm", workers=1, walltime="00:10:00", memory_per_job="1GiB", connect_timeout=1.0)
+    caplog.set_level(logging.WARNING, logger="stokesflow.clusters")
+    yielded: list[object] = []
+    with open_executor(spec) as ex:
+        fut = ex.submit(h.add, 1.0)
+        waiter = threading.Thread(target=lambda: yielded.extend(ex.as_completed([fut])), daemon=True)
+        waiter.start()
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name.startswith("stokesflow.clusters")]
+
+        while not warnings():  # guard: pytest-timeout ends a hang
+            time.sleep(0.1)
+        assert waiter.is_alive()  # a queued job is not an error: the driver keeps waiting
+        fut.cancel()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive() and yielded == [fut]
+    (msg,) = warnings()
+    assert "no worker has connected 1 s after submitting job(s) 4242" in msg
+    assert "squeue -j 4242" in msg and "slurm-<id>.out" in msg

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from stokesflow.clusters import ClusterError, ClusterSpec, client_rank, open_executor
+from stokesflow.clusters import (
+    ClusterError,
+    ClusterSpec,
+    MissingProgramError,
+    client_rank,
+    open_executor,
+    preflight,
+)
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_mpi_script.py"
@@ -138,6 +145,35 @@ def test_mpi_outside_mpiexec_is_refused(monkeypatch: pytest.MonkeyPatch, mode: s
     with pytest.raises(ClusterError, match="mpiexec -n"):
         with open_executor(ClusterSpec(kind="mpi", mpi_mode=mode)):
             pass  # pragma: no cover
+
+
+def test_mpi_without_mpiexec_on_the_path_names_the_program(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in (*_RANK_VARS, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no mpiexec
+    with pytest.raises(MissingProgramError) as err:
+        preflight(ClusterSpec(kind="mpi"))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "--cluster mpi needs the MPI program 'mpiexec', which is not on the PATH" in msg
+    assert 'pip install "stokesflow[mpich]"' in msg and "module load" in msg and "mpiexec -n 4" in msg
+
+
+def test_mpi_tests_skip_on_a_developer_machine_and_fail_on_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from conftest import missing_for_mpi, skip_or_fail_on_ci
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "the program mpiexec" in missing_for_mpi()
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="mpiexec not found"):
+        skip_or_fail_on_ci("mpiexec not found")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="mpiexec not found; CI must run this test"):
+        skip_or_fail_on_ci("mpiexec not found")
 
 
 def test_client_rank() -> None:

@@ -41,8 +41,7 @@ def test_local_equals_serial(obs_and_serial, tmp_path):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_mpi_equals_serial(obs_and_serial, tmp_path):
-    pytest.importorskip("dask_mpi")
-    pytest.importorskip("mpi4py")
+    # mpiexec, mpi4py and dask-mpi: checked for every `mpi` test in tests/conftest.py
     obs, serial = obs_and_serial
     out = tmp_path / "mpi.h5"
     cmd = ["mpiexec", "-n", "4", sys.executable, "-m", "stokesflow.orchestrator.cli", "invert", "--input", str(obs),
