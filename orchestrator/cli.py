@@ -471,8 +471,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received (a batch system's walltime warning, ``scancel``, ``kill``)."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(f"signal {signum}")
+def _on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM: record the stop for the driver loop, then raise it here."""
+    from stokesflow.orchestrator.run import request_stop
+
+    exc: KeyboardInterrupt = Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
+    request_stop(exc)
+    raise exc
+
+
+def _quiet_unraisable(default: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that drops our own interruption raised inside a finalizer.
+
+    Python prints such an exception with a traceback and goes on; the driver
+    loop raises it again at the next chunk (:func:`stokesflow.orchestrator.run.request_stop`),
+    so the traceback is noise.
+    """
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        default(unraisable)
+
+    return hook
 
 
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -530,9 +551,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(level)
     func: Callable[[argparse.Namespace], int] = args.func
-    old_term = None
+    from stokesflow.orchestrator.run import request_stop
+
+    request_stop(None)
+    old_handlers: dict[int, Any] = {}
+    old_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[signum] = signal.signal(signum, _on_signal)
+        sys.unraisablehook = _quiet_unraisable(old_hook)
     try:
         return func(args)
     except KeyboardInterrupt as exc:
@@ -548,8 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error (please report it with the traceback above)")
         return EXIT_UNEXPECTED
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for signum, old in old_handlers.items():
+            signal.signal(signum, old)
+        sys.unraisablehook = old_hook
+        request_stop(None)
         logger.removeHandler(handler)
         logger.setLevel(old_level)
 

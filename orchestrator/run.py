@@ -84,6 +84,7 @@ __all__ = [
     "ChunkTaskError",
     "validate_run",
     "open_store",
+    "request_stop",
     "drive_chunks",
     "summarise",
     "run_inversion",
@@ -122,6 +123,27 @@ _DASK_SETTINGS = {
 #: Loggers of the executor libraries, silenced while a cluster shuts down after
 #: Ctrl-C or SIGTERM (their shutdown chatter would bury the one line that matters).
 _EXECUTOR_LOGGERS = ("distributed", "dask", "tornado", "asyncio", "dask_jobqueue", "mpi4py")
+
+
+#: The exception a signal handler asked to stop with (see :func:`request_stop`).
+_STOP: list[BaseException] = []
+
+
+def request_stop(exc: BaseException | None) -> None:
+    """Ask :func:`drive_chunks` to raise ``exc`` at the next chunk boundary (None: forget the request).
+
+    The command line's Ctrl-C and SIGTERM handlers call it before raising
+    ``exc`` themselves: a ``KeyboardInterrupt`` raised while Python runs a
+    finalizer (e.g. distributed's ``Future.__del__``) is printed and
+    *ignored*, and the run would go on; with the request recorded, the driver
+    loop raises it when the next chunk comes back.
+    """
+    _STOP[:] = [] if exc is None else [exc]
+
+
+def _raise_if_stop_requested() -> None:
+    if _STOP:
+        raise _STOP.pop()
 
 
 class ChunkTaskError(OrchestratorError):
@@ -966,6 +988,7 @@ def drive_chunks(
     inflight: dict[Any, Chunk] = {}
 
     def top_up() -> None:
+        _raise_if_stop_requested()
         while queue and len(inflight) < window:
             chunk = queue.popleft()
             inflight[ex.submit(invert_chunk, ctx, chunk.index, chunk.start, chunk.stop)] = chunk
