@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import h5py
 import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
@@ -84,26 +83,27 @@ def instrument_setup(instrument: str) -> tuple[tuple[str, ...], np.ndarray]:
         ) from None
 
 
-def spectral_instrument_attrs(backend: Any) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+def spectral_instrument_attrs(backend: Any) -> dict[str, Any]:
     """What an observation synthesised by ``backend`` states about its spectral instrument.
 
     Returns
     -------
-    attrs : dict
-        ``spectral_instrument`` and, for a Gaussian PSF, ``psf_fwhm`` [mA].
-    filters : (wavelength (nf,) [A], transmission (nobs, nf)), optional
-        The measured profiles of instrument ``filters`` (from ``filters_file``).
+    dict
+        The keyword arguments ``spectral_instrument`` (``grid``, ``psf``,
+        ``hmi_filters`` or ``filters``), ``psf_fwhm`` [mA] for a Gaussian PSF
+        and ``filters`` = (wavelength (nf,) [A], transmission (nobs, nf)) for
+        measured profiles (from ``filters_file``), as
+        :class:`~stokesflow.orchestrator.io.ObservationWriter` takes them.
     """
     o = backend.options
     kind = getattr(o, "instrument", None) or "grid"
-    attrs: dict[str, Any] = {"spectral_instrument": str(kind)}
-    filters = None
+    out: dict[str, Any] = {"spectral_instrument": str(kind)}
     if kind == "psf":
         if getattr(o, "psf_file", None):
             log.warning("the PSF kernel of psf_file %s is not stored in the observation; invert it with "
                         "-B instrument=psf -B psf_file=%s", o.psf_file, o.psf_file)
         elif getattr(o, "psf_fwhm", None):
-            attrs["psf_fwhm"] = float(o.psf_fwhm)
+            out["psf_fwhm"] = float(o.psf_fwhm)
     elif kind == "filters" and getattr(o, "filters_file", None):
         try:
             with np.load(o.filters_file) as z:
@@ -114,7 +114,8 @@ def spectral_instrument_attrs(backend: Any) -> tuple[dict[str, Any], tuple[np.nd
                 f"cannot read the filter profiles of filters_file {o.filters_file!r}: {exc}; it must be an "
                 "npz with arrays 'wavelength' (nf,) [A] and 'transmission' (nobs, nf)"
             ) from exc
-    return attrs, filters
+        out["filters"] = filters
+    return out
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -211,14 +212,13 @@ def synthesize_observation(
         raise OrchestratorError(f"ME options {options} for synth (-B): {exc}") from exc
     nw = wavelength.size
     rows = int(rows_per_block or default_rows_per_block(nx, nw))
-    spectral, filters = spectral_instrument_attrs(backend)
+    spectral = spectral_instrument_attrs(backend)
     attrs = {
         "instrument": instrument,
         "lines": ",".join(lines),
         "noise": float(noise) if noise > 0 else None,  # noise-free: no attribute
         "scene": scene,
         "seed": int(seed),
-        **spectral,
         "generator": "stokesflow synth (Milne-Eddington, spectral instrument "
         f"{spectral['spectral_instrument']!r})",
     }
@@ -226,9 +226,7 @@ def synthesize_observation(
     t0 = time.perf_counter()
     try:
         _write_blocks(tmp, backend, scene=scene, ny=ny, nx=nx, wavelength=wavelength, attrs=attrs,
-                      rows=rows, noise=noise, seed=seed)
-        if filters is not None:
-            _write_filters(tmp, *filters)
+                      rows=rows, noise=noise, seed=seed, spectral=spectral)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -238,26 +236,23 @@ def synthesize_observation(
     return out
 
 
-def _write_filters(path: Path, wavelength: np.ndarray, transmission: np.ndarray) -> None:
-    """Add the measured filter profiles ``/filters/wavelength`` [A] and ``/filters/transmission``."""
-    with h5py.File(path, "a") as h5:
-        g = h5.require_group("filters")
-        g.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))
-        g.create_dataset("transmission", data=np.asarray(transmission, dtype=np.float64))
-
 
 def _write_blocks(
     tmp: Path, backend: Any, *, scene: str, ny: int, nx: int, wavelength: np.ndarray,
-    attrs: Mapping[str, Any], rows: int, noise: float, seed: int,
+    attrs: Mapping[str, Any], rows: int, noise: float, seed: int, spectral: Mapping[str, Any] | None = None,
 ) -> None:
-    """Synthesise and write the file ``tmp`` block of ``rows`` rows by block."""
+    """Synthesise and write the file ``tmp`` block of ``rows`` rows by block.
+
+    ``spectral`` holds the writer's ``spectral_instrument``, ``psf_fwhm`` and
+    ``filters`` (see :func:`spectral_instrument_attrs`).
+    """
     from stokesflow.orchestrator.io import ObservationWriter
     from stokesflow.orchestrator.scenes import make_scene
 
     names = backend.parameter_names
     nw = wavelength.size
     t0 = last = time.perf_counter()
-    with ObservationWriter(tmp, ny, nx, wavelength, attrs) as writer:
+    with ObservationWriter(tmp, ny, nx, wavelength, attrs, **dict(spectral or {})) as writer:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
             maps = make_scene(scene, ny, nx, seed=seed, rows=slice(y0, y1))
