@@ -75,4 +75,6 @@ def test_worker_setup_happens_once_per_worker_not_per_chunk(obs_and_serial, tmp_
     assert setups.pop(os.getpid()) == 1  # the driver validates the backend once
     assert chunk_pids <= set(setups)  # every worker that ran chunks was set up ...
     assert all(n == 1 for n in setups.values()), setups  # ... exactly once, not per chunk
+    # each set-up was handed the trial pixel: one valid pixel on the observation's own grid
+    assert {f.read_text() for f in marks.iterdir() if not f.name.startswith("chunk-")} == {"1x4x6 6"}
     assert_same_result(read_result(out), serial)

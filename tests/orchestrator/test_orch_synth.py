@@ -150,3 +150,20 @@ def test_synth_states_a_psf_and_measured_filters(tmp_path):
     assert json.loads(read_result(out).attrs["backend_options"])["instrument"] == "filters"
     d_b, _ = _strong_field_errors(obs, out)
     assert d_b < 30.0
+
+
+def test_synthesis_goes_block_by_block(tmp_path, monkeypatch):
+    # the scene, the profiles and the writes all come in blocks of rows_per_block rows:
+    # memory is that of a block, whatever the field size (timings: benchmarks/orchestrator_scaling.py)
+    import stokesflow.orchestrator.scenes as scenes
+
+    asked = []
+    real = scenes.make_scene
+
+    def spy(kind, ny, nx, **kw):
+        asked.append(kw["rows"])
+        return real(kind, ny, nx, **kw)
+
+    monkeypatch.setattr(scenes, "make_scene", spy)
+    synthesize_observation(tmp_path / "b.h5", size=(10, 7), rows_per_block=3, noise=0.0)
+    assert asked == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]

@@ -9,7 +9,6 @@ fields of tens of gauss.
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -78,9 +77,9 @@ def test_row_blocks_equal_the_full_map(kind):
         np.testing.assert_array_equal(scene_regions(kind, 70, 45, seed=11, rows=rows), labels[rows])
 
 
-def test_a_block_of_a_4096_scene_needs_little_memory_and_time():
+def test_a_block_of_a_4096_scene_needs_the_memory_of_the_block():
+    # (its time is measured by benchmarks/orchestrator_scaling.py, not asserted here)
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         block = make_scene("mixed", 4096, 4096, seed=1, rows=slice(2048, 2056))
         peak = tracemalloc.get_traced_memory()[1]
@@ -88,7 +87,29 @@ def test_a_block_of_a_4096_scene_needs_little_memory_and_time():
         tracemalloc.stop()
     assert block["B"].shape == (8, 4096)
     assert peak < 150e6  # bytes: the block and its temporaries, never the 4096 x 4096 map (1.2 GB)
-    assert time.perf_counter() - t0 < 20.0
+
+
+def test_large_blocks_are_computed_in_pieces(monkeypatch):
+    # A block is computed in pieces of about 2**18 pixels, so its temporaries stay bounded
+    # whatever the caller asks for; the pieces together equal the whole.
+    import stokesflow.orchestrator.scenes as scenes
+
+    seen = []
+    real = scenes._piece
+
+    def spy(lay, yv, xv):
+        seen.append(yv.size * xv.size)
+        return real(lay, yv, xv)
+
+    monkeypatch.setattr(scenes, "_BLOCK_PIXELS", 64 * 10)
+    monkeypatch.setattr(scenes, "_piece", spy)
+    pieces = make_scene("mixed", 70, 64, seed=2)
+    assert len(seen) == 7 and max(seen) <= 64 * 10
+    monkeypatch.setattr(scenes, "_piece", real)
+    monkeypatch.setattr(scenes, "_BLOCK_PIXELS", 1 << 18)
+    whole = make_scene("mixed", 70, 64, seed=2)
+    for k in PARAMETERS:
+        np.testing.assert_array_equal(pieces[k], whole[k])
 
 
 def test_sunspot_umbra_and_penumbra(scenes):
