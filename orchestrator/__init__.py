@@ -11,10 +11,11 @@ and never imports dask or MPI - Nanny workers re-import the main module)::
 
 Modules: :mod:`stokesflow.orchestrator.config` (layered TOML configuration),
 :mod:`stokesflow.orchestrator.plan` (chunking), :mod:`stokesflow.orchestrator.store` (the HDF5
-result file), :mod:`stokesflow.orchestrator.run` (the driver loop and the task),
+result file), :mod:`stokesflow.orchestrator.run` (the run in four steps - ``validate_run``,
+``open_store``, ``drive_chunks``, ``summarise`` - and the chunk task),
 :mod:`stokesflow.orchestrator.progress`, :mod:`stokesflow.orchestrator.synth`,
-:mod:`stokesflow.orchestrator.io` / :mod:`stokesflow.orchestrator.readers` / :mod:`stokesflow.orchestrator.scenes`
-(observations and synthetic scenes), :mod:`stokesflow.orchestrator.cli` (``stokesflow``).
+:mod:`stokesflow.orchestrator.io` (observations: one module per format and instrument layout) /
+:mod:`stokesflow.orchestrator.scenes` (synthetic scenes), :mod:`stokesflow.orchestrator.cli` (``stokesflow``).
 """
 
 from __future__ import annotations

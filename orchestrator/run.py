@@ -455,7 +455,7 @@ def _backend_noise_option(backend: Backend) -> Any:
 
 
 def resolve_noise(
-    config: Config, obs: Any, backend: Backend, sample: np.ndarray, wavelength: np.ndarray
+    config: Config, obs: Any, backend: Backend, sample: np.ndarray, wavelength: np.ndarray, *, log_it: bool = True
 ) -> NoiseInfo:
     """Where the run's noise comes from: configuration, observation, or an estimate.
 
@@ -474,6 +474,8 @@ def resolve_noise(
         Valid pixels from :func:`sample_valid_pixels`.
     wavelength : ndarray, (nw,)
         In A.
+    log_it : bool
+        Log the estimate (false on the ranks of an mpiexec job that are not the driver).
 
     Returns
     -------
@@ -494,8 +496,9 @@ def resolve_noise(
     probe = backend.for_observation(dict(obs.meta))  # knows the lines and instrument
     estimate = getattr(probe, "estimate_noise", None)
     if estimate is None:
-        log.warning("the noise is not stated and backend %r cannot estimate it; its fits use its own weighting",
-                    backend.name)
+        if log_it:
+            log.warning("the noise is not stated and backend %r cannot estimate it; its fits use its own "
+                        "weighting", backend.name)
         return NoiseInfo(None, "unknown")
     sigma = np.asarray(estimate(sample, wavelength), dtype=np.float64)
     if sigma.shape != (4,) or not np.all(np.isfinite(sigma)) or not np.all(sigma > 0):
@@ -504,7 +507,8 @@ def resolve_noise(
             f"{obs.path}, expected four positive finite sigmas (I, Q, U, V); state the noise with --noise"
         )
     info = NoiseInfo(_four(sigma), "estimated", int(sample.shape[0]))
-    log.info("noise estimated from %d pixels: %s", info.n_pixels, info.text())
+    if log_it:
+        log.info("noise estimated from %d pixels: %s", info.n_pixels, info.text())
     return info
 
 
@@ -877,13 +881,14 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     """
     t_start = time.perf_counter()
     spec = config.cluster_spec()
+    driver = _is_driver(spec)  # under mpiexec every rank validates; only the driver rank logs
     out_path = _check_output(config)
     obs = _open_observation(config)
     base = backend if backend is not None else _build_backend(config)
     wavelength = np.asarray(obs.wavelength, dtype=np.float64)
     sample, sample_index = sample_valid_pixels(obs)
     meta = dict(obs.meta)
-    noise = resolve_noise(config, obs, base, sample, wavelength)
+    noise = resolve_noise(config, obs, base, sample, wavelength, log_it=driver)
     if noise.source == "estimated":
         meta["noise"] = list(noise.sigma)  # four floats (I, Q, U, V), interface of for_observation
     backend = base.for_observation(meta)
@@ -901,7 +906,7 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
         plan, done = ResultStore.check_resume(out_path, fingerprint)
     trial = (sample[:1], wavelength)
     if not (config.output.resume and done.all()):
-        _check_backend(backend, provider, obs, trial, int(sample_index[0]))
+        _check_backend(backend, provider, obs, trial, int(sample_index[0]), log_it=driver)
     token = hashlib.sha256(pickle.dumps(backend)).hexdigest()[:16]
     _WORKER_BACKENDS.setdefault(token, backend)  # the driver is set up already (serial runs here)
     return RunPlan(config=config, spec=spec, observation=obs, backend=backend, provider=provider,
@@ -910,10 +915,11 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
 
 
 def _check_backend(backend: Backend, provider: InitProvider, obs: Any,
-                   trial: tuple[np.ndarray, np.ndarray], trial_index: int) -> None:
+                   trial: tuple[np.ndarray, np.ndarray], trial_index: int, *, log_it: bool = True) -> None:
     """Set the backend up on the trial pixel and invert it once, so bad input fails now, not in every task."""
-    log.info("setting up backend %r: its numba kernels are compiled on the first run (about 10-20 s, once) "
-             "and loaded from the cache afterwards", backend.name)
+    if log_it:
+        log.info("setting up backend %r: its numba kernels are compiled on the first run (about 10-20 s, "
+                 "once) and loaded from the cache afterwards", backend.name)
     t0 = time.perf_counter()
     try:
         _call_setup(backend, trial)
@@ -926,7 +932,8 @@ def _check_backend(backend: Backend, provider: InitProvider, obs: Any,
             f"backend {backend.name!r} cannot invert {obs.path}: trial inversion of one pixel "
             f"failed with {type(exc).__name__}: {exc}"
         ) from exc
-    log.info("backend %r ready in %.1f s", backend.name, time.perf_counter() - t0)
+    if log_it:
+        log.info("backend %r ready in %.1f s", backend.name, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------
@@ -1112,12 +1119,16 @@ def run_inversion(
     t_start = time.perf_counter()
     prep = validate_run(config, backend=backend)
     spec, plan = prep.spec, prep.plan
-    if prep.already_complete:
+
+    def nothing_to_do() -> RunSummary:
         log.info("%s is already complete (%d of %d chunks done): nothing to compute, the file is unchanged",
                  prep.out_path, plan.n_chunks, plan.n_chunks)
         return summarise(prep, counts=read_status_counts(prep.out_path), done=prep.done, computed=0, failed={},
                          times={"plan": prep.seconds, "total": time.perf_counter() - t_start}, workers=0)
-    if _is_driver(spec):  # under mpiexec every rank gets here; one line is enough
+
+    if prep.already_complete and spec.kind != "mpi":  # no cluster needed
+        return nothing_to_do()
+    if _is_driver(spec) and not prep.already_complete:  # under mpiexec every rank gets here; one line is enough
         obs = prep.observation
         log.info(
             "%s: %d x %d pixels, %d wavelengths; backend %s, init %s; %d chunks of %d pixels",
@@ -1131,7 +1142,9 @@ def run_inversion(
     # every rank of an mpiexec job passes here, so the Dask settings reach all workers
     quiet = _QuietShutdown()
     with quiet.restore(), _dask_settings(spec), open_executor(spec) as ex, quiet.on_interrupt():
-        # under mpiexec only the driver rank gets here
+        # under mpiexec only the driver rank gets here (the other ranks serve the cluster)
+        if prep.already_complete:
+            return nothing_to_do()
         with open_store(prep) as store:
             pending = store.pending()
             if prep.resume:

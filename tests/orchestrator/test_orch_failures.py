@@ -202,16 +202,17 @@ def test_a_stop_swallowed_by_a_finalizer_is_raised_at_the_next_chunk(obs, tmp_pa
     assert "2 of 5 chunks are on disk" in _one_error(capsys)
 
 
-def test_missing_batch_program_is_one_line_and_exit_2(obs, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind, program", [("slurm", "sbatch"), ("pbs", "qsub")])
+def test_missing_batch_program_is_one_line_and_exit_2(kind, program, obs, tmp_path, capsys, monkeypatch):
     pytest.importorskip("dask_jobqueue")
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    assert shutil.which("sbatch") is None
-    code = main(["invert", "--input", str(obs), "--out", str(tmp_path / "r.h5"), "--cluster", "slurm",
+    assert shutil.which(program) is None
+    code = main(["invert", "--input", str(obs), "--out", str(tmp_path / "r.h5"), "--cluster", kind,
                  "-C", "connect_timeout=5"])
     message = _one_error(capsys)
-    assert code == EXIT_BAD_INPUT and "sbatch" in message
+    assert code == EXIT_BAD_INPUT and program in message
     assert not (tmp_path / "r.h5").exists()
 
 
