@@ -16,6 +16,7 @@ the batch system then kills at the walltime anyway.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -169,6 +170,19 @@ def job_script(spec: ClusterSpec, command: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+# dask-jobqueue's error for a submit command that exited non-zero (Job._call).
+_CALL_ERROR = re.compile(r"Exit code: (?P<code>-?\d+)\s*Command:.*?stdout:(?P<out>.*?)stderr:(?P<err>.*)$", re.S)
+
+
+def _describe_submission_error(exc: BaseException, program: str) -> str:
+    """``"sbatch exited with code 1: sbatch: error: ..."`` on one line, from dask-jobqueue's error."""
+    m = _CALL_ERROR.search(str(exc))
+    if m is None:
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    said = " ".join((m["err"].strip() or m["out"].strip() or "(no output)").split())
+    return f"{program} exited with code {m['code']}: {said}"
+
+
 class _JobWatch:
     """What the worker jobs of one cluster did, and the check the executor runs while tasks wait.
 
@@ -194,13 +208,12 @@ class _JobWatch:
 
     def failed(self, exc: BaseException) -> JobSubmissionError:
         """Record a refused submission; returns the error (one line) to raise."""
-        system = _SYSTEMS[self.kind].name
-        text = " ".join(str(exc).split())  # dask-jobqueue's multi-line RuntimeError on one line
+        system = _SYSTEMS[self.kind]
         message = (
-            f"--cluster {self.kind}: the {system} submission of a worker job failed ({type(exc).__name__}: "
-            f"{text}); check queue, account, walltime, cores_per_job and memory_per_job against what the "
-            f"site allows (print the job script with stokesflow.clusters.job_script(spec)), or choose "
-            "another --cluster"
+            f"--cluster {self.kind}: the {system.name} submission of a worker job failed: "
+            f"{_describe_submission_error(exc, system.programs[0])}; check queue, account, walltime, "
+            "cores_per_job and memory_per_job against what the site allows (print the job script with "
+            "stokesflow.clusters.job_script(spec)), or choose another --cluster"
         )
         if self.failure is None:
             self.failure = message

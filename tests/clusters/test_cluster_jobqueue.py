@@ -215,8 +215,10 @@ def test_refused_worker_job_raises_instead_of_waiting(
         ex.close()
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("--cluster slurm: the SLURM submission of a worker job failed")
-    assert "Exit code: 1" in msg and "Invalid account or account/partition combination" in msg
+    assert msg.startswith(
+        "--cluster slurm: the SLURM submission of a worker job failed: sbatch exited with code 1: "
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified;"
+    )
     assert "check queue, account, walltime" in msg
     # The event loop's traceback of the refused job is not printed besides.
     assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
