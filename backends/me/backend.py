@@ -565,21 +565,22 @@ class MEBackend(Backend):
         clipped bound are not free.
         """
         pr = self._problem()
-        npix, npar = params.shape
+        npix = params.shape[0]
         scale = pr["scale"]
         clip = pr["mode"] == BOUND_MODES["clip"]
         used = (weights > 0).reshape(4, nw).sum(axis=1).astype(float)
         dof = np.empty((npix, 4))
-        jac = np.empty((npix, 4 * nw, npar))
-        for i in range(npix):
-            jac[i] = model.jacobian(params[i])[1]
-        jq = jac * scale[None, None, :]
-        at_bound = clip[None, :] & ((params <= pr["lower"] + 1e-9 * scale) | (params >= pr["upper"] - 1e-9 * scale))
-        jq[np.broadcast_to(at_bound[:, None, :], jq.shape)] = 0.0
-        a = np.einsum("pik,i,pil->pkl", jq, weights, jq) + np.diag(pr["reg_weight"])[None]
-        ainv = np.linalg.pinv(a, rcond=1e-12, hermitian=True)
-        h = np.einsum("pik,pkl,pil->pi", jq, ainv, jq) * weights[None, :]
-        dof[:] = used[None, :] - h.reshape(npix, 4, nw).sum(axis=2)
+        block = 256  # pixels per batch: bounds the Jacobian stack (256 x 448 x 9 doubles = 8 MB)
+        for b0 in range(0, npix, block):
+            p = params[b0:b0 + block]
+            jac = np.stack([model.jacobian(row)[1] for row in p])
+            jq = jac * scale[None, None, :]
+            at_bound = clip[None, :] & ((p <= pr["lower"] + 1e-9 * scale) | (p >= pr["upper"] - 1e-9 * scale))
+            jq[np.broadcast_to(at_bound[:, None, :], jq.shape)] = 0.0
+            a = np.einsum("pik,i,pil->pkl", jq, weights, jq) + np.diag(pr["reg_weight"])[None]
+            ainv = np.linalg.pinv(a, rcond=1e-12, hermitian=True)
+            h = np.einsum("pik,pkl,pil->pi", jq, ainv, jq) * weights[None, :]
+            dof[b0:b0 + block] = used[None, :] - h.reshape(p.shape[0], 4, nw).sum(axis=2)
         return dof
 
     def estimate_noise(self, stokes: np.ndarray, wavelength: np.ndarray, *, max_pixels: int = 2000) -> np.ndarray:
