@@ -129,11 +129,16 @@ class MEOptions:
         rotated by 90 deg, then its opposite polarity, then seeded random
         draws; the lowest chi2 wins.
     good_chi2 : float
-        Stop trying further starts once the reduced chi2 is below this.
+        Stop trying further starts once the reduced chi2 (statistical units:
+        the noise is always known or estimated) is below this; a pixel still
+        above it after ``n_starts`` may get extra starts (``max_starts``).
     max_starts : int
         Cap on the starts of a pixel still above ``good_chi2`` after its
-        ``n_starts``: only those pixels get the extra starts (the same
-        sequence, continued), up to this many in all.
+        ``n_starts``: only those pixels (and of them only the ones above the
+        poor-fit threshold or 3x the median chi2 of their chunk, see
+        ``RETRY_RELATIVE``) get the extra starts (the same sequence,
+        continued), up to this many in all. ``max_starts = n_starts`` turns
+        them off.
     poor_chi2 : float, optional
         Reduced chi2 above which a fit that ended is flagged ``poor fit``
         (status 4, parameters kept). Default: :func:`poor_chi2_threshold`,
