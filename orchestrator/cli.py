@@ -369,9 +369,10 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 
 def effective_config_toml(cfg: Any) -> str:
-    """The merged configuration as TOML, with every option of the selected backend and init provider.
+    """The merged configuration as TOML, with every option of the cluster, backend and init provider.
 
-    ``[backend.<selected>]`` lists each field of the backend's options class
+    ``[cluster]`` lists each field of :class:`stokesflow.clusters.ClusterSpec`,
+    ``[backend.<selected>]`` each field of the backend's options class
     (what was set, and the default of the rest), ``[init.<selected>]`` each
     option of the provider bound to that backend (for ``constant``: every
     parameter's starting value). Options without a value (None) appear as
@@ -394,10 +395,12 @@ def effective_config_toml(cfg: Any) -> str:
     data["backend"] = {**data["backend"], cfg.run.backend: full}
     provider = get_provider(cfg.run.init, cfg.init_options()).bind(backend)
     data["init"] = {**data["init"], cfg.run.init: provider.effective_options()}
+    spec = cfg.cluster_spec()
+    data["cluster"] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     head = (
         "# stokesflow invert: merged configuration (packaged defaults < CONFIG.toml < flags).\n"
-        f"# [backend.{cfg.run.backend}] and [init.{cfg.run.init}] list every option with its default filled in;\n"
-        "# commented keys have no value (None).\n"
+        f"# [cluster], [backend.{cfg.run.backend}] and [init.{cfg.run.init}] list every option with its "
+        "default filled in;\n# commented keys have no value (None).\n"
     )
     return head + dumps_toml(data, none_as_comment=True)
 
