@@ -97,7 +97,8 @@ class TruthReference:
         self.shape = self._h5["truth"][self.names[0]].shape if self.names else (0, 0)
 
     def read(self, name: str) -> np.ndarray:
-        return self._h5["truth"][name][()].astype(np.float32)
+        ds = self._h5["truth"][name]
+        return ds[()] if ds.dtype == np.float32 else ds.astype(np.float32)[()]
 
     def close(self) -> None:
         if self._h5.id.valid:
@@ -196,31 +197,46 @@ def compare(
         "field_classes": [c[0] for c in stats.FIELD_CLASSES], "parameters": {}, "flux": None,
     }
     out = Comparison(table)
+    # field class of every pixel by the reference's |B| (index into FIELD_CLASSES[1:], -1 none)
+    labels = [c[0] for c in stats.FIELD_CLASSES]
+    cls_map = np.full((view.ny, view.nx), -1, np.int8)
+    if b_ref is not None:
+        for i, m in enumerate(list(stats.class_masks(b_ref, np.ones(cls_map.shape, bool)).values())[1:]):
+            cls_map[m] = i
     n_compared = 0
     for name in names:
-        res = view.read(name)
+        res = view.read(name, masked=False)
         ref = b_ref if name == "B" and b_ref is not None else reference.read(name)
         valid = np.isfinite(res) & np.isfinite(ref) & ~bad
-        n_compared = max(n_compared, int(valid.sum()))
-        masks = stats.class_masks(b_ref, valid)
-        table["parameters"][name] = {
-            "unit": view.units.get(name, ""),
-            "classes": {lab: stats.difference_stats(name, res, ref, m, tol.get(name)) for lab, m in masks.items()},
-        }
-        diff = np.where(valid, stats.difference(name, res, ref), np.nan)
+        n_compared = max(n_compared, int(np.count_nonzero(valid)))
+        f = np.asarray(ref[valid], dtype=np.float32)   # 1-D, the compared pixels only
+        d = stats.difference(name, res[valid], f, np.float32)
+        classes = {"all": stats.vector_stats(name, d, f, tol.get(name))}
+        if b_ref is not None:
+            cls = cls_map[valid]
+            for i, lab in enumerate(labels[1:]):
+                sel = cls == i
+                classes[lab] = stats.vector_stats(name, d[sel], f[sel], tol.get(name))
+        table["parameters"][name] = {"unit": view.units.get(name, ""), "classes": classes}
+        xr = yr = _range(name, ref, res)
+        out.histograms[name] = (stats.histogram2d(f, res[valid], xr, yr, _HIST_BINS), xr, yr)
+        diff = np.full((view.ny, view.nx), np.nan, np.float32)
+        diff[valid] = d
+        del res, ref, f, d, valid
         out.differences[name] = block_reduce(diff, display_factor, "mean")
         del diff
-        xr = yr = _range(name, ref, res)
-        out.histograms[name] = (stats.histogram2d(ref[valid], res[valid], xr, yr, _HIST_BINS), xr, yr)
-        del res, ref, valid
     table["n_compared"] = n_compared
     if {"B", "inclination"} <= set(names):
-        rb, ri, fb, fi = view.read("B"), view.read("inclination"), b_ref, reference.read("inclination")
+        rb, ri = view.read("B", masked=False), view.read("inclination", masked=False)
+        fb, fi = b_ref, reference.read("inclination")
         valid = np.isfinite(rb) & np.isfinite(ri) & np.isfinite(fb) & np.isfinite(fi) & ~bad
+        blos = {"result": stats.line_of_sight(rb[valid], ri[valid]), "reference": stats.line_of_sight(fb[valid], fi[valid])}
+        del rb, ri, fi
+        cls = cls_map[valid]
         classes = {}
-        for lab, m in stats.class_masks(b_ref, valid).items():
-            classes[lab] = {"result": stats.flux_sums(rb, ri, m, pixel_area_cm2),
-                            "reference": stats.flux_sums(fb, fi, m, pixel_area_cm2)}
+        for i, lab in enumerate(labels):
+            sel = slice(None) if lab == "all" else (cls == i - 1)
+            classes[lab] = {k: stats.flux_sums_los(v[sel], pixel_area_cm2) for k, v in blos.items()}
         table["flux"] = {"classes": classes, "unit": "Mx" if pixel_area_cm2 else "G px",
                          "pixel_area_cm2": pixel_area_cm2}
     return out

@@ -79,10 +79,17 @@ def block_reduce(data: np.ndarray, factor: int, how: str = "mean") -> np.ndarray
         return data.astype(np.float64) if how != "stride" else data.copy()
     if how == "stride":
         return data[::factor, ::factor].copy()
+    band = factor * max(1, (1 << 18) // (factor * max(1, data.shape[1])))  # ~256k pixels at a time
+    if data.shape[0] > band:
+        return np.concatenate([block_reduce(data[y:y + band], factor, how) for y in range(0, data.shape[0], band)])
     ny, nx = data.shape
     my, mx = -(-ny // factor), -(-nx // factor)
-    pad = np.full((my * factor, mx * factor), np.nan)
-    pad[:ny, :nx] = data
+    dtype = np.float32 if data.dtype == np.float32 else np.float64
+    if (ny, nx) == (my * factor, mx * factor):
+        pad = np.asarray(data, dtype=dtype)
+    else:
+        pad = np.full((my * factor, mx * factor), np.nan, dtype=dtype)
+        pad[:ny, :nx] = data
     blocks = pad.reshape(my, factor, mx, factor)
     ok = np.isfinite(blocks)
     n = ok.sum(axis=(1, 3))
@@ -92,7 +99,7 @@ def block_reduce(data: np.ndarray, factor: int, how: str = "mean") -> np.ndarray
         s = np.where(ok, np.sin(ang), 0.0).sum(axis=(1, 3))
         out = (np.degrees(np.arctan2(s, c)) / 2.0) % 180.0
     elif how == "mean":
-        out = np.where(ok, blocks, 0.0).sum(axis=(1, 3)) / np.maximum(n, 1)
+        out = np.where(ok, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64) / np.maximum(n, 1)
     else:
         raise ValueError(f"how must be 'mean', 'axial' or 'stride', got {how!r}")
     return np.where(n > 0, out, np.nan)
