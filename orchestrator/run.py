@@ -4,7 +4,8 @@
 each a function that can be called (and tested) on its own:
 
 1. :func:`validate_run` - *everything that can be wrong is found before any
-   work*: the cluster table, the result path (exists, resume, writable), the
+   work*: the cluster table and the programs its kind needs (``sbatch``,
+   ``qsub``, ``mpiexec``), the result path (exists, resume, writable), the
    observation (opened, shape and wavelengths read, at least one valid
    pixel), the noise (stated by the configuration or the observation, else
    estimated by the backend from a deterministic sample of valid pixels), the
@@ -879,8 +880,11 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     ObservationError, BackendError, ConfigurationError, ClusterError, StoreError, InitError
         Bad input or configuration, naming the file, flag or value.
     """
+    from stokesflow.clusters import preflight
+
     t_start = time.perf_counter()
     spec = config.cluster_spec()
+    preflight(spec)  # programs the cluster kind needs (sbatch, qsub, mpiexec), before reading anything
     driver = _is_driver(spec)  # under mpiexec every rank validates; only the driver rank logs
     out_path = _check_output(config)
     obs = _open_observation(config)

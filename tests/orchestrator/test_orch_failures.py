@@ -203,16 +203,20 @@ def test_a_stop_swallowed_by_a_finalizer_is_raised_at_the_next_chunk(obs, tmp_pa
 
 
 @pytest.mark.parametrize("kind, program", [("slurm", "sbatch"), ("pbs", "qsub")])
-def test_missing_batch_program_is_one_line_and_exit_2(kind, program, obs, tmp_path, capsys, monkeypatch):
+def test_missing_batch_program_is_one_line_and_exit_2(kind, program, obs, tmp_path, capsys, monkeypatch,
+                                                      no_cluster):
     pytest.importorskip("dask_jobqueue")
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     assert shutil.which(program) is None
+    opened = []
+    monkeypatch.setattr(run_module, "_open_observation", lambda cfg: opened.append(cfg) or 1 / 0)
     code = main(["invert", "--input", str(obs), "--out", str(tmp_path / "r.h5"), "--cluster", kind,
                  "-C", "connect_timeout=5"])
     message = _one_error(capsys)
-    assert code == EXIT_BAD_INPUT and program in message
+    assert code == EXIT_BAD_INPUT and program in message and f"--cluster {kind}" in message
+    assert not opened  # found before the input is even opened
     assert not (tmp_path / "r.h5").exists()
 
 
