@@ -141,15 +141,19 @@ def potential_field(bz: np.ndarray, *, pad: int | None = None) -> tuple[np.ndarr
     p = min(512, max(ny, nx) // 2) if pad is None else int(pad)
     big = np.zeros((ny + 2 * p, nx + 2 * p))
     big[p:p + ny, p:p + nx] = bz
+    shape = big.shape
     f = np.fft.rfft2(big)
-    ky = 2.0 * np.pi * np.fft.fftfreq(big.shape[0])[:, None]
-    kx = 2.0 * np.pi * np.fft.rfftfreq(big.shape[1])[None, :]
+    del big
+    ky = 2.0 * np.pi * np.fft.fftfreq(shape[0])[:, None]
+    kx = 2.0 * np.pi * np.fft.rfftfreq(shape[1])[None, :]
     k = np.hypot(kx, ky)
     k[0, 0] = 1.0
-    g = -1j * f / k
-    g[0, 0] = 0.0
-    bx = np.fft.irfft2(kx * g, s=big.shape)[p:p + ny, p:p + nx]
-    by = np.fft.irfft2(ky * g, s=big.shape)[p:p + ny, p:p + nx]
+    f /= k            # in place: a 4096^2 map pads to 5120^2, ~200 MB per complex array
+    del k
+    f *= -1j
+    f[0, 0] = 0.0
+    bx = np.fft.irfft2(kx * f, s=shape)[p:p + ny, p:p + nx].copy()
+    by = np.fft.irfft2(ky * f, s=shape)[p:p + ny, p:p + nx].copy()
     return bx, by
 
 

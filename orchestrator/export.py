@@ -212,8 +212,8 @@ def export_products(
         prod.comments["azimuth"] = f"{convention}; 0-360 deg by '{res.method}' where decided"
         prod.comments["disambig_unreliable"] = f"1: '{res.method}' did not decide (weak field); azimuth left 0-180"
     if vector != "none":
-        bx, by, bz = vectors.image_components(prod.data["B"], prod.data["inclination"], prod.data["azimuth"],
-                                              azimuth_zero=azimuth_zero)
+        bx, by, bz = (v.astype(np.float32) for v in vectors.image_components(
+            prod.data["B"], prod.data["inclination"], prod.data["azimuth"], azimuth_zero=azimuth_zero))
         if vector == "image":
             out = {"Bx": bx, "By": by, "Bz": bz}
             what = {"Bx": "along image +x", "By": "along image +y", "Bz": "towards the observer"}

@@ -15,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report_helpers import hmi_like_keywords, me_maps, write_observation, write_result  # noqa: E402
 
 from stokesflow.orchestrator import stats  # noqa: E402
-from stokesflow.orchestrator.comparison import ComparisonError  # noqa: E402
+from stokesflow.orchestrator.comparison import (  # noqa: E402
+    ComparisonError, ResultReference, TruthReference, compare,
+)
 from stokesflow.orchestrator.geometry import observation_info  # noqa: E402
 from stokesflow.orchestrator.report import add_report_parser, display_axes, make_report, write_report  # noqa: E402
 from stokesflow.orchestrator.resultview import ResultView, ResultViewError, block_reduce  # noqa: E402
@@ -42,14 +44,19 @@ def scene(tmp_path: Path) -> dict:
     return {"maps": maps, "obs": obs, "res": res, "status": status, "dir": tmp_path}
 
 
+@pytest.fixture
+def plain_report(scene):
+    return make_report(scene["res"], scene["dir"] / "rep")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stokesflow")
     add_report_parser(parser.add_subparsers(dest="command"))
     return parser
 
 
-def test_report_writes_every_png_and_a_page_that_links_them(scene):
-    rep = make_report(scene["res"], scene["dir"] / "rep")
+def test_report_writes_every_png_and_a_page_that_links_them(scene, plain_report):
+    rep = plain_report
     expected = {f"maps/{n}" for n in scene["maps"]} | {"maps/chi2", "maps/n_iter", "maps/status", "chi2_hist"}
     assert set(rep.images) == expected
     for path in rep.images.values():
@@ -70,8 +77,8 @@ def test_embedded_page_holds_the_images(scene):
     assert 'src="maps/' not in page
 
 
-def test_bad_status_is_masked_and_said(scene):
-    rep = make_report(scene["res"], scene["dir"] / "rep")
+def test_bad_status_is_masked_and_said(scene, plain_report):
+    rep = plain_report
     b = rep.maps["B"]  # full resolution for a small map
     masked = np.isin(scene["status"], (2, 3, 4, 255))
     assert np.isnan(b[masked]).all()
@@ -125,9 +132,11 @@ def test_truth_off_by_a_constant(scene, tmp_path):
     assert json.loads((tmp_path / "rep" / "comparison.json").read_text()) == json.loads(json.dumps(table))
 
 
-def test_reference_equal_to_result_and_field_classes(scene, tmp_path):
-    rep = make_report(scene["res"], tmp_path / "rep", reference=scene["res"])
-    table = rep.comparison
+def test_reference_equal_to_result_and_field_classes(scene):
+    with ResultView(scene["res"]) as view:
+        ref = ResultReference(scene["res"])
+        table = compare(view, ref).table
+        ref.close()
     bad = np.isin(scene["status"], (2, 3, 4, 255))
     assert table["n_compared"] == int((~bad).sum())
     b_ref = np.where(bad, np.nan, scene["maps"]["B"]).astype("f4")
@@ -151,7 +160,11 @@ def test_flux_sums_match_a_hand_computation(tmp_path):
     obs = write_observation(tmp_path / "obs.h5", 2, 3, attrs=kw, truth=maps)
     res = write_result(tmp_path / "res.h5", {k: v * (2.0 if k == "B" else 1.0) for k, v in maps.items()},
                        observation=obs)
-    table = make_report(res, tmp_path / "rep", truth=True).comparison
+    info = observation_info(res)
+    with ResultView(res) as view:
+        ref = TruthReference(res)
+        table = compare(view, ref, pixel_area_cm2=info.pixel_area_cm2).table
+        ref.close()
     # pixel area: 1 arcsec at DSUN_OBS - RSUN_REF = 1.476e11 - 6.96e8 m, squared, in cm^2
     side_cm = (1.476e11 - 6.96e8) * math.radians(1.0 / 3600.0) * 100.0
     area = side_cm**2
@@ -252,3 +265,15 @@ def test_command_line(scene, capsys):
 def test_write_report_default_folder_beside_the_result(scene):
     index = write_report(scene["res"])
     assert index == scene["dir"] / "res_report" / "index.html" and index.exists()
+
+
+def test_hinode_scan_keywords_give_a_map_wcs(tmp_path):
+    # SP level-1 keywords: CRVAL1/CDELT1 are the wavelength axis; XCEN/YCEN, XSCALE/YSCALE the map
+    attrs = {"CRVAL1": 6302.08, "CDELT1": 0.0215, "CRPIX1": 1.0, "XCEN": -120.0, "YCEN": 35.0,
+             "XSCALE": 0.1476, "YSCALE": 0.16, "DATE-OBS": "2007-01-01T00:00:00.000"}
+    obs = write_observation(tmp_path / "obs.h5", 10, 6, attrs=attrs)
+    info = observation_info(write_result(tmp_path / "res.h5", me_maps(10, 6), observation=obs))
+    assert info.wcs_header["CDELT1"] == 0.1476 and info.wcs_header["CDELT2"] == 0.16
+    assert info.wcs_header["CRVAL1"] == -120.0 and info.wcs_header["CRPIX1"] == 1.0   # first slit at XCEN
+    assert info.wcs_header["CRVAL2"] == 35.0 and info.wcs_header["CRPIX2"] == 5.5     # slit centre at YCEN
+    assert info.plate_scale == pytest.approx((0.1476, 0.16))
