@@ -259,15 +259,16 @@ def format_table(comparison: Mapping[str, Any]) -> str:
     """The comparison of :func:`stokesflow.orchestrator.comparison.compare` as a text table."""
     lines = [f"reference: {comparison.get('reference', '?')} ({comparison.get('kind', '?')})",
              f"pixels compared: {comparison.get('n_compared', 0)} "
-             f"(status {', '.join(str(s) for s in comparison.get('masked_status', []))} masked in either)", ""]
-    head = f"{'parameter':<14s}{'class':<11s}{'n':>9s}{'r':>8s}{'median d':>11s}{'med |d|':>10s}{'p90 |d|':>10s}{'in tol':>8s}  tol"
+             f"(status {', '.join(str(s) for s in comparison.get('masked_status', []))} left out, in the result "
+             "and in a reference result)", ""]
+    head = f"{'parameter':<14s}{'class':<11s}{'n':>9s}{'r':>9s}{'median d':>11s}{'med |d|':>10s}{'p90 |d|':>10s}{'in tol':>8s}  tol"
     lines += [head, "-" * len(head)]
     for name, entry in comparison.get("parameters", {}).items():
         unit = entry.get("unit", "")
         for label, s in entry["classes"].items():
             share = s["within_tolerance"]
             lines.append(
-                f"{name:<14s}{label:<11s}{s['n']:>9d}{_fmt(s['pearson_r'], 4):>8s}{_fmt(s['median_diff']):>11s}"
+                f"{name:<14s}{label:<11s}{s['n']:>9d}{_fmt(s['pearson_r'], 4):>9s}{_fmt(s['median_diff']):>11s}"
                 f"{_fmt(s['median_abs_diff']):>10s}{_fmt(s['p90_abs_diff']):>10s}"
                 f"{('-' if share is None else f'{100 * share:.1f}%'):>8s}  "
                 + ("-" if s["tolerance"] is None else f"{s['tolerance']:g} {unit}")
