@@ -96,6 +96,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the flag, what is wrong, where the help is)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 _INVERT_EPILOG = textwrap.dedent(
     """\
     Configuration layers (later wins): packaged defaults (orchestrator/defaults.toml),
@@ -139,7 +146,7 @@ _INVERT_EPILOG = textwrap.dedent(
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``stokesflow`` (all subcommands)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stokesflow",
         description="Parallel inversions of solar Stokes profiles, from a laptop to HPC and cloud clusters.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -131,7 +131,11 @@ def test_noise_flag_takes_one_or_four_sigmas(tmp_path, capsys):
 
 def test_usage_and_config_errors_exit_2(tmp_path, capsys):
     assert main(["invert", "--chunk-pixels", "-3"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == ("stokesflow invert: error: argument --chunk-pixels: expected an integer "
+                                       ">= 0, got -3 (see stokesflow invert --help)\n")  # one line, no usage block
     assert main(["invert", "--cluster", "moon"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cluster" in err and "moon" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("[run]\nchunk_pixel = 3\n")
     assert main(["invert", str(bad), "--print-config"]) == EXIT_BAD_INPUT
