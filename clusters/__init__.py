@@ -30,6 +30,7 @@ from stokesflow.clusters.spec import (
     MissingDependencyError,
     MissingProgramError,
     SchedulerUnreachableError,
+    WorkersUnavailableError,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingProgramError",
     "SchedulerUnreachableError",
+    "WorkersUnavailableError",
     "client_rank",
     "job_script",
     "mpi_rank",

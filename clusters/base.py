@@ -147,6 +147,14 @@ class Executor(abc.ABC):
             entries.
         """
 
+    def worker_summary(self) -> str:
+        """One line on the workers for a progress line, e.g. ``"workers: 4"``.
+
+        Cheap (no batch-system call); ``slurm``/``pbs`` executors also count
+        the worker jobs pending and running.
+        """
+        return f"workers: {self.n_workers}"
+
     def __enter__(self) -> Executor:
         return self
 

@@ -121,6 +121,9 @@ class DaskExecutor(Executor):
         :class:`stokesflow.clusters.ClusterError` when the cluster cannot
         deliver (``slurm``/``pbs``: a worker job the batch system refused),
         so the driver stops instead of waiting for ever.
+    summary : callable, optional
+        Returns the text of :meth:`worker_summary` (``slurm``/``pbs``: the
+        worker jobs pending and running).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class DaskExecutor(Executor):
         cluster: Any = None,
         extra_info: dict[str, Any] | None = None,
         watch: Callable[[], None] | None = None,
+        summary: Callable[[], str] | None = None,
     ) -> None:
         self.kind = kind
         self.client = client
@@ -142,6 +146,7 @@ class DaskExecutor(Executor):
         self._extra_info = dict(extra_info or {})
         self._plugins: list[str] = []
         self._watch = watch
+        self._summary = summary
         self._closed = False
 
     @property
@@ -241,6 +246,29 @@ class DaskExecutor(Executor):
             finally:
                 if self.cluster is not None:
                     self.cluster.close()
+
+    def worker_summary(self) -> str:
+        """One line on the workers, cheap enough for every progress line.
+
+        ``slurm``/``pbs``: ``"jobs: 2 pending, 1 running; workers: 1"`` (a
+        job is pending until one of its workers connects); other kinds:
+        ``"workers: 4"``.  No batch-system call; the cluster's own view
+        where this process started the cluster, else one small scheduler
+        round trip (``mpi``).
+        """
+        if self._closed:
+            return "workers: 0 (closed)"
+        if self._summary is not None:
+            try:
+                return self._summary()
+            except Exception as exc:  # a closing cluster: never break a progress line
+                log.debug("worker summary failed: %s: %s", type(exc).__name__, exc)
+        try:
+            if self.cluster is not None:  # the cluster's cached view
+                return f"workers: {len(self.cluster.scheduler_info.get('workers', {}))}"
+            return f"workers: {_connected_workers(self.client)}"  # one small round trip
+        except Exception:
+            return f"workers: {self._planned} planned"
 
     def worker_pids(self) -> dict[str, int]:
         """Process id of every connected worker, by worker address."""

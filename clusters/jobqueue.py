@@ -16,17 +16,26 @@ the batch system then kills at the walltime anyway.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 from typing import Any, NamedTuple
 
 from stokesflow.clusters.base import require, require_program
 from stokesflow.clusters.dask_executor import DaskExecutor, _dashboard_kwargs
-from stokesflow.clusters.spec import ClusterError, ClusterSpec, JobSubmissionError, worker_lifetime
+from stokesflow.clusters.spec import (
+    ClusterError,
+    ClusterSpec,
+    JobSubmissionError,
+    WorkersUnavailableError,
+    worker_lifetime,
+)
 
-__all__ = ["check_programs", "job_kwargs", "job_script", "open_jobqueue"]
+__all__ = ["check_programs", "job_kwargs", "job_script", "open_jobqueue", "test_submission"]
 
 # dask-jobqueue fills this in for cluster.job_script() before its scheduler
 # has an address; job_script() here shows the same placeholder.
@@ -183,23 +192,102 @@ def _describe_submission_error(exc: BaseException, program: str) -> str:
     return f"{program} exited with code {m['code']}: {said}"
 
 
+def _refusal_message(kind: str, said: str) -> str:
+    """The one-line error for a worker job the batch system refused; ``said`` is its own message."""
+    system = _SYSTEMS[kind]
+    return (
+        f"--cluster {kind}: the {system.name} submission of a worker job failed: {said}; check queue, "
+        "account, walltime, cores_per_job and memory_per_job against what the site allows (print the "
+        "job script with stokesflow.clusters.job_script(spec)), or choose another --cluster"
+    )
+
+
+def _batch_states(kind: str, job_ids: list[str]) -> dict[str, str]:
+    """State of each job in the batch system, e.g. ``{"12": "PENDING (Resources)"}``.
+
+    One ``squeue`` (``qstat`` for PBS) call for all jobs of this user; a job
+    it does not list has ended (finished, cancelled or failed).  Empty when
+    the program cannot be run.
+    """
+    if not job_ids:
+        return {}
+    if kind == "slurm":
+        cmd = ["squeue", "-h", "-o", "%i %T %r", "-u", str(os.getuid())]
+    else:
+        cmd = ["qstat"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=_STATE_TIMEOUT_S, check=False).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("cannot ask the batch system for job states (%s): %s", " ".join(cmd), exc)
+        return {}
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        # PBS ids read "123.server"; SLURM's are plain numbers.
+        job = fields[0].split(".")[0]
+        if job not in job_ids:
+            continue
+        if kind == "slurm":
+            reason = " ".join(fields[2:])
+            found[job] = fields[1] + (f" ({reason})" if reason and reason != "None" else "")
+        else:
+            found[job] = f"state {fields[4]}" if len(fields) > 4 else " ".join(fields[1:])
+    return {job: found.get(job, "no longer queued") for job in job_ids}
+
+
+def _lost_worker_timeout() -> float:
+    """distributed's ``deploy.lost-worker-timeout`` [s]: how long a cluster waits before replacing a lost worker."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    try:
+        return float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout", "15s")) or 0.0)
+    except (TypeError, ValueError):
+        return 15.0
+
+
+# Seconds allowed for one squeue/qstat or sbatch --test-only call.
+_STATE_TIMEOUT_S = 30.0
+
+
 class _JobWatch:
     """What the worker jobs of one cluster did, and the check the executor runs while tasks wait.
 
     The job class of :func:`_watched_job_class` writes here from the
-    cluster's event loop; :meth:`check` runs in the driver (see
-    :class:`stokesflow.clusters.dask_executor.DaskExecutor`).
+    cluster's event loop; :meth:`check` and :meth:`summary` run in the
+    driver (see :class:`stokesflow.clusters.dask_executor.DaskExecutor`).
+
+    Parameters
+    ----------
+    kind : str
+        ``"slurm"`` or ``"pbs"``.
+    connect_timeout : float
+        Seconds without a connected worker (after the first submission, or
+        after the last worker was lost) before a warning; with ``adapt``
+        false, losing every worker is an error after this time.
+    start_timeout : float
+        Seconds without a connected worker before :class:`WorkersUnavailableError`;
+        0 waits for ever.
+    adapt : bool
+        Whether lost workers are replaced by new jobs.
     """
 
-    def __init__(self, kind: str, connect_timeout: float) -> None:
+    def __init__(self, kind: str, connect_timeout: float, start_timeout: float = 0.0, adapt: bool = True) -> None:
         self.kind = kind
         self.connect_timeout = connect_timeout
+        self.start_timeout = start_timeout
+        self.adapt = adapt
         self.failure: str | None = None
         self.job_ids: list[str] = []
         self.first_submit: float | None = None
         self.cluster: Any = None
         self._seen_worker = False
         self._warned = False
+        # Since when no worker is connected (None: one is), and whether one was lost.
+        self._since: float | None = None
+        self._lost = False
 
     def submitted(self, job_id: str) -> None:
         if self.first_submit is None:
@@ -209,37 +297,110 @@ class _JobWatch:
     def failed(self, exc: BaseException) -> JobSubmissionError:
         """Record a refused submission; returns the error (one line) to raise."""
         system = _SYSTEMS[self.kind]
-        message = (
-            f"--cluster {self.kind}: the {system.name} submission of a worker job failed: "
-            f"{_describe_submission_error(exc, system.programs[0])}; check queue, account, walltime, "
-            "cores_per_job and memory_per_job against what the site allows (print the job script with "
-            "stokesflow.clusters.job_script(spec)), or choose another --cluster"
-        )
+        message = _refusal_message(self.kind, _describe_submission_error(exc, system.programs[0]))
         if self.failure is None:
             self.failure = message
         return JobSubmissionError(message)
 
-    def check(self) -> None:
-        """Raise :class:`JobSubmissionError` if a job was refused; warn once if no worker came.
+    def _connected(self) -> list[str]:
+        """Names of the workers connected now (the cluster's view, no round trip)."""
+        workers = self.cluster.scheduler_info.get("workers", {}) if self.cluster is not None else {}
+        return [str(w.get("name", addr)) for addr, w in dict(workers).items()]
 
-        No worker ``connect_timeout`` seconds after the first job was
-        accepted is only a warning: jobs may wait in the queue for hours.
+    def _live_jobs(self) -> list[tuple[str, str]]:
+        """``(name, job id)`` of every submitted job the cluster has not closed."""
+        from distributed.core import Status
+
+        jobs = []
+        for name, job in list(getattr(self.cluster, "workers", {}).items()):
+            job_id = getattr(job, "job_id", None)
+            if job_id is not None and getattr(job, "status", None) not in (Status.closed, Status.failed):
+                jobs.append((str(name), str(job_id)))
+        return jobs
+
+    def summary(self) -> str:
+        """``"jobs: 2 pending, 1 running; workers: 1"`` (the cluster's view, no batch-system call).
+
+        A job is *running* once one of its workers has connected and
+        *pending* before (queued, or starting on its node).
+        """
+        if self.cluster is None:
+            return "jobs: none submitted; workers: 0"
+        names = self._connected()
+        pending = running = 0
+        for name, _ in self._live_jobs():
+            if any(n == name or n.startswith(f"{name}-") for n in names):
+                running += 1
+            else:
+                pending += 1
+        return f"jobs: {pending} pending, {running} running; workers: {len(names)}"
+
+    def _job_list(self) -> str:
+        ids = [job_id for _, job_id in self._live_jobs()] or self.job_ids[-8:]
+        states = _batch_states(self.kind, ids)
+        if not ids:
+            return "no job submitted"
+        return ", ".join(f"job {job_id} {states.get(job_id, 'state unknown')}" for job_id in ids)
+
+    def check(self) -> None:
+        """Raise if the cluster cannot deliver; warn once if no worker connected in time.
+
+        Raises
+        ------
+        JobSubmissionError
+            A worker job was refused.
+        WorkersUnavailableError
+            No worker connected ``start_timeout`` seconds after the first
+            submission (or after the last worker was lost); or, with
+            ``adapt`` false, every worker was lost ``connect_timeout``
+            seconds ago.
         """
         if self.failure is not None:
             raise JobSubmissionError(self.failure)
-        if self._seen_worker or self._warned or self.first_submit is None or self.cluster is None:
+        if self.first_submit is None or self.cluster is None:
             return
-        if self.cluster.scheduler_info.get("workers"):
+        now = time.monotonic()
+        if self._connected():
             self._seen_worker = True
-        elif time.monotonic() - self.first_submit > self.connect_timeout:
+            self._since = None
+            self._warned = False
+            return
+        if self._since is None:
+            self._lost = self._seen_worker
+            self._since = now if self._lost else self.first_submit
+        waited = now - self._since
+        system = _SYSTEMS[self.kind]
+        ids = " ".join(job_id for _, job_id in self._live_jobs()) or " ".join(self.job_ids[-8:])
+        how = system.inspect.format(ids=ids or "<id>")
+        if self._lost and not self.adapt:
+            if waited > self.connect_timeout:
+                raise WorkersUnavailableError(
+                    f"--cluster {self.kind}: every worker was lost (jobs ended: walltime, lifetime, "
+                    f"scancel/qdel or a crash) and adapt=false submits no replacement; no worker for "
+                    f"{waited:.0f} s (connect_timeout={self.connect_timeout:g} s); {self._job_list()}; "
+                    f"check {how}; use -C adapt=true to replace lost workers"
+                )
+            return
+        what = "since the last worker was lost" if self._lost else "after submitting the first worker job"
+        # A lost worker is replaced only after distributed's lost-worker
+        # timeout (the time a Nanny restart is given to reconnect).
+        grace = _lost_worker_timeout() if self._lost else 0.0
+        if self.start_timeout and waited > self.start_timeout + grace:
+            raise WorkersUnavailableError(
+                f"--cluster {self.kind}: no worker connected {waited:.0f} s {what} "
+                f"(start_timeout={self.start_timeout:g} s): {self._job_list()}; check {how} (a job that "
+                "ended at once usually failed to start Python: fix job_script_prologue; a job still "
+                "pending waits for resources: ask for less or use another queue); the jobs are "
+                "cancelled; to wait longer set -C start_timeout=SECONDS (0 waits for ever)"
+            )
+        if not self._warned and waited > self.connect_timeout + grace:
             self._warned = True
-            how = _SYSTEMS[self.kind].inspect
-            ids = " ".join(self.job_ids)
             log.warning(
-                "no worker has connected %.0f s after submitting job(s) %s: they may still wait in the "
-                "queue; check %s (an error there, e.g. a Python environment missing in the job, means "
-                "they will never connect: fix job_script_prologue)",
-                self.connect_timeout, ids, how.format(ids=ids),
+                "no worker connected %.0f s %s: %s; check %s (an error there, e.g. a Python environment "
+                "missing in the job, means they will never connect: fix job_script_prologue); %s",
+                waited, what, self._job_list(), how,
+                f"the run stops after start_timeout={self.start_timeout:g} s" if self.start_timeout
+                else "waiting for ever (start_timeout=0)",
             )
 
 
@@ -278,6 +439,31 @@ class _DropSubmissionTracebacks(logging.Filter):
 _TRACEBACK_FILTER = _DropSubmissionTracebacks()
 
 
+# Scheduler messages of workers that retire at their lifetime or whose job
+# ended: expected on a batch system, so they go to the debug log (-vv).
+_RETIREMENT_CHATTER: tuple[str, ...] = (
+    "Received heartbeat from unregistered worker",
+    "Retiring worker",
+    "Remove worker",
+    "Removing worker",
+    "Worker is already closed",
+)
+
+
+class _RetirementChatterToDebug(logging.Filter):
+    """Re-log the scheduler's notes on retiring and vanished workers at debug level, here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(text in message for text in _RETIREMENT_CHATTER):
+            log.debug("%s: %s", record.name, message)
+            return False
+        return True
+
+
+_RETIREMENT_FILTER = _RetirementChatterToDebug()
+
+
 def check_programs(kind: str) -> None:
     """Raise :class:`MissingProgramError` unless the batch system's submit and cancel programs are on the PATH.
 
@@ -289,6 +475,42 @@ def check_programs(kind: str) -> None:
     system = _SYSTEMS[kind]
     for program in system.programs:
         require_program(program, kind, system=system.name, remedy=system.remedy)
+
+
+def test_submission(spec: ClusterSpec) -> None:
+    """Ask SLURM whether it would accept the worker job, without submitting it (``sbatch --test-only``).
+
+    A job that ``sbatch`` refuses (unknown partition or account, memory or
+    cores no node has, a walltime above the partition's limit) then fails
+    before the scheduler starts and before any chunk is dispatched, with
+    ``sbatch``'s own message.  PBS has no such dry run: there the first
+    refused submission raises from the executor's ``as_completed``.  If
+    ``sbatch --test-only`` itself cannot run (a site wrapper without the
+    option, a time-out), nothing is raised: the real submission decides.
+
+    Raises
+    ------
+    JobSubmissionError
+        ``sbatch --test-only`` exited with an error.
+    """
+    if spec.kind != "slurm":
+        return
+    script = job_script(spec)
+    with tempfile.TemporaryDirectory(prefix="stokesflow-sbatch-") as folder:
+        path = os.path.join(folder, "worker-job.sh")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(script)
+        cmd = ["sbatch", "--test-only", path]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_STATE_TIMEOUT_S, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("sbatch --test-only could not run (%s); the first submission will tell", exc)
+            return
+    if proc.returncode != 0:
+        said = " ".join((proc.stderr.strip() or proc.stdout.strip() or "(no output)").split())
+        raise JobSubmissionError(
+            _refusal_message(spec.kind, f"sbatch --test-only exited with code {proc.returncode}: {said}")
+        )
 
 
 def open_jobqueue(spec: ClusterSpec) -> DaskExecutor:
@@ -305,15 +527,22 @@ def open_jobqueue(spec: ClusterSpec) -> DaskExecutor:
         ``sbatch``/``scancel`` (``qsub``/``qdel``) not on the PATH, before
         anything starts.
     JobSubmissionError
-        Later, from the executor's ``as_completed``, when the batch system
-        refused a worker job.
+        SLURM: before anything starts, when ``sbatch --test-only`` refuses the
+        worker job (:func:`test_submission`); later (PBS, or a refusal that
+        only the real submission shows), from the executor's ``as_completed``.
+    WorkersUnavailableError
+        From ``as_completed``: no worker connected within
+        ``spec.start_timeout``, or every worker lost with ``adapt`` false
+        (see :class:`_JobWatch`).
     """
     check_programs(spec.kind)
     cluster_cls, job_cls = _classes(spec.kind)
+    test_submission(spec)
     n = total_workers(spec)
     dash = _dashboard_kwargs(spec, "")
-    watch = _JobWatch(spec.kind, spec.connect_timeout)
+    watch = _JobWatch(spec.kind, spec.connect_timeout, spec.start_timeout, spec.adapt)
     logging.getLogger("tornado.application").addFilter(_TRACEBACK_FILTER)
+    logging.getLogger("distributed.scheduler").addFilter(_RETIREMENT_FILTER)
     cluster = cluster_cls(
         **job_kwargs(spec),
         job_cls=_watched_job_class(job_cls, watch),
@@ -340,4 +569,5 @@ def open_jobqueue(spec: ClusterSpec) -> DaskExecutor:
         cluster=cluster,
         extra_info={"job_script": cluster.job_script(), "adapt": spec.adapt},
         watch=watch.check,
+        summary=watch.summary,
     )

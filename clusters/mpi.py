@@ -56,6 +56,9 @@ from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
 __all__ = ["MPIFuturesExecutor", "check_launch", "client_rank", "open_mpi"]
 
+# Preload module of the dask-mpi worker processes (see its docstring).
+_WORKER_PRELOAD = "stokesflow.clusters._mpi_worker"
+
 # Seconds the client rank waits for all dask-mpi workers to connect.
 WORKER_WAIT_S = 120.0
 
@@ -186,6 +189,9 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
             "mpi_mode='futures' (>= 2 ranks)"
         )
     _quiet_dask_logs()
+    import dask
+
+    preload = list(dask.config.get("distributed.worker.preload", None) or [])
     dash = _dashboard_kwargs(spec, "")
     # Rank 0 runs the scheduler and ranks >= 2 a Nanny + worker until the
     # client rank exits; there dask-mpi calls sys.exit() (SystemExit leaves
@@ -199,6 +205,8 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
         dashboard=spec.dashboard,
         dashboard_address=dash["dashboard_address"],
         worker_class="distributed.Nanny",
+        # The worker processes drop the Nanny's close-race traceback at exit.
+        worker_options={"preload": [*preload, _WORKER_PRELOAD]},
         exit=True,
     )
     from distributed import Client

@@ -26,6 +26,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingProgramError",
     "SchedulerUnreachableError",
+    "WorkersUnavailableError",
     "format_duration",
     "parse_walltime",
     "worker_lifetime",
@@ -59,6 +60,13 @@ class MissingProgramError(ClusterError):
 
 class JobSubmissionError(ClusterError):
     """The batch system refused a worker job (``sbatch``/``qsub`` exited with an error)."""
+
+
+class WorkersUnavailableError(ClusterError):
+    """No worker of a ``slurm``/``pbs`` cluster connected within ``start_timeout``, or every worker was lost.
+
+    The message lists the worker jobs and their states in the batch system.
+    """
 
 
 class SchedulerUnreachableError(ClusterError, OSError):
@@ -179,7 +187,8 @@ def worker_lifetime(walltime: str, lifetime: str | None = None) -> tuple[str, st
     (str, str)
         Lifetime and stagger, e.g. ``("55m", "2m")`` for ``"01:00:00"``.  The
         stagger is 2 min, or half the margin when that is smaller, so that
-        lifetime + stagger always ends before the walltime.
+        lifetime + stagger always ends before the walltime; never more than
+        half the lifetime.
 
     Raises
     ------
@@ -202,7 +211,9 @@ def worker_lifetime(walltime: str, lifetime: str | None = None) -> tuple[str, st
             )
     # Whole seconds, so the text round-trips exactly.
     life_s = float(int(life_s))
-    stagger_s = float(int(min(_STAGGER_S, margin / 2)))
+    # At most half the lifetime: a stagger above the lifetime would
+    # let a worker retire at once (distributed draws lifetime +/- stagger).
+    stagger_s = float(int(min(_STAGGER_S, margin / 2, life_s / 2)))
     return format_duration(life_s), format_duration(stagger_s) if stagger_s > 0 else "0s"
 
 
@@ -298,8 +309,16 @@ class ClusterSpec:
         (never on the fixed port 8787, so several runs do not collide).
     connect_timeout : float
         Seconds to wait for a scheduler (``address``) before giving up;
-        ``slurm``/``pbs``: seconds after the first job submission without a
-        connected worker before a warning says what to check.
+        ``slurm``/``pbs``: seconds after the first job submission (or after
+        the last worker was lost) without a connected worker before a warning
+        lists the jobs and their batch states; with ``adapt=False``, losing
+        every worker is an error after this time (no job replaces them).
+    start_timeout : float
+        ``slurm``/``pbs``: seconds after the first job submission (or after
+        the last worker was lost) without a connected worker before the run
+        stops with :class:`WorkersUnavailableError` (exit 2 on the command
+        line), listing the jobs and their batch states.  ``0`` waits for ever
+        (jobs may queue for hours on a busy machine).  Default one hour.
     """
 
     kind: str = "local"
@@ -324,6 +343,7 @@ class ClusterSpec:
     interface: str | None = None
     dashboard: bool = True
     connect_timeout: float = 10.0
+    start_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -353,6 +373,11 @@ class ClusterSpec:
         if isinstance(self.connect_timeout, bool) or not isinstance(self.connect_timeout, (int, float)) or self.connect_timeout <= 0:
             raise ClusterError(
                 f"ClusterSpec.connect_timeout must be a positive number of seconds, got {self.connect_timeout!r}"
+            )
+        if isinstance(self.start_timeout, bool) or not isinstance(self.start_timeout, (int, float)) or self.start_timeout < 0:
+            raise ClusterError(
+                f"ClusterSpec.start_timeout must be a number of seconds >= 0 (0 waits for ever), "
+                f"got {self.start_timeout!r}"
             )
         for name in ("memory_limit", "address", "queue", "account", "lifetime", "local_directory", "interface"):
             value = getattr(self, name)

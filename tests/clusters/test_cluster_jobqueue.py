@@ -37,6 +37,8 @@ HERE = Path(__file__).resolve().parent
 FAKE_SBATCH = """#!/bin/bash
 # Test double for SLURM's sbatch: run the job script in the background.
 set -e
+# `sbatch --test-only` (the dry run before the cluster starts): accepted.
+if [ "$1" = --test-only ]; then echo "sbatch: Job 1 to start at now" >&2; exit 0; fi
 id=$(( $(ls "$FAKE_SLURM_DIR"/*.sh 2>/dev/null | wc -l) + 1000 ))
 cp "$1" "$FAKE_SLURM_DIR/$id.sh"
 setsid bash "$FAKE_SLURM_DIR/$id.sh" > "$FAKE_SLURM_DIR/$id.log" 2>&1 < /dev/null &
@@ -53,8 +55,11 @@ done
 """
 
 
-# Refuses every job, as sbatch does for an account or partition that does not exist.
+# Refuses every job it is given, as sbatch does for an account or partition that does not exist,
+# but passes the dry run: a refusal that only the real submission shows (as under PBS).
 REFUSING_SBATCH = """#!/bin/bash
+# `sbatch --test-only` (the dry run before the cluster starts): accepted.
+if [ "$1" = --test-only ]; then echo "sbatch: Job 1 to start at now" >&2; exit 0; fi
 echo "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified" >&2
 exit 1
 """
@@ -62,6 +67,8 @@ exit 1
 # Accepts every job and never runs it: a job waiting in the queue (or one
 # that dies before its worker starts).
 QUEUEING_SBATCH = """#!/bin/bash
+# `sbatch --test-only` (the dry run before the cluster starts): accepted.
+if [ "$1" = --test-only ]; then echo "sbatch: Job 1 to start at now" >&2; exit 0; fi
 cp "$1" "$FAKE_SLURM_DIR/4242.sh"
 echo "Submitted batch job 4242"
 """
@@ -251,5 +258,69 @@ def test_no_worker_after_connect_timeout_warns_once_and_keeps_waiting(
         waiter.join(timeout=30)
         assert not waiter.is_alive() and yielded == [fut]
     (msg,) = warnings()
-    assert "no worker has connected 1 s after submitting job(s) 4242" in msg
+    assert "no worker connected 1 s after submitting the first worker job: job 4242 state unknown;" in msg
     assert "squeue -j 4242" in msg and "slurm-<id>.out" in msg
+
+
+# Refuses the dry run as SLURM does for a partition that does not exist; a real submission would
+# be refused the same way, so it must never come.
+DRY_RUN_REFUSING_SBATCH = """#!/bin/bash
+if [ "$1" = --test-only ]; then
+    echo "sbatch: error: invalid partition specified: nosuch" >&2
+    echo "allocation failure: Invalid partition name specified" >&2
+    exit 1
+fi
+touch "$FAKE_SLURM_DIR/submitted"
+echo "Submitted batch job 7"
+"""
+
+
+@pytest.mark.timeout(60)
+def test_job_refused_by_the_dry_run_fails_before_the_cluster_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    bindir = _only_python_on_path(tmp_path, monkeypatch)
+    _install_programs(bindir, {"sbatch": DRY_RUN_REFUSING_SBATCH, "scancel": "#!/bin/sh\nexit 0\n"})
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
+    spec = ClusterSpec(kind="slurm", queue="nosuch", workers=1, walltime="00:10:00", memory_per_job="1GiB")
+    with pytest.raises(JobSubmissionError) as err:
+        with open_executor(spec):
+            pytest.fail("the executor opened although sbatch --test-only refused the job")
+    assert str(err.value).startswith(
+        "--cluster slurm: the SLURM submission of a worker job failed: sbatch --test-only exited with code 1: "
+        "sbatch: error: invalid partition specified: nosuch allocation failure: Invalid partition name specified;"
+    )
+    assert not (jobs / "submitted").exists()
+
+
+@pytest.mark.timeout(120)
+def test_no_worker_within_start_timeout_is_an_error_naming_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stokesflow.clusters import WorkersUnavailableError
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    bindir = _only_python_on_path(tmp_path, monkeypatch)
+    _install_programs(bindir, {"sbatch": QUEUEING_SBATCH, "scancel": "#!/bin/sh\nexit 0\n"})
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
+    spec = ClusterSpec(kind="slurm", workers=1, walltime="00:10:00", memory_per_job="1GiB",
+                       connect_timeout=0.5, start_timeout=1.5)
+    with open_executor(spec) as ex:
+        fut = ex.submit(h.add, 1.0)
+        with pytest.raises(WorkersUnavailableError) as err:
+            list(ex.as_completed([fut]))
+        assert ex.worker_summary() == "jobs: 1 pending, 0 running; workers: 0"
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("--cluster slurm: no worker connected ")
+    assert "s after submitting the first worker job (start_timeout=1.5 s): job 4242 state unknown; " in msg
+    assert "-C start_timeout=SECONDS (0 waits for ever)" in msg
+
+
+def test_start_timeout_must_be_a_non_negative_number() -> None:
+    with pytest.raises(ClusterError, match=r"start_timeout must be a number of seconds >= 0 \(0 waits for ever\), got -1"):
+        ClusterSpec(kind="slurm", start_timeout=-1)
+    assert ClusterSpec(kind="slurm", start_timeout=0).start_timeout == 0
