@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -266,7 +267,6 @@ def _fits_keywords(path: str, table: Mapping[str, Any]) -> dict[str, Any]:
     """Keywords of a FITS cube's HDU; its celestial WCS axes renumbered as 1 (x), 2 (y)."""
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
-    import warnings
 
     with fits.open(path, memmap=True) as hdul:
         hdu = next((h for h in hdul if h.header.get("NAXIS", 0) >= 3), hdul[0])
