@@ -64,6 +64,13 @@ _C_KMS = 299792.458
 _DEG = math.pi / 180.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _recip(z: complex) -> complex:
+    """1 / z as conj(z) / |z|^2: no scaling (|z| stays within 1e-3..1e8 in W4), one division."""
+    r = 1.0 / (z.real * z.real + z.imag * z.imag)
+    return complex(z.real * r, -z.imag * r)
+
+
 @njit(cache=True, nogil=True)
 def faddeeva_w4_impl(v: float, a: float) -> tuple[complex, complex]:
     """Faddeeva function w(z) and dw/dz for z = v + i a, a >= 0 (Humlicek 1982, W4).
@@ -80,23 +87,26 @@ def faddeeva_w4_impl(v: float, a: float) -> tuple[complex, complex]:
     if s >= 15.0:
         u = t * t
         den = 0.5 + u
-        w = t * 0.5641896 / den
-        dwdt = 0.5641896 * (0.5 - u) / (den * den)
+        inv = _recip(den)
+        w = t * 0.5641896 * inv
+        dwdt = 0.5641896 * (0.5 - u) * inv * inv
     elif s >= 5.5:
         u = t * t
         num = t * (1.410474 + u * 0.5641896)
         dnum = 1.410474 + 3.0 * 0.5641896 * u
         den = 0.75 + u * (3.0 + u)
         dden = 2.0 * t * (3.0 + 2.0 * u)
-        w = num / den
-        dwdt = (dnum * den - num * dden) / (den * den)
+        inv = _recip(den)
+        w = num * inv
+        dwdt = (dnum - w * dden) * inv
     elif a >= 0.195 * abs(v) - 0.176:
         num = 16.4955 + t * (20.20933 + t * (11.96482 + t * (3.778987 + t * 0.5642236)))
         dnum = 20.20933 + t * (2.0 * 11.96482 + t * (3.0 * 3.778987 + t * 4.0 * 0.5642236))
         den = 16.4955 + t * (38.82363 + t * (39.27121 + t * (21.69274 + t * (6.699398 + t))))
         dden = 38.82363 + t * (2.0 * 39.27121 + t * (3.0 * 21.69274 + t * (4.0 * 6.699398 + 5.0 * t)))
-        w = num / den
-        dwdt = (dnum * den - num * dden) / (den * den)
+        inv = _recip(den)
+        w = num * inv
+        dwdt = (dnum - w * dden) * inv
     else:
         u = t * t
         n = 36183.31 - u * (3321.9905 - u * (1540.787 - u * (219.0313 - u * (35.76683 - u * (1.320522 - u * 0.56419)))))
@@ -106,75 +116,119 @@ def faddeeva_w4_impl(v: float, a: float) -> tuple[complex, complex]:
         e = np.exp(u)
         num = t * n
         dnum = n + 2.0 * u * dn
-        w = e - num / den
-        dwdt = 2.0 * t * e - (dnum * den - num * 2.0 * t * dden) / (den * den)
+        inv = _recip(den)
+        q = num * inv
+        w = e - q
+        dwdt = 2.0 * t * e - (dnum - q * 2.0 * t * dden) * inv
     # t = -i z, so dw/dz = -i dw/dt
     return w, complex(dwdt.imag, -dwdt.real)
 
 
 @njit(cache=True, nogil=True)
-def _profiles_impl(lam, B, vlos, dlam_d, a, lam0, ratio, cline, cgroup, cshift, cstr, acc):
+def _components_impl(B, vlos, dlam_d, lam0, ratio, cline, cshift, cstr, comp):
+    """Per-evaluation constants of each Zeeman component, shared by all wavelengths.
+
+    ``comp`` (nc, 6) receives [shift [A], strength, dv/dB, dv/dvlos,
+    1/dlam_d, lambda0 [A]] with v = ((lambda - lambda0) - shift) / dlam_d the
+    reduced distance from the (Doppler-shifted, Zeeman-split) component
+    centre; lambda - lambda0 first keeps v exact to rounding.
+    """
+    inv_d = 1.0 / dlam_d
+    for k in range(cline.shape[0]):
+        li = cline[k]
+        l0 = lam0[li]
+        zfac = ZEEMAN_CONSTANT * l0 * l0
+        comp[k, 0] = l0 * vlos / _C_KMS + cshift[k] * zfac * B
+        comp[k, 1] = cstr[k] * ratio[li]
+        comp[k, 2] = -cshift[k] * zfac * inv_d
+        comp[k, 3] = -(l0 / _C_KMS) * inv_d
+        comp[k, 4] = inv_d
+        comp[k, 5] = l0
+
+
+@njit(cache=True, nogil=True)
+def _profiles_impl(lam, a, comp, cgroup, acc):
     """Accumulate absorption/dispersion profiles and their derivatives at one wavelength.
 
-    ``acc`` (5, 6) is filled: rows [value, d/dB, d/dvlos, d/d(doppler_width [mA]), d/da],
-    columns [H_b, H_p, H_r, L_b, L_p, L_r] (without the eta0 factor).
+    ``comp`` from :func:`_components_impl`. ``acc`` (5, 6) is filled: rows
+    [value, d/dB, d/dvlos, d/d(doppler_width [mA]), d/da], columns [H_b,
+    H_p, H_r, L_b, L_p, L_r] (without the eta0 factor).
     """
     for r in range(5):
         for c in range(6):
             acc[r, c] = 0.0
-    nc = cline.shape[0]
+    nc = cgroup.shape[0]
     for k in range(nc):
-        li = cline[k]
-        l0 = lam0[li]
-        zfac = ZEEMAN_CONSTANT * l0 * l0
-        va = l0 * vlos / _C_KMS
-        v = (lam - l0 - va - cshift[k] * zfac * B) / dlam_d
+        inv_d = comp[k, 4]
+        v = ((lam - comp[k, 5]) - comp[k, 0]) * inv_d
         w, dw = faddeeva_w4_impl(v, a)
-        H = w.real
-        L = w.imag
-        dHdv = dw.real
-        dLdv = dw.imag
-        s = cstr[k] * ratio[li]
+        s = comp[k, 1]
         g = cgroup[k]
-        dv_dB = -cshift[k] * zfac / dlam_d
-        dv_dvlos = -(l0 / _C_KMS) / dlam_d
-        dv_dw = -v / dlam_d * 1e-3
-        acc[0, g] += s * H
-        acc[0, 3 + g] += s * L
-        acc[1, g] += s * dHdv * dv_dB
-        acc[1, 3 + g] += s * dLdv * dv_dB
-        acc[2, g] += s * dHdv * dv_dvlos
-        acc[2, 3 + g] += s * dLdv * dv_dvlos
-        acc[3, g] += s * dHdv * dv_dw
-        acc[3, 3 + g] += s * dLdv * dv_dw
+        sH = s * w.real
+        sL = s * w.imag
+        sdH = s * dw.real
+        sdL = s * dw.imag
+        dv_dw = -v * inv_d * 1e-3
+        acc[0, g] += sH
+        acc[0, 3 + g] += sL
+        acc[1, g] += sdH * comp[k, 2]
+        acc[1, 3 + g] += sdL * comp[k, 2]
+        acc[2, g] += sdH * comp[k, 3]
+        acc[2, 3 + g] += sdL * comp[k, 3]
+        acc[3, g] += sdH * dv_dw
+        acc[3, 3 + g] += sdL * dv_dw
         # Cauchy-Riemann: dH/da = -dL/dv, dL/da = dH/dv
-        acc[4, g] += -s * dLdv
-        acc[4, 3 + g] += s * dHdv
+        acc[4, g] -= sdL
+        acc[4, 3 + g] += sdH
 
 
 @njit(cache=True, nogil=True)
-def _me_point_impl(p, mu, acc, rt, drt, out, dout):
-    """Stokes I, Q, U, V and their derivatives at one wavelength.
+def _geometry_impl(p, geo):
+    """Angle factors of the absorption matrix, shared by all wavelengths of one evaluation.
 
-    ``acc`` from :func:`_profiles_impl`; ``rt`` (7,) and ``drt`` (7, 9) are
-    work arrays; ``out`` (4,) and ``dout`` (4, 9) receive the result.
+    ``geo`` (10,) receives [A, C, c2, s2, cos_t, dA, dC, dct, dc2, ds2]:
+    A = sin^2(t) / 2, C = (1 + cos^2 t) / 4, c2 = cos 2chi, s2 = sin 2chi and
+    their derivatives per degree of inclination t and azimuth chi.
     """
-    eta0 = p[5]
-    S0 = p[7]
-    S1 = p[8]
     th = p[1] * _DEG
     ch = p[2] * _DEG
     sin_t = math.sin(th)
     cos_t = math.cos(th)
     c2 = math.cos(2.0 * ch)
     s2 = math.sin(2.0 * ch)
-    A = 0.5 * sin_t * sin_t
-    C = 0.25 * (1.0 + cos_t * cos_t)
-    dA = sin_t * cos_t * _DEG
-    dC = -0.5 * sin_t * cos_t * _DEG
-    dct = -sin_t * _DEG
-    dc2 = -2.0 * s2 * _DEG
-    ds2 = 2.0 * c2 * _DEG
+    geo[0] = 0.5 * sin_t * sin_t
+    geo[1] = 0.25 * (1.0 + cos_t * cos_t)
+    geo[2] = c2
+    geo[3] = s2
+    geo[4] = cos_t
+    geo[5] = sin_t * cos_t * _DEG
+    geo[6] = -0.5 * sin_t * cos_t * _DEG
+    geo[7] = -sin_t * _DEG
+    geo[8] = -2.0 * s2 * _DEG
+    geo[9] = 2.0 * c2 * _DEG
+
+
+@njit(cache=True, nogil=True)
+def _me_point_impl(p, mu, geo, acc, rt, drt, out, dout):
+    """Stokes I, Q, U, V and their derivatives at one wavelength.
+
+    ``geo`` from :func:`_geometry_impl`, ``acc`` from :func:`_profiles_impl`;
+    ``rt`` (7,) and ``drt`` (7, 9) are work arrays; ``out`` (4,) and
+    ``dout`` (4, 9) receive the result.
+    """
+    eta0 = p[5]
+    S0 = p[7]
+    S1 = p[8]
+    A = geo[0]
+    C = geo[1]
+    c2 = geo[2]
+    s2 = geo[3]
+    cos_t = geo[4]
+    dA = geo[5]
+    dC = geo[6]
+    dct = geo[7]
+    dc2 = geo[8]
+    ds2 = geo[9]
 
     # rt: [eI, eQ, eU, eV, rQ, rU, rV]; drt columns follow p's order
     for i in range(7):
@@ -350,13 +404,15 @@ def _me_grid_impl(p, ctx, y, jac):
     drt = np.empty((7, 9))
     out = np.empty(4)
     dout = np.empty((4, 9))
-    B = p[0]
-    vlos = p[3]
-    dlam_d = p[4] * 1e-3
+    geo = np.empty(10)
+    comp = np.empty((cline.shape[0], 6))
     a = p[6]
+    # what does not depend on the wavelength, once per evaluation
+    _components_impl(p[0], p[3], p[4] * 1e-3, lam0, ratio, cline, cshift, cstr, comp)
+    _geometry_impl(p, geo)
     for j in range(nm):
-        _profiles_impl(mwave[j], B, vlos, dlam_d, a, lam0, ratio, cline, cgroup, cshift, cstr, acc)
-        _me_point_impl(p, mu, acc, rt, drt, out, dout)
+        _profiles_impl(mwave[j], a, comp, cgroup, acc)
+        _me_point_impl(p, mu, geo, acc, rt, drt, out, dout)
         for s in range(4):
             y[s * nm + j] = out[s]
             for q in range(9):

@@ -107,6 +107,16 @@ class MEOptions:
     filters_file : str, optional
         ``.npz`` with ``wavelength`` and ``transmission`` (``filters``);
         default: the observation's ``/filters`` profiles.
+    filter_step : float, optional
+        ``hmi_filters``/``filters``: step of the model grid in the line core
+        [mA], onto which the profiles are resampled so that each keeps its
+        weights (``stokesflow.backends.me.instrument.filter_model_grid``);
+        default 20 mA; 0 computes the model on the profiles' own grid (as
+        fine as they are sampled, e.g. 701 points at 2 mA: exact but ~10x
+        slower).
+    filter_core : float, optional
+        Extent of the evenly sampled core beyond the outermost filter peaks
+        [mA]; default 50 mA.
     mu : float
         Heliocentric cosine of the observation.
     noise : float or 4 floats, optional
@@ -165,6 +175,8 @@ class MEOptions:
     psf_fwhm: float = 0.0
     psf_file: str | None = None
     filters_file: str | None = None
+    filter_step: float | None = None
+    filter_core: float | None = None
     mu: float = 1.0
     noise: float | tuple[float, float, float, float] | None = field(
         default=None, metadata={"expected": "a number > 0 or a list of 4 numbers [I, Q, U, V]"})
@@ -197,6 +209,11 @@ class MEOptions:
         if noise is not None and not np.all(np.isfinite(noise) & (np.asarray(noise) > 0)):
             raise ConfigError(f"[backend.me] noise must be > 0 (one number or 4: I, Q, U, V), got {self.noise!r}")
         object.__setattr__(self, "noise", noise)
+        for name in ("filter_step", "filter_core"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v >= 0):
+                raise ConfigError(f"[backend.me] {name} must be a number >= 0 [mA] (filter_step = 0: the profiles' "
+                                  f"own grid), got {v!r}")
         if not 0 < self.mu <= 1:
             raise ConfigError(f"[backend.me] mu must be in (0, 1], got {self.mu!r}")
         if not self.chi2_tol > 0:
@@ -337,10 +354,15 @@ class MEBackend(Backend):
             return self
         return self._replace(filters=filters, **updates)
 
-    def model_for(self, wavelength: np.ndarray) -> MEModel:
-        """The (cached) forward model for an observed grid."""
+    def model_for(self, wavelength: np.ndarray, *, filter_step: float | None = None) -> MEModel:
+        """The (cached) forward model for an observed grid.
+
+        ``filter_step`` [mA] overrides the option of the same name (the
+        accuracy-speed curve of the benchmark).
+        """
         wl = np.ascontiguousarray(wavelength, dtype=np.float64)
-        key = wl.tobytes()
+        step = self.options.filter_step if filter_step is None else filter_step
+        key = wl.tobytes() + repr(step).encode()
         model = self._models.get(key)
         if model is None:
             o = self.options
@@ -348,7 +370,8 @@ class MEBackend(Backend):
                 raise BackendError(f"wavelength must be a finite 1-D array of >= 2 points, got shape {wl.shape}")
             model = MEModel.for_grid(
                 self.lines, wl, self.instrument, psf_fwhm=o.psf_fwhm, psf_file=o.psf_file,
-                filters_file=o.filters_file, filters=self._filters, mu=o.mu, stray=self._stray,
+                filters_file=o.filters_file, filters=self._filters, filter_step=step,
+                filter_core=o.filter_core, mu=o.mu, stray=self._stray,
             )
             lo = min(ln.wavelength for ln in self.lines)
             hi = max(ln.wavelength for ln in self.lines)

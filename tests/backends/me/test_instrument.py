@@ -44,8 +44,9 @@ def test_hmi_profiles_fwhm_and_positions():
 def test_user_filters_equal_builtin_when_given_the_same_profiles(tmp_path):
     lam, T = hmi_filter_profiles(centre=float(HMI_WAVE.mean()))
     np.savez(tmp_path / "filters.npz", wavelength=lam, transmission=T)
-    user = get_backend("me", {"lines": ["FeI_6173"], "instrument": "filters", "filters_file": str(tmp_path / "filters.npz")})
-    builtin = get_backend("me", {"lines": ["FeI_6173"], "instrument": "hmi_filters"})
+    user = get_backend("me", {"lines": ["FeI_6173"], "instrument": "filters", "filters_file": str(tmp_path / "filters.npz"),
+                              "filter_step": 0})
+    builtin = get_backend("me", {"lines": ["FeI_6173"], "instrument": "hmi_filters", "filter_step": 0})
     np.testing.assert_allclose(user.synthesize(P, HMI_WAVE), builtin.synthesize(P, HMI_WAVE), atol=1e-12)
     # filtergrams are smoother than the spectrum at the same points
     grid = get_backend("me", {"lines": ["FeI_6173"]}).synthesize(P, HMI_WAVE)
