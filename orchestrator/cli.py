@@ -1,8 +1,10 @@
 """The ``stokesflow`` command line: a thin layer over the library functions.
 
 Subcommands: ``invert`` (:func:`stokesflow.orchestrator.run.run_inversion`), ``synth``
-(:func:`stokesflow.orchestrator.synth.synthesize_observation`) and ``backends``
-(:func:`stokesflow.backends.list_backends`). Each one builds its arguments and calls the
+(:func:`stokesflow.orchestrator.synth.synthesize_observation`), ``backends``
+(:func:`stokesflow.backends.list_backends`), ``report``
+(:func:`stokesflow.orchestrator.report.write_report`) and ``export``
+(:func:`stokesflow.orchestrator.export.export_fits`). Each one builds its arguments and calls the
 library, so everything the command line does is callable from Python.
 
 Exit codes: 0 complete (also ``--resume`` of a file that is already complete,
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings and errors only")
     g.add_argument("--print-config", action="store_true", default=False,
                    help="print the merged configuration as TOML and exit without inverting")
+    g.add_argument("--report", action="store_true", default=False,
+                   help="at the end, write the report (stokesflow report) to <result>_report/ beside the result")
     _add_config_defaults(p)
     p.set_defaults(func=_cmd_invert, on_interrupt=_invert_interrupted,
                    flag_names={a.dest: max(a.option_strings, key=len) for a in p._actions if a.option_strings})
@@ -277,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the registered backends and init providers, and why a "
                                    "known one cannot run here.")
     p.set_defaults(func=_cmd_backends, verbose=0, quiet=False)
+
+    # -- report, export (local imports: they load the backends, ~0.5 s) -------
+    from stokesflow.orchestrator.export import add_export_parser
+    from stokesflow.orchestrator.report import add_report_parser
+
+    add_report_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -371,6 +382,10 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     args.started = time.time()
     summary = run_inversion(cfg)
     sys.stdout.write(summary.report() + "\n")
+    if args.report:
+        from stokesflow.orchestrator.report import write_report
+
+        sys.stdout.write(f"report: {write_report(cfg.output.path)}\n")
     sys.stdout.flush()
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 

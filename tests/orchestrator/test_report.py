@@ -277,3 +277,26 @@ def test_hinode_scan_keywords_give_a_map_wcs(tmp_path):
     assert info.wcs_header["CRVAL1"] == -120.0 and info.wcs_header["CRPIX1"] == 1.0   # first slit at XCEN
     assert info.wcs_header["CRVAL2"] == 35.0 and info.wcs_header["CRPIX2"] == 5.5     # slit centre at YCEN
     assert info.plate_scale == pytest.approx((0.1476, 0.16))
+
+
+def test_stokesflow_command_line_runs_report_export_and_invert_report(tmp_path, capsys):
+    """The wired ``stokesflow`` entry point: invert --report, report --truth, export."""
+    from stokesflow.orchestrator.cli import main
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    obs = tmp_path / "obs.h5"
+    synthesize_observation(obs, instrument="hinode", scene="sunspot", size=(6, 6), seed=2)
+    res = tmp_path / "r.h5"
+    assert main(["invert", "--input", str(obs), "--out", str(res), "--cluster", "serial", "--report", "-q"]) == 0
+    out = capsys.readouterr().out
+    page = tmp_path / "r_report" / "index.html"
+    assert f"report: {page}" in out and page.stat().st_size > 0
+    assert main(["report", str(res), "--truth", "--out", str(tmp_path / "rep")]) == 0
+    table = json.loads((tmp_path / "rep" / "comparison.json").read_text())
+    assert table  # a comparison against /truth was computed
+    assert main(["export", str(res), "--format", "fits", "--vector", "image", "--out", str(tmp_path / "fx")]) == 0
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "fx" / "Bz.fits") as hdul:
+        assert hdul[0].data.shape == (6, 6)
+    assert main(["report", str(tmp_path / "missing.h5")]) == 2
