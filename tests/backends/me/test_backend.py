@@ -128,6 +128,17 @@ def test_init_is_used_and_synthetic_returned():
     np.testing.assert_allclose(res.params[:, 0], truth[:, 0], atol=1.0)
     assert res.synthetic.shape == (10, 4, 6)
     np.testing.assert_allclose(res.synthetic, obs, atol=1e-4)
+    # The same short fit (one start, two iterations, no extra starts) from a deliberately wrong
+    # start ends elsewhere: the result follows the init, so the init is really used.
+    short = get_backend("me", {"lines": ["FeI_6173"], "noise": 1e-3, "n_starts": 1, "max_starts": 1,
+                               "max_iter": 2})
+    wrong = truth.copy()
+    wrong[:, 0] = np.where(truth[:, 0] > 2000.0, 300.0, 4000.0)  # B [G], far from the truth
+    wrong[:, 3] = -truth[:, 3] + np.sign(truth[:, 3] + 1e-9) * -3.0  # vlos [km/s], other side
+    from_truth = short.invert(obs, HMI_WAVE, init=truth).params[:, 0]
+    from_wrong = short.invert(obs, HMI_WAVE, init=wrong).params[:, 0]
+    np.testing.assert_allclose(from_truth, truth[:, 0], atol=1.0)
+    assert np.median(np.abs(from_wrong - truth[:, 0])) > 100.0
 
 
 def test_bad_shapes_and_options_raise_clear_errors():
