@@ -41,7 +41,6 @@ import os
 import pickle
 import platform
 import socket
-import tempfile
 import time
 import traceback
 from collections import deque
@@ -65,6 +64,7 @@ from stokesflow.backends import (
 from stokesflow.nn_init.providers import InitProvider, get_provider
 from stokesflow.orchestrator.config import Config, ConfigurationError
 from stokesflow.orchestrator.errors import ObservationError, OrchestratorError
+from stokesflow.orchestrator.paths import check_new_output
 from stokesflow.orchestrator.plan import Chunk, Plan, auto_chunk_pixels, default_in_flight, plan_chunks
 from stokesflow.orchestrator.progress import Progress
 from stokesflow.orchestrator.store import (
@@ -715,24 +715,10 @@ def _check_output(config: Config) -> Path:
                 "fix its permissions or copy it somewhere writable"
             ) from None
         return out_path
-    if out_path.exists() and not o.overwrite:
-        raise StoreError(
-            f"result file {str(out_path)!r} already exists; pass --resume to finish that run, "
-            "--overwrite to replace it, or choose another --out"
-        )
-    folder = out_path.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise StoreError(f"cannot create result file {str(out_path)!r}: folder {str(folder)!r} {what}; "
-                         "create it or choose another --out")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out_path.name}.", suffix=".write-test"):
-            pass
-    except OSError as exc:
-        raise StoreError(
-            f"cannot create result file {str(out_path)!r}: folder {str(folder)!r} is not writable "
-            f"({exc.strerror}); choose another --out"
-        ) from None
+    check_new_output(
+        out_path, overwrite=o.overwrite, what=f"result file {str(out_path)!r}", error=StoreError,
+        exists_remedy="pass --resume to finish that run, --overwrite to replace it, or choose another --out",
+    )
     return out_path
 
 

@@ -38,7 +38,6 @@ replaced) only once the file is complete.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.paths import check_new_output
 from stokesflow.orchestrator.scenes import SCENES
 
 __all__ = [
@@ -120,21 +120,8 @@ def spectral_instrument_attrs(backend: Any) -> dict[str, Any]:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """``out`` can be written: absent (or ``overwrite``), in an existing, writable folder."""
-    if out.exists() and not overwrite:
-        raise OrchestratorError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
-    folder = out.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise OrchestratorError(f"cannot write {str(out)!r}: folder {str(folder)!r} {what}; "
-                                "create it or choose another --out")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".write-test"):
-            pass
-    except OSError as exc:
-        raise OrchestratorError(
-            f"cannot write {str(out)!r}: folder {str(folder)!r} is not writable ({exc.strerror}); "
-            "choose another --out"
-        ) from None
+    check_new_output(out, overwrite=overwrite, what=repr(str(out)),
+                     exists_remedy="pass --overwrite to replace it or choose another --out")
 
 
 def default_rows_per_block(nx: int, nw: int) -> int:
