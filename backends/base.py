@@ -116,6 +116,19 @@ class ChunkResult:
         Best-fit profiles on the observed grid.
     errors : dict of int to str
         Diagnostic message per failed pixel (index within the chunk).
+    log_tau : ndarray, shape (ndepth,), optional
+        Depth grid (log10 of the continuum optical depth at 500 nm) of
+        ``stratified``; set by depth-stratified backends (SIR, ...) only.
+    stratified : dict of str to ndarray, shape (npix, ndepth)
+        Depth-stratified quantities on ``log_tau`` (empty for ME). Names and
+        units shared with ME keep ME's (``B`` G, ``inclination``/``azimuth``
+        deg, ``vlos`` km/s, positive = redshift); the others are ``T`` K,
+        ``Pe`` dyn cm^-2, ``vmic`` km/s. NaN for pixels with status 2 or 3.
+        ``params`` then holds the same quantities at one reference depth (the
+        backend says which), so consumers of 2-D maps keep working.
+    stratified_sigma : dict of str to ndarray, shape (npix, ndepth)
+        1-sigma uncertainties of ``stratified`` (from the code's own error
+        estimate, e.g. SIR's ``.err`` files); may hold a subset of its names.
     """
 
     names: tuple[str, ...]
@@ -126,6 +139,9 @@ class ChunkResult:
     status: np.ndarray
     synthetic: np.ndarray | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    log_tau: np.ndarray | None = None
+    stratified: dict[str, np.ndarray] = field(default_factory=dict)
+    stratified_sigma: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         npix = self.status.shape[0]
@@ -135,6 +151,16 @@ class ChunkResult:
                 raise BackendError(
                     f"ChunkResult.{attr} has shape {arr.shape}, expected {(npix, len(self.names))}"
                 )
+        if self.stratified or self.stratified_sigma:
+            if self.log_tau is None:
+                raise BackendError("ChunkResult.stratified is given without log_tau (ndepth,)")
+            shape = (npix, int(np.shape(self.log_tau)[0]))
+            for attr in ("stratified", "stratified_sigma"):
+                for name, arr in getattr(self, attr).items():
+                    if np.shape(arr) != shape:
+                        raise BackendError(
+                            f"ChunkResult.{attr}[{name!r}] has shape {np.shape(arr)}, expected {shape} (npix, ndepth)"
+                        )
 
     @property
     def npix(self) -> int:
@@ -336,6 +362,8 @@ class Backend:
 
     name: ClassVar[str] = "base"
     options_class: ClassVar[type | None] = None
+    #: True for backends whose results are depth-stratified (ChunkResult.stratified).
+    depth_stratified: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         if self.options_class is not None and not isinstance(options, self.options_class):
@@ -356,6 +384,16 @@ class Backend:
     def parameter_names(self) -> tuple[str, ...]:
         """Names of :attr:`parameters`."""
         return tuple(p.name for p in self.parameters)
+
+    @property
+    def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
+        """Depth-stratified quantities of ChunkResult.stratified (none for ME)."""
+        return ()
+
+    @property
+    def log_tau(self) -> np.ndarray | None:
+        """Depth grid (ndepth,) of the stratified results, or None (ME)."""
+        return None
 
     def for_observation(self, meta: Mapping[str, Any]) -> "Backend":
         """This backend with defaults filled from an observation's attributes.

@@ -8,6 +8,7 @@ breaking every other backend (the xarray-backends pattern).
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -18,14 +19,18 @@ __all__ = ["BUILTIN_BACKENDS", "list_backends", "get_backend_class", "get_backen
 #: name -> "module:Class" of the backends shipped with stokesflow.
 BUILTIN_BACKENDS: dict[str, str] = {
     "me": "stokesflow.backends.me.backend:MEBackend",
+    "sir": "stokesflow.backends.sir.backend:SIRBackend",
+    "lightweaver": "stokesflow.backends.lightweaver.backend:LightweaverBackend",
 }
 
 #: Backends named in the design but not built yet, with what they need.
 PLANNED_BACKENDS: dict[str, str] = {
-    "sir": "not implemented yet (wrapper for the SIR executable)",
-    "desire": "not implemented yet (wrapper for the DeSIRe executable)",
-    "stic": "not implemented yet (wrapper for the STiC executable)",
-    "rh": "not implemented yet (wrapper for RH)",
+    "desire": "planned, not implemented yet (DeSIRe wrapper: SIR's formats plus its NLTE control lines; "
+    "STOKESFLOW_DESIRE is not read yet)",
+    "stic": "planned, not implemented yet (STiC wrapper: netCDF sub-cubes and mpiexec runs; "
+    "STOKESFLOW_STIC is not read yet)",
+    "rh": "planned, not implemented yet (RH 1.5D wrapper: HDF5 atmosphere cubes and rh15d_ray_pool; "
+    "STOKESFLOW_RH is not read yet)",
 }
 
 
@@ -41,8 +46,28 @@ def _load(target: str) -> type[Backend]:
     return getattr(importlib.import_module(module), attr)
 
 
-def list_backends() -> dict[str, tuple[bool, str]]:
-    """Every known backend name with (available, reason-if-not)."""
+def _availability(cls: type[Backend], options: Any = None) -> tuple[bool, str]:
+    """``cls.is_available``, handed ``options`` when it takes them.
+
+    Backends wrapping an external code (SIR) accept the options so that an
+    executable configured by option counts, not only one from the environment.
+    """
+    try:
+        takes_options = len(inspect.signature(cls.is_available).parameters) >= 1
+    except (TypeError, ValueError):  # pragma: no cover - a C-level callable
+        takes_options = False
+    return cls.is_available(options) if takes_options else cls.is_available()
+
+
+def list_backends(options: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
+    """Every known backend name with (available, reason-if-not).
+
+    Parameters
+    ----------
+    options : mapping of backend name to its options, optional
+        Configured options (e.g. ``{"sir": {"executable": "/opt/sir.x"}}``),
+        for backends whose availability depends on them.
+    """
     out: dict[str, tuple[bool, str]] = {}
     for name, target in _targets().items():
         try:
@@ -50,14 +75,17 @@ def list_backends() -> dict[str, tuple[bool, str]]:
         except Exception as exc:  # a broken optional dependency hides the backend
             out[name] = (False, f"import of {target} failed: {exc}")
             continue
-        out[name] = cls.is_available()
+        out[name] = _availability(cls, (options or {}).get(name))
     for name, why in PLANNED_BACKENDS.items():
         out.setdefault(name, (False, why))
     return out
 
 
-def get_backend_class(name: str) -> type[Backend]:
+def get_backend_class(name: str, options: Any = None) -> type[Backend]:
     """The backend class registered as ``name``.
+
+    ``options`` (a mapping or the options object) are handed to the class's
+    availability check when it takes them (an executable given by option).
 
     Raises
     ------
@@ -75,7 +103,7 @@ def get_backend_class(name: str) -> type[Backend]:
         cls = _load(targets[name])
     except Exception as exc:
         raise BackendUnavailable(f"backend {name!r} could not be imported: {exc}") from exc
-    ok, why = cls.is_available()
+    ok, why = _availability(cls, options)
     if not ok:
         raise BackendUnavailable(f"backend {name!r} is not available: {why}")
     return cls
@@ -83,4 +111,4 @@ def get_backend_class(name: str) -> type[Backend]:
 
 def get_backend(name: str, options: Any = None) -> Backend:
     """An instance of backend ``name`` built with ``options`` (mapping or options object)."""
-    return get_backend_class(name)(options)
+    return get_backend_class(name, options)(options)
