@@ -209,12 +209,12 @@ def _geometry_impl(p, geo):
 
 
 @njit(cache=True, nogil=True)
-def _me_point_impl(p, mu, geo, acc, rt, drt, out, dout):
+def _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout):
     """Stokes I, Q, U, V and their derivatives at one wavelength.
 
     ``geo`` from :func:`_geometry_impl`, ``acc`` from :func:`_profiles_impl`;
-    ``rt`` (7,) and ``drt`` (7, 9) are work arrays; ``out`` (4,) and
-    ``dout`` (4, 9) receive the result.
+    ``rt`` (7,), ``drt`` (7, 9) and ``gm`` (4, 7) are work arrays; ``out``
+    (4,) and ``dout`` (4, 9) receive the result.
     """
     eta0 = p[5]
     S0 = p[7]
@@ -230,10 +230,11 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, out, dout):
     dc2 = geo[8]
     ds2 = geo[9]
 
-    # rt: [eI, eQ, eU, eV, rQ, rU, rV]; drt columns follow p's order
-    for i in range(7):
-        for j in range(9):
-            drt[i, j] = 0.0
+    # rt: [eI, eQ, eU, eV, rQ, rU, rV]; drt columns follow p's order (0-6 used;
+    # every entry is set below except the azimuth's for eI, eV, rV, which are 0)
+    drt[0, 2] = 0.0
+    drt[3, 2] = 0.0
+    drt[6, 2] = 0.0
     # profile-parameter rows of acc -> parameter index
     # value row gives d/d eta0 (divided by eta0 already absent)
     for r in range(5):
@@ -327,7 +328,9 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, out, dout):
     out[2] = -muS1 * xU
     out[3] = -muS1 * xV
 
-    # partial derivatives of D and the numerators wrt the 7 rt quantities
+    # gradient of (I, Q, U, V) wrt the 7 rt quantities, once per point (gm (4, 7)),
+    # then one 7-term dot product per output and parameter: the chain rule
+    # shared by all parameters instead of redone for each
     dD0 = 4.0 * eI2 * eI - 2.0 * eI * E2 + 2.0 * eI * R2
     dD1 = -2.0 * eI2 * eQ - 2.0 * Pi * rQ
     dD2 = -2.0 * eI2 * eU - 2.0 * Pi * rU
@@ -335,48 +338,46 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, out, dout):
     dD4 = 2.0 * eI2 * rQ - 2.0 * Pi * eQ
     dD5 = 2.0 * eI2 * rU - 2.0 * Pi * eU
     dD6 = 2.0 * eI2 * rV - 2.0 * Pi * eV
-    for j in range(9):
-        d0 = drt[0, j]
-        d1 = drt[1, j]
-        d2 = drt[2, j]
-        d3 = drt[3, j]
-        d4 = drt[4, j]
-        d5 = drt[5, j]
-        d6 = drt[6, j]
-        if d0 == 0.0 and d1 == 0.0 and d2 == 0.0 and d3 == 0.0 and d4 == 0.0 and d5 == 0.0 and d6 == 0.0:
-            dout[0, j] = 0.0
-            dout[1, j] = 0.0
-            dout[2, j] = 0.0
-            dout[3, j] = 0.0
-            continue
-        dPi = d1 * rQ + d2 * rU + d3 * rV + eQ * d4 + eU * d5 + eV * d6
-        dD = dD0 * d0 + dD1 * d1 + dD2 * d2 + dD3 * d3 + dD4 * d4 + dD5 * d5 + dD6 * d6
-        dnI = (3.0 * eI2 + R2) * d0 + 2.0 * eI * (rQ * d4 + rU * d5 + rV * d6)
-        dnQ = (
-            (2.0 * eI * eQ + eV * rU - eU * rV) * d0
-            + eI2 * d1
-            + eI * (d3 * rU + eV * d5 - d2 * rV - eU * d6)
-            + d4 * Pi
-            + rQ * dPi
-        )
-        dnU = (
-            (2.0 * eI * eU + eQ * rV - eV * rQ) * d0
-            + eI2 * d2
-            + eI * (d1 * rV + eQ * d6 - d3 * rQ - eV * d4)
-            + d5 * Pi
-            + rU * dPi
-        )
-        dnV = (
-            (2.0 * eI * eV + eU * rQ - eQ * rU) * d0
-            + eI2 * d3
-            + eI * (d2 * rQ + eU * d4 - d1 * rU - eQ * d5)
-            + d6 * Pi
-            + rV * dPi
-        )
-        dout[0, j] = muS1 * (dnI - xI * dD) * invD
-        dout[1, j] = -muS1 * (dnQ - xQ * dD) * invD
-        dout[2, j] = -muS1 * (dnU - xU * dD) * invD
-        dout[3, j] = -muS1 * (dnV - xV * dD) * invD
+    cI = muS1 * invD
+    cP = -muS1 * invD
+    # d nI / d rt
+    gm[0, 0] = cI * ((3.0 * eI2 + R2) - xI * dD0)
+    gm[0, 1] = cI * (-xI * dD1)
+    gm[0, 2] = cI * (-xI * dD2)
+    gm[0, 3] = cI * (-xI * dD3)
+    gm[0, 4] = cI * (2.0 * eI * rQ - xI * dD4)
+    gm[0, 5] = cI * (2.0 * eI * rU - xI * dD5)
+    gm[0, 6] = cI * (2.0 * eI * rV - xI * dD6)
+    # d nQ / d rt
+    gm[1, 0] = cP * ((2.0 * eI * eQ + eV * rU - eU * rV) - xQ * dD0)
+    gm[1, 1] = cP * ((eI2 + rQ * rQ) - xQ * dD1)
+    gm[1, 2] = cP * ((-eI * rV + rQ * rU) - xQ * dD2)
+    gm[1, 3] = cP * ((eI * rU + rQ * rV) - xQ * dD3)
+    gm[1, 4] = cP * ((Pi + rQ * eQ) - xQ * dD4)
+    gm[1, 5] = cP * ((eI * eV + rQ * eU) - xQ * dD5)
+    gm[1, 6] = cP * ((-eI * eU + rQ * eV) - xQ * dD6)
+    # d nU / d rt
+    gm[2, 0] = cP * ((2.0 * eI * eU + eQ * rV - eV * rQ) - xU * dD0)
+    gm[2, 1] = cP * ((eI * rV + rU * rQ) - xU * dD1)
+    gm[2, 2] = cP * ((eI2 + rU * rU) - xU * dD2)
+    gm[2, 3] = cP * ((-eI * rQ + rU * rV) - xU * dD3)
+    gm[2, 4] = cP * ((-eI * eV + rU * eQ) - xU * dD4)
+    gm[2, 5] = cP * ((Pi + rU * eU) - xU * dD5)
+    gm[2, 6] = cP * ((eI * eQ + rU * eV) - xU * dD6)
+    # d nV / d rt
+    gm[3, 0] = cP * ((2.0 * eI * eV + eU * rQ - eQ * rU) - xV * dD0)
+    gm[3, 1] = cP * ((-eI * rU + rV * rQ) - xV * dD1)
+    gm[3, 2] = cP * ((eI * rQ + rV * rU) - xV * dD2)
+    gm[3, 3] = cP * ((eI2 + rV * rV) - xV * dD3)
+    gm[3, 4] = cP * ((eI * eU + rV * eQ) - xV * dD4)
+    gm[3, 5] = cP * ((-eI * eQ + rV * eU) - xV * dD5)
+    gm[3, 6] = cP * ((Pi + rV * eV) - xV * dD6)
+    for j in range(7):  # parameters 0-6; S0 and S1 below
+        for s in range(4):
+            t = 0.0
+            for m in range(7):
+                t += gm[s, m] * drt[m, j]
+            dout[s, j] = t
     dout[0, 7] = 1.0
     dout[1, 7] = 0.0
     dout[2, 7] = 0.0
@@ -405,6 +406,7 @@ def _me_grid_impl(p, ctx, y, jac):
     out = np.empty(4)
     dout = np.empty((4, 9))
     geo = np.empty(10)
+    gm = np.empty((4, 7))
     comp = np.empty((cline.shape[0], 6))
     a = p[6]
     # what does not depend on the wavelength, once per evaluation
@@ -412,7 +414,7 @@ def _me_grid_impl(p, ctx, y, jac):
     _geometry_impl(p, geo)
     for j in range(nm):
         _profiles_impl(mwave[j], a, comp, cgroup, acc)
-        _me_point_impl(p, mu, geo, acc, rt, drt, out, dout)
+        _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout)
         for s in range(4):
             y[s * nm + j] = out[s]
             for q in range(9):

@@ -13,13 +13,15 @@ azimuth quadrant, field regime), which random or constant starts often miss.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from stokesflow.backends.me.lines import ZEEMAN_CONSTANT, Line
 
-__all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS", "ESTIMATE_COLUMNS"]
+__all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS", "ESTIMATE_COLUMNS",
+           "DepthTable", "depth_table", "depth_table_estimates", "field_calibration"]
 
 _C_KMS = 299792.458
 #: Columns of :func:`classical_estimates`: the ME atmosphere's parameters, in the
@@ -130,3 +132,145 @@ def classical_estimates(
     for k, name in enumerate(ESTIMATE_COLUMNS):
         out[:, k] = columns[name]
     return out
+
+
+@dataclass(frozen=True)
+class DepthTable:
+    """Relative line depth of Stokes I through an instrument, by line-of-sight velocity and eta0.
+
+    Attributes
+    ----------
+    vlos : ndarray (nv,)
+        Velocities of the table [km/s].
+    eta0 : ndarray (ne,)
+        Line-to-continuum opacities of the table (increasing).
+    depth : ndarray (nv, ne)
+        1 - min(I) / max(I) of the observed points (increasing with eta0).
+    continuum : ndarray (nv, ne)
+        Continuum (S0 + mu S1) divided by max(I) of the observed points.
+    """
+
+    vlos: np.ndarray
+    eta0: np.ndarray
+    depth: np.ndarray
+    continuum: np.ndarray
+
+
+def depth_table(synthesize: Callable[[np.ndarray], np.ndarray], lam0: float, mu: float = 1.0,
+                npar: int = 9) -> DepthTable:
+    """Tabulate the observed depth of a field-free line through the instrument.
+
+    Six filtergrams (or a PSF) make a line shallower than its ME opacity
+    says, so the classical estimate of eta0 from the depth (which assumes
+    monochromatic points) comes out near its lower bound for HMI-like
+    filtergrams (measured: eta0 estimate 1 for 75 % of pixels with eta0
+    3-20). The table is what the instrument itself does to the depth: 29
+    velocities from -7 to 7 km/s by 40 eta0 from 0.5 to 100 (log-spaced),
+    with the typical Doppler width, damping 0.1 and S0 : mu S1 = 0.3 : 0.7.
+
+    Parameters
+    ----------
+    synthesize : callable
+        Parameters (n, npar) -> Stokes profiles (n, 4, nw) on the observed points.
+    lam0 : float
+        Line centre [A] (for the typical Doppler width).
+    mu : float
+        Heliocentric cosine.
+    npar : int
+        Parameters of the model (a 10th, the filling factor, is set to 1).
+    """
+    vg = np.linspace(-7.0, 7.0, 29)
+    eg = np.exp(np.linspace(np.log(0.5), np.log(100.0), 40))
+    vv, ee = np.meshgrid(vg, eg, indexing="ij")
+    m = vv.size
+    p = np.ones((m, npar))
+    p[:, :9] = np.column_stack([np.zeros(m), np.full(m, 90.0), np.zeros(m), vv.ravel(),
+                                np.full(m, typical_doppler_width(lam0)), ee.ravel(), np.full(m, 0.1),
+                                np.full(m, 1.0 - _S1_FRACTION), np.full(m, _S1_FRACTION / mu)])
+    intensity = synthesize(p)[:, 0, :]
+    imax = intensity.max(axis=1)
+    depth = (1.0 - intensity.min(axis=1) / imax).reshape(vv.shape)
+    # keep the curves monotonic in eta0 (rounding at saturation)
+    depth = np.maximum.accumulate(depth, axis=1)
+    return DepthTable(vg, eg, depth, (1.0 / imax).reshape(vv.shape))
+
+
+def depth_table_estimates(table: DepthTable, intensity: np.ndarray, vlos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """eta0 and the continuum [continuum units] of each pixel from its observed depth.
+
+    Parameters
+    ----------
+    table : DepthTable
+        From :func:`depth_table` for the same instrument and observed points.
+    intensity : ndarray (npix, nw)
+        Observed Stokes I.
+    vlos : ndarray (npix,)
+        Velocity estimates [km/s] (interpolated in the table, clipped to its range).
+
+    Returns
+    -------
+    eta0 : ndarray (npix,)
+        Interpolated in log eta0; clipped to the table's range.
+    continuum : ndarray (npix,)
+        max(I) times the table's continuum factor.
+    """
+    I = np.asarray(intensity, dtype=np.float64)
+    nv = table.vlos.size
+    x = np.clip(np.interp(np.asarray(vlos, dtype=np.float64), table.vlos, np.arange(nv)), 0.0, nv - 1 - 1e-9)
+    i0 = x.astype(np.int64)
+    f = (x - i0)[:, None]
+    dcurve = (1.0 - f) * table.depth[i0] + f * table.depth[i0 + 1]
+    ccurve = (1.0 - f) * table.continuum[i0] + f * table.continuum[i0 + 1]
+    imax = np.maximum(I.max(axis=1), 1e-30)
+    dobs = 1.0 - I.min(axis=1) / imax
+    ne = table.eta0.size
+    k = np.clip((dcurve < dobs[:, None]).sum(axis=1), 1, ne - 1)
+    r = np.arange(k.size)
+    d0, d1 = dcurve[r, k - 1], dcurve[r, k]
+    t = np.clip((dobs - d0) / np.where(d1 > d0, d1 - d0, 1.0), 0.0, 1.0)
+    log_eta = np.log(table.eta0[k - 1]) * (1.0 - t) + np.log(table.eta0[k]) * t
+    cont = imax * (ccurve[r, k - 1] * (1.0 - t) + ccurve[r, k] * t)
+    return np.exp(log_eta), cont
+
+
+def field_calibration(synthesize: Callable[[np.ndarray], np.ndarray], wavelength: np.ndarray,
+                      lines: Sequence[Line], mu: float = 1.0, npar: int = 9, n: int = 400,
+                      seed: int = 0) -> tuple[float, float]:
+    """Factors by which :func:`classical_estimates` over-/under-states B_los and B_perp through an instrument.
+
+    The COG and weak-field estimates assume monochromatic points; through
+    filters they are biased (measured on HMI-like filtergrams: B_los x 0.92,
+    B_perp x 1.77 in median). This synthesises ``n`` seeded random pixels
+    (B 200-2500 G, any direction, vlos within +-2 km/s, eta0 3-20, typical
+    Doppler width) through the instrument and returns the median ratios
+    estimate / truth of B_los (pixels with |B_los| > 200 G) and of B_perp
+    (B_perp > 300 G), to divide the estimates by.
+
+    Parameters
+    ----------
+    synthesize : callable
+        Parameters (n, npar) -> Stokes profiles (n, 4, nw) on ``wavelength``.
+    wavelength : ndarray (nw,)
+        Observed points [A].
+    lines : sequence of Line
+        The fitted lines.
+    mu, npar, n, seed
+        Heliocentric cosine, number of model parameters (a 10th, the filling
+        factor, is set to 1), sample size and seed.
+    """
+    rng = np.random.default_rng(seed)
+    lam0 = lines[0].wavelength
+    p = np.ones((n, npar))
+    p[:, :9] = np.column_stack([
+        rng.uniform(200.0, 2500.0, n), rng.uniform(0.0, 180.0, n), rng.uniform(0.0, 180.0, n),
+        rng.uniform(-2.0, 2.0, n), np.full(n, typical_doppler_width(lam0)), rng.uniform(3.0, 20.0, n),
+        np.full(n, 0.1), np.full(n, 1.0 - _S1_FRACTION), np.full(n, _S1_FRACTION / mu)])
+    est = classical_estimates(synthesize(p), wavelength, lines, mu)
+    inc_t, inc_e = np.radians(p[:, 1]), np.radians(est[:, 1])
+    bl_t, bt_t = p[:, 0] * np.cos(inc_t), p[:, 0] * np.sin(inc_t)
+    bl_e, bt_e = est[:, 0] * np.cos(inc_e), est[:, 0] * np.sin(inc_e)
+    sl, st = np.abs(bl_t) > 200.0, bt_t > 300.0
+    f_los = float(np.median(bl_e[sl] / bl_t[sl])) if sl.any() else 1.0
+    f_t = float(np.median(bt_e[st] / bt_t[st])) if st.any() else 1.0
+    ok = lambda f: f if np.isfinite(f) and f > 0.05 else 1.0  # noqa: E731 - a degenerate instrument keeps 1
+    return ok(f_los), ok(f_t)
