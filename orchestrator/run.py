@@ -325,6 +325,13 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
             out.chi2[good] = res.chi2
             out.n_iter[good] = res.n_iter
             out.status[good] = res.status
+            if res.stratified or res.stratified_sigma:  # depth-stratified backends (SIR)
+                out.log_tau = np.asarray(res.log_tau, dtype=np.float64)
+                for src, dst in ((res.stratified, out.stratified), (res.stratified_sigma, out.stratified_sigma)):
+                    for name, arr in src.items():
+                        full = np.full((npix, arr.shape[1]), np.nan, dtype=np.float32)
+                        full[good] = arr
+                        dst[name] = full
             if out.synthetic is not None:
                 syn = res.synthetic
                 if syn is None:
@@ -946,10 +953,11 @@ def open_store(prep: RunPlan) -> ResultStore:
     }
     if prep.noise.sigma is not None:
         attrs["noise"] = np.asarray(prep.noise.sigma, dtype=np.float64)
+    stratified = tuple(getattr(backend, "stratified_parameters", ()))
     return ResultStore.create(
         prep.out_path, plan=prep.plan, parameters=backend.parameters, fingerprint=prep.fingerprint,
         nw=prep.observation.nw if config.output.synthetic else None, overwrite=config.output.overwrite,
-        attrs=attrs,
+        attrs=attrs, stratified=stratified, log_tau=backend.log_tau if stratified else None,
     )
 
 

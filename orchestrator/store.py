@@ -4,6 +4,10 @@ Layout (DESIGN.md, "Result file")::
 
     /params/<name>   (ny, nx) float32   best fit, NaN where not inverted
     /sigma/<name>    (ny, nx) float32   1-sigma uncertainty
+                     (ny, nx, ndepth) for the depth-stratified quantities of a
+                     depth-stratified backend (SIR: T, Pe, vmic, B, vlos,
+                     inclination, azimuth), listed in the attribute ``stratified``
+    /log_tau         (ndepth,) float64  their depth grid (log10 tau_500), only then
     /chi2            (ny, nx) float32   reduced weighted chi-square
     /n_iter          (ny, nx) int32     solver iterations
     /status          (ny, nx) uint8     0 ok, 1 max-iter, 2 failed, 3 bad input, 4 poor fit, 255 not run
@@ -154,6 +158,7 @@ class ResultStore:
         if self._done.shape != (n,):
             raise StoreError(f"{self.path}: /chunks/done has shape {self._done.shape}, expected ({n},)")
         self._has_synthetic = "synthetic" in h5
+        self._stratified = frozenset(json.loads(_attr(h5.attrs.get("stratified", "[]"))))
         self.computed = 0
         self.write_seconds = 0.0
 
@@ -169,6 +174,8 @@ class ResultStore:
         attrs: Mapping[str, Any],
         nw: int | None = None,
         overwrite: bool = False,
+        stratified: Sequence[Any] = (),
+        log_tau: np.ndarray | None = None,
     ) -> "ResultStore":
         """Create a fresh result file with every dataset allocated and filled.
 
@@ -189,6 +196,11 @@ class ResultStore:
             Wavelength points; when given, ``/synthetic`` is created.
         overwrite : bool
             Replace an existing file.
+        stratified : sequence of ParameterSpec, optional
+            Parameters stored depth by depth, (ny, nx, ndepth), from the
+            chunk results' ``stratified`` arrays (depth-stratified backends).
+        log_tau : ndarray (ndepth,), optional
+            Their depth grid; required with ``stratified``.
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -201,15 +213,22 @@ class ResultStore:
         tmp = path.with_name(path.name + ".creating")
         ny, nx = plan.ny, plan.nx
         names = tuple(p.name for p in parameters)
+        strat = tuple(p.name for p in stratified)
+        if strat and log_tau is None:
+            raise StoreError("depth-stratified parameters need their log_tau grid")
+        nd = 0 if log_tau is None else int(np.shape(log_tau)[0])
         text, digest = fingerprint_digest(fingerprint)
         try:
             with h5py.File(tmp, "w") as h5:
                 kw = dict(dcpl=_early_dcpl(), track_times=False, fill_time="alloc")
                 gp, gs = h5.create_group("params"), h5.create_group("sigma")
                 for p in parameters:
+                    shape = (ny, nx, nd) if p.name in strat else (ny, nx)
                     for g in (gp, gs):
-                        d = g.create_dataset(p.name, shape=(ny, nx), dtype="f4", fillvalue=np.nan, **kw)
+                        d = g.create_dataset(p.name, shape=shape, dtype="f4", fillvalue=np.nan, **kw)
                         d.attrs.update(unit=p.unit, lower=p.lower, upper=p.upper, circular=p.circular)
+                if strat:
+                    h5.create_dataset("log_tau", data=np.asarray(log_tau, dtype=np.float64), track_times=False)
                 h5.create_dataset("chi2", shape=(ny, nx), dtype="f4", fillvalue=np.nan, **kw)
                 h5.create_dataset("n_iter", shape=(ny, nx), dtype="i4", fillvalue=0, **kw)
                 st = h5.create_dataset("status", shape=(ny, nx), dtype="u1", fillvalue=STATUS_NOT_RUN, **kw)
@@ -233,6 +252,7 @@ class ResultStore:
                     units=json.dumps({p.name: p.unit for p in parameters}),
                     ny=ny, nx=nx, n_chunks=plan.n_chunks, chunk_pixels=plan.chunk_pixels,
                     complete=False, chunks_computed=0, runs=0, layout_version=_LAYOUT_VERSION,
+                    stratified=json.dumps(strat),
                 )
                 for phase in ("plan", "setup", "invert", "write", "total"):
                     a[f"time_{phase}_s"] = 0.0
@@ -347,6 +367,12 @@ class ResultStore:
             sl = slice(off, off + n)
             shape = (y1 - y0, x1 - x0)
             for j, name in enumerate(self.names):
+                if name in self._stratified:
+                    nd = h5["params"][name].shape[2]
+                    h5["params"][name][y0:y1, x0:x1] = self._depth(res.stratified, name, sl, n, nd).reshape(shape + (nd,))
+                    h5["sigma"][name][y0:y1, x0:x1] = self._depth(res.stratified_sigma, name, sl, n, nd).reshape(
+                        shape + (nd,))
+                    continue
                 h5["params"][name][y0:y1, x0:x1] = res.params[sl, j].reshape(shape)
                 h5["sigma"][name][y0:y1, x0:x1] = res.sigma[sl, j].reshape(shape)
             h5["chi2"][y0:y1, x0:x1] = res.chi2[sl].reshape(shape)
@@ -362,6 +388,15 @@ class ResultStore:
         self._errors.pop(out.index, None)
         self.computed += 1
         self.write_seconds += time.perf_counter() - t0
+
+    def _depth(self, arrays: Mapping[str, np.ndarray], name: str, sl: slice, n: int, nd: int) -> np.ndarray:
+        """Rows ``sl`` of a stratified result, NaN when the chunk result lacks it."""
+        arr = arrays.get(name)
+        if arr is None:
+            return np.full((n, nd), np.nan, dtype=np.float32)
+        if arr.shape[1] != nd:
+            raise StoreError(f"{self.path}: stratified {name!r} has {arr.shape[1]} depths, the file {nd}")
+        return np.asarray(arr[sl], dtype=np.float32)
 
     def record_error(self, index: int, message: str) -> None:
         """Remember that chunk ``index`` failed; written by :meth:`finalize`."""
