@@ -1,0 +1,346 @@
+"""``--cluster slurm`` (and ``pbs``, ``mpi`` inside a batch job) against a real one-node SLURM.
+
+The cluster is Debian's slurm-wlm started by ``.ci/start_slurm.sh`` (the
+fixture ``slurm_conf``); every test drives the real command line
+(``python -m stokesflow.orchestrator.cli invert``) with real ``sbatch``,
+``squeue`` and ``scancel``.  Skipped on a developer machine where SLURM
+cannot start (the reason is printed); on CI (``CI`` set) that is a failure.
+
+Results are compared with a ``--cluster serial`` run of the same observation
+made in the same session: the chunk tasks run the same code on the same
+pixels, so the parameter maps must be equal, not merely close.
+
+Every test is bounded by ``pytest.mark.timeout``; the machine has 2 CPUs,
+so at most two one-core jobs run at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from _slurm import (  # noqa: F401 - slurm_conf is a fixture
+    CLI,
+    assert_same_parameters,
+    cancel_all_jobs,
+    jobs_in_queue,
+    run_cli,
+    slurm_conf,
+    slurm_env,
+    start_cli,
+    wait_for,
+    wait_job_ended,
+)
+
+pytestmark = pytest.mark.slurm
+
+# Worker jobs of 1 core and 1 GiB: two fit on the 2-CPU node besides the driver.
+JOB = ["-C", "memory_per_job=1GiB", "--progress", "log", "--log-interval", "2"]
+
+
+@pytest.fixture(scope="session")
+def observations(tmp_path_factory: pytest.TempPathFactory, slurm_conf: str) -> dict[str, Path]:
+    """A 24 x 24 and a 64 x 64 synthetic HMI sunspot, and their ``--cluster serial`` results.
+
+    The references use the chunk sizes of the tests (48 and 64 pixels): the ME backend seeds the
+    random extra starts of a pixel per chunk, so a few pixels of a run with other chunks differ.
+    """
+    folder = tmp_path_factory.mktemp("slurm-observations")
+    out: dict[str, Path] = {}
+    for name, size, chunk in (("small", "24", "48"), ("big", "64", "64")):
+        obs = folder / f"{name}.h5"
+        subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", size, size,
+                        "--seed", "1", "--out", str(obs)], check=True, capture_output=True, timeout=120)
+        ref = folder / f"{name}-serial.h5"
+        subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
+                        "--chunk-pixels", chunk], check=True, capture_output=True, timeout=300)
+        out[name], out[f"{name}-serial"] = obs, ref
+    return out
+
+
+@pytest.fixture
+def slurm(slurm_conf: str, tmp_path: Path):  # noqa: ANN201
+    """The SLURM of the session for one test; afterwards no job of it is left in the queue."""
+    cancel_all_jobs(slurm_conf)
+    yield slurm_conf
+    left = jobs_in_queue(slurm_conf)
+    cancel_all_jobs(slurm_conf)
+    assert not left, f"jobs left in squeue after the test: {left}"
+
+
+def _worker_outputs(folder: Path) -> list[Path]:
+    """The ``slurm-<id>.out`` of the worker jobs submitted from ``folder``."""
+    return sorted(folder.glob("slurm-*.out"))
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text[-4000:]
+
+
+def _running_worker(conf: str) -> str:
+    """Id of a running stokesflow worker job, or ''."""
+    return next((j for j, s in jobs_in_queue(conf).items() if s == "RUNNING"), "")
+
+
+# --- runs that complete -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(150)
+def test_slurm_run_equals_serial(slurm: str, observations: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm", "-w", "2",
+                    "--chunk-pixels", "48", *JOB], tmp_path, slurm, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "result: out.h5 (complete: 12/12 chunks" in proc.stdout
+    _no_traceback(proc.stdout)
+    assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+    assert 1 <= len(_worker_outputs(tmp_path)) <= 2
+
+
+@pytest.mark.timeout(180)
+def test_cancelled_worker_job_is_replaced_and_the_run_completes(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "driver.log"
+    proc = start_cli(["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+                      "--chunk-pixels", "64", *JOB], tmp_path, slurm, log)
+    try:
+        job = wait_for(lambda: _running_worker(slurm), 90, "the worker job to run")
+        time.sleep(2.0)  # its worker connects and starts on the chunks
+        subprocess.run(["scancel", job], env=slurm_env(slurm), check=True, timeout=30)
+        assert proc.wait(timeout=150) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    text = log.read_text()
+    _no_traceback(text)
+    assert_same_parameters(tmp_path / "out.h5", observations["big-serial"])
+    # The only worker was cancelled: the run finished on its replacement.
+    assert len(_worker_outputs(tmp_path)) >= 2, text[-3000:]
+
+
+@pytest.fixture(scope="session")
+def large_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 256 x 256 synthetic sunspot (several seconds of fitting for one worker) and its serial result."""
+    folder = tmp_path_factory.mktemp("slurm-large")
+    obs, ref = folder / "large.h5", folder / "large-serial.h5"
+    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "256", "256",
+                    "--seed", "2", "--out", str(obs)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
+                    "--chunk-pixels", "1024"], check=True, capture_output=True, timeout=300)
+    return obs, ref
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_short_lifetime_retires_and_replaces_workers(
+    slurm: str, large_observation: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Walltime 1 min, lifetime 10 s (+/- 5 s stagger): the worker retires mid-run, its job ends and
+    # adapt submits a replacement that finishes the run.  A shorter lifetime retires workers while
+    # they still start up (a few seconds on a loaded 2-CPU machine) and only adds job churn.
+    obs, ref = large_observation
+    proc = run_cli(["invert", "-i", str(obs), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+                    "--walltime", "00:01:00", "-C", "lifetime=10s", "--chunk-pixels", "1024", *JOB],
+                   tmp_path, slurm, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _no_traceback(proc.stdout)
+    # distributed's notes on retired workers stay in the debug log.
+    assert "unregistered worker" not in proc.stdout
+    outputs = _worker_outputs(tmp_path)
+    assert len(outputs) >= 2, proc.stdout[-3000:]
+    assert "worker-lifetime-reached" in outputs[0].read_text()
+    assert_same_parameters(tmp_path / "out.h5", ref)
+
+
+@pytest.mark.timeout(180)
+def test_driver_submitted_as_a_batch_job_runs_to_the_end(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    command = " ".join([*CLI, "invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm",
+                        "-w", "1", "--chunk-pixels", "48", *JOB])
+    job = subprocess.run(
+        ["sbatch", "--parsable", "-J", "stokesflow-test-driver", "-c", "1", "--mem=2G", "-o", "driver.out",
+         "--wrap", command], cwd=tmp_path, env=slurm_env(slurm), capture_output=True, text=True, check=True,
+        timeout=30,
+    ).stdout.strip()
+    wait_job_ended(slurm, job, 170)
+    text = (tmp_path / "driver.out").read_text()
+    assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
+    _no_traceback(text)
+    assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(("ranks", "mode"), [(4, "dask"), (3, "futures")])
+def test_mpiexec_inside_a_batch_job_equals_serial_without_traceback(
+    slurm: str, observations: dict[str, Path], tmp_path: Path, ranks: int, mode: str
+) -> None:
+    # The whole node (2 CPUs); mpiexec starts its ranks itself inside the allocation.
+    command = " ".join(["mpiexec", "-n", str(ranks), *CLI, "invert", "-i", str(observations["small"]), "-o",
+                        "out.h5", "--cluster", "mpi", "-C", f"mpi_mode={mode}", "--chunk-pixels", "48",
+                        "--progress", "log"])
+    job = subprocess.run(
+        ["sbatch", "--parsable", "-J", "stokesflow-test-driver", "-c", "2", "--mem=4G", "-o", "mpi.out",
+         "--wrap", command], cwd=tmp_path, env=slurm_env(slurm), capture_output=True, text=True, check=True,
+        timeout=30,
+    ).stdout.strip()
+    wait_job_ended(slurm, job, 190)
+    text = (tmp_path / "mpi.out").read_text()
+    assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
+    _no_traceback(text)
+    assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+
+
+# --- refusals and time-outs: exit 2, nothing left in the queue ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("queue=nosuch", "sbatch: error: invalid partition specified: nosuch"),
+        ("memory_per_job=100GiB", "Requested node configuration is not available"),
+    ],
+    ids=["unknown-partition", "impossible-memory"],
+)
+def test_refused_job_exits_2_with_sbatchs_message_before_any_chunk(
+    slurm: str, observations: dict[str, Path], tmp_path: Path, option: str, said: str
+) -> None:
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm",
+                    "--progress", "log", "-C", option], tmp_path, slurm, timeout=80)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert "--cluster slurm: the SLURM submission of a worker job failed: sbatch --test-only exited with code 1: " in line
+    assert said in line and f"(given on the command line as -C {option})" in line
+    _no_traceback(proc.stdout)
+    # Refused before the cluster started: no result file, no job, no progress line.
+    assert not (tmp_path / "out.h5").exists()
+    assert "progress:" not in proc.stdout
+    assert not _worker_outputs(tmp_path)
+
+
+@pytest.mark.timeout(90)
+def test_no_worker_within_start_timeout_exits_2_listing_pending_jobs(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    # --hold: sbatch accepts the job and SLURM never starts it (JobHeldUser).
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm", *JOB,
+                    "-C", 'job_extra_directives=["--hold"]', "-C", "connect_timeout=2", "-C", "start_timeout=6"],
+                   tmp_path, slurm, timeout=80)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    warning = [ln for ln in proc.stdout.splitlines() if " WARNING " in ln]
+    assert len(warning) == 1 and "no worker connected" in warning[0] and "PENDING (JobHeldUser)" in warning[0]
+    (line,) = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert "--cluster slurm: no worker connected " in line
+    assert "after submitting the first worker job (start_timeout=6 s): job " in line
+    assert " PENDING (JobHeldUser); check `squeue -j " in line
+    assert "-C start_timeout=SECONDS (0 waits for ever)" in line
+    _no_traceback(proc.stdout)
+
+
+@pytest.mark.timeout(150)
+def test_every_worker_lost_without_adapt_exits_2_after_connect_timeout(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "driver.log"
+    proc = start_cli(["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+                      "--chunk-pixels", "64", *JOB, "-C", "adapt=false", "-C", "connect_timeout=3"],
+                     tmp_path, slurm, log)
+    try:
+        job = wait_for(lambda: _running_worker(slurm), 90, "the worker job to run")
+        time.sleep(1.0)
+        subprocess.run(["scancel", job], env=slurm_env(slurm), check=True, timeout=30)
+        assert proc.wait(timeout=60) == 2, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    text = log.read_text()
+    (line,) = [ln for ln in text.splitlines() if " ERROR " in ln]
+    assert "--cluster slurm: every worker was lost" in line and "adapt=false submits no replacement" in line
+    assert f"job {job} no longer queued" in line and "use -C adapt=true" in line
+    _no_traceback(text)
+    with h5py.File(tmp_path / "out.h5", "r") as f:  # closed and resumable
+        assert not bool(f.attrs["complete"])
+
+
+# --- SIGTERM in every state: exit 143, jobs cancelled, --resume finishes ------------------------------------
+
+
+def _sigterm_when(proc: subprocess.Popen[bytes], log: Path, ready, what: str) -> str:  # noqa: ANN001
+    try:
+        wait_for(lambda: proc.poll() is not None or ready(), 90, what)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    text = log.read_text()
+    _no_traceback(text)
+    assert "terminated (SIGTERM): " in text and "finish the run with --resume" in text
+    return text
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_jobs_pending_exits_143_and_cancels_them(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "driver.log"
+    proc = start_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm", *JOB,
+                      "-C", 'job_extra_directives=["--hold"]'], tmp_path, slurm, log)
+    _sigterm_when(proc, log, lambda: "PENDING" in jobs_in_queue(slurm).values(), "a pending worker job")
+    assert not jobs_in_queue(slurm)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert not bool(f.attrs["complete"])
+
+
+@pytest.mark.timeout(200)
+def test_sigterm_with_jobs_running_exits_143_cancels_them_and_resume_finishes(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "driver.log"
+    args = ["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+            "--chunk-pixels", "64", *JOB]
+    proc = start_cli(args, tmp_path, slurm, log)
+    _sigterm_when(proc, log, lambda: _running_worker(slurm), "a running worker job")
+    assert not jobs_in_queue(slurm)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert not bool(f.attrs["complete"])
+    again = run_cli([*args, "--resume"], tmp_path, slurm, timeout=150)
+    assert again.returncode == 0, again.stdout[-3000:]
+    _no_traceback(again.stdout)
+    assert_same_parameters(tmp_path / "out.h5", observations["big-serial"])
+
+
+@pytest.mark.timeout(90)
+def test_refused_pbs_job_exits_2_with_qsubs_message(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    # PBS has no dry run: the refusal comes from the first real qsub (Debian's slurm-wlm-torque
+    # wrapper around sbatch), before any chunk is computed.
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "pbs", *JOB,
+                    "-C", "queue=nosuch"], tmp_path, slurm, timeout=80)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert "--cluster pbs: the PBS submission of a worker job failed: qsub exited with code 1: " in line
+    assert "Invalid partition name specified" in line
+    _no_traceback(proc.stdout)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert not bool(f.attrs["complete"])
+        assert not f["chunks/done"][()].any()
+
+
+@pytest.mark.timeout(150)
+def test_pbs_run_on_slurms_torque_wrappers_equals_serial(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    # qsub/qstat/qdel of slurm-wlm-torque; sbatch honours the #PBS -N/-l directives of the job script.
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "pbs", "-w", "2",
+                    "--chunk-pixels", "48", *JOB], tmp_path, slurm, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _no_traceback(proc.stdout)
+    assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
