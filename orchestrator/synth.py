@@ -140,6 +140,7 @@ def synthesize_observation(
     rows_per_block: int | None = None,
     overwrite: bool = False,
     backend_options: Mapping[str, Any] | None = None,
+    backend: str = "me",
 ) -> Path:
     """Write a synthetic observation with its true parameter maps.
 
@@ -163,8 +164,14 @@ def synthesize_observation(
     overwrite : bool
         Replace an existing ``out``.
     backend_options : mapping, optional
-        Extra options of the ME backend (``instrument``, ``psf_fwhm``, ...);
-        ``lines`` and ``noise`` are set here.
+        Extra options of the synthesising backend (ME: ``instrument``,
+        ``psf_fwhm``, ...); ``lines`` (and for ME ``noise``) are set here.
+    backend : {"me", "lightweaver", "sir"}
+        Who synthesises: the ME backend (default), Lightweaver (LTE radiative
+        transfer in the FAL-C model with the scene's B, inclination, azimuth
+        and vlos constant with height: profiles no ME model produced) or SIR
+        (the same in the HSRA model, when its executable is configured). The
+        truth maps are those of the scene's parameters the backend takes.
 
     Returns
     -------
@@ -190,13 +197,15 @@ def synthesize_observation(
     lines, wavelength = instrument_setup(instrument)
     options = dict(backend_options or {})
     options["lines"] = list(lines)
-    options.setdefault("noise", noise if noise > 0 else 1e-3)
+    if backend == "me":
+        options.setdefault("noise", noise if noise > 0 else 1e-3)
+    backend_name = backend
     try:
-        backend = get_backend("me", options)
+        backend = get_backend(backend_name, options)
     except BackendError:
         raise
     except (TypeError, ValueError) as exc:  # an option value checked with plain Python errors
-        raise OrchestratorError(f"ME options {options} for synth (-B): {exc}") from exc
+        raise OrchestratorError(f"{backend_name} options {options} for synth (-B): {exc}") from exc
     nw = wavelength.size
     rows = int(rows_per_block or default_rows_per_block(nx, nw))
     spectral = spectral_instrument_attrs(backend)
@@ -209,6 +218,10 @@ def synthesize_observation(
         "generator": "stokesflow synth (Milne-Eddington, spectral instrument "
         f"{spectral['spectral_instrument']!r})",
     }
+    if backend_name == "lightweaver":
+        attrs["generator"] = "stokesflow synth (Lightweaver LTE radiative transfer, FAL-C model, no spectral PSF)"
+    elif backend_name != "me":
+        attrs["generator"] = f"stokesflow synth (backend {backend_name!r}, no spectral PSF)"
     tmp = out.with_name(out.name + ".partial")
     t0 = time.perf_counter()
     try:
@@ -237,19 +250,26 @@ def _write_blocks(
     from stokesflow.orchestrator.scenes import make_scene
 
     names = backend.parameter_names
+    is_me = backend.name == "me"
     nw = wavelength.size
     t0 = last = time.perf_counter()
     with ObservationWriter(tmp, ny, nx, wavelength, attrs, **dict(spectral or {})) as writer:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
             maps = make_scene(scene, ny, nx, seed=seed, rows=slice(y0, y1))
-            missing = [n for n in names if n not in maps]
-            if missing:
-                raise OrchestratorError(
-                    f"scene {scene!r} has no map for parameter(s) {missing}; the ME backend needs {list(names)}"
-                )
-            params = np.stack([np.asarray(maps[n], dtype=np.float64).reshape(-1) for n in names], axis=1)
-            stokes = backend.synthesize(params, wavelength).reshape(y1 - y0, nx, 4, nw)
+            if not is_me:  # model-atmosphere backends: the scene's quantities they take, constant with height
+                used = [n for n in names if n in maps]
+                params_map = {n: np.asarray(maps[n], dtype=np.float64).reshape(-1) for n in used}
+                stokes = backend.synthesize(params_map, wavelength).reshape(y1 - y0, nx, 4, nw)
+                names = tuple(used)
+            else:
+                missing = [n for n in names if n not in maps]
+                if missing:
+                    raise OrchestratorError(
+                        f"scene {scene!r} has no map for parameter(s) {missing}; the ME backend needs {list(names)}"
+                    )
+                params = np.stack([np.asarray(maps[n], dtype=np.float64).reshape(-1) for n in names], axis=1)
+                stokes = backend.synthesize(params, wavelength).reshape(y1 - y0, nx, 4, nw)
             if noise > 0:
                 for k, y in enumerate(range(y0, y1)):
                     rng = np.random.default_rng([int(seed), 1, y])
