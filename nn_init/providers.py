@@ -16,9 +16,15 @@ Built in:
   per parameter name, in the backend's units) with the midpoint of each
   parameter's bounds for the ones not given.
 
-Planned (listed by :func:`list_providers` with the reason they cannot run):
-``"previous"`` (a finished result file), ``"kmeans"`` (look-up in a database
-of inverted cluster centroids), ``"cnn"`` and ``"unet"`` (trained networks).
+- ``"previous"``: start from a finished result file or an init cube
+  (:mod:`stokesflow.nn_init.previous`).
+- ``"kmeans"``: the model of the best-matching inverted representative
+  profile (:mod:`stokesflow.nn_init.kmeans`).
+- ``"cnn"``: a trained network's guess (:mod:`stokesflow.nn_init.network_init`;
+  needs torch, imported only when used).
+
+Planned (listed by :func:`list_providers` with the reason it cannot run):
+``"unet"`` (an image network with calibrated intervals).
 """
 
 from __future__ import annotations
@@ -81,6 +87,19 @@ class InitProvider:
         starting points.
         """
         raise NotImplementedError
+
+    def check_observation(self, shape: tuple[int, int], wavelength: np.ndarray | None = None) -> None:
+        """Raise :class:`InitError` if the bound provider cannot serve an observation of ``shape`` (ny, nx).
+
+        Called by the driver after :meth:`bind` (providers that read maps of a
+        field, such as ``previous``, check their shape here). The base class
+        accepts every observation.
+        """
+
+    @staticmethod
+    def is_available() -> tuple[bool, str]:
+        """(True, "") when the provider can run here, else (False, what to install)."""
+        return True, ""
 
     def describe(self) -> dict[str, Any]:
         """Name and options, for the result file's fingerprint."""
@@ -174,21 +193,18 @@ class ConstantInit(InitProvider):
         return {n: float(v) for n, v in zip(self._names, self.vector)}
 
 
-#: name -> provider class of the built-in providers.
+#: name -> provider class of the built-in providers (filled at the end of this module).
 PROVIDERS: dict[str, type[InitProvider]] = {"default": DefaultInit, "constant": ConstantInit}
 
 #: Providers named in the design but not built yet, with what they need.
 PLANNED_PROVIDERS: dict[str, str] = {
-    "previous": "not implemented yet (start from a finished result file)",
-    "kmeans": "not implemented yet (look-up in inverted k-means centroids)",
-    "cnn": "not implemented yet (needs a trained network and torch)",
     "unet": "not implemented yet (needs a trained U-Net and torch)",
 }
 
 
 def list_providers() -> dict[str, tuple[bool, str]]:
     """Every known provider name with (available, reason-if-not)."""
-    out = {name: (True, "") for name in PROVIDERS}
+    out = {name: cls.is_available() for name, cls in PROVIDERS.items()}
     out.update({name: (False, why) for name, why in PLANNED_PROVIDERS.items()})
     return out
 
@@ -203,7 +219,23 @@ def get_provider(name: str, options: Mapping[str, Any] | None = None) -> InitPro
         ones), or bad options.
     """
     if name in PROVIDERS:
+        ok, why = PROVIDERS[name].is_available()
+        if not ok:
+            raise InitError(f"init provider {name!r} cannot run here: it {why}")
         return PROVIDERS[name](options)
     if name in PLANNED_PROVIDERS:
         raise InitError(f"init provider {name!r} is {PLANNED_PROVIDERS[name]}; available: {sorted(PROVIDERS)}")
     raise InitError(f"unknown init provider {name!r}; available: {sorted(PROVIDERS)}")
+
+
+def _register_builtins() -> None:
+    # imported here, after the base class exists (these modules import it)
+    from stokesflow.nn_init.kmeans import KMeansInit
+    from stokesflow.nn_init.network_init import NetworkInit
+    from stokesflow.nn_init.previous import PreviousInit
+
+    for cls in (PreviousInit, KMeansInit, NetworkInit):
+        PROVIDERS[cls.name] = cls
+
+
+_register_builtins()

@@ -53,9 +53,15 @@ def test_constant_errors():
 def test_registry():
     listing = list_providers()
     assert listing["default"] == (True, "") and listing["constant"] == (True, "")
-    for planned in ("previous", "kmeans", "cnn", "unet"):
-        assert listing[planned][0] is False
-    with pytest.raises(InitError, match="not implemented yet.*available: \\['constant', 'default'\\]"):
+    assert listing["previous"] == (True, "") and listing["kmeans"] == (True, "")
+    assert listing["unet"][0] is False
+    with pytest.raises(InitError, match="not implemented yet.*available: \\[.*'cnn'.*'previous'"):
         get_provider("unet")
     with pytest.raises(InitError, match="unknown init provider 'nope'"):
         get_provider("nope")
+    with pytest.raises(InitError, match="needs the file to start from: -I file=prev.h5"):
+        get_provider("previous")
+    with pytest.raises(InitError, match="needs a trained model: -I model=model.pt"):
+        get_provider("cnn")
+    with pytest.raises(InitError, match="needs a database"):
+        get_provider("kmeans")

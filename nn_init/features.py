@@ -1,0 +1,179 @@
+"""Spectra and parameters as the networks and the clustering see them (numpy only, no torch).
+
+- :func:`normalise_spectra` turns Stokes profiles (npix, 4, nw) in continuum
+  units into the features k-means clusters: I divided by the pixel's mean
+  intensity, Q, U, V divided by the same, each Stokes parameter scaled by one
+  field-wide sigma so that polarisation weighs as much as intensity.
+- :class:`InputScaling` is the network's input normalisation (per Stokes and
+  wavelength mean, per Stokes sigma), fitted on the training spectra and
+  stored in the model file.
+- :class:`TargetEncoding` turns parameter vectors into network targets and
+  back: each parameter is normalised by its training mean and sigma, and a
+  circular parameter (the azimuth, defined modulo 180 deg) is learned through
+  cos 2phi and sin 2phi, so the 180 deg ambiguity does not tear the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["normalise_spectra", "InputScaling", "TargetEncoding"]
+
+
+def normalise_spectra(stokes: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features for clustering: (npix, 4 * nw) float32, and the per-Stokes scale used.
+
+    Parameters
+    ----------
+    stokes : ndarray (npix, 4, nw)
+        Stokes I, Q, U, V in continuum units; rows with NaN/inf give NaN features.
+    scale : ndarray (4,), optional
+        Per-Stokes sigma of the features (from an earlier call, so that two
+        sets of pixels are comparable); computed from ``stokes`` when None.
+
+    Returns
+    -------
+    features : ndarray (npix, 4 * nw) float32
+    scale : ndarray (4,) float64
+    """
+    s = np.asarray(stokes, dtype=np.float32)
+    mean_i = s[:, 0, :].mean(axis=1)
+    mean_i = np.where(np.abs(mean_i) > 1e-6, mean_i, 1.0)
+    f = s / mean_i[:, None, None]
+    f[:, 0, :] -= 1.0
+    if scale is None:
+        good = np.isfinite(f).all(axis=(1, 2))
+        sub = f[good] if good.any() else np.zeros((1,) + f.shape[1:], np.float32)
+        scale = np.array([float(np.std(sub[:, k, :])) for k in range(4)], dtype=np.float64)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+    f = f / np.asarray(scale, dtype=np.float32)[None, :, None]
+    return f.reshape(f.shape[0], -1), np.asarray(scale, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """The network's input normalisation: ``(stokes - mean) / sigma``.
+
+    Attributes
+    ----------
+    mean : ndarray (4, nw)
+        Mean of each Stokes parameter at each wavelength over the training pixels [continuum units].
+    sigma : ndarray (4,)
+        One sigma per Stokes parameter over the training pixels and wavelengths [continuum units].
+    """
+
+    mean: np.ndarray
+    sigma: np.ndarray
+
+    @classmethod
+    def fit(cls, stokes: np.ndarray) -> "InputScaling":
+        """From the training spectra (npix, 4, nw)."""
+        s = np.asarray(stokes, dtype=np.float64)
+        mean = s.mean(axis=0)
+        sigma = np.array([float(np.std(s[:, k, :] - mean[k])) for k in range(4)])
+        return cls(mean=mean, sigma=np.where(sigma > 1e-8, sigma, 1.0))
+
+    def apply(self, stokes: np.ndarray) -> np.ndarray:
+        """Normalised spectra (npix, 4, nw) float32."""
+        out = (np.asarray(stokes, dtype=np.float32) - self.mean.astype(np.float32)) / self.sigma.astype(np.float32)[:, None]
+        return out.astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, for the model file."""
+        return {"mean": self.mean.tolist(), "sigma": self.sigma.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputScaling":
+        return cls(mean=np.asarray(d["mean"], dtype=np.float64), sigma=np.asarray(d["sigma"], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class TargetEncoding:
+    """Parameters <-> network outputs.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Parameter names, in the backend's order.
+    units : tuple of str
+    lower, upper : ndarray (npar,)
+        Bounds [units]; decoded values are clipped to them.
+    circular : tuple of bool
+        Angles modulo ``upper - lower`` (the azimuth: 180 deg), encoded as cos and sin of
+        ``2 pi (phi - lower) / (upper - lower)``.
+    mean, sigma : ndarray (npar,)
+        Training mean and sigma of each non-circular parameter [units] (0 and 1 for circular ones).
+    """
+
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    circular: tuple[bool, ...]
+    mean: np.ndarray
+    sigma: np.ndarray
+
+    @classmethod
+    def fit(cls, specs: Sequence[Any], params: np.ndarray) -> "TargetEncoding":
+        """From the backend's ParameterSpecs and the training parameters (n, npar)."""
+        p = np.asarray(params, dtype=np.float64)
+        circ = tuple(bool(getattr(s, "circular", False)) for s in specs)
+        mean = np.where(circ, 0.0, p.mean(axis=0))
+        sigma = np.where(circ, 1.0, p.std(axis=0))
+        sigma = np.where(sigma > 1e-12, sigma, 1.0)
+        return cls(
+            names=tuple(s.name for s in specs), units=tuple(s.unit for s in specs),
+            lower=np.array([s.lower for s in specs], dtype=np.float64),
+            upper=np.array([s.upper for s in specs], dtype=np.float64),
+            circular=circ, mean=mean, sigma=sigma,
+        )
+
+    @property
+    def n_outputs(self) -> int:
+        """Network outputs: one per parameter, two per circular one."""
+        return len(self.names) + sum(self.circular)
+
+    def encode(self, params: np.ndarray) -> np.ndarray:
+        """Targets (n, n_outputs) float32 from parameters (n, npar) [units]."""
+        p = np.asarray(params, dtype=np.float64)
+        cols = []
+        for j, circ in enumerate(self.circular):
+            if circ:
+                ang = 2.0 * np.pi * (p[:, j] - self.lower[j]) / (self.upper[j] - self.lower[j])
+                cols += [np.cos(ang), np.sin(ang)]
+            else:
+                cols.append((p[:, j] - self.mean[j]) / self.sigma[j])
+        return np.column_stack(cols).astype(np.float32)
+
+    def decode(self, out: np.ndarray) -> np.ndarray:
+        """Parameters (n, npar) float64 [units], clipped to the bounds, from outputs (n, n_outputs)."""
+        o = np.asarray(out, dtype=np.float64)
+        res = np.empty((o.shape[0], len(self.names)), dtype=np.float64)
+        k = 0
+        for j, circ in enumerate(self.circular):
+            period = self.upper[j] - self.lower[j]
+            if circ:
+                ang = np.arctan2(o[:, k + 1], o[:, k])
+                res[:, j] = self.lower[j] + np.mod(ang, 2.0 * np.pi) * period / (2.0 * np.pi)
+                k += 2
+            else:
+                res[:, j] = np.clip(o[:, k] * self.sigma[j] + self.mean[j], self.lower[j], self.upper[j])
+                k += 1
+        return res
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, for the model file."""
+        return {"names": list(self.names), "units": list(self.units), "lower": self.lower.tolist(),
+                "upper": self.upper.tolist(), "circular": list(self.circular), "mean": self.mean.tolist(),
+                "sigma": self.sigma.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TargetEncoding":
+        return cls(
+            names=tuple(d["names"]), units=tuple(d["units"]), lower=np.asarray(d["lower"], dtype=np.float64),
+            upper=np.asarray(d["upper"], dtype=np.float64), circular=tuple(bool(c) for c in d["circular"]),
+            mean=np.asarray(d["mean"], dtype=np.float64), sigma=np.asarray(d["sigma"], dtype=np.float64),
+        )

@@ -1,0 +1,172 @@
+"""The model file (``model.pt``): a trained network with everything needed to apply it safely.
+
+A model file is a ``torch.save`` of a plain dictionary (loaded with
+``weights_only=True``: no pickled code runs when it is opened):
+
+- ``format`` = ``"stokesflow-model"``, ``format_version`` = 1, ``kind`` (``"cnn"``);
+- ``metadata``: ``instrument``, ``spectral_instrument``, ``lines``,
+  ``wavelength`` [A], ``parameters``, ``units``, the input normalisation
+  (``inputs``), the target encoding (``targets``: per-parameter mean, sigma,
+  bounds, circular flags), the architecture (``arch``), the training history
+  (``history``: train and validation loss per epoch), and ``provenance`` (the
+  input and result files it was trained on, their configuration digests, the
+  pixel counts, the package versions);
+- ``state_dict``: the network weights.
+
+:meth:`NetworkModel.check_compatible` compares a model with the data it is
+about to be applied to (lines, wavelength grid, parameter names, spectral
+instrument) and raises :class:`ModelMismatchError` naming each mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from stokesflow.nn_init.features import InputScaling, TargetEncoding
+from stokesflow.nn_init.network import build_network, run_network, torch_or_error
+from stokesflow.nn_init.providers import InitError
+
+__all__ = ["MODEL_FORMAT", "ModelMismatchError", "ModelFileError", "NetworkModel", "load_model"]
+
+MODEL_FORMAT = "stokesflow-model"
+
+
+class ModelFileError(InitError):
+    """A model file that cannot be read (missing, not a stokesflow model, newer format)."""
+
+
+class ModelMismatchError(InitError):
+    """A model applied to data it was not trained for (other lines, grid, parameters, instrument)."""
+
+
+@dataclass
+class NetworkModel:
+    """A trained network and its metadata.
+
+    Attributes
+    ----------
+    kind : str
+        ``"cnn"``.
+    metadata : dict
+        See the module docstring.
+    state_dict : dict
+        Network weights (torch tensors).
+    """
+
+    kind: str
+    metadata: dict[str, Any]
+    state_dict: dict[str, Any]
+    _net: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def inputs(self) -> InputScaling:
+        return InputScaling.from_dict(self.metadata["inputs"])
+
+    @property
+    def targets(self) -> TargetEncoding:
+        return TargetEncoding.from_dict(self.metadata["targets"])
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return tuple(self.metadata["parameters"])
+
+    @property
+    def wavelength(self) -> np.ndarray:
+        return np.asarray(self.metadata["wavelength"], dtype=np.float64)
+
+    def network(self) -> Any:
+        """The torch network with the weights loaded (built once)."""
+        if self._net is None:
+            net = build_network(self.metadata["arch"])
+            net.load_state_dict(self.state_dict)
+            net.eval()
+            self._net = net
+        return self._net
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model file atomically (a temporary file, then a rename)."""
+        torch = torch_or_error("saving a model")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial")
+        torch.save({"format": MODEL_FORMAT, "format_version": 1, "kind": self.kind,
+                    "metadata": self.metadata, "state_dict": self.state_dict}, tmp)
+        tmp.replace(path)
+        return path
+
+    def predict(self, stokes: np.ndarray, *, batch: int = 16384) -> np.ndarray:
+        """Parameters (npix, npar) float64 [units] for spectra (npix, 4, nw); NaN rows for NaN/inf pixels."""
+        s = np.asarray(stokes)
+        out = np.full((s.shape[0], len(self.parameters)), np.nan, dtype=np.float64)
+        good = np.isfinite(s).all(axis=(1, 2))
+        if good.any():
+            x = self.inputs.apply(s[good] if not good.all() else s)
+            out[good] = self.targets.decode(run_network(self.network(), x, batch=batch))
+        return out
+
+    def check_compatible(self, *, where: str, lines: Sequence[str] | None = None,
+                         wavelength: np.ndarray | None = None, parameters: Sequence[str] | None = None,
+                         spectral_instrument: str | None = None) -> None:
+        """Raise :class:`ModelMismatchError` if the data differ from what the model was trained on.
+
+        Each argument left None is not checked. ``where`` names the data
+        (file or provider) in the message.
+        """
+        m = self.metadata
+        problems = []
+        if lines is not None and list(lines) != list(m["lines"]):
+            problems.append(f"lines {list(lines)} but the model was trained on {list(m['lines'])}")
+        if parameters is not None and list(parameters) != list(m["parameters"]):
+            problems.append(f"parameters {list(parameters)} but the model predicts {list(m['parameters'])}")
+        if spectral_instrument is not None and m.get("spectral_instrument") not in (None, "", spectral_instrument):
+            problems.append(f"spectral instrument {spectral_instrument!r} but the model was trained on "
+                            f"{m['spectral_instrument']!r}")
+        if wavelength is not None:
+            wl = np.asarray(wavelength, dtype=np.float64)
+            mw = self.wavelength
+            if wl.size != mw.size:
+                problems.append(f"{wl.size} wavelength points but the model was trained on {mw.size} "
+                                f"({mw[0]:.4f}..{mw[-1]:.4f} A)")
+            else:
+                step = float(np.min(np.abs(np.diff(mw)))) if mw.size > 1 else 1e-3
+                off = float(np.max(np.abs(wl - mw)))
+                if off > 0.1 * step:
+                    problems.append(f"a wavelength grid {wl[0]:.4f}..{wl[-1]:.4f} A that differs from the model's "
+                                    f"{mw[0]:.4f}..{mw[-1]:.4f} A by up to {off * 1e3:.1f} mA (tolerance "
+                                    f"{0.1 * step * 1e3:.1f} mA)")
+        if problems:
+            raise ModelMismatchError(
+                f"model {m.get('path', '?')} ({self.kind}) does not fit {where}: " + "; ".join(problems)
+                + ". Train a model on results of this kind of data (stokesflow train) or use another --init"
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> NetworkModel:
+    """Read a model file written by :meth:`NetworkModel.save`.
+
+    Raises
+    ------
+    ModelFileError
+        Missing file, not a stokesflow model, or a newer format.
+    """
+    torch = torch_or_error(f"reading the model file {os.fspath(path)!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"model file {os.fspath(path)!r} not found (looked for {p.resolve()}); "
+                             "train one with `stokesflow train` or `stokesflow assist`")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelFileError(f"{p}: not a readable stokesflow model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{p}: not a stokesflow model file (no format={MODEL_FORMAT!r} entry)")
+    if int(data.get("format_version", 0)) > 1:
+        raise ModelFileError(f"{p}: model format version {data['format_version']} is newer than this "
+                             "stokesflow reads (1); upgrade stokesflow")
+    meta = dict(data["metadata"])
+    meta["path"] = str(p)
+    return NetworkModel(kind=str(data["kind"]), metadata=meta, state_dict=data["state_dict"])

@@ -1,0 +1,87 @@
+"""The 1D CNN that maps one pixel's four Stokes spectra to its parameters (torch imported lazily).
+
+Architecture (``kind = "cnn"``): three 1D convolutions over wavelength with
+64 channels and kernels near 7, 5 and 3 points *scaled to the sampling* (the
+kernels are sized for Hinode/SP's 21.5 mA step and shrink in proportion for a
+coarser grid: 3, 3, 3 for HMI's ~69 mA), ReLU after each, max-pooling by 2
+after the first two when the grid has at least 24 points, then a dense layer
+of 128 with dropout and a linear output layer (one output per parameter, two
+for the azimuth). No batch-norm: absolute levels matter.
+
+Importing this module does not import torch; :func:`build_network` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["REFERENCE_STEP_MA", "cnn_architecture", "build_network", "torch_or_error", "run_network"]
+
+#: Sampling step [mA] the nominal kernels 7, 5, 3 are meant for (Hinode/SP).
+REFERENCE_STEP_MA = 21.5
+
+
+def torch_or_error(what: str) -> Any:
+    """Import torch, or raise :class:`~stokesflow.nn_init.providers.InitError` saying how to install it."""
+    from stokesflow.nn_init.providers import InitError
+
+    try:
+        import torch
+    except ImportError:
+        raise InitError(
+            f"{what} needs PyTorch, which is not installed: pip install \"stokesflow[nn]\" "
+            "(on a machine without a GPU: pip install torch==2.13.0, the CPU build)"
+        ) from None
+    return torch
+
+
+def _odd(x: float) -> int:
+    k = max(3, int(round(x)))
+    return k if k % 2 else k + 1
+
+
+def cnn_architecture(wavelength: np.ndarray, n_outputs: int, *, channels: int = 64, hidden: int = 128,
+                     dropout: float = 0.1) -> dict[str, Any]:
+    """The architecture description (plain numbers) of the CNN for a wavelength grid [A]."""
+    wl = np.asarray(wavelength, dtype=np.float64)
+    nw = int(wl.size)
+    step_ma = float(np.median(np.diff(wl))) * 1e3 if nw > 1 else REFERENCE_STEP_MA
+    factor = REFERENCE_STEP_MA / max(step_ma, 1e-6)
+    kernels = [min(_odd(k * factor), nw if nw % 2 else max(1, nw - 1)) for k in (7, 5, 3)]
+    pool = nw >= 24
+    length = nw
+    if pool:
+        length = length // 2 // 2
+    return {"kind": "cnn", "nw": nw, "channels": int(channels), "kernels": kernels, "pool": bool(pool),
+            "flat_length": int(length), "hidden": int(hidden), "dropout": float(dropout), "n_outputs": int(n_outputs)}
+
+
+def build_network(arch: dict[str, Any]) -> Any:
+    """A ``torch.nn.Sequential`` for ``arch`` (from :func:`cnn_architecture`)."""
+    torch = torch_or_error("the cnn network")
+    nn = torch.nn
+    c = int(arch["channels"])
+    layers: list[Any] = []
+    cin = 4
+    for i, k in enumerate(arch["kernels"]):
+        layers += [nn.Conv1d(cin, c, int(k), padding=int(k) // 2), nn.ReLU()]
+        if arch["pool"] and i < 2:
+            layers.append(nn.MaxPool1d(2))
+        cin = c
+    layers += [nn.Flatten(), nn.Linear(c * int(arch["flat_length"]), int(arch["hidden"])), nn.ReLU(),
+               nn.Dropout(float(arch["dropout"])), nn.Linear(int(arch["hidden"]), int(arch["n_outputs"]))]
+    return nn.Sequential(*layers)
+
+
+def run_network(net: Any, x: np.ndarray, *, batch: int = 16384) -> np.ndarray:
+    """Outputs (n, n_outputs) float32 of ``net`` in evaluation mode for normalised inputs (n, 4, nw)."""
+    import torch
+
+    net.eval()
+    out = np.empty((x.shape[0], int(net[-1].out_features)), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch):
+            out[i:i + batch] = net(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).numpy()
+    return out

@@ -1,0 +1,119 @@
+"""The ``previous`` provider: start every pixel from a finished result file or an init cube.
+
+``--init previous -I file=prev.h5`` (``[init.previous] file = "prev.h5"``).
+The file is a result file (``stokesflow invert``), the output of
+``stokesflow predict`` (a network's guesses, same layout), or any HDF5 *init
+cube* with ``/params/<name>`` maps of shape (ny, nx), one per parameter of
+the backend, in its units (a ``unit`` attribute on each map is checked when
+present). Pixels whose map value is NaN, or whose ``/status`` says the fit
+failed, was skipped or was not run (2, 3, 255), start from the backend's own
+estimate instead.
+
+Checks: when the provider is bound, every parameter the backend fits must be
+in the file with the backend's unit; :meth:`PreviousInit.check_observation`
+compares the maps' (ny, nx) with the observation, and a pixel range beyond the
+file is refused in :meth:`PreviousInit.initial_guess` (naming both shapes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from stokesflow.nn_init.providers import InitError, InitProvider
+
+__all__ = ["PreviousInit", "UNUSABLE_STATUS"]
+
+#: Status codes whose parameters are not used as a start (failed, bad input, not run).
+UNUSABLE_STATUS = (2, 3, 255)
+
+
+def _decode(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class PreviousInit(InitProvider):
+    """Starting points read from ``/params/<name>`` of an HDF5 file (option ``file``)."""
+
+    name = "previous"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = sorted(set(self.options) - {"file"})
+        if unknown:
+            raise InitError(f"[init.previous] takes only 'file' (-I file=prev.h5), got {unknown}")
+        f = self.options.get("file")
+        if not isinstance(f, (str, os.PathLike)) or not str(f):
+            raise InitError("init provider 'previous' needs the file to start from: -I file=prev.h5 "
+                            "([init.previous] file = \"prev.h5\"), a result file or an init cube with /params/<name>")
+        self.path = str(Path(f).resolve())
+        self.shape: tuple[int, int] | None = None
+        self._names: tuple[str, ...] | None = None
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except (OSError, FileNotFoundError) as exc:
+            where = "not found" if not os.path.exists(self.path) else f"not a readable HDF5 file ({exc})"
+            raise InitError(f"[init.previous] file {self.options['file']!r} ({self.path}): {where}; give a result "
+                            "file of stokesflow invert/predict or an init cube with /params/<name>") from None
+
+    def bind(self, backend: Any) -> "PreviousInit":
+        specs = tuple(backend.parameters)
+        with self._open() as h5:
+            if "params" not in h5:
+                raise InitError(f"[init.previous] {self.path} has no /params group: it is neither a result file "
+                                "nor an init cube (/params/<name> maps of shape (ny, nx))")
+            g = h5["params"]
+            missing = [p.name for p in specs if p.name not in g]
+            if missing:
+                raise InitError(f"[init.previous] {self.path} lacks /params/{missing[0]}"
+                                f"{' and more' if len(missing) > 1 else ''}: backend {backend.name!r} fits "
+                                f"{[p.name for p in specs]}, the file has {sorted(g)}")
+            shapes = {p.name: g[p.name].shape for p in specs}
+            if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
+                raise InitError(f"[init.previous] {self.path}: the /params maps must all be (ny, nx), got {shapes}")
+            for p in specs:
+                unit = _decode(g[p.name].attrs.get("unit"))
+                if unit is not None and str(unit) != p.unit:
+                    raise InitError(f"[init.previous] {self.path}: /params/{p.name} is in {unit!r}, backend "
+                                    f"{backend.name!r} fits it in {p.unit!r}")
+        bound = PreviousInit(self.options)
+        bound.shape = tuple(int(v) for v in next(iter(shapes.values())))  # type: ignore[assignment]
+        bound._names = tuple(p.name for p in specs)
+        return bound
+
+    def check_observation(self, shape: tuple[int, int], wavelength: np.ndarray | None = None) -> None:
+        """Raise :class:`InitError` unless the file's maps have the observation's (ny, nx)."""
+        if self.shape is None:
+            raise InitError("PreviousInit.check_observation called before bind(backend)")
+        if tuple(shape) != self.shape:
+            raise InitError(f"[init.previous] {self.path} holds maps of {self.shape[0]} x {self.shape[1]} pixels, "
+                            f"the observation has {shape[0]} x {shape[1]}; start from a file of the same field")
+
+    def initial_guess(self, stokes, wavelength, *, start, stop):  # noqa: D102 - see base
+        if self.shape is None or self._names is None:
+            raise InitError("PreviousInit.initial_guess called before bind(backend)")
+        ny, nx = self.shape
+        if not 0 <= start <= stop <= ny * nx:
+            raise InitError(f"[init.previous] {self.path} holds {ny} x {nx} = {ny * nx} pixels, asked for pixels "
+                            f"{start}..{stop}: the observation is larger than the file's field")
+        if stokes.shape[0] != stop - start:
+            raise InitError(f"[init.previous] got {stokes.shape[0]} spectra for pixels {start}..{stop}")
+        y0, y1 = start // nx, (stop - 1) // nx + 1 if stop > start else start // nx
+        off = start - y0 * nx
+        out = np.empty((stop - start, len(self._names)), dtype=np.float64)
+        with self._open() as h5:
+            for j, name in enumerate(self._names):
+                out[:, j] = h5["params"][name][y0:y1].reshape(-1)[off:off + stop - start]
+            if "status" in h5:
+                status = h5["status"][y0:y1].reshape(-1)[off:off + stop - start]
+                out[np.isin(status, UNUSABLE_STATUS)] = np.nan
+        return out
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102 - see base
+        return {"name": self.name, "options": {"file": self.path}}

@@ -1,0 +1,67 @@
+"""k-means (scipy) on planted clusters, subsets that cover every cluster, the best-match look-up."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from stokesflow.nn_init.kmeans import best_match, choose_subset, cluster_spectra, medoids
+from stokesflow.nn_init.providers import InitError, get_provider
+
+
+def _planted(rng, sizes=(300, 120, 40, 15), nf=24, spread=0.05):
+    centres = rng.normal(0, 1, (len(sizes), nf))
+    x = np.concatenate([c + spread * rng.standard_normal((n, nf)) for c, n in zip(centres, sizes)])
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    return x, truth
+
+
+def test_recovers_planted_clusters_and_subset_covers_them():
+    rng = np.random.default_rng(11)
+    x, truth = _planted(rng)
+    x[5] = np.nan  # a bad pixel: label -1, never chosen
+    _, labels = cluster_spectra(x, 4, seed=1)
+    assert labels[5] == -1
+    ok = labels >= 0
+    # every planted cluster maps onto exactly one found label, and vice versa (a perfect partition)
+    pairs = set(zip(truth[ok].tolist(), labels[ok].tolist()))
+    assert len(pairs) == 4 and len({t for t, _ in pairs}) == 4 and len({lab for _, lab in pairs}) == 4
+    sub = choose_subset(labels, 40, seed=0)
+    found = set(truth[sub].tolist())
+    assert found == {0, 1, 2, 3}  # the 15-pixel cluster is present although it is 3 % of the field
+    assert 5 not in sub and np.all(np.diff(sub) > 0)
+    # proportional share for the large cluster (300 of 474 pixels -> ~25 of 40), floor for the small ones
+    assert 20 <= int(np.sum(truth[sub] == 0)) <= 30
+
+
+def test_best_match_and_provider(tmp_path):
+    rng = np.random.default_rng(2)
+    profiles = rng.normal(0, 1, (5, 4, 6))
+    idx = rng.integers(0, 5, 50)
+    stokes = profiles[idx] + 1e-3 * rng.standard_normal((50, 4, 6))
+    got, chi2 = best_match(stokes, profiles, np.full(4, 1e-3))
+    np.testing.assert_array_equal(got, idx)
+    assert np.median(chi2) == pytest.approx(1.0, rel=0.3)  # noise-level residuals: reduced chi2 ~ 1
+    centroids = profiles.reshape(5, -1)
+    feats = stokes.reshape(50, -1)
+    med = medoids(feats, centroids, idx)
+    assert all(idx[m] == c for c, m in enumerate(med))
+
+    class Specs:
+        name = "double"
+        parameter_names = ("a", "b")
+
+    wl = 6173.0 + 0.07 * np.arange(6)
+    with h5py.File(tmp_path / "db.h5", "w") as h5:
+        h5["wavelength"] = wl
+        h5["profiles"] = profiles
+        h5["params/a"] = np.arange(5.0)
+        h5["params/b"] = 10 + np.arange(5.0)
+        h5.attrs["parameters"] = ["a", "b"]
+        h5.attrs["noise"] = np.full(4, 1e-3)
+    prov = get_provider("kmeans", {"database": str(tmp_path / "db.h5")}).bind(Specs())
+    g = prov.initial_guess(stokes, wl, start=0, stop=50)
+    np.testing.assert_array_equal(g[:, 0], idx)
+    with pytest.raises(InitError, match="built on 6 wavelengths"):
+        prov.initial_guess(stokes, wl + 0.01, start=0, stop=50)

@@ -1,0 +1,59 @@
+"""The ``previous`` provider: values by position, unusable pixels, shape / name / unit checks."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from stokesflow.backends import get_backend
+from stokesflow.nn_init.providers import InitError, get_provider
+
+
+@pytest.fixture
+def me():
+    return get_backend("me", {"lines": ["FeI_6173"]})
+
+
+def _cube(path, me, ny=3, nx=5, *, status=None, skip=(), units=None):
+    """An init cube: /params/<name> = 1000 * j + flat pixel index, so each value says where it came from."""
+    with h5py.File(path, "w") as h5:
+        for j, p in enumerate(me.parameters):
+            if p.name in skip:
+                continue
+            d = h5.create_dataset(f"params/{p.name}", data=(1000.0 * j + np.arange(ny * nx)).reshape(ny, nx))
+            d.attrs["unit"] = (units or {}).get(p.name, p.unit)
+        if status is not None:
+            h5.create_dataset("status", data=np.asarray(status, dtype=np.uint8).reshape(ny, nx))
+    return path
+
+
+def test_values_by_position_and_unusable_status(tmp_path, me):
+    status = np.zeros(15, dtype=np.uint8)
+    status[[7, 8]] = [2, 255]  # failed, not run: the backend's own estimate instead (NaN row)
+    prov = get_provider("previous", {"file": str(_cube(tmp_path / "c.h5", me, status=status))}).bind(me)
+    prov.check_observation((3, 5))
+    stokes = np.zeros((6, 4, 6))
+    guess = prov.initial_guess(stokes, np.arange(6.0), start=4, stop=10)  # crosses rows 0 -> 1
+    expected = 1000.0 * np.arange(len(me.parameters))[None, :] + np.arange(4, 10)[:, None]
+    expected[[3, 4]] = np.nan  # flat pixels 7 and 8
+    np.testing.assert_array_equal(guess, expected)
+
+
+def test_rejects_other_shape(tmp_path, me):
+    prov = get_provider("previous", {"file": str(_cube(tmp_path / "c.h5", me))}).bind(me)
+    with pytest.raises(InitError, match=r"holds maps of 3 x 5 pixels, the observation has 4 x 5"):
+        prov.check_observation((4, 5))
+    with pytest.raises(InitError, match=r"holds 3 x 5 = 15 pixels, asked for pixels 10..20"):
+        prov.initial_guess(np.zeros((10, 4, 6)), np.arange(6.0), start=10, stop=20)
+
+
+def test_rejects_missing_parameter_wrong_unit_and_file(tmp_path, me):
+    with pytest.raises(InitError, match=r"lacks /params/vlos.*fits \['B'"):
+        get_provider("previous", {"file": str(_cube(tmp_path / "a.h5", me, skip=("vlos",)))}).bind(me)
+    with pytest.raises(InitError, match=r"/params/B is in 'kG', backend 'me' fits it in 'G'"):
+        get_provider("previous", {"file": str(_cube(tmp_path / "b.h5", me, units={"B": "kG"}))}).bind(me)
+    with pytest.raises(InitError, match="not found"):
+        get_provider("previous", {"file": str(tmp_path / "none.h5")}).bind(me)
+    with pytest.raises(InitError, match="takes only 'file'"):
+        get_provider("previous", {"file": "x.h5", "path": "y"})
