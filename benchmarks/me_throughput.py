@@ -15,6 +15,19 @@ azimuth 0-180 deg, vlos -3..3 km/s, Doppler width 20-40 mA, eta0 3-20 (HMI) or
 Run: ``python benchmarks/me_throughput.py [--npix 20000] [--seed 1] [--cold]``
 (``--cold`` compiles into an empty numba cache, to measure the compile time).
 
+``--filters`` instead measures issue 9's cases (CPU time of this process,
+``time.process_time``, one thread, so other processes on a shared machine do
+not inflate it): ``--npix`` random pixels through the measured HMI-style
+profiles of ``shared/data/pymilne_hmi_filters.npz`` (701 points at 2 mA) and
+through the built-in ``hmi_filters``, noise 1e-3, fitted
+
+- on their 6 monochromatic points (``grid``: wrong for filtergrams, the speed
+  reference of the ratio), and grid-6 on monochromatic pixels (the published figure);
+- with ``hmi_filters`` and ``filters`` on the automatic model grid (default);
+- with ``filters`` on the profiles' own 2 mA grid (``filter_step = 0``: the
+  accuracy reference) and the accuracy-speed curve over ``filter_step``;
+- Hinode/SP-like 112 points with and without a 25 mA Gaussian PSF.
+
 ``--scene sunspot`` instead measures issue 6's case: the 128 x 128 HMI-like
 sunspot of ``stokesflow synth --instrument hmi --scene sunspot --size 128 128
 --seed 3``, inverted with the backend directly, once with the extra starts off
@@ -142,6 +155,104 @@ def run_scene(scene: str, repeat: int) -> int:
     return 0
 
 
+FILTERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                            "pymilne_hmi_filters.npz")
+
+
+def _timed_invert(be, stokes: np.ndarray, wave: np.ndarray):
+    """Invert after the warm-up; CPU time of this process [s] (one thread)."""
+    be.setup((stokes[:2], wave))
+    t0 = time.process_time()
+    res = be.invert(stokes, wave)
+    return res, time.process_time() - t0
+
+
+def _errors(res, truth: np.ndarray) -> dict:
+    """Median absolute errors against the truth and the count of pixels off by > 100 G."""
+    dB = np.abs(res.param("B") - truth[:, 0])
+    return {"dB": float(np.median(dB)), "n100": int(np.sum(dB > 100)),
+            "dinc": float(np.median(np.abs(res.param("inclination") - truth[:, 1]))),
+            "dv": float(1e3 * np.median(np.abs(res.param("vlos") - truth[:, 3])))}
+
+
+def run_filters(npix: int, seed: int, noise: float, filters_file: str, steps: list[float]) -> int:
+    """Issue 9: filtergram throughput with the filters in the model, ratio to grid-6, accuracy vs 2 mA."""
+    rng = np.random.default_rng(seed)
+    with np.load(filters_file) as z:
+        flam, ftrans = z["wavelength"], z["transmission"]
+    truth = random_params(npix, rng, (3, 20))
+    base = {"lines": ["FeI_6173"], "noise": noise}
+    meta = {"filters": (flam, ftrans)}
+
+    def me(**opts):
+        return get_backend("me", {**base, **opts}).for_observation(meta)
+
+    # data: the profiles on their own fine grids (exact), plus noise
+    obs_f = me(instrument="filters", filter_step=0).synthesize(truth, HMI_WAVE)
+    obs_f += rng.normal(0.0, noise, obs_f.shape)
+    obs_h = me(instrument="hmi_filters", filter_step=0).synthesize(truth, HMI_WAVE)
+    obs_h += rng.normal(0.0, noise, obs_h.shape)
+    obs_g = me().synthesize(truth, HMI_WAVE) + rng.normal(0.0, noise, obs_f.shape)
+    print(f"issue 9 filter cases: {npix} random HMI-like pixels (B 0-3000 G, eta0 3-20, Doppler width 20-40 mA), "
+          f"noise {noise:g}; CPU time of this process (time.process_time, one thread)")
+    print(f"measured profiles: {filters_file} ({flam.size} points at {1e3 * np.median(np.diff(flam)):.0f} mA)")
+
+    def model_points(be):
+        return be.model_for(HMI_WAVE).instrument.model_wavelength.size
+
+    rows = []
+
+    def case(label, be, obs):
+        res, dt = _timed_invert(be, obs, HMI_WAVE)
+        err = _errors(res, truth)
+        rows.append((label, model_points(be), npix / dt, res, err))
+        print(f"  {label:44s} model points {model_points(be):4d} | {npix / dt:7.0f} px/s/core | "
+              f"median |dB| {err['dB']:6.2f} G | >100 G {err['n100']:4d} | median |dincl| {err['dinc']:5.2f} deg | "
+              f"median |dvlos| {err['dv']:6.1f} m/s | median iterations {np.median(res.n_iter):.0f}", flush=True)
+        return res, npix / dt
+
+    _, v_mono = case("grid-6 on monochromatic pixels", me(), obs_g)
+    _, v_grid = case("grid-6 on the filtergrams (wrong model)", me(), obs_f)
+    _, v_grid_h = case("grid-6 on the hmi_filters filtergrams", me(), obs_h)
+    _, v_h = case("hmi_filters (default grid)", me(instrument="hmi_filters"), obs_h)
+    r_f, v_f = case("filters (default grid)", me(instrument="filters"), obs_f)
+    r_ref, v_ref = case("filters on the 2 mA profiles (filter_step=0)", me(instrument="filters", filter_step=0), obs_f)
+    print(f"ratio hmi_filters / grid-6 (same pixels): {v_h / v_grid_h:.2f}; filters / grid-6 (same pixels): "
+          f"{v_f / v_grid:.2f}; filters / grid-6 on monochromatic pixels: {v_f / v_mono:.2f}; "
+          f"speed-up over the 2 mA grid: {v_f / v_ref:.1f}x")
+    print("accuracy-speed curve (measured profiles, filter_step = core step of the model grid; deltas are the "
+          "fit minus the 2 mA fit, medians over pixels):")
+    e_ref = _errors(r_ref, truth)
+    for step in steps:
+        be = me(instrument="filters", filter_step=step)
+        res, dt = _timed_invert(be, obs_f, HMI_WAVE)
+        e = _errors(res, truth)
+
+        def med(name):
+            return float(np.median(np.abs(res.param(name) - r_ref.param(name))))
+
+        print(f"  filter_step {step:4.0f} mA: {model_points(be):3d} points | {npix / dt:7.0f} px/s/core | vs 2 mA fit: "
+              f"median |dB| {med('B'):6.3f} G, |dincl| {med('inclination'):6.4f} deg, |dvlos| {1e3 * med('vlos'):5.2f} m/s"
+              f" | vs truth: median |dB| {e['dB']:5.2f} G (2 mA: {e_ref['dB']:5.2f}), >100 G {e['n100']} "
+              f"(2 mA: {e_ref['n100']}), |dincl| {e['dinc']:5.3f} deg ({e_ref['dinc']:5.3f}), |dvlos| {e['dv']:5.2f} m/s "
+              f"({e_ref['dv']:5.2f})", flush=True)
+    # Hinode/SP-like: 112 points, with and without a spectral PSF (a convolution per evaluation)
+    hin = {"lines": ["FeI_6301", "FeI_6302"], "noise": noise}
+    th = random_params(npix // 4, rng, (5, 40))
+    for label, opts in (("Hinode-like 112 points, no PSF", {}),
+                        ("Hinode-like 112 points, PSF 25 mA", {"instrument": "psf", "psf_fwhm": 25.0})):
+        be = get_backend("me", {**hin, **opts})
+        obs = be.synthesize(th, HINODE_WAVE) + rng.normal(0.0, noise, (th.shape[0], 4, HINODE_WAVE.size))
+        be.setup((obs[:2], HINODE_WAVE))
+        t0 = time.process_time()
+        res = be.invert(obs, HINODE_WAVE)
+        dt = time.process_time() - t0
+        dB = np.abs(res.param("B") - th[:, 0])
+        print(f"  {label:44s} {th.shape[0] / dt:7.0f} px/s/core | median |dB| {np.median(dB):5.2f} G | "
+              f"median iterations {np.median(res.n_iter):.0f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--npix", type=int, default=20000, help="pixels per case (default 20000)")
@@ -151,11 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene", choices=["sunspot", "quiet", "plage", "mixed"],
                     help="measure issue 6's case instead: a 128 x 128 HMI-like scene, extra starts off vs on")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats for --scene (best is printed)")
+    ap.add_argument("--filters", action="store_true",
+                    help="measure issue 9's filter cases instead (grid-6, hmi_filters, filters at 2 mA and on the "
+                         "automatic grid, the accuracy-speed curve, Hinode with and without PSF)")
+    ap.add_argument("--filters-file", default=FILTERS_FILE, help="measured profiles (.npz: wavelength, transmission)")
+    ap.add_argument("--steps", default="10,15,20,30,40", help="filter_step values of the curve [mA]")
     args = ap.parse_args(argv)
     print(f"machine: {platform.machine()} {platform.processor() or ''}, cores: {os.cpu_count()}, one process, one thread")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}")
     if args.scene:
         return run_scene(args.scene, args.repeat)
+    if args.filters:
+        return run_filters(args.npix, args.seed, args.noise, args.filters_file,
+                           [float(s) for s in args.steps.split(",") if s.strip()])
     targets = {"HMI-like": (8000, 10.0, 0.05), "Hinode-like": (600, 1.5, 0.02)}
     ok = True
     for label, lines, wave, eta in (

@@ -208,12 +208,21 @@ def _geometry_impl(p, geo):
     geo[9] = 2.0 * c2 * _DEG
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _column_impl(gm, dout, j, v0, v1, v2, v3, v4, v5, v6):
+    """dout[:, j] = gm @ v: the chain rule from the 7 absorption-matrix entries to I, Q, U, V."""
+    for s in range(4):
+        dout[s, j] = (gm[s, 0] * v0 + gm[s, 1] * v1 + gm[s, 2] * v2 + gm[s, 3] * v3
+                      + gm[s, 4] * v4 + gm[s, 5] * v5 + gm[s, 6] * v6)
+
+
 @njit(cache=True, nogil=True)
-def _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout):
+def _me_point_impl(p, mu, geo, acc, gm, out, dout):
     """Stokes I, Q, U, V and their derivatives at one wavelength.
 
     ``geo`` from :func:`_geometry_impl`, ``acc`` from :func:`_profiles_impl`;
-    ``rt`` (7,), ``drt`` (7, 9) and ``gm`` (4, 7) are work arrays; ``out``
+    ``gm`` (4, 7) is a work array (the gradient of I, Q, U, V with respect
+    to the absorption-matrix entries [eI, eQ, eU, eV, rQ, rU, rV]); ``out``
     (4,) and ``dout`` (4, 9) receive the result.
     """
     eta0 = p[5]
@@ -230,84 +239,29 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout):
     dc2 = geo[8]
     ds2 = geo[9]
 
-    # rt: [eI, eQ, eU, eV, rQ, rU, rV]; drt columns follow p's order (0-6 used;
-    # every entry is set below except the azimuth's for eI, eV, rV, which are 0)
-    drt[0, 2] = 0.0
-    drt[3, 2] = 0.0
-    drt[6, 2] = 0.0
-    # profile-parameter rows of acc -> parameter index
-    # value row gives d/d eta0 (divided by eta0 already absent)
-    for r in range(5):
-        hb = acc[r, 0]
-        hp = acc[r, 1]
-        hr = acc[r, 2]
-        lb = acc[r, 3]
-        lp = acc[r, 4]
-        lr = acc[r, 5]
-        eI = A * hp + C * (hb + hr)
-        lin_e = A * (hp - 0.5 * (hb + hr))
-        lin_r = A * (lp - 0.5 * (lb + lr))
-        eQ = lin_e * c2
-        eU = lin_e * s2
-        eV = 0.5 * (hr - hb) * cos_t
-        rQ = lin_r * c2
-        rU = lin_r * s2
-        rV = 0.5 * (lr - lb) * cos_t
-        if r == 0:
-            rt[0] = 1.0 + eta0 * eI
-            rt[1] = eta0 * eQ
-            rt[2] = eta0 * eU
-            rt[3] = eta0 * eV
-            rt[4] = eta0 * rQ
-            rt[5] = eta0 * rU
-            rt[6] = eta0 * rV
-            # d/d eta0
-            drt[0, 5] = eI
-            drt[1, 5] = eQ
-            drt[2, 5] = eU
-            drt[3, 5] = eV
-            drt[4, 5] = rQ
-            drt[5, 5] = rU
-            drt[6, 5] = rV
-            # d/d inclination
-            le0 = hp - 0.5 * (hb + hr)
-            lr0 = lp - 0.5 * (lb + lr)
-            drt[0, 1] = eta0 * (dA * hp + dC * (hb + hr))
-            drt[1, 1] = eta0 * dA * le0 * c2
-            drt[2, 1] = eta0 * dA * le0 * s2
-            drt[3, 1] = eta0 * 0.5 * (hr - hb) * dct
-            drt[4, 1] = eta0 * dA * lr0 * c2
-            drt[5, 1] = eta0 * dA * lr0 * s2
-            drt[6, 1] = eta0 * 0.5 * (lr - lb) * dct
-            # d/d azimuth
-            drt[1, 2] = eta0 * lin_e * dc2
-            drt[2, 2] = eta0 * lin_e * ds2
-            drt[4, 2] = eta0 * lin_r * dc2
-            drt[5, 2] = eta0 * lin_r * ds2
-        else:
-            # r = 1 B (p0), 2 vlos (p3), 3 doppler width (p4), 4 damping (p6)
-            j = 0
-            if r == 2:
-                j = 3
-            elif r == 3:
-                j = 4
-            elif r == 4:
-                j = 6
-            drt[0, j] = eta0 * eI
-            drt[1, j] = eta0 * eQ
-            drt[2, j] = eta0 * eU
-            drt[3, j] = eta0 * eV
-            drt[4, j] = eta0 * rQ
-            drt[5, j] = eta0 * rU
-            drt[6, j] = eta0 * rV
-
-    eI = rt[0]
-    eQ = rt[1]
-    eU = rt[2]
-    eV = rt[3]
-    rQ = rt[4]
-    rU = rt[5]
-    rV = rt[6]
+    # absorption-matrix entries per unit eta0 from the profiles (row 0 of acc)
+    hb = acc[0, 0]
+    hp = acc[0, 1]
+    hr = acc[0, 2]
+    lb = acc[0, 3]
+    lp = acc[0, 4]
+    lr = acc[0, 5]
+    le0 = hp - 0.5 * (hb + hr)
+    lr0 = lp - 0.5 * (lb + lr)
+    fI = A * hp + C * (hb + hr)
+    fQ = A * le0 * c2
+    fU = A * le0 * s2
+    fV = 0.5 * (hr - hb) * cos_t
+    gQ = A * lr0 * c2
+    gU = A * lr0 * s2
+    gV = 0.5 * (lr - lb) * cos_t
+    eI = 1.0 + eta0 * fI
+    eQ = eta0 * fQ
+    eU = eta0 * fU
+    eV = eta0 * fV
+    rQ = eta0 * gQ
+    rU = eta0 * gU
+    rV = eta0 * gV
     eI2 = eI * eI
     Pi = eQ * rQ + eU * rU + eV * rV
     R2 = rQ * rQ + rU * rU + rV * rV
@@ -372,12 +326,34 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout):
     gm[3, 4] = cP * ((eI * eU + rV * eQ) - xV * dD4)
     gm[3, 5] = cP * ((-eI * eQ + rV * eU) - xV * dD5)
     gm[3, 6] = cP * ((Pi + rV * eV) - xV * dD6)
-    for j in range(7):  # parameters 0-6; S0 and S1 below
-        for s in range(4):
-            t = 0.0
-            for m in range(7):
-                t += gm[s, m] * drt[m, j]
-            dout[s, j] = t
+    # eta0 (p5)
+    _column_impl(gm, dout, 5, fI, fQ, fU, fV, gQ, gU, gV)
+    # inclination (p1) and azimuth (p2)
+    _column_impl(gm, dout, 1, eta0 * (dA * hp + dC * (hb + hr)), eta0 * dA * le0 * c2, eta0 * dA * le0 * s2,
+                 eta0 * 0.5 * (hr - hb) * dct, eta0 * dA * lr0 * c2, eta0 * dA * lr0 * s2,
+                 eta0 * 0.5 * (lr - lb) * dct)
+    _column_impl(gm, dout, 2, 0.0, eta0 * A * le0 * dc2, eta0 * A * le0 * ds2, 0.0,
+                 eta0 * A * lr0 * dc2, eta0 * A * lr0 * ds2, 0.0)
+    # profile parameters: rows 1-4 of acc are B (p0), vlos (p3), Doppler width (p4), damping (p6)
+    for r in range(1, 5):
+        j = 0
+        if r == 2:
+            j = 3
+        elif r == 3:
+            j = 4
+        elif r == 4:
+            j = 6
+        hb = acc[r, 0]
+        hp = acc[r, 1]
+        hr = acc[r, 2]
+        lb = acc[r, 3]
+        lp = acc[r, 4]
+        lr = acc[r, 5]
+        le = A * (hp - 0.5 * (hb + hr))
+        lrr = A * (lp - 0.5 * (lb + lr))
+        _column_impl(gm, dout, j, eta0 * (A * hp + C * (hb + hr)), eta0 * le * c2, eta0 * le * s2,
+                     eta0 * 0.5 * (hr - hb) * cos_t, eta0 * lrr * c2, eta0 * lrr * s2,
+                     eta0 * 0.5 * (lr - lb) * cos_t)
     dout[0, 7] = 1.0
     dout[1, 7] = 0.0
     dout[2, 7] = 0.0
@@ -390,7 +366,14 @@ def _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout):
 
 @njit(cache=True, nogil=True)
 def _me_grid_impl(p, ctx, y, jac):
-    """ME Stokes vector and Jacobian on the model grid (layout y[s * nm + j])."""
+    """ME Stokes vector and Jacobian (9 columns) on the observed points.
+
+    Without an instrument (``ctx[8]`` of shape (0, 0)) the model points are
+    the observed ones (layout y[s * nm + j]); with one, each model point's
+    values and derivatives are added into the observed points it
+    contributes to as soon as they are computed (observed = proj @ model),
+    so no model-grid Jacobian is stored and re-read.
+    """
     mwave = ctx[0]
     lam0 = ctx[1]
     ratio = ctx[2]
@@ -399,10 +382,9 @@ def _me_grid_impl(p, ctx, y, jac):
     cshift = ctx[5]
     cstr = ctx[6]
     mu = ctx[7][0]
+    proj = ctx[8]
     nm = mwave.shape[0]
     acc = np.empty((5, 6))
-    rt = np.empty(7)
-    drt = np.empty((7, 9))
     out = np.empty(4)
     dout = np.empty((4, 9))
     geo = np.empty(10)
@@ -412,13 +394,30 @@ def _me_grid_impl(p, ctx, y, jac):
     # what does not depend on the wavelength, once per evaluation
     _components_impl(p[0], p[3], p[4] * 1e-3, lam0, ratio, cline, cshift, cstr, comp)
     _geometry_impl(p, geo)
+    no = proj.shape[0]
+    if no > 0:
+        for i in range(4 * no):
+            y[i] = 0.0
+            for q in range(9):
+                jac[i, q] = 0.0
     for j in range(nm):
         _profiles_impl(mwave[j], a, comp, cgroup, acc)
-        _me_point_impl(p, mu, geo, acc, rt, drt, gm, out, dout)
-        for s in range(4):
-            y[s * nm + j] = out[s]
-            for q in range(9):
-                jac[s * nm + j, q] = dout[s, q]
+        _me_point_impl(p, mu, geo, acc, gm, out, dout)
+        if no == 0:
+            for s in range(4):
+                y[s * nm + j] = out[s]
+                for q in range(9):
+                    jac[s * nm + j, q] = dout[s, q]
+        else:
+            for i in range(no):
+                w = proj[i, j]
+                if w == 0.0:
+                    continue
+                for s in range(4):
+                    r = s * no + i
+                    y[r] += w * out[s]
+                    for q in range(9):
+                        jac[r, q] += w * dout[s, q]
 
 
 @njit(cache=True, nogil=True)
@@ -429,32 +428,11 @@ def me_model_impl(p, ctx, y, jac):
     Stokes parameter) and, when ``ctx[10][0] != 0``, a filling factor
     ``p[9]`` mixing the ME profile with the stray-light profile ``ctx[9]``.
     """
-    proj = ctx[8]
     stray = ctx[9]
     use_ff = ctx[10][0] != 0.0
     npar = p.shape[0]
-    if proj.shape[0] == 0:
-        _me_grid_impl(p, ctx, y, jac)
-        no = y.shape[0] // 4
-    else:
-        nm = proj.shape[1]
-        no = proj.shape[0]
-        ym = np.empty(4 * nm)
-        jm = np.empty((4 * nm, 9))
-        _me_grid_impl(p, ctx, ym, jm)
-        for s in range(4):
-            for i in range(no):
-                acc = 0.0
-                for q in range(9):
-                    jac[s * no + i, q] = 0.0
-                for j in range(nm):
-                    w = proj[i, j]
-                    if w == 0.0:
-                        continue
-                    acc += w * ym[s * nm + j]
-                    for q in range(9):
-                        jac[s * no + i, q] += w * jm[s * nm + j, q]
-                y[s * no + i] = acc
+    _me_grid_impl(p, ctx, y, jac)
+    no = y.shape[0] // 4
     if use_ff:
         ff = p[9]
         for i in range(4 * no):

@@ -167,6 +167,11 @@ def hmi_filter_profiles(
     return lam, T
 
 
+#: Growth of the model-grid step beyond the core of a filter instrument (the damping
+#: wings are smooth on the scale of their distance from the line).
+_WING_GROWTH = 1.6
+
+
 def interpolation_matrix(model_wavelength: np.ndarray, wavelength: np.ndarray) -> np.ndarray:
     """Matrix P (n, nm) of cubic-spline interpolation from a model grid to ``wavelength``.
 
@@ -250,12 +255,12 @@ def filter_model_grid(
     blue, red = [], []
     x, d = lo, h
     while x > lam[0] and np.interp(x, lam, below) > wing_tol:
-        d *= 1.6
+        d *= _WING_GROWTH
         x -= d
         blue.append(max(x, lam[0]))
     x, d = hi, h
     while x < lam[-1] and np.interp(x, lam, above) > wing_tol:
-        d *= 1.6
+        d *= _WING_GROWTH
         x += d
         red.append(min(x, lam[-1]))
     grid = np.concatenate([np.array(blue[::-1]), core, np.array(red)])
