@@ -288,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
     add_export_parser(sub)
+
+    # -- train, predict, assist (the assisted loop; torch is imported only when they run) --
+    from stokesflow.orchestrator.nn_cli import add_nn_parsers
+
+    add_nn_parsers(sub)
     return parser
 
 

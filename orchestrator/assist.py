@@ -1,0 +1,389 @@
+"""``stokesflow assist``: the assisted-inversion loop on one scheduler.
+
+Phases (each one resumable; a rerun with the same arguments skips the
+finished phases and, inside a phase, the finished chunks or epochs):
+
+1. ``subset``: k-means (scipy's ``kmeans2``) of the normalised spectra of the
+   whole field into ``clusters`` groups, then a subset of ``subset`` x npix
+   pixels drawn from every cluster (in proportion, with a floor per cluster),
+   written as a 1 x n observation ``DIR/subset_obs.h5`` (with the flat indices
+   in ``/assist/index`` and the cluster map in ``/assist/labels``).
+   ``subset_method="box"`` takes a same-size corner box instead (for comparison).
+2. ``reference``: the subset inverted with the reference strategy (default
+   ``n_starts=4, max_iter=100``) -> ``DIR/subset.h5``.
+3. ``train``: the network trained on those results, as a task on the
+   executor -> ``DIR/model.pt``.
+4. ``predict``: the network's parameters for every pixel, as chunk tasks ->
+   ``DIR/guess.h5``.
+5. ``assisted``: the whole field inverted from those guesses (``--init
+   previous -I file=guess.h5``) with the short strategy (``n_starts=1``) ->
+   ``DIR/assisted.h5``.
+6. ``baseline`` (with ``baseline=True``): the whole field inverted the
+   classical way (backend defaults) -> ``DIR/baseline.h5``.
+
+Then ``DIR/summary.json`` (seconds per phase under ``phases``, total LM
+iterations under ``lm_iterations``, chi2, Pearson correlations against the
+baseline and the truth, speed-ups) and ``DIR/report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from stokesflow.orchestrator.errors import OrchestratorError
+
+__all__ = ["PHASES", "AssistSettings", "run_assist", "make_subset"]
+
+log = logging.getLogger("stokesflow.assist")
+
+PHASES = ("subset", "reference", "train", "predict", "assisted", "baseline")
+
+
+@dataclass(frozen=True)
+class AssistSettings:
+    """Settings of the loop (what a rerun must repeat to resume).
+
+    Attributes
+    ----------
+    subset : float
+        Share of the field's pixels inverted as the training set (0 < subset <= 1).
+    subset_method : str
+        ``"clusters"`` (default) or ``"box"`` (a same-size corner box, for comparison).
+    clusters : int
+        k of the k-means.
+    model : str
+        ``"cnn"``.
+    baseline : bool
+        Also invert the whole field the classical way.
+    epochs : int
+        Most training epochs (early stopping ends sooner).
+    threads : int
+        torch threads of the training and prediction tasks; 0: the worker's share of the cores.
+    seed : int
+    backend : str
+    backend_options : dict
+        Options of every run (``-B``).
+    reference_options : dict
+        Added for the reference inversion of the subset.
+    short_options : dict
+        Added for the assisted inversion.
+    cluster : dict
+        The ``[cluster]`` table.
+    chunk_pixels : int
+        0: automatic.
+    progress : str
+    report : bool
+        Write ``DIR/report/``.
+    """
+
+    subset: float = 0.05
+    subset_method: str = "clusters"
+    clusters: int = 16
+    model: str = "cnn"
+    baseline: bool = False
+    epochs: int = 200
+    threads: int = 0
+    seed: int = 0
+    backend: str = "me"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    reference_options: dict[str, Any] = field(default_factory=lambda: {"n_starts": 4, "max_iter": 100})
+    short_options: dict[str, Any] = field(default_factory=lambda: {"n_starts": 1})
+    cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    chunk_pixels: int = 0
+    progress: str = "auto"
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.subset <= 1:
+            raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
+        if self.subset_method not in ("clusters", "box"):
+            raise OrchestratorError(f"subset_method must be 'clusters' or 'box', got {self.subset_method!r}")
+        if self.model != "cnn":
+            raise OrchestratorError(f"--model {self.model!r} is not available; choose cnn (unet is planned)")
+        if self.clusters < 1 or self.epochs < 1:
+            raise OrchestratorError(f"clusters and epochs must be >= 1, got {self.clusters} and {self.epochs}")
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a rerun to resume (not the reporting settings)."""
+        d = asdict(self)
+        for k in ("progress", "report", "baseline", "cluster", "threads"):
+            d.pop(k)
+        return d
+
+
+# ---------------------------------------------------------------------------
+# phase 1: the subset
+# ---------------------------------------------------------------------------
+def _read_all(obs: Any) -> np.ndarray:
+    out = np.empty((obs.npix, 4, obs.nw), dtype=np.float32)
+    rows = max(1, (1 << 24) // max(1, obs.nx * 4 * obs.nw * 4))
+    for y0 in range(0, obs.ny, rows):
+        y1 = min(obs.ny, y0 + rows)
+        out[y0 * obs.nx:y1 * obs.nx] = obs.read_rows(y0, y1).reshape(-1, 4, obs.nw)
+    return out
+
+
+def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
+    """Choose the subset of ``obs`` and write it as a 1 x n observation ``out``; return its description."""
+    import h5py
+
+    from stokesflow.nn_init.features import normalise_spectra
+    from stokesflow.nn_init.kmeans import choose_subset, cluster_spectra
+    from stokesflow.orchestrator.io import write_observation
+
+    stokes = _read_all(obs)
+    n = max(64, int(round(s.subset * obs.npix)))
+    valid = np.isfinite(stokes).all(axis=(1, 2))
+    feats, _ = normalise_spectra(stokes)
+    k = int(min(s.clusters, max(1, valid.sum() // 4)))
+    _, labels = cluster_spectra(feats, k, seed=s.seed)
+    if s.subset_method == "clusters":
+        index = choose_subset(labels, n, seed=s.seed)
+    else:  # a corner box of about n pixels (the bottom-left corner of the map)
+        side_y = min(obs.ny, int(np.ceil(np.sqrt(n * obs.ny / obs.nx))))
+        side_x = min(obs.nx, int(np.ceil(n / side_y)))
+        yy, xx = np.mgrid[0:side_y, 0:side_x]
+        index = (yy * obs.nx + xx).ravel()
+        index = index[valid[index]]
+    meta = obs.meta
+    truth = obs.read_truth()
+    filters = meta.get("filters")
+    write_observation(
+        out, stokes[index][None], obs.wavelength,
+        {"instrument": meta.get("instrument", "generic"), "lines": ",".join(obs.lines), "noise": meta.get("noise"),
+         "source": str(obs.path)},
+        {k2: np.asarray(v).reshape(-1)[index][None] for k2, v in (truth or {}).items()},
+        spectral_instrument=meta.get("spectral_instrument"), psf_fwhm=meta.get("psf_fwhm"),
+        filters=tuple(filters) if filters is not None else None,
+    )
+    with h5py.File(out, "a") as h5:
+        h5.create_dataset("assist/index", data=index)
+        h5.create_dataset("assist/labels", data=labels.reshape(obs.ny, obs.nx).astype(np.int32))
+    sizes = np.bincount(labels[labels >= 0])
+    return {"pixels": int(index.size), "clusters": int(sizes.size), "cluster_sizes": sizes.tolist(),
+            "method": s.subset_method}
+
+
+# ---------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------
+class _State:
+    """``DIR/summary.json``: finished phases, seconds per phase, arguments; written after every phase."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], input_path: str) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"input": input_path, "arguments": identity, "done": [], "phases": {}}
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("arguments") != identity or old.get("input") != input_path:
+                diff = sorted(k for k in set(identity) | set(old.get("arguments", {}))
+                              if identity.get(k) != old.get("arguments", {}).get(k))
+                raise OrchestratorError(
+                    f"{path.parent} holds an assist run of {old.get('input')} with other arguments "
+                    f"(differences: {diff or ['input']}); use another --out folder or --overwrite")
+            self.data = old
+
+    def done(self, phase: str) -> bool:
+        return phase in self.data["done"]
+
+    def finish(self, phase: str, seconds: float, **extra: Any) -> None:
+        self.data["phases"][phase] = self.data["phases"].get(phase, 0.0) + seconds
+        self.data["done"].append(phase)
+        self.data.update(extra)
+        self.save()
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.data["phases"][phase] = self.data["phases"].get(phase, 0.0) + seconds
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".partial")
+        tmp.write_text(json.dumps(self.data, indent=1, default=float))
+        tmp.replace(self.path)
+
+
+def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
+            init_options: dict[str, Any] | None = None, noise: Any = None) -> Any:
+    from stokesflow.orchestrator.config import load_config
+    from stokesflow.orchestrator.run import run_inversion
+
+    resume = out.exists()
+    layer: dict[str, Any] = {
+        "input": {"path": str(obs_path)},
+        "output": {"path": str(out), "resume": resume, "overwrite": False},
+        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
+        "cluster": dict(s.cluster),
+        "backend": {s.backend: {**s.backend_options, **options}},
+    }
+    if noise is not None:
+        layer["input"]["noise"] = noise
+    if init_options:
+        layer["init"] = {init: dict(init_options)}
+    return run_inversion(load_config(None, layer))
+
+
+def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               settings: AssistSettings | None = None, *, overwrite: bool = False,
+               on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or finish) the assisted loop; return the summary written to ``DIR/summary.json``.
+
+    Parameters
+    ----------
+    input_path : path
+        The observation.
+    out_dir : path
+        ``DIR``; created if missing. A folder holding a run with other
+        arguments is refused unless ``overwrite`` (which empties it).
+    settings : AssistSettings
+    on_phase : callable, optional
+        Called with each phase's name before it runs (progress, tests).
+
+    Raises
+    ------
+    OrchestratorError, BackendError, InitError, ClusterError
+        Bad input or configuration, before the phase that meets it.
+    """
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.predict import predict_observation
+    from stokesflow.orchestrator.train import train_model
+
+    s = settings or AssistSettings()
+    d = Path(out_dir)
+    obs = open_observation(input_path)
+    if overwrite and d.exists():
+        for f in d.iterdir():
+            if f.is_file():
+                f.unlink()
+    d.mkdir(parents=True, exist_ok=True)
+    st = _State(d / "summary.json", s.identity(), str(obs.path))
+    paths = {"subset_obs": d / "subset_obs.h5", "subset": d / "subset.h5", "model": d / "model.pt",
+             "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5"}
+    ran: list[str] = []
+
+    def phase(name: str, fn: Callable[[], Any]) -> Any:
+        if st.done(name):
+            log.info("phase %s: already done in %s, skipped", name, d)
+            return None
+        if on_phase is not None:
+            on_phase(name)
+        log.info("phase %s ...", name)
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        except BaseException:
+            st.add_seconds(name, time.perf_counter() - t0)  # the time spent counts, the phase is not done
+            raise
+        st.finish(name, time.perf_counter() - t0)
+        ran.append(name)
+        log.info("phase %s done in %.1f s", name, time.perf_counter() - t0)
+        return out
+
+    def subset() -> None:
+        paths["subset_obs"].unlink(missing_ok=True)
+        st.data["subset"] = make_subset(obs, paths["subset_obs"], s)
+
+    phase("subset", subset)
+    phase("reference", lambda: _invert(s, paths["subset_obs"], paths["subset"], options=s.reference_options))
+    noise = _noise_of(paths["subset"]) if obs.meta.get("noise") is None else None
+
+    def train() -> None:
+        summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"], model=s.model,
+                              settings={"epochs": s.epochs, "seed": s.seed}, cluster=s.cluster, overwrite=True,
+                              threads=s.threads or None)
+        st.data["training"] = {k: summary[k] for k in ("pixels", "n_train", "n_val", "epochs", "best_epoch",
+                                                        "val_loss", "device", "threads", "history")}
+
+    phase("train", train)
+
+    def predict() -> None:
+        res = predict_observation(obs.path, paths["model"], paths["guess"], cluster=s.cluster,
+                                  chunk_pixels=s.chunk_pixels, resume=paths["guess"].exists(),
+                                  threads=s.threads or None)
+        st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
+
+    phase("predict", predict)
+    phase("assisted", lambda: _invert(s, Path(obs.path), paths["assisted"], options=s.short_options,
+                                      init="previous", init_options={"file": str(paths["guess"])}, noise=noise))
+    if s.baseline:
+        phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options={}, noise=noise))
+    summary = _summarise(st, paths, obs, s)
+    summary["ran"] = ran
+    st.data.update(summary)
+    st.save()
+    if s.report:
+        _report(d, paths, s, st.data)
+    return st.data
+
+
+def _noise_of(result: Path) -> Any:
+    from stokesflow.orchestrator.store import inspect_result
+
+    a = inspect_result(result)
+    n = a.get("noise")
+    return None if n is None else [float(v) for v in np.atleast_1d(n)]
+
+
+def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) -> dict[str, Any]:
+    from stokesflow.orchestrator.assist_metrics import agreement, chi2_stats, iteration_stats, truth_metrics
+    from stokesflow.orchestrator.store import read_result
+
+    runs = {"reference": read_result(paths["subset"]), "assisted": read_result(paths["assisted"])}
+    if paths["baseline"].exists() and st.done("baseline"):
+        runs["baseline"] = read_result(paths["baseline"])
+    guess = read_result(paths["guess"])
+    out: dict[str, Any] = {
+        "lm_iterations": {k: iteration_stats(r)["total"] for k, r in runs.items()},
+        "iterations": {k: iteration_stats(r) for k, r in runs.items()},
+        "chi2": {k: chi2_stats(r) for k, r in runs.items()},
+    }
+    ph = st.data["phases"]
+    out["loop_seconds"] = float(sum(ph.get(p, 0.0) for p in PHASES[:5]))
+    if "baseline" in runs:
+        b = runs["baseline"]
+        out["agreement_with_baseline"] = {"assisted": agreement(runs["assisted"], b),
+                                          "guess": agreement(guess, b)}
+        out["speedup"] = {
+            "iterations": out["lm_iterations"]["baseline"] / max(1, out["lm_iterations"]["assisted"]),
+            "wall_assisted": ph.get("baseline", 0.0) / max(1e-9, ph.get("assisted", 0.0)),
+            "wall_loop": ph.get("baseline", 0.0) / max(1e-9, out["loop_seconds"]),
+        }
+    truth = obs.read_truth()
+    if truth:
+        out["truth"] = {k: truth_metrics(r, truth) for k, r in runs.items() if k != "reference"}
+        out["truth"]["guess"] = truth_metrics(guess, truth)
+    return out
+
+
+def _report(d: Path, paths: dict[str, Path], s: AssistSettings, data: dict[str, Any]) -> None:
+    """``DIR/report/``: the results report (if available) and a page of the loop itself."""
+    rep = d / "report"
+    rep.mkdir(exist_ok=True)
+    try:
+        from stokesflow.orchestrator.report import write_report
+
+        # the results report compares with one thing: the baseline when there is one, else the truth
+        has_baseline = "baseline" in data["done"]
+        write_report(paths["assisted"], rep, reference=paths["baseline"] if has_baseline else None,
+                     truth=("truth" in data) and not has_baseline)
+    except Exception as exc:  # noqa: BLE001 - the loop's results stand without the report
+        log.warning("report of %s not written: %s: %s", paths["assisted"], type(exc).__name__, exc)
+    rows = "".join(f"<tr><td>{p}</td><td>{sec:.1f}</td></tr>" for p, sec in data["phases"].items())
+    its = "".join(f"<tr><td>{k}</td><td>{v['total']}</td><td>{v['mean']:.2f}</td></tr>"
+                  for k, v in data.get("iterations", {}).items())
+    hist = data.get("training", {}).get("history", [])
+    loss = "".join(f"<tr><td>{h['epoch']}</td><td>{h['train_loss']:.4g}</td><td>{h['val_loss']:.4g}</td></tr>"
+                   for h in hist)
+    (rep / "loop.html").write_text(
+        "<html><body><h1>stokesflow assist</h1><h2>Time per phase [s]</h2><table>" + rows + "</table>"
+        "<h2>LM iterations</h2><table><tr><th>run</th><th>total</th><th>per pixel</th></tr>" + its + "</table>"
+        "<h2>Training</h2><table><tr><th>epoch</th><th>train loss</th><th>validation loss</th></tr>" + loss
+        + "</table><pre>" + json.dumps({k: data[k] for k in ("speedup", "chi2", "agreement_with_baseline")
+                                         if k in data}, indent=1) + "</pre></body></html>")

@@ -1,0 +1,86 @@
+"""Figures of the assisted loop: LM iterations, chi2, agreement with the baseline and the truth.
+
+Plain functions over result files (read with
+:func:`stokesflow.orchestrator.store.read_result`), used for
+``DIR/summary.json`` by :mod:`stokesflow.orchestrator.assist` and by
+``benchmarks/assist_loop.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["iteration_stats", "chi2_stats", "pearson", "agreement", "truth_metrics", "B_OFF_G"]
+
+#: Threshold [G] of "pixels off by more than 100 G" (the issue's accuracy figure).
+B_OFF_G = 100.0
+
+_FITTED = (0, 1, 4)  # statuses with parameters (ok, max-iterations, poor fit)
+
+
+def iteration_stats(r: Any) -> dict[str, Any]:
+    """Total and mean LM iterations over the inverted pixels, and a histogram (bins of 5)."""
+    fitted = np.isin(r.status, _FITTED)
+    it = r.n_iter[fitted].astype(np.int64)
+    hist, edges = np.histogram(it, bins=np.arange(0, max(10, int(it.max(initial=0)) + 6), 5))
+    return {"total": int(it.sum()), "mean": float(it.mean()) if it.size else 0.0, "pixels": int(it.size),
+            "histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
+            "status": {str(k): int(v) for k, v in zip(*np.unique(r.status, return_counts=True))}}
+
+
+def chi2_stats(r: Any) -> dict[str, float]:
+    """Median, 90th and 99th percentile of the reduced chi2 of the inverted pixels."""
+    c = r.chi2[np.isin(r.status, _FITTED) & np.isfinite(r.chi2)]
+    if not c.size:
+        return {"median": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    return {"median": float(np.median(c)), "p90": float(np.percentile(c, 90)), "p99": float(np.percentile(c, 99))}
+
+
+def _align_circular(a: np.ndarray, b: np.ndarray, period: float) -> np.ndarray:
+    """``b`` shifted by multiples of ``period`` to lie within half a period of ``a``."""
+    return a + (np.mod(b - a + 0.5 * period, period) - 0.5 * period)
+
+
+def pearson(a: np.ndarray, b: np.ndarray, *, period: float | None = None) -> float:
+    """Pearson correlation over the pixels finite in both; a circular quantity is aligned first."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    a, b = a[ok], b[ok]
+    if period is not None:
+        b = _align_circular(a, b, period)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _period(r: Any, name: str) -> float | None:
+    return 180.0 if name == "azimuth" else None
+
+
+def agreement(a: Any, b: Any, names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Pearson correlation per parameter between two result files' maps (pixels fitted in both)."""
+    both = np.isin(a.status, _FITTED) & np.isin(b.status, _FITTED)
+    out = {}
+    for n in names or tuple(a.params):
+        out[n] = pearson(np.where(both, a.params[n], np.nan), b.params[n], period=_period(a, n))
+    return out
+
+
+def truth_metrics(r: Any, truth: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Pearson per parameter against the true maps, and the share of pixels off by > 100 G in B."""
+    fitted = np.isin(r.status, _FITTED)
+    out: dict[str, Any] = {"pearson": {}}
+    for n, t in truth.items():
+        if n in r.params:
+            out["pearson"][n] = pearson(np.where(fitted, r.params[n], np.nan), t, period=_period(r, n))
+    if "B" in truth and "B" in r.params:
+        d = np.abs(np.where(fitted, r.params["B"], np.nan) - truth["B"])
+        ok = np.isfinite(d)
+        out["B_off_100G"] = int((d[ok] > B_OFF_G).sum())
+        out["B_off_100G_fraction"] = float((d[ok] > B_OFF_G).mean()) if ok.any() else float("nan")
+    return out

@@ -1,0 +1,172 @@
+"""The ``train``, ``predict`` and ``assist`` subcommands of ``stokesflow`` (parsers and commands).
+
+:func:`add_nn_parsers` adds them to the command line's subparsers; each
+command builds its arguments and calls the library
+(:func:`stokesflow.orchestrator.train.train_model`,
+:func:`stokesflow.orchestrator.predict.predict_observation`,
+:func:`stokesflow.orchestrator.assist.run_assist`). Exit codes are those of
+``invert``: 0 done, 2 bad input (a model that does not fit the data, missing
+files, ...), 1 unexpected error, 130/143 interrupted (a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["add_nn_parsers"]
+
+
+def _key_value(text: str) -> Any:
+    from stokesflow.orchestrator.cli import _key_value as kv
+
+    return kv(text)
+
+
+def _cluster_flags(p: argparse.ArgumentParser, default: str) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", default=default, choices=["local", "serial", "mpi", "slurm", "pbs", "address"],
+                   help="where the tasks run")
+    g.add_argument("-w", "--workers", type=int, default=None, metavar="N", help="worker processes")
+    g.add_argument("--address", default=None, metavar="URL", help="scheduler address for --cluster address")
+    g.add_argument("-C", "--cluster-option", dest="cluster_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="any other [cluster] key (repeatable)")
+
+
+def _cluster_table(args: argparse.Namespace) -> dict[str, Any]:
+    t: dict[str, Any] = {"kind": args.cluster}
+    if args.workers:
+        t["workers"] = args.workers
+    if args.address:
+        t["address"] = args.address
+    for key, value, _ in args.cluster_option or []:
+        t[key] = value
+    return t
+
+
+def _log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings and errors only")
+
+
+def add_nn_parsers(sub: Any) -> None:
+    """Add ``train``, ``predict`` and ``assist`` to the ``stokesflow`` subparsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("train", help="train a network on observations and their result files",
+                       description="Train a network (cnn) on (observation, result file) pairs: pixels with "
+                                   "status 0 only, a held-out part for validation and early stopping, a "
+                                   "checkpoint beside --out that a rerun resumes. Runs as one task on --cluster.",
+                       formatter_class=fmt)
+    p.add_argument("-i", "--input", action="append", required=True, metavar="OBS.h5",
+                   help="observation (repeat, in the order of --results)")
+    p.add_argument("-r", "--results", action="append", required=True, metavar="RESULT.h5",
+                   help="result file of that observation (repeat)")
+    p.add_argument("--model", default="cnn", choices=["cnn"], help="network kind (unet is planned)")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL.pt", help="model file to write")
+    p.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping ends sooner)")
+    p.add_argument("--batch", type=int, default=256, help="pixels per batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share of the pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-chi2", type=float, default=None, help="leave out pixels with a reduced chi2 above it")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _cluster_flags(p, "serial")
+    _log_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="a trained network's parameters for every pixel (result-file layout)",
+                       description="Apply a model file to every pixel of an observation, as chunk tasks, and "
+                                   "write /params/<name> in the result-file layout (usable as --init previous "
+                                   "-I file=OUT).", formatter_class=fmt)
+    p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
+    p.add_argument("-m", "--model", required=True, metavar="MODEL.pt")
+    p.add_argument("-o", "--out", required=True, metavar="GUESS.h5")
+    p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = 65536")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per task; 0 = the worker's share")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _cluster_flags(p, "serial")
+    _log_flags(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("assist", help="the assisted loop: subset, reference, train, predict, assisted inversion",
+                       description="Choose a representative subset (k-means of the spectra), invert it with the "
+                                   "reference strategy, train a network on it, predict every pixel, invert the "
+                                   "field from those guesses with the short strategy (and with --baseline the "
+                                   "classical way). Writes DIR/assisted.h5, subset.h5, model.pt, guess.h5, "
+                                   "baseline.h5, summary.json, report/. A rerun with the same arguments skips "
+                                   "finished phases and chunks.", formatter_class=fmt)
+    p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
+    p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.add_argument("--subset", type=float, default=0.05, help="share of the pixels in the training subset")
+    p.add_argument("--subset-method", default="clusters", choices=["clusters", "box"],
+                   help="clusters: sample every k-means cluster; box: a corner box (for comparison)")
+    p.add_argument("--clusters", type=int, default=16, help="k of the k-means")
+    p.add_argument("--model", default="cnn", choices=["cnn"], help="network kind (unet is planned)")
+    p.add_argument("--baseline", action="store_true", help="also invert the field the classical way")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
+    p.add_argument("--backend", default="me")
+    p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="backend option of every inversion (repeatable)")
+    p.add_argument("--reference-option", dest="reference_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="backend option of the reference inversion (default n_starts=4, "
+                                             "max_iter=100)")
+    p.add_argument("--short-option", dest="short_option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="backend option of the assisted inversion (default n_starts=1)")
+    p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = automatic")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
+    p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
+    p.add_argument("--overwrite", action="store_true", help="empty DIR of a run with other arguments first")
+    _cluster_flags(p, "local")
+    _log_flags(p)
+    p.set_defaults(func=_cmd_assist)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stokesflow.orchestrator.train import train_model
+
+    summary = train_model(args.input, args.results, args.out, model=args.model, cluster=_cluster_table(args),
+                          settings={"epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+                                    "patience": args.patience, "val_fraction": args.val_fraction, "seed": args.seed},
+                          max_chi2=args.max_chi2, overwrite=args.overwrite, threads=args.threads or None)
+    sys.stdout.write(f"model: {summary['model']} ({summary['pixels']} pixels: {summary['n_train']} train, "
+                     f"{summary['n_val']} validation; {summary['epochs']} epochs, best {summary['best_epoch']}, "
+                     f"validation loss {summary['val_loss']:.4g}; {summary['seconds']:.1f} s on {summary['device']})\n")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from stokesflow.orchestrator.predict import predict_observation
+
+    res = predict_observation(args.input, args.model, args.out, cluster=_cluster_table(args),
+                              chunk_pixels=args.chunk_pixels, resume=args.resume, overwrite=args.overwrite,
+                              threads=args.threads or None)
+    sys.stdout.write(f"wrote {res['out']}: {res['pixels']} pixels in {res['seconds']:.2f} s "
+                     f"({res['pixels_per_s']:.0f} px/s)\n")
+    return 0
+
+
+def _cmd_assist(args: argparse.Namespace) -> int:
+    from stokesflow.orchestrator.assist import AssistSettings, run_assist
+
+    kw: dict[str, Any] = {}
+    if args.reference_option:
+        kw["reference_options"] = {k: v for k, v, _ in args.reference_option}
+    if args.short_option:
+        kw["short_options"] = {k: v for k, v, _ in args.short_option}
+    s = AssistSettings(
+        subset=args.subset, subset_method=args.subset_method, clusters=args.clusters, model=args.model,
+        baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
+        backend_options={k: v for k, v, _ in args.backend_option or []}, cluster=_cluster_table(args),
+        chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report, **kw,
+    )
+    data = run_assist(args.input, args.out, s, overwrite=args.overwrite)
+    brief = {k: data[k] for k in ("phases", "lm_iterations", "speedup") if k in data}
+    sys.stdout.write(json.dumps(brief, indent=1, default=float) + "\n")
+    return 0

@@ -1,0 +1,133 @@
+"""``stokesflow predict``: a trained network's parameters for every pixel, in the result-file layout.
+
+The prediction runs as chunk tasks on the executor (the same plan, store and
+resume as ``invert``): each task reads its pixels, applies the model and
+returns the parameters with status 0 (3 for NaN/inf pixels), ``chi2`` and
+``sigma`` NaN and ``n_iter`` 0. The output serves as a fast approximate
+inversion on its own, and as an init cube for ``--init previous -I file=guess.h5``.
+The model is checked against the observation first (lines, wavelength grid,
+spectral instrument): a mismatch is an error naming it, before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stokesflow.backends import STATUS_BAD_INPUT, ChunkResult
+from stokesflow.backends.base import ParameterSpec
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.store import ChunkOutput, ResultStore
+
+__all__ = ["predict_chunk", "predict_observation"]
+
+log = logging.getLogger("stokesflow.predict")
+
+
+def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: int, stop: int) -> ChunkOutput:
+    """The task: the model's parameters for flat pixels ``start..stop`` of ``obs``."""
+    import torch
+
+    from stokesflow.nn_init.network_init import loaded_model
+
+    t0 = time.perf_counter()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    model = loaded_model(model_path)
+    stokes = obs.read_pixels(start, stop)
+    params = model.predict(stokes)
+    good = np.isfinite(stokes).all(axis=(1, 2))
+    npix = stop - start
+    res = ChunkResult(
+        names=model.parameters, params=params.astype(np.float32),
+        sigma=np.full(params.shape, np.nan, dtype=np.float32), chi2=np.full(npix, np.nan, dtype=np.float32),
+        n_iter=np.zeros(npix, dtype=np.int32),
+        status=np.where(good, 0, STATUS_BAD_INPUT).astype(np.uint8),
+    )
+    return ChunkOutput(index=index, start=start, stop=stop, result=res,
+                       seconds={"total": time.perf_counter() - t0}, worker=f"{os.getpid()}")
+
+
+def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
+                        out: str | os.PathLike[str], *, cluster: Any = None, chunk_pixels: int = 0,
+                        resume: bool = False, overwrite: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Apply the model in ``model_path`` to every pixel of ``input_path``; write ``out``.
+
+    Parameters
+    ----------
+    input_path : path
+        Observation (HDF5 contract).
+    model_path : path
+        Model file of ``stokesflow train``.
+    out : path
+        Output in the result-file layout (``/params/<name>``, ``/status``, ...).
+    cluster : ClusterSpec or mapping, optional
+        Default ``serial``.
+    chunk_pixels : int
+        Pixels per task (0: 65536).
+    resume, overwrite : bool
+        As for ``invert``.
+    threads : int, optional
+        torch threads per task; default the worker's share of the cores.
+
+    Returns
+    -------
+    dict
+        ``seconds``, ``pixels``, ``pixels_per_s``, ``out``.
+
+    Raises
+    ------
+    InitError
+        A model that does not fit the observation (ModelMismatchError) or cannot be read.
+    OrchestratorError
+        Bad input or output path.
+    """
+    from stokesflow.clusters import ClusterSpec, open_executor
+    from stokesflow.nn_init.network_init import loaded_model
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.plan import plan_chunks
+    from stokesflow.orchestrator.run import package_versions
+
+    t0 = time.perf_counter()
+    obs = open_observation(input_path)
+    model_path = str(Path(model_path).resolve())
+    model = loaded_model(model_path)
+    model.check_compatible(where=f"observation {obs.path}", lines=list(obs.lines), wavelength=obs.wavelength,
+                           spectral_instrument=obs.meta.get("spectral_instrument") or None)
+    enc = model.targets
+    specs = tuple(ParameterSpec(n, u, float(lo), float(hi), 1.0, c)
+                  for n, u, lo, hi, c in zip(enc.names, enc.units, enc.lower, enc.upper, enc.circular))
+    out = Path(out)
+    if out.exists() and not (resume or overwrite):
+        raise OrchestratorError(f"output {out} exists; pass --overwrite to replace it or --resume to finish it")
+    plan = plan_chunks(obs.ny, obs.nx, chunk_pixels or 65536)
+    fingerprint = {"observation": obs.fingerprint(), "model": model_path,
+                   "model_digest": model.metadata.get("data_digest"), "chunk_pixels": plan.chunk_pixels}
+    spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
+    if resume and out.exists():
+        store = ResultStore.resume(out, fingerprint=fingerprint, parameters=specs)
+    else:
+        store = ResultStore.create(out, plan=plan, parameters=specs, fingerprint=fingerprint, overwrite=overwrite,
+                                   attrs={"backend": f"network:{model.kind}", "init": "none", "input": str(obs.path),
+                                          "model": model_path, "versions": json.dumps(package_versions()),
+                                          "config": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    with store, open_executor(spec) as ex:
+        from stokesflow.orchestrator.train import worker_threads
+
+        threads = int(threads or worker_threads(ex.n_workers))
+        pending = store.pending()
+        log.info("predicting %d x %d pixels of %s with %s: %d chunks", obs.ny, obs.nx, obs.path, model_path, len(pending))
+        t1 = time.perf_counter()
+        futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop): c for c in pending}
+        for fut in ex.as_completed(list(futures)):
+            store.write_chunk(fut.result())
+        t_pred = time.perf_counter() - t1
+        store.finalize({"time_predict_s": t_pred, "time_total_s": time.perf_counter() - t0})
+    npix = int(sum(c.npix for c in pending))
+    return {"out": str(out), "pixels": npix, "seconds": t_pred, "pixels_per_s": npix / t_pred if t_pred > 0 else 0.0}

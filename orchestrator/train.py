@@ -1,0 +1,273 @@
+"""``stokesflow train``: train a network on (observation, result file) pairs, as a task on the executor.
+
+:func:`read_training_pairs` reads the pairs: only pixels with status 0 (a
+good fit) and finite parameters are kept, optionally also below a chi2
+ceiling; bad status, poor fits (status 4), iteration-capped fits (status 1)
+and NaN pixels are left out. Every pair must share the lines and the
+wavelength grid, and each result file must be the inversion of its
+observation (same map size).
+
+:func:`train_model` submits :func:`train_task` to the executor (to a worker
+that offers a ``GPU`` resource when a Dask cluster has one; on the CPU
+otherwise, with ``torch.set_num_threads`` set to the worker's share of the
+cores). The task reads the data itself, trains with a checkpoint beside the
+output (``<out>.ckpt``; a rerun of a killed training continues from the last
+epoch), writes the history of every epoch to ``<out>.history.json``, which
+the driver follows to log progress, and saves the model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stokesflow.backends.base import ParameterSpec
+from stokesflow.orchestrator.errors import OrchestratorError
+
+__all__ = ["TrainingData", "read_training_pairs", "train_task", "train_model", "worker_threads"]
+
+log = logging.getLogger("stokesflow.train")
+
+
+@dataclass
+class TrainingData:
+    """Training pairs read from observations and result files.
+
+    Attributes
+    ----------
+    stokes : ndarray (n, 4, nw) float32
+    params : ndarray (n, npar) float64
+    specs : tuple of ParameterSpec
+        From the result files' ``/params/<name>`` attributes.
+    wavelength : ndarray (nw,) [A]
+    metadata : dict
+        ``instrument``, ``spectral_instrument``, ``lines`` and ``provenance``.
+    """
+
+    stokes: np.ndarray
+    params: np.ndarray
+    specs: tuple[ParameterSpec, ...]
+    wavelength: np.ndarray
+    metadata: dict[str, Any]
+
+
+def _specs_of(result_path: str) -> tuple[ParameterSpec, ...]:
+    import h5py
+
+    with h5py.File(result_path, "r") as h5:
+        names = json.loads(h5.attrs["parameters"])
+        out = []
+        for n in names:
+            a = h5["params"][n].attrs
+            unit = a.get("unit", "")
+            out.append(ParameterSpec(n, unit.decode() if isinstance(unit, bytes) else str(unit), float(a["lower"]),
+                                     float(a["upper"]), 1.0, bool(a.get("circular", False))))
+    return tuple(out)
+
+
+def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_chi2: float | None = None,
+                        max_pixels: int = 500_000, seed: int = 0) -> TrainingData:
+    """Read the good pixels of each (observation, result) pair.
+
+    Raises
+    ------
+    OrchestratorError
+        Unequal numbers of inputs and results, a result of another map size,
+        pairs with different lines, grids or parameters, no good pixel.
+    """
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.store import read_result
+
+    if len(inputs) != len(results) or not inputs:
+        raise OrchestratorError(f"train needs --input and --results in pairs, got {len(inputs)} input(s) and "
+                                f"{len(results)} result file(s)")
+    rng = np.random.default_rng(seed)
+    xs, ps, prov = [], [], []
+    specs = wl = lines = None
+    meta: dict[str, Any] = {}
+    for inp, res in zip(inputs, results):
+        obs = open_observation(inp)
+        r = read_result(res)
+        if r.status.shape != (obs.ny, obs.nx):
+            raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
+                                    f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
+        s = _specs_of(res)
+        if specs is None:
+            specs, wl, lines = s, np.asarray(obs.wavelength), obs.lines
+            meta = {"instrument": str(obs.meta.get("instrument", "")),
+                    "spectral_instrument": str(obs.meta.get("spectral_instrument") or ""), "lines": list(obs.lines)}
+        else:
+            if [p.name for p in s] != [p.name for p in specs]:
+                raise OrchestratorError(f"{res} has parameters {[p.name for p in s]}, the first result file "
+                                        f"{[p.name for p in specs]}")
+            if obs.lines != lines or obs.nw != wl.size or np.max(np.abs(obs.wavelength - wl)) > 1e-4:
+                raise OrchestratorError(f"{inp}: lines {obs.lines} and {obs.nw} wavelengths differ from the first "
+                                        f"input's {lines} and {wl.size}; a model is trained for one kind of data")
+        params = np.column_stack([r.params[p.name].reshape(-1) for p in s]).astype(np.float64)
+        keep = (r.status.reshape(-1) == 0) & np.isfinite(params).all(axis=1)
+        if max_chi2 is not None:
+            keep &= r.chi2.reshape(-1) <= max_chi2
+        idx = np.flatnonzero(keep)
+        stokes = np.empty((idx.size, 4, obs.nw), dtype=np.float32)
+        rows = max(1, (1 << 22) // max(1, obs.nx * 4 * obs.nw))
+        k = 0
+        for y0 in range(0, obs.ny, rows):
+            y1 = min(obs.ny, y0 + rows)
+            sel = idx[(idx >= y0 * obs.nx) & (idx < y1 * obs.nx)] - y0 * obs.nx
+            if sel.size:
+                stokes[k:k + sel.size] = obs.read_rows(y0, y1).reshape(-1, 4, obs.nw)[sel]
+                k += sel.size
+        finite = np.isfinite(stokes).all(axis=(1, 2))
+        xs.append(stokes[finite])
+        ps.append(params[idx][finite])
+        config = str(r.attrs.get("config", ""))
+        prov.append({"input": str(obs.path), "input_fingerprint": obs.fingerprint(), "result": str(Path(res).resolve()),
+                     "config_digest": hashlib.sha256(config.encode()).hexdigest()[:16],
+                     "result_fingerprint": str(r.attrs.get("fingerprint", "")),
+                     "pixels_used": int(finite.sum()), "pixels_total": int(obs.npix)})
+    x, p = np.concatenate(xs), np.concatenate(ps)
+    if x.shape[0] == 0:
+        raise OrchestratorError(f"no pixel of {list(results)} has status 0 (a good fit): nothing to train on")
+    if x.shape[0] > max_pixels:
+        pick = np.sort(rng.choice(x.shape[0], max_pixels, replace=False))
+        x, p = x[pick], p[pick]
+    meta["provenance"] = {"pairs": prov, "max_chi2": max_chi2, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return TrainingData(x, p, specs, wl, meta)
+
+
+def worker_threads(n_workers: int) -> int:
+    """A worker's share of this machine's cores (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(n_workers)))
+
+
+def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings: Mapping[str, Any],
+               threads: int, max_chi2: float | None = None) -> dict[str, Any]:
+    """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary."""
+    import torch
+
+    from stokesflow.nn_init.training import train_network
+    from stokesflow.orchestrator.run import package_versions
+
+    t0 = time.perf_counter()
+    data = read_training_pairs(inputs, results, max_chi2=max_chi2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    history_path = Path(out + ".history.json")
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(entry: dict[str, Any]) -> None:
+        history.append(entry)
+        tmp = history_path.with_name(history_path.name + ".partial")
+        tmp.write_text(json.dumps(history))
+        tmp.replace(history_path)
+
+    meta = dict(data.metadata)
+    meta["provenance"]["versions"] = package_versions()
+    model = train_network(data.stokes, data.params, data.specs, data.wavelength, metadata=meta,
+                          settings=settings, checkpoint=out + ".ckpt", threads=threads, device=device,
+                          on_epoch=on_epoch)
+    model.save(out)
+    Path(out + ".ckpt").unlink(missing_ok=True)
+    hist = model.metadata["history"]
+    return {"model": out, "pixels": int(data.stokes.shape[0]), "n_train": model.metadata["n_train"],
+            "n_val": model.metadata["n_val"], "epochs": len(hist), "best_epoch": model.metadata["best_epoch"],
+            "val_loss": min(h["val_loss"] for h in hist), "seconds": time.perf_counter() - t0,
+            "device": device, "threads": threads, "history": hist}
+
+
+def _submit(ex: Any, fn: Any, *args: Any) -> Any:
+    """Submit to a worker offering a ``GPU`` resource when a Dask cluster has one, else anywhere."""
+    client = getattr(ex, "client", None)
+    if client is not None:
+        try:
+            workers = client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - no scheduler info: plain submission
+            workers = {}
+        if any("GPU" in (w.get("resources") or {}) for w in workers.values()):
+            log.info("training on a worker that offers a GPU")
+            return client.submit(fn, *args, pure=False, resources={"GPU": 1})
+    return ex.submit(fn, *args)
+
+
+def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.PathLike[str], *,
+                model: str = "cnn", settings: Mapping[str, Any] | None = None, cluster: Any = None,
+                max_chi2: float | None = None, overwrite: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Train a model on the pairs as one task on the executor of ``cluster``; return the task's summary.
+
+    Parameters
+    ----------
+    inputs, results : sequence of str
+        Observation files and their result files, in pairs.
+    out : path
+        The model file. An existing one is refused unless ``overwrite``; a
+        checkpoint ``<out>.ckpt`` left by a killed training is resumed.
+    model : {"cnn"}
+    settings : mapping, optional
+        :class:`stokesflow.nn_init.training.TrainSettings` keys (``epochs``, ...).
+    cluster : ClusterSpec or mapping, optional
+        Where the task runs (default: ``serial``).
+    max_chi2 : float, optional
+        Leave out pixels whose reduced chi2 is above it.
+    overwrite : bool
+        Replace an existing model file.
+    threads : int, optional
+        torch threads of the task; default the worker's share of the cores
+        (on a loaded machine, 1 is often faster: torch's threads spin).
+    """
+    from stokesflow.clusters import ClusterSpec, open_executor
+    from stokesflow.nn_init.network import torch_or_error
+    from stokesflow.nn_init.training import TrainSettings
+
+    if model != "cnn":
+        raise OrchestratorError(f"--model {model!r} is not available; choose cnn (unet is planned)")
+    torch_or_error("stokesflow train")
+    st = TrainSettings(**dict(settings or {}))
+    out = str(Path(out).resolve())
+    if Path(out).exists() and not overwrite:
+        raise OrchestratorError(f"model file {out} exists; pass --overwrite to replace it")
+    if not Path(out).parent.is_dir():
+        raise OrchestratorError(f"cannot write model file {out}: folder {Path(out).parent} does not exist")
+    for p in list(inputs) + list(results):
+        if not Path(p).exists():
+            raise OrchestratorError(f"train: file {p!r} not found")
+    spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
+    history_path = Path(out + ".history.json")
+    history_path.unlink(missing_ok=True)  # the task rewrites it with the epochs it runs
+    with open_executor(spec) as ex:
+        threads = int(threads or worker_threads(ex.n_workers))
+        log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
+        fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),
+                      threads, max_chi2)
+        shown = 0
+        while not fut.done():
+            time.sleep(0.5)
+            shown = _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
+        summary = fut.result()
+    if spec.kind != "serial":
+        _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
+    history_path.unlink(missing_ok=True)
+    log.info("wrote %s: %d pixels (%d train, %d validation), %d epochs (best %d, validation loss %.4g), %.1f s on %s",
+             out, summary["pixels"], summary["n_train"], summary["n_val"], summary["epochs"], summary["best_epoch"],
+             summary["val_loss"], summary["seconds"], summary["device"])
+    return summary
+
+
+def _log_new_epochs(path: Path, shown: int, epochs: int, kind: str) -> int:
+    """Log the epochs of the history file not shown yet (a serial run logs them itself)."""
+    if kind == "serial":
+        return shown
+    try:
+        hist = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return shown
+    for h in hist[shown:]:
+        log.info("epoch %d/%d: train loss %.4g, validation loss %.4g (%.1f s)", h["epoch"], epochs,
+                 h["train_loss"], h["val_loss"], h["seconds"])
+    return max(shown, len(hist))

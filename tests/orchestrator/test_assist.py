@@ -1,0 +1,124 @@
+"""``stokesflow assist`` end to end on a tiny cube (serial executor), and resumed after interruptions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from _orchestrator_helpers import write_hmi_observation  # noqa: E402
+
+import stokesflow.orchestrator.run as run_module  # noqa: E402
+from stokesflow.orchestrator.assist import AssistSettings, run_assist  # noqa: E402
+from stokesflow.orchestrator.errors import OrchestratorError  # noqa: E402
+from stokesflow.orchestrator.store import inspect_result, read_result  # noqa: E402
+
+FILES = ("subset_obs.h5", "subset.h5", "model.pt", "guess.h5", "assisted.h5", "summary.json")
+
+
+def _settings(**kw):
+    base = dict(subset=0.3, clusters=4, epochs=3, threads=1, cluster={"kind": "serial"}, progress="none",
+                chunk_pixels=64, report=False)
+    base.update(kw)
+    return AssistSettings(**base)
+
+
+@pytest.fixture
+def obs(tmp_path):
+    return write_hmi_observation(tmp_path / "obs.h5", 16, 16, seed=7, nan_pixels=(5,))
+
+
+def test_end_to_end_serial(obs, tmp_path):
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(baseline=True))
+    for f in FILES + ("baseline.h5",):
+        assert (d / f).exists(), f
+    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted", "baseline"]
+    assert set(data["phases"]) == {"subset", "reference", "train", "predict", "assisted", "baseline"}
+    assert set(data["lm_iterations"]) == {"reference", "assisted", "baseline"}
+    for k in ("assisted", "baseline"):
+        assert data["lm_iterations"][k] == int(read_result(d / f"{k}.h5").n_iter.sum())
+    with h5py.File(d / "subset_obs.h5") as h5:
+        index = h5["assist/index"][:]
+        labels = h5["assist/labels"][:].reshape(-1)
+    assert index.size == h5py.File(d / "subset.h5")["status"].shape[1]
+    assert set(labels[index]) == set(labels[labels >= 0])  # every cluster is in the subset
+    assert 5 not in index  # the NaN pixel is never chosen
+    a = read_result(d / "assisted.h5")
+    assert a.attrs["init"] == "previous" and a.status.reshape(-1)[5] == 3 and a.attrs["complete"]
+    assert json.loads((d / "summary.json").read_text())["speedup"]["iterations"] > 0
+    assert "B" in data["agreement_with_baseline"]["assisted"] and "truth" in data
+    # nothing left to do: a rerun skips every phase
+    again = run_assist(obs, d, _settings(baseline=True))
+    assert again["ran"] == []
+    with pytest.raises(OrchestratorError, match=r"other arguments \(differences: \['subset'\]\)"):
+        run_assist(obs, d, _settings(subset=0.5))
+
+
+def test_interrupted_mid_phase_resumes(obs, tmp_path, monkeypatch):
+    d = tmp_path / "loop"
+    calls = {"n": 0}
+    real = run_module.invert_chunk
+
+    def dies_in_assisted(ctx, index, start, stop):
+        if ctx.init.name == "previous":
+            calls["n"] += 1
+            if calls["n"] == 5:  # chunks 0 and 1 are on disk by then (3 in flight per serial worker)
+                raise KeyboardInterrupt
+        return real(ctx, index, start, stop)
+
+    monkeypatch.setattr(run_module, "invert_chunk", dies_in_assisted)
+    with pytest.raises(KeyboardInterrupt):
+        run_assist(obs, d, _settings(chunk_pixels=32))  # 8 chunks of the 16 x 16 field
+    state = json.loads((d / "summary.json").read_text())
+    assert state["done"] == ["subset", "reference", "train", "predict"]
+    info = inspect_result(d / "assisted.h5")
+    assert 0 < info["n_done"] < 8 and not info["complete"]
+    ref_mtime = (d / "subset.h5").stat().st_mtime_ns
+    monkeypatch.setattr(run_module, "invert_chunk", real)
+    data = run_assist(obs, d, _settings(chunk_pixels=32))
+    assert data["ran"] == ["assisted"]
+    assert (d / "subset.h5").stat().st_mtime_ns == ref_mtime  # the reference was not redone
+    a = read_result(d / "assisted.h5")
+    assert a.done.all() and a.attrs["runs"] == 2 and a.attrs["chunks_computed"] == 8 - info["n_done"]
+
+
+def test_killed_during_training_resumes(obs, tmp_path):
+    d = tmp_path / "loop"
+    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "assist", "-i", str(obs), "-o", str(d),
+           "--subset", "0.5", "--clusters", "4", "--epochs", "400", "--threads", "1", "--cluster", "serial",
+           "--progress", "none", "--chunk-pixels", "64", "--no-report", "-q"]
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (d / "model.pt.ckpt").exists():  # the first epoch of the training is on disk
+            assert proc.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "training did not start in 240 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    state = json.loads((d / "summary.json").read_text())
+    assert state["done"] == ["subset", "reference"] and not (d / "model.pt").exists()
+    fast = cmd[:cmd.index("--epochs") + 1] + ["2"] + cmd[cmd.index("--epochs") + 2:]
+    out = subprocess.run(fast, capture_output=True, text=True, timeout=300)
+    # --epochs is part of the run's identity: another value is refused, the folder is left as it was
+    assert out.returncode == 2 and "other arguments" in out.stderr
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads((d / "summary.json").read_text())
+    assert state["ran"] == ["train", "predict", "assisted"]
+    assert state["training"]["epochs"] >= 1 and Path(d / "model.pt").exists()
+    assert not (d / "model.pt.ckpt").exists()

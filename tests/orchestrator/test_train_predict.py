@@ -1,0 +1,89 @@
+"""``stokesflow train`` / ``predict`` / ``invert --init cnn|previous`` on a tiny HMI-like cube (serial executor)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from _orchestrator_helpers import make_config, write_hmi_observation  # noqa: E402
+
+from stokesflow.nn_init.model_file import ModelMismatchError, load_model  # noqa: E402
+from stokesflow.orchestrator.cli import main  # noqa: E402
+from stokesflow.orchestrator.predict import predict_observation  # noqa: E402
+from stokesflow.orchestrator.run import run_inversion  # noqa: E402
+from stokesflow.orchestrator.store import read_result  # noqa: E402
+from stokesflow.orchestrator.train import read_training_pairs, train_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inverted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tp")
+    obs = write_hmi_observation(d / "obs.h5", 12, 16, seed=4, nan_pixels=(3,))
+    run_inversion(make_config(obs, d / "res.h5"))
+    return d, obs, d / "res.h5"
+
+
+def test_pairs_keep_good_fits_only(inverted):
+    d, obs, res = inverted
+    r = read_result(res)
+    data = read_training_pairs([str(obs)], [str(res)])
+    assert data.stokes.shape[0] == int((r.status == 0).sum())  # NaN pixel (status 3) and capped fits left out
+    assert data.metadata["lines"] == ["FeI_6173"]
+    prov = data.metadata["provenance"]["pairs"][0]
+    assert prov["result"] == str(res.resolve()) and len(prov["config_digest"]) == 16
+    with pytest.raises(Exception, match="in pairs"):
+        read_training_pairs([str(obs)], [])
+
+
+def test_train_predict_and_assisted_invert(inverted):
+    d, obs, res = inverted
+    summary = train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 4}, threads=1)
+    assert summary["epochs"] == 4 and summary["device"] == "cpu"
+    meta = load_model(d / "model.pt").metadata
+    assert meta["provenance"]["pairs"][0]["input"] == str(obs.resolve())
+    assert meta["units"][0] == "G" and len(meta["history"]) == 4 and meta["instrument"] == "hmi"
+    out = predict_observation(obs, d / "model.pt", d / "guess.h5", threads=1)
+    assert out["pixels"] == 12 * 16
+    g = read_result(d / "guess.h5")
+    assert g.status.reshape(-1)[3] == 3 and np.isnan(g.params["B"].reshape(-1)[3])
+    assert np.isfinite(g.params["B"]).sum() == 12 * 16 - 1 and (g.n_iter == 0).all()
+    # the guesses are a start: LM from them ends at the same minima as the classical start (same data)
+    for init, opts in (("cnn", {"model": str(d / "model.pt"), "threads": 1}), ("previous", {"file": str(d / "guess.h5")})):
+        run_inversion(make_config(obs, d / f"{init}.h5", run={"init": init, "progress": "none"},
+                                  init={init: opts}, backend={"me": {"n_starts": 1}}))
+        a = read_result(d / f"{init}.h5")
+        assert a.attrs["init"] == init and a.status.reshape(-1)[3] == 3
+        assert np.nanmedian(a.chi2) < 2.0  # noise-level fits (reduced chi2 ~ 1 with the stated noise)
+    # --init cnn and --init previous of the predicted cube start from the same guesses (the cube holds
+    # them in float32: starts differ by ~1e-7 relative, the converged fits by less than 1e-4)
+    np.testing.assert_allclose(read_result(d / "cnn.h5").params["B"], read_result(d / "previous.h5").params["B"],
+                               rtol=1e-4)
+
+
+def test_model_on_other_data_is_refused(inverted, tmp_path):
+    d, obs, res = inverted
+    if not (d / "model.pt").exists():
+        train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 1}, threads=1)
+    other = write_hmi_observation(tmp_path / "other.h5", 4, 4, lines="FeI_6173,FeI_6301")
+    with pytest.raises(ModelMismatchError, match=r"lines \['FeI_6173', 'FeI_6301'\] but the model was trained on"):
+        predict_observation(other, d / "model.pt", tmp_path / "g.h5")
+    rc = main(["predict", "-i", str(other), "-m", str(d / "model.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
+    assert rc == 2
+    rc = main(["invert", "--input", str(other), "--out", str(tmp_path / "x.h5"), "--cluster", "serial",
+               "--init", "cnn", "-I", f"model={d / 'model.pt'}", "--progress", "none", "-q"])
+    assert rc == 2 and not (tmp_path / "x.h5").exists()
+
+
+def test_cli_train_then_predict(inverted, tmp_path):
+    d, obs, res = inverted
+    rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "m.pt"), "--epochs", "2",
+               "--threads", "1", "-q"])
+    assert rc == 0 and (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.ckpt").exists()
+    assert main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "m.pt"), "-q"]) == 2  # exists
+    rc = main(["predict", "-i", str(obs), "-m", str(tmp_path / "m.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
+    assert rc == 0
+    with h5py.File(tmp_path / "g.h5") as h5:
+        assert h5["params/azimuth"].shape == (12, 16) and h5.attrs["complete"]
