@@ -27,7 +27,7 @@ __all__ = [
     "MissingProgramError",
     "SchedulerUnreachableError",
     "WorkersUnavailableError",
-    "format_duration",
+    "dask_duration",
     "parse_walltime",
     "worker_lifetime",
 ]
@@ -131,8 +131,9 @@ def parse_walltime(walltime: str) -> float:
     return float(total)
 
 
-def format_duration(seconds: float) -> str:
-    """Format a duration for ``dask worker --lifetime``.
+def dask_duration(seconds: float) -> str:
+    """A duration in the syntax of ``dask worker --lifetime`` (the clock form of
+    :func:`stokesflow.orchestrator.progress.format_duration` is not accepted there).
 
     Parameters
     ----------
@@ -214,7 +215,7 @@ def worker_lifetime(walltime: str, lifetime: str | None = None) -> tuple[str, st
     # At most half the lifetime: a stagger above the lifetime would
     # let a worker retire at once (distributed draws lifetime +/- stagger).
     stagger_s = float(int(min(_STAGGER_S, margin / 2, life_s / 2)))
-    return format_duration(life_s), format_duration(stagger_s) if stagger_s > 0 else "0s"
+    return dask_duration(life_s), dask_duration(stagger_s) if stagger_s > 0 else "0s"
 
 
 def _check_memory(value: str | None, field: str, *, allow_none: bool) -> None:
