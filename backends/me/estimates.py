@@ -6,6 +6,12 @@ Degl'Innocenti & Landolfi 2004, eq. 9.79-9.82), and the azimuth from the
 linear polarisation near line centre. Everything is vectorised over pixels and
 works on any grid (six HMI tunings or a fully sampled line).
 
+Through filters (HMI-like filtergrams) the monochromatic formulas are
+biased: :func:`depth_table` / :func:`depth_table_estimates` take eta0 and the
+continuum from what the instrument itself does to the line depth, and
+:func:`field_calibration` measures the instrument's bias of the field
+estimates, both by synthesising a few hundred seeded pixels through it.
+
 The estimates are starting points, not results: the Levenberg-Marquardt fit
 refines them. Their value is to put each pixel in the right basin (polarity,
 azimuth quadrant, field regime), which random or constant starts often miss.
@@ -272,5 +278,6 @@ def field_calibration(synthesize: Callable[[np.ndarray], np.ndarray], wavelength
     sl, st = np.abs(bl_t) > 200.0, bt_t > 300.0
     f_los = float(np.median(bl_e[sl] / bl_t[sl])) if sl.any() else 1.0
     f_t = float(np.median(bt_e[st] / bt_t[st])) if st.any() else 1.0
-    ok = lambda f: f if np.isfinite(f) and f > 0.05 else 1.0  # noqa: E731 - a degenerate instrument keeps 1
-    return ok(f_los), ok(f_t)
+    # a degenerate instrument (no sensitivity to one component) keeps the estimate as it is
+    return (f_los if np.isfinite(f_los) and f_los > 0.05 else 1.0,
+            f_t if np.isfinite(f_t) and f_t > 0.05 else 1.0)
