@@ -53,6 +53,7 @@ import numpy as np
 
 from stokesflow.backends import (
     STATUS_BAD_INPUT,
+    STATUS_FAILED,
     STATUS_NAMES,
     STATUS_NOT_RUN,
     STATUS_POOR_FIT,
@@ -325,6 +326,9 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
             out.chi2[good] = res.chi2
             out.n_iter[good] = res.n_iter
             out.status[good] = res.status
+            if res.errors:  # per-pixel reasons (an external code's failure), indexed within the chunk
+                rows = np.flatnonzero(good)
+                out.errors = {int(rows[k]): str(v) for k, v in res.errors.items() if 0 <= k < rows.size}
             if res.stratified or res.stratified_sigma:  # depth-stratified backends (SIR)
                 out.log_tau = np.asarray(res.log_tau, dtype=np.float64)
                 for src, dst in ((res.stratified, out.stratified), (res.stratified_sigma, out.stratified_sigma)):
@@ -1013,12 +1017,22 @@ def drive_chunks(
             else:
                 out: ChunkOutput = fut.result()
                 store.write_chunk(out)
+                _log_pixel_errors(out)
                 for k, v in out.seconds.items():
                     worker_seconds[k] = worker_seconds.get(k, 0.0) + float(v)
                 log.debug("chunk %d done by %s in %.3f s", chunk.index, out.worker, out.seconds.get("total", 0.0))
                 progress.update(chunk.npix)
             del fut
             top_up()
+
+
+def _log_pixel_errors(out: ChunkOutput, most: int = 3) -> None:
+    """Log why pixels of a chunk failed (the backend's per-pixel reasons), a few per chunk."""
+    failed = {k: v for k, v in out.result.errors.items() if out.result.status[k] == STATUS_FAILED}
+    for k in sorted(failed)[:most]:
+        log.warning("pixel %d failed: %s", out.start + k, failed[k])
+    if len(failed) > most:
+        log.warning("chunk %d: %d more failed pixels", out.index, len(failed) - most)
 
 
 # ---------------------------------------------------------------------------

@@ -58,7 +58,18 @@ def test_invert_with_sir_writes_depth_stratified_results(obs, tmp_path, capsys):
         np.testing.assert_allclose(B[ok], np.broadcast_to(2 * hsra.B, (10, hsra.ndepth)), rtol=1e-6)
         assert np.all(np.isnan(B[~ok]))
         assert np.all(f["chunks/done"][:])
-    assert "failed 1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "failed 1" in captured.out
+
+
+def test_the_reason_of_a_failed_pixel_is_logged(obs, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="stokesflow.run"):
+        assert _invert(obs, tmp_path / "r.h5") == 0
+    # pixel (1, 2) of a 3 x 4 field is flat pixel 6
+    assert any("pixel 6 failed: SIR stopped with exit code 0: STOP: The  magnetic field" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_resume_finishes_an_interrupted_sir_file(obs, tmp_path):
