@@ -4,6 +4,7 @@ depth-stratified result datasets, a failed pixel contained, and ``--resume`` of 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,3 +85,22 @@ def test_resume_finishes_an_interrupted_sir_file(obs, tmp_path):
     with h5py.File(out) as f:
         assert np.all(f["chunks/done"][:])
         np.testing.assert_array_equal(f["params/T"][:], first)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_running_sir_is_replaced_and_its_chunk_retried(obs, tmp_path, monkeypatch):
+    with h5py.File(obs, "r+") as f:  # pixel (0, 1): the double kills the worker running it, once
+        st = f["stokes"][0, 1]
+        st[0, 0] = 0.9007
+        f["stokes"][0, 1] = st
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("SIR_DOUBLE_KILL_MARKER", str(marker))
+    out = tmp_path / "r.h5"
+    code = main(["invert", "--input", str(obs), "--out", str(out), "--backend", "sir", "-B", f"executable={DOUBLE}",
+                 "--cluster", "local", "-C", "workers=2", "--chunk-pixels", "4"])
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, not the driver
+    assert code == 0
+    with h5py.File(out) as f:
+        assert np.all(f["chunks/done"][:])
+        status = f["status"][:]
+        assert status[0, 1] == 0 and status[1, 2] == 2 and status[2, 3] == 3 and (status == 0).sum() == 10

@@ -11,6 +11,9 @@ SIR's real failure modes (see stokesflow/backends/sir/runner.py):
     I[0] == 0.9004  hangs (sleeps far past any time-out)
     I[0] == 0.9005  crashes (SIGSEGV)
     I[0] == 0.9006  exits with code 3
+    I[0] == 0.9007  kills its parent (the worker running it) once, when the environment
+                    variable SIR_DOUBLE_KILL_MARKER names a file that does not exist yet
+                    (the file is then written); otherwise a successful run
     otherwise       a "successful" run: for every cycle N writes guess_N.mod (the guess
                     with B doubled), guess_N.per (the observed profile), guess_N.err
                     (1 % of the model), appends (s/n, chi2 = 1.5) to <control>.chi and
@@ -62,6 +65,12 @@ def main() -> int:
         os.kill(os.getpid(), signal.SIGSEGV)
     if mode == 0.9006:
         return 3
+    marker = os.environ.get("SIR_DOUBLE_KILL_MARKER")
+    if mode == 0.9007 and marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getppid()))
+        os.kill(os.getppid(), signal.SIGKILL)
+        return 0
     mod = open(model).read().splitlines()
     for c in range(1, cycles + 1):
         out = [mod[0]]
