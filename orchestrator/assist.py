@@ -12,16 +12,20 @@ finished phases and, inside a phase, the finished chunks or epochs):
 2. ``reference``: the subset inverted with the reference strategy (default
    ``n_starts=4, max_iter=100``) -> ``DIR/subset.h5``.
 3. ``train``: the network trained on those results, as a task on the
-   executor -> ``DIR/model.pt``.
-4. ``predict``: the network's parameters for every pixel, as chunk tasks ->
-   ``DIR/guess.h5``.
+   executor -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
+   inverted with ``--synthetic`` and its well-fitted pixels become a look-up
+   database of representative profiles -> ``DIR/kmeans.h5``.
+4. ``predict``: the network's parameters (or the best-matching
+   representative's, with its chi2 as a quality map) for every pixel, as
+   chunk tasks -> ``DIR/guess.h5``.
 5. ``assisted``: the whole field inverted from those guesses (``--init
    previous -I file=guess.h5``) with the short strategy (``n_starts=1``) ->
    ``DIR/assisted.h5``.
 6. ``baseline`` (with ``baseline=True``): the whole field inverted the
    classical way (backend defaults) -> ``DIR/baseline.h5``.
 
-Then ``DIR/summary.json`` (seconds per phase under ``phases``, total LM
+Then ``DIR/summary.json`` (seconds per phase under ``phases``, the driver
+process's CPU seconds per phase under ``phases_cpu``, total LM
 iterations under ``lm_iterations``, chi2, Pearson correlations against the
 baseline and the truth, speed-ups) and ``DIR/report/``.
 """
@@ -60,7 +64,7 @@ class AssistSettings:
     clusters : int
         k of the k-means.
     model : str
-        ``"cnn"``.
+        ``"cnn"`` (a network) or ``"kmeans"`` (look-up in the inverted subset).
     baseline : bool
         Also invert the whole field the classical way.
     epochs : int
@@ -106,8 +110,8 @@ class AssistSettings:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         if self.subset_method not in ("clusters", "box"):
             raise OrchestratorError(f"subset_method must be 'clusters' or 'box', got {self.subset_method!r}")
-        if self.model != "cnn":
-            raise OrchestratorError(f"--model {self.model!r} is not available; choose cnn (unet is planned)")
+        if self.model not in ("cnn", "kmeans"):
+            raise OrchestratorError(f"--model {self.model!r} is not available; choose cnn or kmeans (unet is planned)")
         if self.clusters < 1 or self.epochs < 1:
             raise OrchestratorError(f"clusters and epochs must be >= 1, got {self.clusters} and {self.epochs}")
 
@@ -194,14 +198,18 @@ class _State:
     def done(self, phase: str) -> bool:
         return phase in self.data["done"]
 
-    def finish(self, phase: str, seconds: float, **extra: Any) -> None:
+    def finish(self, phase: str, seconds: float, cpu: float = 0.0, **extra: Any) -> None:
         self.data["phases"][phase] = self.data["phases"].get(phase, 0.0) + seconds
+        cpus = self.data.setdefault("phases_cpu", {})
+        cpus[phase] = cpus.get(phase, 0.0) + cpu
         self.data["done"].append(phase)
         self.data.update(extra)
         self.save()
 
-    def add_seconds(self, phase: str, seconds: float) -> None:
+    def add_seconds(self, phase: str, seconds: float, cpu: float = 0.0) -> None:
         self.data["phases"][phase] = self.data["phases"].get(phase, 0.0) + seconds
+        cpus = self.data.setdefault("phases_cpu", {})
+        cpus[phase] = cpus.get(phase, 0.0) + cpu
         self.save()
 
     def save(self) -> None:
@@ -211,14 +219,14 @@ class _State:
 
 
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
-            init_options: dict[str, Any] | None = None, noise: Any = None) -> Any:
+            init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False) -> Any:
     from stokesflow.orchestrator.config import load_config
     from stokesflow.orchestrator.run import run_inversion
 
     resume = out.exists()
     layer: dict[str, Any] = {
         "input": {"path": str(obs_path)},
-        "output": {"path": str(out), "resume": resume, "overwrite": False},
+        "output": {"path": str(out), "resume": resume, "overwrite": False, "synthetic": synthetic},
         "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
         "cluster": dict(s.cluster),
         "backend": {s.backend: {**s.backend_options, **options}},
@@ -264,7 +272,8 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 f.unlink()
     d.mkdir(parents=True, exist_ok=True)
     st = _State(d / "summary.json", s.identity(), str(obs.path))
-    paths = {"subset_obs": d / "subset_obs.h5", "subset": d / "subset.h5", "model": d / "model.pt",
+    model_file = "model.pt" if s.model == "cnn" else "kmeans.h5"
+    paths = {"subset_obs": d / "subset_obs.h5", "subset": d / "subset.h5", "model": d / model_file,
              "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5"}
     ran: list[str] = []
 
@@ -275,13 +284,13 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         if on_phase is not None:
             on_phase(name)
         log.info("phase %s ...", name)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             out = fn()
-        except BaseException:
-            st.add_seconds(name, time.perf_counter() - t0)  # the time spent counts, the phase is not done
+        except BaseException:  # the time spent counts, the phase is not done
+            st.add_seconds(name, time.perf_counter() - t0, time.process_time() - c0)
             raise
-        st.finish(name, time.perf_counter() - t0)
+        st.finish(name, time.perf_counter() - t0, time.process_time() - c0)
         ran.append(name)
         log.info("phase %s done in %.1f s", name, time.perf_counter() - t0)
         return out
@@ -291,10 +300,16 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         st.data["subset"] = make_subset(obs, paths["subset_obs"], s)
 
     phase("subset", subset)
-    phase("reference", lambda: _invert(s, paths["subset_obs"], paths["subset"], options=s.reference_options))
+    phase("reference", lambda: _invert(s, paths["subset_obs"], paths["subset"], options=s.reference_options,
+                                       synthetic=s.model == "kmeans"))
     noise = _noise_of(paths["subset"]) if obs.meta.get("noise") is None else None
 
     def train() -> None:
+        if s.model == "kmeans":
+            from stokesflow.orchestrator.kmeans_db import build_kmeans_database
+
+            st.data["training"] = build_kmeans_database(paths["subset_obs"], paths["subset"], paths["model"])
+            return
         summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"], model=s.model,
                               settings={"epochs": s.epochs, "seed": s.seed}, cluster=s.cluster, overwrite=True,
                               threads=s.threads or None)

@@ -83,7 +83,8 @@ def add_nn_parsers(sub: Any) -> None:
                                    "write /params/<name> in the result-file layout (usable as --init previous "
                                    "-I file=OUT).", formatter_class=fmt)
     p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
-    p.add_argument("-m", "--model", required=True, metavar="MODEL.pt")
+    p.add_argument("-m", "--model", required=True, metavar="MODEL.pt",
+                   help="model file of stokesflow train, or a k-means database (DIR/kmeans.h5 of assist --model kmeans)")
     p.add_argument("-o", "--out", required=True, metavar="GUESS.h5")
     p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = 65536")
     p.add_argument("--threads", type=int, default=0, help="torch threads per task; 0 = the worker's share")
@@ -106,7 +107,8 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--subset-method", default="clusters", choices=["clusters", "box"],
                    help="clusters: sample every k-means cluster; box: a corner box (for comparison)")
     p.add_argument("--clusters", type=int, default=16, help="k of the k-means")
-    p.add_argument("--model", default="cnn", choices=["cnn"], help="network kind (unet is planned)")
+    p.add_argument("--model", default="cnn", choices=["cnn", "kmeans"],
+                   help="cnn: a network trained on the subset; kmeans: look-up in the inverted subset (unet is planned)")
     p.add_argument("--baseline", action="store_true", help="also invert the field the classical way")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

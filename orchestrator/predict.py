@@ -7,6 +7,10 @@ returns the parameters with status 0 (3 for NaN/inf pixels), ``chi2`` and
 inversion on its own, and as an init cube for ``--init previous -I file=guess.h5``.
 The model is checked against the observation first (lines, wavelength grid,
 spectral instrument): a mismatch is an error naming it, before any work.
+
+The model may also be a k-means database (:mod:`stokesflow.orchestrator.kmeans_db`):
+each pixel then gets the parameters of its best-matching representative, and
+``/chi2`` holds that match's reduced chi2 (a quality map of the look-up).
 """
 
 from __future__ import annotations
@@ -30,23 +34,39 @@ __all__ = ["predict_chunk", "predict_observation"]
 log = logging.getLogger("stokesflow.predict")
 
 
-def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: int, stop: int) -> ChunkOutput:
+def _lookup(db_path: str, stokes: np.ndarray) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    from stokesflow.nn_init.kmeans import KMeansInit, best_match
+
+    prov = KMeansInit({"database": db_path})
+    _, profiles, params, noise = prov._load()
+    idx, chi2 = best_match(stokes, profiles, noise)
+    out = np.full((stokes.shape[0], params.shape[1]), np.nan)
+    out[idx >= 0] = params[idx[idx >= 0]]
+    return prov._names, out, chi2
+
+
+def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: int, stop: int,
+                  kind: str = "network") -> ChunkOutput:
     """The task: the model's parameters for flat pixels ``start..stop`` of ``obs``."""
-    import torch
-
-    from stokesflow.nn_init.network_init import loaded_model
-
     t0 = time.perf_counter()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    model = loaded_model(model_path)
     stokes = obs.read_pixels(start, stop)
-    params = model.predict(stokes)
-    good = np.isfinite(stokes).all(axis=(1, 2))
     npix = stop - start
+    chi2 = np.full(npix, np.nan)
+    if kind == "kmeans":
+        names, params, chi2 = _lookup(model_path, stokes)
+    else:
+        import torch
+
+        from stokesflow.nn_init.network_init import loaded_model
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        model = loaded_model(model_path)
+        names, params = model.parameters, model.predict(stokes)
+    good = np.isfinite(stokes).all(axis=(1, 2))
     res = ChunkResult(
-        names=model.parameters, params=params.astype(np.float32),
-        sigma=np.full(params.shape, np.nan, dtype=np.float32), chi2=np.full(npix, np.nan, dtype=np.float32),
+        names=names, params=params.astype(np.float32),
+        sigma=np.full(params.shape, np.nan, dtype=np.float32), chi2=chi2.astype(np.float32),
         n_iter=np.zeros(npix, dtype=np.int32),
         status=np.where(good, 0, STATUS_BAD_INPUT).astype(np.uint8),
     )
@@ -64,7 +84,8 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     input_path : path
         Observation (HDF5 contract).
     model_path : path
-        Model file of ``stokesflow train``.
+        Model file of ``stokesflow train``, or a k-means database
+        (``assist --model kmeans``: DIR/kmeans.h5).
     out : path
         Output in the result-file layout (``/params/<name>``, ``/status``, ...).
     cluster : ClusterSpec or mapping, optional
@@ -94,27 +115,41 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     from stokesflow.orchestrator.plan import plan_chunks
     from stokesflow.orchestrator.run import package_versions
 
+    from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
+
     t0 = time.perf_counter()
     obs = open_observation(input_path)
     model_path = str(Path(model_path).resolve())
-    model = loaded_model(model_path)
-    model.check_compatible(where=f"observation {obs.path}", lines=list(obs.lines), wavelength=obs.wavelength,
-                           spectral_instrument=obs.meta.get("spectral_instrument") or None)
-    enc = model.targets
-    specs = tuple(ParameterSpec(n, u, float(lo), float(hi), 1.0, c)
-                  for n, u, lo, hi, c in zip(enc.names, enc.units, enc.lower, enc.upper, enc.circular))
+    kind = "kmeans" if is_kmeans_database(model_path) else "network"
+    if kind == "kmeans":
+        from stokesflow.nn_init.kmeans import KMeansInit
+
+        wl, _, _, _ = KMeansInit({"database": model_path})._load()
+        if wl.size != obs.nw or np.max(np.abs(wl - obs.wavelength)) > 1e-4:
+            raise OrchestratorError(f"k-means database {model_path} was built on {wl.size} wavelengths, "
+                                    f"observation {obs.path} has {obs.nw} (or another grid)")
+        specs = database_specs(model_path)
+        digest = str(os.path.getmtime(model_path))
+    else:
+        model = loaded_model(model_path)
+        model.check_compatible(where=f"observation {obs.path}", lines=list(obs.lines), wavelength=obs.wavelength,
+                               spectral_instrument=obs.meta.get("spectral_instrument") or None)
+        enc = model.targets
+        specs = tuple(ParameterSpec(n, u, float(lo), float(hi), 1.0, c)
+                      for n, u, lo, hi, c in zip(enc.names, enc.units, enc.lower, enc.upper, enc.circular))
+        digest = model.metadata.get("data_digest")
     out = Path(out)
     if out.exists() and not (resume or overwrite):
         raise OrchestratorError(f"output {out} exists; pass --overwrite to replace it or --resume to finish it")
     plan = plan_chunks(obs.ny, obs.nx, chunk_pixels or 65536)
-    fingerprint = {"observation": obs.fingerprint(), "model": model_path,
-                   "model_digest": model.metadata.get("data_digest"), "chunk_pixels": plan.chunk_pixels}
+    fingerprint = {"observation": obs.fingerprint(), "model": model_path, "model_digest": digest,
+                   "chunk_pixels": plan.chunk_pixels}
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
     if resume and out.exists():
         store = ResultStore.resume(out, fingerprint=fingerprint, parameters=specs)
     else:
         store = ResultStore.create(out, plan=plan, parameters=specs, fingerprint=fingerprint, overwrite=overwrite,
-                                   attrs={"backend": f"network:{model.kind}", "init": "none", "input": str(obs.path),
+                                   attrs={"backend": f"network:{kind}", "init": "none", "input": str(obs.path),
                                           "model": model_path, "versions": json.dumps(package_versions()),
                                           "config": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with store, open_executor(spec) as ex:
@@ -124,7 +159,8 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         pending = store.pending()
         log.info("predicting %d x %d pixels of %s with %s: %d chunks", obs.ny, obs.nx, obs.path, model_path, len(pending))
         t1 = time.perf_counter()
-        futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop): c for c in pending}
+        futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind): c
+                   for c in pending}
         for fut in ex.as_completed(list(futures)):
             store.write_chunk(fut.result())
         t_pred = time.perf_counter() - t1

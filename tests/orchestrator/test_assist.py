@@ -122,3 +122,23 @@ def test_killed_during_training_resumes(obs, tmp_path):
     assert state["ran"] == ["train", "predict", "assisted"]
     assert state["training"]["epochs"] >= 1 and Path(d / "model.pt").exists()
     assert not (d / "model.pt.ckpt").exists()
+
+
+def test_kmeans_look_up_loop(obs, tmp_path):
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(model="kmeans"))
+    assert (d / "kmeans.h5").exists() and not (d / "model.pt").exists()
+    ref = read_result(d / "subset.h5")
+    assert ref.synthetic is not None  # the representatives' best-fit profiles are the database
+    assert data["training"]["representatives"] == int((ref.status == 0).sum())
+    g = read_result(d / "guess.h5")
+    ok = g.status == 0
+    # every valid pixel got a representative's model; /chi2 is the look-up's quality map
+    assert np.isfinite(g.chi2[ok]).all() and np.isfinite(g.params["B"][ok]).all()
+    reps = set(np.round(ref.params["B"][ref.status == 0], 2).tolist())
+    assert set(np.round(g.params["B"][ok], 2).tolist()) <= reps
+    # a subset pixel finds itself (or a profile as close): its look-up chi2 is at the noise level
+    with h5py.File(d / "subset_obs.h5") as h5:
+        index = h5["assist/index"][:]
+    assert np.median(g.chi2.reshape(-1)[index]) < 3.0
+    assert read_result(d / "assisted.h5").done.all()

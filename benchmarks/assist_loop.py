@@ -1,0 +1,176 @@
+"""The assisted loop on synthetic mixed scenes: time per phase, LM iterations, accuracy, network speed.
+
+Runs ``stokesflow synth --scene mixed`` (HMI-like and Hinode-like), then the
+loop (:func:`stokesflow.orchestrator.assist.run_assist`) with ``--baseline``,
+and prints the issue's figures:
+
+- wall time per phase and the speed-ups (assisted vs baseline inversion, whole
+  loop vs baseline) with the break-even field size;
+- total LM iterations, median chi2, Pearson correlations with the baseline
+  and the truth, pixels off by > 100 G from the truth;
+- CNN inference pixels/s on one core (one torch thread);
+- a subset chosen by clustering against a same-size corner box (the network's
+  guesses alone, and the iterations of the assisted inversion).
+
+Usage::
+
+    python benchmarks/assist_loop.py --size 128 --instrument hmi hinode
+    python benchmarks/assist_loop.py --size 256 --instrument hmi --cluster local --workers 2
+
+Timings are wall clock on whatever else the machine is doing; the script
+prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _inference_rate(model_path: Path, obs_path: Path, n: int = 20000) -> float:
+    import torch
+
+    from stokesflow.nn_init.model_file import load_model
+    from stokesflow.orchestrator.io import open_observation
+
+    torch.set_num_threads(1)
+    model = load_model(model_path)
+    obs = open_observation(obs_path)
+    s = obs.read_pixels(0, min(n, obs.npix))
+    reps = max(1, n // s.shape[0])
+    s = np.concatenate([s] * reps)
+    model.predict(s[:1000])  # warm-up
+    t0 = time.perf_counter()
+    model.predict(s)
+    return s.shape[0] / (time.perf_counter() - t0)
+
+
+def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
+    from stokesflow.orchestrator.assist import AssistSettings, run_assist
+
+    cluster = {"kind": args.cluster}
+    if args.workers:
+        cluster["workers"] = args.workers
+    s = AssistSettings(subset=args.subset, clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
+                       progress="none", report=False, **kw)
+    return run_assist(obs, out, s, overwrite=True)
+
+
+def _print_case(name: str, d: dict, rate: float) -> None:
+    ph = d["phases"]
+    cpu = d.get("phases_cpu", {})
+    print(f"\n== {name} ==")
+    print("wall seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
+    print("CPU seconds per phase (this process; all the work with --cluster serial): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    if "baseline" in cpu:
+        loop_cpu = sum(cpu.get(k, 0.0) for k in ("subset", "reference", "train", "predict", "assisted"))
+        print(f"CPU speed-up: assisted vs baseline {cpu['baseline'] / max(1e-9, cpu['assisted']):.2f}x, "
+              f"whole loop vs baseline {cpu['baseline'] / max(1e-9, loop_cpu):.2f}x")
+    loop = d["loop_seconds"]
+    base = ph.get("baseline", float("nan"))
+    print(f"loop (subset+reference+train+predict+assisted) {loop:.1f} s, baseline {base:.1f} s")
+    sp = d.get("speedup", {})
+    it = d["lm_iterations"]
+    print(f"LM iterations: assisted {it['assisted']}, baseline {it.get('baseline')}, reference (subset) "
+          f"{it['reference']}; per pixel assisted {d['iterations']['assisted']['mean']:.2f}, baseline "
+          f"{d['iterations'].get('baseline', {}).get('mean', float('nan')):.2f}")
+    print(f"speed-up: iterations {sp.get('iterations', float('nan')):.2f}x, wall (assisted vs baseline) "
+          f"{sp.get('wall_assisted', float('nan')):.2f}x, wall (whole loop vs baseline) {sp.get('wall_loop', float('nan')):.2f}x")
+    fixed = ph["subset"] + ph["reference"] + ph["train"]
+    npix = d["iterations"]["assisted"]["pixels"]
+    per_px_gain = (base - ph["assisted"] - ph["predict"]) / max(1, npix)
+    if per_px_gain > 0:
+        print(f"break-even field size (subset, reference and training as a fixed cost): "
+              f"{fixed / per_px_gain:,.0f} pixels (~{np.sqrt(fixed / per_px_gain):.0f}^2)")
+    else:
+        print("break-even: none (the assisted inversion plus prediction is not faster per pixel than the baseline)")
+    c = d["chi2"]
+    if "baseline" in c:
+        print(f"median chi2: assisted {c['assisted']['median']:.4f}, baseline {c['baseline']['median']:.4f} "
+              f"({100 * (c['assisted']['median'] / c['baseline']['median'] - 1):+.2f} %)")
+    ag = d.get("agreement_with_baseline", {})
+    for k in ("assisted", "guess"):
+        if k in ag:
+            print(f"Pearson with the baseline ({k}): " + ", ".join(f"{n} {v:.4f}" for n, v in ag[k].items()
+                                                                     if n in ("B", "inclination", "azimuth", "vlos")))
+    for k, t in d.get("truth", {}).items():
+        print(f"vs truth ({k}): B off > 100 G {t.get('B_off_100G')} ({100 * t.get('B_off_100G_fraction', 0):.2f} %); "
+              "Pearson " + ", ".join(f"{n} {t['pearson'][n]:.4f}" for n in ("B", "inclination", "azimuth", "vlos")))
+    print(f"CNN inference, one core: {rate:,.0f} pixels/s")
+    tr = d.get("training", {})
+    print(f"training: {tr.get('pixels')} pixels, {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
+          f"validation loss {tr.get('val_loss', float('nan')):.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--instrument", nargs="+", default=["hmi", "hinode"])
+    p.add_argument("--subset", type=float, default=0.05)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--cluster", default="serial")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-box", action="store_true", help="skip the corner-box comparison")
+    p.add_argument("--kmeans", action="store_true", help="also run the loop with the k-means look-up")
+    p.add_argument("--dir", default="bench_assist")
+    p.add_argument("--json", default=None, help="write every figure to this file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()}; cluster {args.cluster}")
+    root = Path(args.dir)
+    root.mkdir(exist_ok=True)
+    figures = {}
+    for inst in args.instrument:
+        obs = root / f"{inst}_{args.size}.h5"
+        if not obs.exists():
+            synthesize_observation(obs, instrument=inst, scene="mixed", size=(args.size, args.size), seed=1)
+        d = _loop(obs, root / f"{inst}_{args.size}_loop", args, baseline=True)
+        rate = _inference_rate(root / f"{inst}_{args.size}_loop" / "model.pt", obs)
+        _print_case(f"{inst}-like, {args.size} x {args.size}, subset {args.subset}", d, rate)
+        figures[inst] = {"clusters": d, "inference_px_s": rate}
+        if not args.no_box:
+            b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")
+            from stokesflow.orchestrator.assist_metrics import agreement
+            from stokesflow.orchestrator.store import read_result
+
+            base = read_result(root / f"{inst}_{args.size}_loop" / "baseline.h5")
+            guess_box = agreement(read_result(root / f"{inst}_{args.size}_box" / "guess.h5"), base)
+            guess_clu = d["agreement_with_baseline"]["guess"]
+            print(f"subset by clusters vs corner box (same size): guesses' Pearson with the baseline B "
+                  f"{guess_clu['B']:.4f} vs {guess_box['B']:.4f}, azimuth {guess_clu['azimuth']:.4f} vs "
+                  f"{guess_box['azimuth']:.4f}; assisted LM iterations {d['lm_iterations']['assisted']} vs "
+                  f"{b['lm_iterations']['assisted']}; vs truth B off > 100 G "
+                  f"{d['truth']['assisted']['B_off_100G']} vs {b['truth']['assisted']['B_off_100G']}")
+            figures[inst]["box"] = {"guess_pearson": guess_box, "lm_iterations": b["lm_iterations"],
+                                    "truth": b.get("truth")}
+        if args.kmeans:
+            k = _loop(obs, root / f"{inst}_{args.size}_kmeans", args, model="kmeans", baseline=False)
+            bi = d["lm_iterations"]["baseline"]
+            bc = d["phases_cpu"]["baseline"]
+            print(f"k-means look-up loop: LM iterations {k['lm_iterations']['assisted']} ({bi / k['lm_iterations']['assisted']:.2f}x "
+                  f"fewer than the baseline); CPU s per phase " + ", ".join(f"{n} {v:.1f}" for n, v in k["phases_cpu"].items())
+                  + f"; assisted CPU speed-up {bc / max(1e-9, k['phases_cpu']['assisted']):.2f}x; vs truth B off > 100 G "
+                  f"{k['truth']['assisted']['B_off_100G']}")
+            figures[inst]["kmeans"] = {"lm_iterations": k["lm_iterations"], "phases_cpu": k["phases_cpu"],
+                                       "truth": k.get("truth")}
+    print(f"\nload average at the end {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
