@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from stokesflow.backends.me.lines import Term, parse_term
 from stokesflow.backends.sir.errors import SIRError

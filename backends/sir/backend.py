@@ -456,7 +456,7 @@ class SIRBackend(Backend):
                     continue
                 self._fill(i, model, err, strat, strat_sig, params, sigma)
                 chi2[i] = chi[-1, 1]
-                n_iter[i] = count_iterations(log) if log else 0
+                n_iter[i] = io.count_iterations(log) if log else 0
                 if fit.shape == (4, nw):
                     synthetic[i] = fit
                 status[i] = STATUS_OK
@@ -515,7 +515,3 @@ class SIRBackend(Backend):
                 out[i] = prof
         return out
 
-
-def count_iterations(log: str) -> int:
-    """Iterations in a SIR log (see :func:`io.count_iterations`)."""
-    return io.count_iterations(log)
