@@ -514,4 +514,3 @@ class SIRBackend(Backend):
                     raise SIRError(f"SIR synthesis of pixel {i} gave {prof.shape[1]} points for {wavelength.size}")
                 out[i] = prof
         return out
-
