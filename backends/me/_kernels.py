@@ -28,6 +28,7 @@ index  array            meaning
 8      proj (no, nm)    instrument matrix (observed = proj @ model); (0, 0) = none
 9      stray (4*no,)    stray-light profile on the observed grid (filling factor)
 10     flags (2,)       [use_filling_factor, unused]
+11     rows (nm, 2)     rows [first, stop) of proj reached by each model point
 =====  ===============  =====================================================
 
 The Zeeman constant is :data:`stokesflow.backends.me.lines.ZEEMAN_CONSTANT`,
@@ -383,6 +384,7 @@ def _me_grid_impl(p, ctx, y, jac):
     cstr = ctx[6]
     mu = ctx[7][0]
     proj = ctx[8]
+    rows = ctx[11]
     nm = mwave.shape[0]
     acc = np.empty((5, 6))
     out = np.empty(4)
@@ -409,10 +411,8 @@ def _me_grid_impl(p, ctx, y, jac):
                 for q in range(9):
                     jac[s * nm + j, q] = dout[s, q]
         else:
-            for i in range(no):
+            for i in range(rows[j, 0], rows[j, 1]):
                 w = proj[i, j]
-                if w == 0.0:
-                    continue
                 for s in range(4):
                     r = s * no + i
                     y[r] += w * out[s]

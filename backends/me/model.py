@@ -82,6 +82,14 @@ def build_context(
         if use_ff
         else np.zeros(4 * no)
     )
+    proj = np.ascontiguousarray(instrument.matrix, dtype=np.float64)
+    # rows [first, stop) of proj that each model point reaches (a PSF is banded)
+    rows = np.zeros((proj.shape[1] if proj.size else 0, 2), dtype=np.int64)
+    if proj.size:
+        nz = proj != 0.0
+        anyz = nz.any(axis=0)
+        rows[:, 0] = np.where(anyz, np.argmax(nz, axis=0), 0)
+        rows[:, 1] = np.where(anyz, proj.shape[0] - np.argmax(nz[::-1], axis=0), 0)
     return (
         np.ascontiguousarray(instrument.model_wavelength, dtype=np.float64),
         lam0,
@@ -91,9 +99,10 @@ def build_context(
         cs,
         cw,
         np.array([float(mu)]),
-        np.ascontiguousarray(instrument.matrix, dtype=np.float64),
+        proj,
         stray_arr,
         np.array([1.0 if use_ff else 0.0, 0.0]),
+        rows,
     )
 
 
