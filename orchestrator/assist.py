@@ -334,7 +334,9 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     st.data.update(summary)
     st.save()
     if s.report:
-        _report(d, paths, s, st.data)
+        from stokesflow.orchestrator.assist_report import write_loop_report
+
+        write_loop_report(d, paths, st.data)
     return st.data
 
 
@@ -375,30 +377,3 @@ def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) 
         out["truth"] = {k: truth_metrics(r, truth) for k, r in runs.items() if k != "reference"}
         out["truth"]["guess"] = truth_metrics(guess, truth)
     return out
-
-
-def _report(d: Path, paths: dict[str, Path], s: AssistSettings, data: dict[str, Any]) -> None:
-    """``DIR/report/``: the results report (if available) and a page of the loop itself."""
-    rep = d / "report"
-    rep.mkdir(exist_ok=True)
-    try:
-        from stokesflow.orchestrator.report import write_report
-
-        # the results report compares with one thing: the baseline when there is one, else the truth
-        has_baseline = "baseline" in data["done"]
-        write_report(paths["assisted"], rep, reference=paths["baseline"] if has_baseline else None,
-                     truth=("truth" in data) and not has_baseline)
-    except Exception as exc:  # noqa: BLE001 - the loop's results stand without the report
-        log.warning("report of %s not written: %s: %s", paths["assisted"], type(exc).__name__, exc)
-    rows = "".join(f"<tr><td>{p}</td><td>{sec:.1f}</td></tr>" for p, sec in data["phases"].items())
-    its = "".join(f"<tr><td>{k}</td><td>{v['total']}</td><td>{v['mean']:.2f}</td></tr>"
-                  for k, v in data.get("iterations", {}).items())
-    hist = data.get("training", {}).get("history", [])
-    loss = "".join(f"<tr><td>{h['epoch']}</td><td>{h['train_loss']:.4g}</td><td>{h['val_loss']:.4g}</td></tr>"
-                   for h in hist)
-    (rep / "loop.html").write_text(
-        "<html><body><h1>stokesflow assist</h1><h2>Time per phase [s]</h2><table>" + rows + "</table>"
-        "<h2>LM iterations</h2><table><tr><th>run</th><th>total</th><th>per pixel</th></tr>" + its + "</table>"
-        "<h2>Training</h2><table><tr><th>epoch</th><th>train loss</th><th>validation loss</th></tr>" + loss
-        + "</table><pre>" + json.dumps({k: data[k] for k in ("speedup", "chi2", "agreement_with_baseline")
-                                         if k in data}, indent=1) + "</pre></body></html>")

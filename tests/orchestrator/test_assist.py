@@ -40,9 +40,10 @@ def obs(tmp_path):
 
 def test_end_to_end_serial(obs, tmp_path):
     d = tmp_path / "loop"
-    data = run_assist(obs, d, _settings(baseline=True))
-    for f in FILES + ("baseline.h5",):
+    data = run_assist(obs, d, _settings(baseline=True, report=True))
+    for f in FILES + ("baseline.h5", "report/loop.html", "report/iterations.png", "report/loss.png"):
         assert (d / f).exists(), f
+    assert (d / "report" / "index.html").exists()  # the results report of assisted.h5 against baseline.h5
     assert data["ran"] == ["subset", "reference", "train", "predict", "assisted", "baseline"]
     assert set(data["phases"]) == {"subset", "reference", "train", "predict", "assisted", "baseline"}
     assert set(data["lm_iterations"]) == {"reference", "assisted", "baseline"}
