@@ -207,7 +207,7 @@ def _batch_states(kind: str, job_ids: list[str]) -> dict[str, str]:
 
     One ``squeue`` (``qstat`` for PBS) call for all jobs of this user; a job
     it does not list has ended (finished, cancelled or failed).  Empty when
-    the program cannot be run.
+    the program cannot be run or fails.
     """
     if not job_ids:
         return {}
@@ -216,10 +216,14 @@ def _batch_states(kind: str, job_ids: list[str]) -> dict[str, str]:
     else:
         cmd = ["qstat"]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=_STATE_TIMEOUT_S, check=False).stdout
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_STATE_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("cannot ask the batch system for job states (%s): %s", " ".join(cmd), exc)
         return {}
+    if proc.returncode != 0:  # no listing to trust: say nothing about the jobs
+        log.debug("%s exited with code %d: %s", " ".join(cmd), proc.returncode, proc.stderr.strip())
+        return {}
+    out = proc.stdout
     found: dict[str, str] = {}
     for line in out.splitlines():
         fields = line.split()
@@ -234,7 +238,7 @@ def _batch_states(kind: str, job_ids: list[str]) -> dict[str, str]:
             found[job] = fields[1] + (f" ({reason})" if reason and reason != "None" else "")
         else:
             found[job] = f"state {fields[4]}" if len(fields) > 4 else " ".join(fields[1:])
-    return {job: found.get(job, "no longer queued") for job in job_ids}
+    return {job: found.get(job, _GONE) for job in job_ids}
 
 
 def _lost_worker_timeout() -> float:
@@ -247,6 +251,11 @@ def _lost_worker_timeout() -> float:
     except (TypeError, ValueError):
         return 15.0
 
+
+# State of a job the batch system no longer lists.
+_GONE = "no longer queued"
+# Least seconds between two job-state queries of one cluster while no worker is connected.
+_STATE_CHECK_MIN_S = 5.0
 
 # Seconds allowed for one squeue/qstat or sbatch --test-only call.
 _STATE_TIMEOUT_S = 30.0
@@ -288,6 +297,7 @@ class _JobWatch:
         # Since when no worker is connected (None: one is), and whether one was lost.
         self._since: float | None = None
         self._lost = False
+        self._last_state_check = float("-inf")
 
     def submitted(self, job_id: str) -> None:
         if self.first_submit is None:
@@ -342,6 +352,30 @@ class _JobWatch:
             return "no job submitted"
         return ", ".join(f"job {job_id} {states.get(job_id, 'state unknown')}" for job_id in ids)
 
+    def _check_jobs_alive(self, now: float) -> None:
+        """Raise if every job submitted has left the queue although no worker ever connected.
+
+        Nothing will connect then (the cluster still counts such jobs as
+        running, so even ``adapt`` does not replace them): typically the job
+        script failed before the worker started.  Asks the batch system at
+        most every ``max(connect_timeout, 5 s)``.
+        """
+        if now - self._last_state_check < max(self.connect_timeout, _STATE_CHECK_MIN_S):
+            return
+        self._last_state_check = now
+        ids = [job_id for _, job_id in self._live_jobs()]
+        states = _batch_states(self.kind, ids)
+        if not states or any(state != _GONE for state in states.values()):
+            return
+        system = _SYSTEMS[self.kind]
+        listed = " ".join(ids)
+        raise WorkersUnavailableError(
+            f"--cluster {self.kind}: every worker job ({listed}) has left the {system.name} queue without a "
+            f"worker connecting: cancelled, or the job script failed before the worker started; check "
+            f"{system.inspect.format(ids=listed)} (an error there such as a missing Python environment: fix "
+            "job_script_prologue)"
+        )
+
     def check(self) -> None:
         """Raise if the cluster cannot deliver; warn once if no worker connected in time.
 
@@ -351,9 +385,10 @@ class _JobWatch:
             A worker job was refused.
         WorkersUnavailableError
             No worker connected ``start_timeout`` seconds after the first
-            submission (or after the last worker was lost); or, with
-            ``adapt`` false, every worker was lost ``connect_timeout``
-            seconds ago.
+            submission (or after the last worker was lost); every job left
+            the queue without a worker ever connecting (checked from
+            ``connect_timeout`` on); or, with ``adapt`` false, every worker
+            was lost ``connect_timeout`` seconds ago.
         """
         if self.failure is not None:
             raise JobSubmissionError(self.failure)
@@ -381,6 +416,8 @@ class _JobWatch:
                     f"check {how}; use -C adapt=true to replace lost workers"
                 )
             return
+        if not self._seen_worker and waited > self.connect_timeout:
+            self._check_jobs_alive(now)
         what = "since the last worker was lost" if self._lost else "after submitting the first worker job"
         # A lost worker is replaced only after distributed's lost-worker
         # timeout (the time a Nanny restart is given to reconnect).

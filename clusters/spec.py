@@ -63,7 +63,8 @@ class JobSubmissionError(ClusterError):
 
 
 class WorkersUnavailableError(ClusterError):
-    """No worker of a ``slurm``/``pbs`` cluster connected within ``start_timeout``, or every worker was lost.
+    """No worker of a ``slurm``/``pbs`` cluster connected within ``start_timeout``, every worker job ended
+    without one connecting, or every worker was lost with ``adapt`` false.
 
     The message lists the worker jobs and their states in the batch system.
     """

@@ -21,7 +21,7 @@ __all__ = [
     "CLI",
     "ROOT",
     "assert_same_parameters",
-    "cancel_all_jobs",
+    "cancel_jobs",
     "jobs_in_queue",
     "run_cli",
     "slurm_conf",
@@ -36,8 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 START_SCRIPT = ROOT / ".ci" / "start_slurm.sh"
 #: The command line under test, as a user runs it.
 CLI = [sys.executable, "-m", "stokesflow.orchestrator.cli"]
-#: Job names of stokesflow's worker jobs and of the driver jobs the tests submit.
-JOB_NAMES = ("stokesflow-worker", "stokesflow-test-driver", "pbs-stokesflow-worker")
 
 
 def start_slurm() -> tuple[str | None, str]:
@@ -71,24 +69,29 @@ def slurm_env(conf: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def jobs_in_queue(conf: str, states: str = "PD,R,CF,S") -> dict[str, str]:
-    """``{job id: state}`` of stokesflow's jobs in ``squeue`` in the given states (not the ending ones)."""
+def jobs_in_queue(conf: str, folder: Path, states: str = "PD,R,CF,S") -> dict[str, str]:
+    """``{job id: state}`` of the jobs submitted from ``folder`` (a test's own) that ``squeue`` lists in
+    the given states (not the ending ones).
+
+    Only a test's own jobs: other test sessions may share the cluster.
+    """
     out = subprocess.run(
-        ["squeue", "-h", "-t", states, "-o", "%i %T %j"], capture_output=True, text=True, timeout=30,
+        ["squeue", "-h", "-t", states, "-o", "%i %T %Z"], capture_output=True, text=True, timeout=30,
         env=slurm_env(conf), check=True,
     ).stdout
     jobs = {}
     for line in out.splitlines():
-        job_id, state, name = line.split(maxsplit=2)
-        if name in JOB_NAMES or name.startswith("stokesflow"):
+        job_id, state, workdir = line.split(maxsplit=2)
+        if Path(workdir).resolve() == Path(folder).resolve():
             jobs[job_id] = state
     return jobs
 
 
-def cancel_all_jobs(conf: str) -> None:
-    """Cancel every job a test left (the cluster belongs to the tests)."""
-    for name in JOB_NAMES:
-        subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30, env=slurm_env(conf))
+def cancel_jobs(conf: str, folder: Path) -> None:
+    """Cancel every job submitted from ``folder`` that is still queued or running."""
+    ids = list(jobs_in_queue(conf, folder))
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30, env=slurm_env(conf))
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.3):  # noqa: ANN001, ANN201
@@ -152,6 +155,6 @@ def start_cli(args: list[str], cwd: Path, conf: str, log: Path, **env: str) -> s
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_job_ended(conf: str, job_id: str, timeout: float) -> None:
-    """Wait until ``job_id`` has left ``squeue`` (or is ending)."""
-    wait_for(lambda: job_id not in jobs_in_queue(conf), timeout, f"job {job_id} to end")
+def wait_job_ended(conf: str, folder: Path, job_id: str, timeout: float) -> None:
+    """Wait until ``job_id`` (submitted from ``folder``) has left ``squeue`` (or is ending)."""
+    wait_for(lambda: job_id not in jobs_in_queue(conf, folder), timeout, f"job {job_id} to end")

@@ -17,9 +17,9 @@ so at most two one-core jobs run at once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -28,7 +28,7 @@ import pytest
 from _slurm import (  # noqa: F401 - slurm_conf is a fixture
     CLI,
     assert_same_parameters,
-    cancel_all_jobs,
+    cancel_jobs,
     jobs_in_queue,
     run_cli,
     slurm_conf,
@@ -64,13 +64,24 @@ def observations(tmp_path_factory: pytest.TempPathFactory, slurm_conf: str) -> d
     return out
 
 
+@pytest.fixture(scope="session")
+def large_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 256 x 256 synthetic sunspot (several seconds of fitting for one worker) and its serial result."""
+    folder = tmp_path_factory.mktemp("slurm-large")
+    obs, ref = folder / "large.h5", folder / "large-serial.h5"
+    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "256", "256",
+                    "--seed", "2", "--out", str(obs)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
+                    "--chunk-pixels", "1024"], check=True, capture_output=True, timeout=300)
+    return obs, ref
+
+
 @pytest.fixture
 def slurm(slurm_conf: str, tmp_path: Path):  # noqa: ANN201
-    """The SLURM of the session for one test; afterwards no job of it is left in the queue."""
-    cancel_all_jobs(slurm_conf)
+    """The SLURM of the session for one test; afterwards no job the test submitted is left in the queue."""
     yield slurm_conf
-    left = jobs_in_queue(slurm_conf)
-    cancel_all_jobs(slurm_conf)
+    left = jobs_in_queue(slurm_conf, tmp_path)
+    cancel_jobs(slurm_conf, tmp_path)
     assert not left, f"jobs left in squeue after the test: {left}"
 
 
@@ -83,9 +94,19 @@ def _no_traceback(text: str) -> None:
     assert "Traceback" not in text, text[-4000:]
 
 
-def _running_worker(conf: str) -> str:
-    """Id of a running stokesflow worker job, or ''."""
-    return next((j for j, s in jobs_in_queue(conf).items() if s == "RUNNING"), "")
+_CHUNK_DONE = re.compile(r"chunks [1-9][0-9]*/")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a driver still running after a failed check (and reap it)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def _running_worker(conf: str, folder: Path) -> str:
+    """Id of a running job submitted from ``folder``, or ''."""
+    return next((j for j, s in jobs_in_queue(conf, folder).items() if s == "RUNNING"), "")
 
 
 # --- runs that complete -------------------------------------------------------------------------------
@@ -104,35 +125,24 @@ def test_slurm_run_equals_serial(slurm: str, observations: dict[str, Path], tmp_
 
 @pytest.mark.timeout(180)
 def test_cancelled_worker_job_is_replaced_and_the_run_completes(
-    slurm: str, observations: dict[str, Path], tmp_path: Path
+    slurm: str, large_observation: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    obs, ref = large_observation
     log = tmp_path / "driver.log"
-    proc = start_cli(["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
-                      "--chunk-pixels", "64", *JOB], tmp_path, slurm, log)
+    proc = start_cli(["invert", "-i", str(obs), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+                      "--chunk-pixels", "1024", *JOB], tmp_path, slurm, log)
     try:
-        job = wait_for(lambda: _running_worker(slurm), 90, "the worker job to run")
-        time.sleep(2.0)  # its worker connects and starts on the chunks
+        job = wait_for(lambda: _running_worker(slurm, tmp_path), 90, "the worker job to run")
+        wait_for(lambda: _CHUNK_DONE.search(log.read_text()), 90, "the first chunk")  # mid-run
         subprocess.run(["scancel", job], env=slurm_env(slurm), check=True, timeout=30)
         assert proc.wait(timeout=150) == 0, log.read_text()[-3000:]
     finally:
-        proc.kill()
+        _stop(proc)
     text = log.read_text()
     _no_traceback(text)
-    assert_same_parameters(tmp_path / "out.h5", observations["big-serial"])
+    assert_same_parameters(tmp_path / "out.h5", ref)
     # The only worker was cancelled: the run finished on its replacement.
     assert len(_worker_outputs(tmp_path)) >= 2, text[-3000:]
-
-
-@pytest.fixture(scope="session")
-def large_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 256 x 256 synthetic sunspot (several seconds of fitting for one worker) and its serial result."""
-    folder = tmp_path_factory.mktemp("slurm-large")
-    obs, ref = folder / "large.h5", folder / "large-serial.h5"
-    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "256", "256",
-                    "--seed", "2", "--out", str(obs)], check=True, capture_output=True, timeout=300)
-    subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
-                    "--chunk-pixels", "1024"], check=True, capture_output=True, timeout=300)
-    return obs, ref
 
 
 @pytest.mark.slow
@@ -168,7 +178,7 @@ def test_driver_submitted_as_a_batch_job_runs_to_the_end(
          "--wrap", command], cwd=tmp_path, env=slurm_env(slurm), capture_output=True, text=True, check=True,
         timeout=30,
     ).stdout.strip()
-    wait_job_ended(slurm, job, 170)
+    wait_job_ended(slurm, tmp_path, job, 170)
     text = (tmp_path / "driver.out").read_text()
     assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
     _no_traceback(text)
@@ -190,7 +200,7 @@ def test_mpiexec_inside_a_batch_job_equals_serial_without_traceback(
          "--wrap", command], cwd=tmp_path, env=slurm_env(slurm), capture_output=True, text=True, check=True,
         timeout=30,
     ).stdout.strip()
-    wait_job_ended(slurm, job, 190)
+    wait_job_ended(slurm, tmp_path, job, 190)
     text = (tmp_path / "mpi.out").read_text()
     assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
     _no_traceback(text)
@@ -246,19 +256,20 @@ def test_no_worker_within_start_timeout_exits_2_listing_pending_jobs(
 
 @pytest.mark.timeout(150)
 def test_every_worker_lost_without_adapt_exits_2_after_connect_timeout(
-    slurm: str, observations: dict[str, Path], tmp_path: Path
+    slurm: str, large_observation: tuple[Path, Path], tmp_path: Path
 ) -> None:
     log = tmp_path / "driver.log"
-    proc = start_cli(["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
-                      "--chunk-pixels", "64", *JOB, "-C", "adapt=false", "-C", "connect_timeout=3"],
+    proc = start_cli(["invert", "-i", str(large_observation[0]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
+                      "--chunk-pixels", "1024", *JOB, "-C", "adapt=false", "-C", "connect_timeout=3"],
                      tmp_path, slurm, log)
     try:
-        job = wait_for(lambda: _running_worker(slurm), 90, "the worker job to run")
-        time.sleep(1.0)
+        job = wait_for(lambda: _running_worker(slurm, tmp_path), 90, "the worker job to run")
+        # Its worker connected: a chunk came back.
+        wait_for(lambda: _CHUNK_DONE.search(log.read_text()), 90, "the first chunk")
         subprocess.run(["scancel", job], env=slurm_env(slurm), check=True, timeout=30)
         assert proc.wait(timeout=60) == 2, log.read_text()[-3000:]
     finally:
-        proc.kill()
+        _stop(proc)
     text = log.read_text()
     (line,) = [ln for ln in text.splitlines() if " ERROR " in ln]
     assert "--cluster slurm: every worker was lost" in line and "adapt=false submits no replacement" in line
@@ -266,6 +277,21 @@ def test_every_worker_lost_without_adapt_exits_2_after_connect_timeout(
     _no_traceback(text)
     with h5py.File(tmp_path / "out.h5", "r") as f:  # closed and resumable
         assert not bool(f.attrs["complete"])
+
+
+@pytest.mark.timeout(90)
+def test_worker_job_failing_at_start_exits_2_instead_of_waiting(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    # A prologue that fails (a missing module or environment): the job ends before its worker starts.
+    proc = run_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm", *JOB,
+                    "-C", 'job_script_prologue=["exit 1"]', "-C", "connect_timeout=3"], tmp_path, slurm, timeout=80)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert "--cluster slurm: every worker job (" in line
+    assert ") has left the SLURM queue without a worker connecting: cancelled, or the job script failed" in line
+    assert "fix job_script_prologue" in line
+    _no_traceback(proc.stdout)
 
 
 # --- SIGTERM in every state: exit 143, jobs cancelled, --resume finishes ------------------------------------
@@ -278,7 +304,7 @@ def _sigterm_when(proc: subprocess.Popen[bytes], log: Path, ready, what: str) ->
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]
     finally:
-        proc.kill()
+        _stop(proc)
     text = log.read_text()
     _no_traceback(text)
     assert "terminated (SIGTERM): " in text and "finish the run with --resume" in text
@@ -292,8 +318,8 @@ def test_sigterm_with_jobs_pending_exits_143_and_cancels_them(
     log = tmp_path / "driver.log"
     proc = start_cli(["invert", "-i", str(observations["small"]), "-o", "out.h5", "--cluster", "slurm", *JOB,
                       "-C", 'job_extra_directives=["--hold"]'], tmp_path, slurm, log)
-    _sigterm_when(proc, log, lambda: "PENDING" in jobs_in_queue(slurm).values(), "a pending worker job")
-    assert not jobs_in_queue(slurm)
+    _sigterm_when(proc, log, lambda: "PENDING" in jobs_in_queue(slurm, tmp_path).values(), "a pending worker job")
+    assert not jobs_in_queue(slurm, tmp_path)
     with h5py.File(tmp_path / "out.h5", "r") as f:
         assert not bool(f.attrs["complete"])
 
@@ -306,8 +332,8 @@ def test_sigterm_with_jobs_running_exits_143_cancels_them_and_resume_finishes(
     args = ["invert", "-i", str(observations["big"]), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
             "--chunk-pixels", "64", *JOB]
     proc = start_cli(args, tmp_path, slurm, log)
-    _sigterm_when(proc, log, lambda: _running_worker(slurm), "a running worker job")
-    assert not jobs_in_queue(slurm)
+    _sigterm_when(proc, log, lambda: _running_worker(slurm, tmp_path), "a running worker job")
+    assert not jobs_in_queue(slurm, tmp_path)
     with h5py.File(tmp_path / "out.h5", "r") as f:
         assert not bool(f.attrs["complete"])
     again = run_cli([*args, "--resume"], tmp_path, slurm, timeout=150)
@@ -344,3 +370,25 @@ def test_pbs_run_on_slurms_torque_wrappers_equals_serial(
     assert proc.returncode == 0, proc.stdout[-3000:]
     _no_traceback(proc.stdout)
     assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+
+
+# --- the executor's own view: worker_summary() -----------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_worker_summary_counts_pending_and_running_jobs(slurm: str, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    from stokesflow.clusters import ClusterSpec, open_executor
+
+    monkeypatch.setenv("SLURM_CONF", slurm)
+    monkeypatch.chdir(tmp_path)  # the job's slurm-<id>.out
+    spec = ClusterSpec(kind="slurm", workers=1, memory_per_job="1GiB", walltime="00:05:00",
+                       job_extra_directives=("--hold",))
+    with open_executor(spec) as ex:
+        fut = ex.submit(abs, -3)
+        held = wait_for(lambda: jobs_in_queue(slurm, tmp_path), 30, "the held worker job")
+        assert ex.worker_summary() == "jobs: 1 pending, 0 running; workers: 0"
+        subprocess.run(["scontrol", "release", *held], env=slurm_env(slurm), check=True, timeout=30)
+        assert next(iter(ex.as_completed([fut]))).result() == 3
+        assert ex.worker_summary() == "jobs: 0 pending, 1 running; workers: 1"
+    assert not jobs_in_queue(slurm, tmp_path)
