@@ -117,10 +117,10 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option of every inversion (repeatable)")
     p.add_argument("--reference-option", dest="reference_option", action="append", type=_key_value,
-                   metavar="KEY=VALUE", help="backend option of the reference inversion (default n_starts=4, "
-                                             "max_iter=100)")
+                   metavar="KEY=VALUE", help="backend option of the reference inversion, added to "
+                                             "n_starts=4, max_iter=100")
     p.add_argument("--short-option", dest="short_option", action="append", type=_key_value, metavar="KEY=VALUE",
-                   help="backend option of the assisted inversion (default n_starts=1)")
+                   help="backend option of the assisted inversion, added to n_starts=1")
     p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = automatic")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
@@ -157,11 +157,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_assist(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.assist import AssistSettings, run_assist
 
-    kw: dict[str, Any] = {}
+    defaults = AssistSettings()
+    kw: dict[str, Any] = {}  # given options are added to the strategy's defaults
     if args.reference_option:
-        kw["reference_options"] = {k: v for k, v, _ in args.reference_option}
+        kw["reference_options"] = {**defaults.reference_options, **{k: v for k, v, _ in args.reference_option}}
     if args.short_option:
-        kw["short_options"] = {k: v for k, v, _ in args.short_option}
+        kw["short_options"] = {**defaults.short_options, **{k: v for k, v, _ in args.short_option}}
     s = AssistSettings(
         subset=args.subset, subset_method=args.subset_method, clusters=args.clusters, model=args.model,
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
