@@ -324,3 +324,75 @@ def test_start_timeout_must_be_a_non_negative_number() -> None:
     with pytest.raises(ClusterError, match=r"start_timeout must be a number of seconds >= 0 \(0 waits for ever\), got -1"):
         ClusterSpec(kind="slurm", start_timeout=-1)
     assert ClusterSpec(kind="slurm", start_timeout=0).start_timeout == 0
+
+
+# --- the watch of a jobqueue cluster, on a stand-in cluster (no batch system) -------------------------
+
+
+class _StandInJob:
+    def __init__(self, job_id: str) -> None:
+        from distributed.core import Status
+
+        self.job_id = job_id
+        self.status = Status.running
+
+
+class _StandInCluster:
+    """What _JobWatch reads of a dask-jobqueue cluster: its jobs by name and the connected workers."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, _StandInJob] = {}
+        self.scheduler_info: dict[str, dict[str, dict[str, str]]] = {"workers": {}}
+
+    def connect(self, name: str) -> None:
+        self.scheduler_info["workers"][f"tcp://10.0.0.1:{len(self.scheduler_info['workers'])}"] = {"name": name}
+
+
+def _watch(connect_timeout: float, start_timeout: float, adapt: bool) -> tuple[object, _StandInCluster]:
+    from stokesflow.clusters.jobqueue import _JobWatch
+
+    watch = _JobWatch("slurm", connect_timeout, start_timeout, adapt)
+    watch.cluster = cluster = _StandInCluster()
+    for i, job_id in enumerate(("101", "102")):
+        cluster.workers[f"SLURMCluster-{i}"] = _StandInJob(job_id)
+        watch.submitted(job_id)
+    return watch, cluster
+
+
+def test_watch_summary_counts_jobs_by_connected_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # no squeue: job states unknown
+    watch, cluster = _watch(10.0, 0.0, adapt=True)
+    assert watch.summary() == "jobs: 2 pending, 0 running; workers: 0"
+    cluster.connect("SLURMCluster-1")
+    assert watch.summary() == "jobs: 1 pending, 1 running; workers: 1"
+    watch.check()  # a worker is connected: nothing to say
+
+
+def test_watch_every_worker_lost_without_adapt_is_an_error_after_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stokesflow.clusters import WorkersUnavailableError
+
+    monkeypatch.setenv("PATH", "")
+    watch, cluster = _watch(0.2, 0.0, adapt=False)
+    cluster.connect("SLURMCluster-0")
+    watch.check()
+    cluster.scheduler_info["workers"].clear()  # the job was cancelled
+    watch.check()  # lost just now: not yet an error
+    time.sleep(0.3)
+    with pytest.raises(WorkersUnavailableError) as err:
+        watch.check()
+    msg = str(err.value)
+    assert msg.startswith("--cluster slurm: every worker was lost (jobs ended: walltime, lifetime, scancel/qdel "
+                          "or a crash) and adapt=false submits no replacement; no worker for ")
+    assert "job 101 state unknown, job 102 state unknown; check `squeue -j 101 102`" in msg
+
+
+def test_watch_lost_workers_with_adapt_wait_for_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    watch, cluster = _watch(0.1, 0.0, adapt=True)  # start_timeout 0: wait for ever
+    cluster.connect("SLURMCluster-0")
+    watch.check()
+    cluster.scheduler_info["workers"].clear()
+    time.sleep(0.2)
+    watch.check()  # adapt replaces lost workers: no error
