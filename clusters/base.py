@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from stokesflow.clusters.spec import MissingDependencyError, MissingProgramError
 
+#: Seconds between two calls of the :meth:`Executor.on_idle` callback while nothing finishes.
+IDLE_INTERVAL_S = 0.5
+
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "IDLE_INTERVAL_S",
     "Executor",
     "Future",
     "InProcessFuturesExecutor",
@@ -146,6 +153,30 @@ class Executor(abc.ABC):
             name to process id, or ``None`` where unknown), plus kind-specific
             entries.
         """
+
+    #: Set by :meth:`on_idle`.
+    _idle: Callable[[], None] | None = None
+
+    def on_idle(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` about every :data:`IDLE_INTERVAL_S` while :meth:`as_completed` waits.
+
+        Only while no future of the iteration has finished (a driver waiting
+        on queued batch jobs); ``None`` removes it.  For a progress line that
+        says what the workers do, e.g. with :meth:`worker_summary`.  An
+        exception other than ``KeyboardInterrupt`` raised by ``callback`` goes
+        to the debug log and does not stop the iteration.  Executors whose
+        futures finish inside :meth:`submit` (``serial``) never wait, so never
+        call it.
+        """
+        self._idle = callback
+
+    def _call_idle(self) -> None:
+        if self._idle is None:
+            return
+        try:
+            self._idle()
+        except Exception as exc:  # a progress line must not end the run
+            log.debug("idle callback %r failed: %s: %s", self._idle, type(exc).__name__, exc)
 
     def worker_summary(self) -> str:
         """One line on the workers for a progress line, e.g. ``"workers: 4"``.

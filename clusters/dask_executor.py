@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from stokesflow.clusters.base import Executor, Future, usable_cpus
+from stokesflow.clusters.base import IDLE_INTERVAL_S, Executor, Future, usable_cpus
 from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
 
 __all__ = ["DaskExecutor", "open_address", "open_local"]
@@ -33,8 +33,9 @@ _LOG_LEVEL = logging.WARNING
 # Preload module of local worker processes: they ignore SIGINT.
 _WORKER_PRELOAD = "stokesflow.clusters._worker_signals"
 
-# Seconds between checks of a cluster's health while tasks wait (jobqueue).
-_WATCH_INTERVAL_S = 0.5
+# Seconds between checks of a cluster's health while tasks wait (jobqueue),
+# and between calls of the idle callback.
+_WATCH_INTERVAL_S = IDLE_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +174,22 @@ class DaskExecutor(Executor):
         if not futures:
             return iter(())
         ac = as_completed(futures, loop=self.client.loop)
-        if self._watch is None:
+        if self._watch is None and self._idle is None:
             return iter(ac)
-        return self._watched(ac, self._watch)
+        return self._watched(ac)
 
-    @staticmethod
-    def _watched(ac: Any, watch: Callable[[], None]) -> Iterator[Future]:
-        """Iterate ``ac`` (a ``distributed.as_completed``), calling ``watch`` while nothing is ready."""
+    def _watched(self, ac: Any) -> Iterator[Future]:
+        """Iterate ``ac`` (a ``distributed.as_completed``); while nothing is ready, run the watch
+        (which may raise) and the idle callback (see :meth:`on_idle`)."""
         while True:
             if ac.has_ready():
                 yield next(ac)
                 continue
             if ac.is_empty():
                 return
-            watch()
+            if self._watch is not None:
+                self._watch()
+            self._call_idle()
             # Woken early when a future finishes.
             with ac.thread_condition:
                 ac.thread_condition.wait(timeout=_WATCH_INTERVAL_S)

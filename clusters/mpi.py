@@ -50,7 +50,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from stokesflow.clusters.base import Executor, InProcessFuturesExecutor, mpi_rank, require, require_program
+from stokesflow.clusters.base import (
+    IDLE_INTERVAL_S,
+    Executor,
+    InProcessFuturesExecutor,
+    mpi_rank,
+    require,
+    require_program,
+)
 from stokesflow.clusters.dask_executor import DaskExecutor, _connected_workers, _dashboard_kwargs
 from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
@@ -286,7 +293,20 @@ class MPIFuturesExecutor(InProcessFuturesExecutor):
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
         from concurrent.futures import as_completed
 
-        return as_completed(list(futures))
+        if self._idle is None:
+            return as_completed(list(futures))
+        return self._waiting(list(futures))
+
+    def _waiting(self, futures: list[Future]) -> Iterator[Future]:
+        """``as_completed`` that calls the idle callback while nothing finishes (see :meth:`on_idle`)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=IDLE_INTERVAL_S, return_when=FIRST_COMPLETED)
+            if not done:
+                self._call_idle()
+            yield from done
 
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process, before its next task.

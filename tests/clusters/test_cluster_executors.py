@@ -239,3 +239,25 @@ def test_error_in_the_block_wins_over_an_error_while_closing(monkeypatch: pytest
     with pytest.raises(RuntimeError, match="close failed"):
         with open_executor(ClusterSpec(kind="serial")):
             pass
+
+
+def test_on_idle_is_called_while_a_local_task_runs_and_not_after() -> None:
+    # A local Dask cluster: the callback runs while as_completed waits on a sleeping task, and a
+    # callback that raises only goes to the debug log.
+    calls: list[float] = []
+
+    def idle() -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("a broken progress line")
+
+    with open_executor(ClusterSpec(kind="local", workers=1)) as ex:
+        ex.on_idle(idle)
+        fut = ex.submit(time.sleep, 1.2)
+        assert list(ex.as_completed([fut])) == [fut]
+        n = len(calls)
+        assert n >= 1
+        ex.on_idle(None)
+        fut = ex.submit(time.sleep, 0.6)
+        assert list(ex.as_completed([fut])) == [fut]
+        assert len(calls) == n
+        assert ex.worker_summary() == "workers: 1"

@@ -308,11 +308,15 @@ def test_no_worker_within_start_timeout_is_an_error_naming_the_job(
     monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
     spec = ClusterSpec(kind="slurm", workers=1, walltime="00:10:00", memory_per_job="1GiB",
                        connect_timeout=0.5, start_timeout=1.5)
+    seen: list[str] = []
     with open_executor(spec) as ex:
+        # The driver's progress line while it waits: called as nothing finishes.
+        ex.on_idle(lambda: seen.append(ex.worker_summary()))
         fut = ex.submit(h.add, 1.0)
         with pytest.raises(WorkersUnavailableError) as err:
             list(ex.as_completed([fut]))
         assert ex.worker_summary() == "jobs: 1 pending, 0 running; workers: 0"
+    assert len(seen) >= 2 and seen[-1] == "jobs: 1 pending, 0 running; workers: 0"
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("--cluster slurm: no worker connected ")
