@@ -82,11 +82,12 @@ def _unwritable_folder(tmp_path: Path) -> Path:
         (["-R", "continuum=bright"], ["continuum", "bright"]),
         (["--axes", "y,x,w"], ["y,x,w", "--axes"]),
         (["--format", "fits"], ["obs.h5", "FITS", "--format"]),
-        (["--backend", "sir"], ["sir", "not implemented"]),
+        (["--backend", "desire"], ["desire", "not implemented"]),
+        (["--backend", "sir", "-B", "executable=/nonexistent/sir.x"], ["sir", "/nonexistent/sir.x"]),
         (["--cluster", "serial", "-C", "workers=0"], ["workers", "-C workers=0"]),
     ],
     ids=["B-type", "B-unknown", "B-value", "I-bounds", "R-unused", "R-continuum", "axes", "format",
-         "backend", "C-value"],
+         "backend", "backend-executable", "C-value"],
 )
 def test_wrong_values_are_one_line_and_exit_2_before_any_work(flags, fragments, obs, tmp_path, capsys,
                                                               no_cluster):
