@@ -364,6 +364,8 @@ class Backend:
     options_class: ClassVar[type | None] = None
     #: True for backends whose results are depth-stratified (ChunkResult.stratified).
     depth_stratified: ClassVar[bool] = False
+    #: What :meth:`setup` does that a user waits for on a first run (logged by the driver).
+    setup_note: ClassVar[str] = ""
 
     def __init__(self, options: Any = None) -> None:
         if self.options_class is not None and not isinstance(options, self.options_class):

@@ -919,8 +919,8 @@ def _check_backend(backend: Backend, provider: InitProvider, obs: Any,
                    trial: tuple[np.ndarray, np.ndarray], trial_index: int, *, log_it: bool = True) -> None:
     """Set the backend up on the trial pixel and invert it once, so bad input fails now, not in every task."""
     if log_it:
-        log.info("setting up backend %r: its numba kernels are compiled on the first run (about 10-20 s, "
-                 "once) and loaded from the cache afterwards", backend.name)
+        note = getattr(backend, "setup_note", "")
+        log.info("setting up backend %r%s", backend.name, f": {note}" if note else "")
     t0 = time.perf_counter()
     try:
         _call_setup(backend, trial)

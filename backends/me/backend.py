@@ -263,6 +263,7 @@ class MEBackend(Backend):
 
     name = "me"
     options_class = MEOptions
+    setup_note = "its numba kernels are compiled on the first run (about 10-20 s, once) and loaded from the cache afterwards"
 
     def __init__(self, options: MEOptions | Mapping[str, Any] | None = None) -> None:
         super().__init__(options)

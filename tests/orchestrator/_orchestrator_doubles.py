@@ -61,6 +61,10 @@ class WrappingDouble(Backend):
     def parameters(self):
         return self.inner.parameters
 
+    @property
+    def setup_note(self) -> str:
+        return self.inner.setup_note
+
     def for_observation(self, meta):
         return type(self)(dict(self.own), inner=self.inner.for_observation(meta))
 
