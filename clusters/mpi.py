@@ -196,6 +196,11 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
             "mpi_mode='futures' (>= 2 ranks)"
         )
     _quiet_dask_logs()
+    if MPI.COMM_WORLD.Get_rank() != 1:
+        # The scheduler and Nanny ranks: their close-time races at the end of the job stay quiet.
+        from stokesflow.clusters._mpi_worker import quiet_close_races
+
+        quiet_close_races()
     import dask
 
     preload = list(dask.config.get("distributed.worker.preload", None) or [])

@@ -63,6 +63,8 @@ def test_worker_preload_drops_only_the_exit_race_of_the_stop_queue() -> None:
 
     logger = logging.getLogger("distributed.nanny")
     before = list(logger.filters)
+    handlers = logging.getLogger("distributed").handlers or logging.getLogger().handlers
+    handler_filters = [list(hd.filters) for hd in handlers]
     try:
         _mpi_worker.dask_setup(worker=None)
         _mpi_worker.dask_setup(worker=None)  # idempotent: one filter
@@ -71,5 +73,11 @@ def test_worker_preload_drops_only_the_exit_race_of_the_stop_queue() -> None:
         assert not logger.filter(exit_race)
         assert logger.filter(_record(EOFError()))
         assert logger.filter(_record(OSError("handle is closed")))
+        # ... and the close races of the shutdown go too, on every distributed.* logger.
+        race = logging.LogRecord("distributed.worker", logging.ERROR, "worker.py", 1165,
+                                 "Failed to communicate with scheduler during heartbeat.", None, None)
+        assert handlers and not all(hd.filter(race) for hd in handlers)
     finally:
         logger.filters[:] = before
+        for hd, filters in zip(handlers, handler_filters):
+            hd.filters[:] = filters
