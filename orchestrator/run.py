@@ -894,6 +894,7 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
         meta["noise"] = list(noise.sigma)  # four floats (I, Q, U, V), interface of for_observation
     backend = base.for_observation(meta)
     provider = get_provider(config.run.init, config.init_options()).bind(backend)
+    provider.check_observation((obs.ny, obs.nx), obs.wavelength)  # e.g. previous: maps of this field
     workers_hint = spec.workers or (1 if spec.kind == "serial" else os.cpu_count() or 1)
     chunk_pixels = config.run.chunk_pixels
     if config.output.resume and chunk_pixels == 0:  # automatic: keep the chunks of the interrupted run

@@ -57,3 +57,18 @@ def test_rejects_missing_parameter_wrong_unit_and_file(tmp_path, me):
         get_provider("previous", {"file": str(tmp_path / "none.h5")}).bind(me)
     with pytest.raises(InitError, match="takes only 'file'"):
         get_provider("previous", {"file": "x.h5", "path": "y"})
+
+
+def test_invert_refuses_a_previous_file_of_the_same_pixel_count_but_another_shape(tmp_path, me, capsys):
+    """Through the command line: 5 x 3 maps for a 3 x 5 observation (15 pixels each) is exit 2."""
+    from stokesflow.orchestrator.cli import main
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    obs = synthesize_observation(tmp_path / "obs.h5", instrument="hmi", scene="quiet", size=(3, 5), seed=1)
+    prev = _cube(tmp_path / "prev.h5", me, ny=5, nx=3)
+    out = tmp_path / "r.h5"
+    code = main(["invert", "--input", str(obs), "--out", str(out), "--cluster", "serial",
+                 "--init", "previous", "-I", f"file={prev}"])
+    assert code == 2
+    assert "holds maps of 5 x 3 pixels, the observation has 3 x 5" in capsys.readouterr().err
+    assert not out.exists()
