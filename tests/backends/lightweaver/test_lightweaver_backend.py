@@ -122,10 +122,11 @@ def test_contract(lw):
 def test_synth_observation_with_lightweaver(lw, tmp_path):
     import h5py
 
-    from stokesflow.orchestrator.synth import synthesize_observation
+    from stokesflow.orchestrator.cli import main
 
-    out = synthesize_observation(tmp_path / "lw.h5", instrument="hinode", scene="sunspot", size=(2, 2), noise=0.0,
-                                 backend="lightweaver")
+    out = tmp_path / "lw.h5"  # through the command line: stokesflow synth --backend lightweaver
+    assert main(["synth", "--backend", "lightweaver", "--instrument", "hinode", "--scene", "sunspot",
+                 "--size", "2", "2", "--noise", "0", "--out", str(out), "-q"]) == 0
     with h5py.File(out) as f:
         assert f["stokes"].shape == (2, 2, 4, 112)
         assert sorted(f["truth"]) == ["B", "azimuth", "inclination", "vlos"]
