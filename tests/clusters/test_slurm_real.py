@@ -145,18 +145,30 @@ def test_cancelled_worker_job_is_replaced_and_the_run_completes(
     assert len(_worker_outputs(tmp_path)) >= 2, text[-3000:]
 
 
+@pytest.fixture(scope="session")
+def huge_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 384 x 384 synthetic sunspot (about 15 s of fitting for one idle worker) and its serial result."""
+    folder = tmp_path_factory.mktemp("slurm-huge")
+    obs, ref = folder / "huge.h5", folder / "huge-serial.h5"
+    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "384", "384",
+                    "--seed", "3", "--out", str(obs)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
+                    "--chunk-pixels", "2048"], check=True, capture_output=True, timeout=300)
+    return obs, ref
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_short_lifetime_retires_and_replaces_workers(
-    slurm: str, large_observation: tuple[Path, Path], tmp_path: Path
+    slurm: str, huge_observation: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    # Walltime 1 min, lifetime 10 s (+/- 5 s stagger): the worker retires mid-run, its job ends and
-    # adapt submits a replacement that finishes the run.  A shorter lifetime retires workers while
-    # they still start up (a few seconds on a loaded 2-CPU machine) and only adds job churn.
-    obs, ref = large_observation
+    # Walltime 1 min, lifetime 8 s (+/- 4 s stagger) against ~15 s of fitting: the worker retires
+    # mid-run, its job ends and adapt submits a replacement that goes on.  A shorter lifetime
+    # retires workers while they still start up (seconds on a loaded 2-CPU machine): job churn.
+    obs, ref = huge_observation
     proc = run_cli(["invert", "-i", str(obs), "-o", "out.h5", "--cluster", "slurm", "-w", "1",
-                    "--walltime", "00:01:00", "-C", "lifetime=10s", "--chunk-pixels", "1024", *JOB],
-                   tmp_path, slurm, timeout=280)
+                    "--walltime", "00:01:00", "-C", "lifetime=8s", "--chunk-pixels", "2048", *JOB],
+                   tmp_path, slurm, timeout=380)
     assert proc.returncode == 0, proc.stdout[-3000:]
     _no_traceback(proc.stdout)
     # distributed's notes on retired workers stay in the debug log.
