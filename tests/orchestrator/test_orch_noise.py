@@ -165,3 +165,38 @@ def test_the_me_backend_estimates_the_noise_of_a_synthetic_map(tmp_path, no_clus
     # 1.5 of the true 1e-3 (the ME engineer's tests pin the estimator itself more tightly)
     for s, v in zip("QUV", prep.noise.sigma[1:]):
         assert 0.67e-3 < v < 1.5e-3, (s, v)
+
+
+def test_a_file_without_noise_inverts_as_well_as_the_same_file_with_it(tmp_path):
+    """Issue 6: the same observation, once with its true noise stated and once without (as real
+    filtergrams come), inverted through run_inversion: same pixels converged, same accuracy."""
+    import h5py
+
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    stated = synthesize_observation(tmp_path / "stated.h5", instrument="hmi", scene="mixed", size=(24, 24),
+                                    noise=1e-3, seed=4)
+    unstated = tmp_path / "unstated.h5"
+    unstated.write_bytes(stated.read_bytes())
+    with h5py.File(unstated, "r+") as h5:
+        del h5.attrs["noise"]
+        truth = h5["truth/B"][:]
+    results = {}
+    for name, obs in (("stated", stated), ("unstated", unstated)):
+        out = tmp_path / f"r_{name}.h5"
+        run_inversion(make_config(obs, out))
+        results[name] = read_result(out)
+    a, b = results["stated"], results["unstated"]
+    assert b.attrs["noise_source"] == "estimated" and a.attrs["noise_source"] == "observation"
+    np.testing.assert_allclose(b.attrs["noise"], 1e-3, rtol=0.15)  # the estimate of the true sigma
+    ok_a, ok_b = a.status == 0, b.status == 0
+    # same pixels converged: at most 1 % of the 576 pixels differ in status
+    assert np.mean(ok_a != ok_b) <= 0.01, (ok_a.sum(), ok_b.sum())
+    # same accuracy: the median |B - truth| of the converged pixels within 10 % (or 1 G)
+    err_a = np.median(np.abs(a.params["B"][ok_a] - truth[ok_a]))
+    err_b = np.median(np.abs(b.params["B"][ok_b] - truth[ok_b]))
+    assert abs(err_b - err_a) <= max(0.1 * err_a, 1.0), (err_a, err_b)
+    # chi2 in statistical units in both: reduced chi2 near 1 for the converged pixels
+    print(f"converged {ok_a.sum()} vs {ok_b.sum()}, median |dB| {err_a:.2f} vs {err_b:.2f} G, "
+          f"median chi2 {np.median(a.chi2[ok_a]):.3f} vs {np.median(b.chi2[ok_b]):.3f}, noise {b.attrs['noise']}")
+    assert 0.6 < np.median(b.chi2[ok_b]) < 1.6 and 0.6 < np.median(a.chi2[ok_a]) < 1.6
