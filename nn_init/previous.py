@@ -10,7 +10,11 @@ failed, was skipped or was not run (2, 3, 255), start from the backend's own
 estimate instead.
 
 Checks: when the provider is bound, every parameter the backend fits must be
-in the file with the backend's unit; :meth:`PreviousInit.check_observation`
+in the file with the backend's unit, except those a depth-stratified backend
+takes from its own guess model: a backend with a ``seed_parameters`` attribute
+(SIR: B, inclination, azimuth, vlos) needs only those in the file, and its other
+parameters missing from the file are NaN columns (the backend keeps its guess
+model's values there), so an ME result seeds a SIR inversion; :meth:`PreviousInit.check_observation`
 compares the maps' (ny, nx) with the observation, and a pixel range beyond the
 file is refused in :meth:`PreviousInit.initial_guess` (naming both shapes).
 """
@@ -52,7 +56,8 @@ class PreviousInit(InitProvider):
                             "([init.previous] file = \"prev.h5\"), a result file or an init cube with /params/<name>")
         self.path = str(Path(f).resolve())
         self.shape: tuple[int, int] | None = None
-        self._names: tuple[str, ...] | None = None
+        self._names: tuple[str, ...] | None = None  # the backend's parameters that the file holds
+        self._columns: tuple[str, ...] | None = None  # all the backend's parameters, in its order
 
     def _open(self) -> h5py.File:
         try:
@@ -69,11 +74,16 @@ class PreviousInit(InitProvider):
                 raise InitError(f"[init.previous] {self.path} has no /params group: it is neither a result file "
                                 "nor an init cube (/params/<name> maps of shape (ny, nx))")
             g = h5["params"]
-            missing = [p.name for p in specs if p.name not in g]
+            seed = getattr(backend, "seed_parameters", None)
+            needed = [p.name for p in specs] if seed is None else [n for n in seed]
+            missing = [n for n in needed if n not in g]
             if missing:
+                fits = f"fits {[p.name for p in specs]}" if seed is None else (
+                    f"needs {list(seed)} from a seed (its guess model gives the rest)")
                 raise InitError(f"[init.previous] {self.path} lacks /params/{missing[0]}"
-                                f"{' and more' if len(missing) > 1 else ''}: backend {backend.name!r} fits "
-                                f"{[p.name for p in specs]}, the file has {sorted(g)}")
+                                f"{' and more' if len(missing) > 1 else ''}: backend {backend.name!r} {fits}, "
+                                f"the file has {sorted(g)}; start from a file that holds them")
+            specs = tuple(p for p in specs if p.name in g)
             shapes = {p.name: g[p.name].shape for p in specs}
             if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
                 raise InitError(f"[init.previous] {self.path}: the /params maps must all be (ny, nx), got {shapes}")
@@ -85,6 +95,7 @@ class PreviousInit(InitProvider):
         bound = PreviousInit(self.options)
         bound.shape = tuple(int(v) for v in next(iter(shapes.values())))  # type: ignore[assignment]
         bound._names = tuple(p.name for p in specs)
+        bound._columns = tuple(backend.parameter_names)
         return bound
 
     def check_observation(self, shape: tuple[int, int], wavelength: np.ndarray | None = None) -> None:
@@ -106,10 +117,11 @@ class PreviousInit(InitProvider):
             raise InitError(f"[init.previous] got {stokes.shape[0]} spectra for pixels {start}..{stop}")
         y0, y1 = start // nx, (stop - 1) // nx + 1 if stop > start else start // nx
         off = start - y0 * nx
-        out = np.empty((stop - start, len(self._names)), dtype=np.float64)
+        columns = self._columns or self._names
+        out = np.full((stop - start, len(columns)), np.nan, dtype=np.float64)
         with self._open() as h5:
-            for j, name in enumerate(self._names):
-                out[:, j] = h5["params"][name][y0:y1].reshape(-1)[off:off + stop - start]
+            for name in self._names:
+                out[:, columns.index(name)] = h5["params"][name][y0:y1].reshape(-1)[off:off + stop - start]
             if "status" in h5:
                 status = h5["status"][y0:y1].reshape(-1)[off:off + stop - start]
                 out[np.isin(status, UNUSABLE_STATUS)] = np.nan

@@ -44,7 +44,7 @@ from stokesflow.backends.sir.runner import (
     run_code,
 )
 
-__all__ = ["ENV_VAR", "GUESS_FIELD", "SIROptions", "SIRBackend", "builtin_model", "STRATIFIED", "SCALARS"]
+__all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "SIROptions", "SIRBackend", "builtin_model", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
 
@@ -90,6 +90,10 @@ _ABUND = "ABUNDANCES"
 #: when the field it should invert is zero somewhere): B [G], inclination and
 #: azimuth [deg], vmac [km/s].
 GUESS_FIELD = {"B": 400.0, "gamma": 60.0, "phi": 30.0, "vmac": 1.0}
+
+#: Smallest field [G] given to SIR from an initial guess: SIR perturbs B relatively
+#: and stops ("is zero somewhere") on a zero field, which an ME fit may return.
+B_FLOOR = 10.0
 
 
 def builtin_model(name: str = "hsra", guess: bool = True) -> io.Model:
@@ -241,6 +245,10 @@ class SIRBackend(Backend):
     name: ClassVar[str] = "sir"
     options_class: ClassVar[type] = SIROptions
     depth_stratified: ClassVar[bool] = True
+    #: What a seed must give (``--init previous`` with an ME result file): the field
+    #: and the velocity, applied constant with height; T, Pe, vmic, vmac, filling
+    #: factor and stray light missing from the seed come from the guess model.
+    seed_parameters: ClassVar[tuple[str, ...]] = ("B", "inclination", "azimuth", "vlos")
 
     @classmethod
     def is_available(cls, options: Any = None) -> tuple[bool, str]:
@@ -316,8 +324,12 @@ class SIRBackend(Backend):
             self._lines()
 
     # ------------------------------------------------------------ the models
-    def _model_for(self, init_row: np.ndarray | None) -> io.Model:
-        """The guess model with an initial guess (this backend's parameter order; NaN = not given) applied."""
+    def _model_for(self, init_row: np.ndarray | None, inversion: bool = False) -> io.Model:
+        """The guess model with an initial guess (this backend's parameter order; NaN = not given) applied.
+
+        B, inclination, azimuth and vlos are constant with height; for an
+        ``inversion`` B is at least :data:`B_FLOOR`.
+        """
         m = self.guess_model.copy()
         if init_row is None:
             return m
@@ -331,6 +343,10 @@ class SIRBackend(Backend):
             arr = getattr(m, col)
             if name == "T":  # shift the stratification so that T(ref) is the guess
                 arr += v - np.interp(ref, m.log_tau[order], arr[order])
+            elif name == "B" and inversion:  # SIR perturbs B relatively and stops when it is zero somewhere
+                arr[:] = max(float(v), B_FLOOR)
+            elif name == "azimuth":
+                arr[:] = float(np.mod(v, 180.0))
             else:
                 arr[:] = v / fac
         for name, attr, fac, _ in SCALARS:
@@ -433,7 +449,7 @@ class SIRBackend(Backend):
                     continue
                 self._clear(folder, strategy.cycles)
                 folder.write(_OBSERVED, io.format_profiles(index, offsets, stokes[i]))
-                folder.write(_GUESS, io.format_model(self._model_for(None if init is None else init[i])))
+                folder.write(_GUESS, io.format_model(self._model_for(None if init is None else init[i], inversion=True)))
                 outcome = run_code([str(exe)], folder.path, stdin=_CONTROL + "\n", timeout=self.options.timeout,
                                    expected=outputs + ["sir.chi"])
                 reason = outcome.reason

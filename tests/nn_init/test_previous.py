@@ -72,3 +72,21 @@ def test_invert_refuses_a_previous_file_of_the_same_pixel_count_but_another_shap
     assert code == 2
     assert "holds maps of 5 x 3 pixels, the observation has 3 x 5" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_backend_with_seed_parameters_gets_nan_columns_for_what_the_file_lacks(tmp_path, me):
+    """SIR needs only B, inclination, azimuth, vlos from a seed; an ME cube binds, T ... stray_light are NaN."""
+    from stokesflow.backends.sir.backend import SIRBackend
+
+    sir = SIRBackend({"lines": ["FeI_6302"]})  # binding needs no executable
+    prov = get_provider("previous", {"file": str(_cube(tmp_path / "c.h5", me))}).bind(sir)
+    guess = prov.initial_guess(np.zeros((15, 4, 6)), np.arange(6.0), start=0, stop=15)
+    names = sir.parameter_names
+    seeded = [names.index(n) for n in ("B", "inclination", "azimuth", "vlos")]
+    me_col = {p.name: j for j, p in enumerate(me.parameters)}
+    for n in ("B", "inclination", "azimuth", "vlos"):
+        np.testing.assert_array_equal(guess[:, names.index(n)], 1000.0 * me_col[n] + np.arange(15))
+    rest = np.delete(guess, seeded, axis=1)
+    assert rest.shape == (15, len(names) - 4) and np.all(np.isnan(rest))
+    with pytest.raises(InitError, match=r"lacks /params/azimuth: backend 'sir' needs \['B', 'inclination'"):
+        get_provider("previous", {"file": str(_cube(tmp_path / "d.h5", me, skip=("azimuth",)))}).bind(sir)

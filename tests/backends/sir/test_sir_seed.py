@@ -1,0 +1,145 @@
+"""An ME result seeds SIR (``--init previous``): the field, the angles and the velocity of each pixel go into
+that pixel's guess model (constant with height, SIR's units), the rest comes from the guess model.
+Run against the sir.x TEST DOUBLE (doubles/sir_test_double.py), which doubles the guess field."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stokesflow.backends import get_backend
+from stokesflow.backends.sir import io
+from stokesflow.backends.sir.backend import B_FLOOR, builtin_model
+from stokesflow.nn_init.providers import InitError, get_provider
+from stokesflow.orchestrator.cli import main
+from stokesflow.orchestrator.io import write_observation
+
+DOUBLE = Path(__file__).parent / "doubles" / "sir_test_double.py"
+WL = 6300.89 + 0.021549 * np.arange(112)
+ME_UNITS = {"B": "G", "inclination": "deg", "azimuth": "deg", "vlos": "km/s", "doppler_width": "mA",
+            "eta0": "", "damping": "", "S0": "", "S1": ""}
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the test double is a POSIX executable script")
+
+
+def _me_file(path: Path, ny: int = 2, nx: int = 3, *, skip: tuple[str, ...] = (), status=None) -> dict:
+    """An ME result file's /params (ME's names and units) with a different field in every pixel."""
+    k = np.arange(ny * nx, dtype=float).reshape(ny, nx)
+    maps = {"B": 300.0 + 100.0 * k, "inclination": 20.0 + 10.0 * k, "azimuth": 15.0 + 20.0 * k,
+            "vlos": -1.0 + 0.4 * k, "doppler_width": 30.0 + k, "eta0": 5.0 + k, "damping": 0.5 + 0 * k,
+            "S0": 0.3 + 0 * k, "S1": 0.7 + 0 * k}
+    maps["B"][0, 0] = 0.0  # a field-free ME pixel: SIR cannot start from B = 0
+    maps["azimuth"][-1, -1] = 190.0  # beyond 180: the same azimuth as 10 deg
+    with h5py.File(path, "w") as h5:
+        for name, v in maps.items():
+            if name not in skip:
+                h5.create_dataset(f"params/{name}", data=v).attrs["unit"] = ME_UNITS[name]
+        if status is not None:
+            h5.create_dataset("status", data=np.asarray(status, dtype=np.uint8).reshape(ny, nx))
+    return maps
+
+
+def _pixels(n: int) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    st = np.zeros((n, 4, WL.size))
+    st[:, 0] = 1.0 - 0.5 * np.exp(-(((WL - 6302.4931) / 0.05) ** 2))
+    st[:, 1:] = rng.normal(0, 1e-3, (n, 3, WL.size))
+    return st
+
+
+@pytest.fixture
+def sir(tmp_path):
+    return get_backend("sir", {"executable": str(DOUBLE), "lines": ["FeI_6301", "FeI_6302"],
+                               "strategy": "assisted", "scratch": str(tmp_path)})
+
+
+def test_an_me_result_seeds_each_pixels_guess_model(tmp_path, sir, monkeypatch):
+    status = np.zeros(6, dtype=np.uint8)
+    status[4] = 2  # a failed ME pixel: SIR starts it from its own guess model
+    maps = _me_file(tmp_path / "me.h5", status=status)
+    prov = get_provider("previous", {"file": str(tmp_path / "me.h5")}).bind(sir)
+    prov.check_observation((2, 3))
+    guess = prov.initial_guess(_pixels(6), WL, start=0, stop=6)
+    names = sir.parameter_names
+    assert guess.shape == (6, len(names))
+    for n in ("T", "Pe", "vmic", "vmac", "filling_factor", "stray_light"):  # not in an ME file: NaN
+        assert np.all(np.isnan(guess[:, names.index(n)])), n
+    written: list[io.Model] = []
+    real = io.format_model
+
+    def spy(model: io.Model) -> str:
+        written.append(model.copy())
+        return real(model)
+
+    monkeypatch.setattr(io, "format_model", spy)
+    r = sir.invert(_pixels(6), WL, guess)
+    assert list(r.status) == [0] * 6 and len(written) == 6
+    hsra = builtin_model("hsra")
+    flat = {k: v.reshape(-1) for k, v in maps.items()}
+    for i, m in enumerate(written):
+        if i == 4:  # the failed ME pixel: the built-in guess model unchanged
+            np.testing.assert_array_equal(m.B, hsra.B)
+            np.testing.assert_array_equal(m.vlos, hsra.vlos)
+            continue
+        # SIR's units in the .mod: B [G], gamma and phi [deg], vlos [cm/s]; constant with height
+        np.testing.assert_allclose(m.B, max(flat["B"][i], B_FLOOR), rtol=1e-12)
+        np.testing.assert_allclose(m.gamma, flat["inclination"][i], rtol=1e-12)
+        np.testing.assert_allclose(m.phi, np.mod(flat["azimuth"][i], 180.0), rtol=1e-12)
+        np.testing.assert_allclose(m.vlos, flat["vlos"][i] * 1e5, rtol=1e-12)
+        # thermodynamics, vmic and the scalars from the guess model
+        np.testing.assert_array_equal(m.T, hsra.T)
+        np.testing.assert_array_equal(m.Pe, hsra.Pe)
+        np.testing.assert_array_equal(m.vmic, hsra.vmic)
+        assert (m.vmac, m.filling_factor, m.stray_light) == (hsra.vmac, hsra.filling_factor, hsra.stray_light)
+    assert written[0].B[0] == B_FLOOR and written[5].phi[0] == pytest.approx(10.0)
+    # the double doubles the guess field and keeps the rest: the results carry each pixel's seed
+    np.testing.assert_allclose(r.param("vlos")[[0, 1, 2, 3, 5]], flat["vlos"][[0, 1, 2, 3, 5]], rtol=1e-6)
+    np.testing.assert_allclose(r.param("B")[[1, 2, 3]], 2 * flat["B"][[1, 2, 3]], rtol=1e-6)
+
+
+def test_a_file_without_a_seed_parameter_is_refused(tmp_path, sir):
+    _me_file(tmp_path / "me.h5", skip=("vlos",))
+    with pytest.raises(InitError, match=r"lacks /params/vlos: backend 'sir' needs \['B', 'inclination', "
+                                        r"'azimuth', 'vlos'\] from a seed"):
+        get_provider("previous", {"file": str(tmp_path / "me.h5")}).bind(sir)
+
+
+def test_a_seed_with_a_wrong_unit_is_refused(tmp_path, sir):
+    _me_file(tmp_path / "me.h5")
+    with h5py.File(tmp_path / "me.h5", "r+") as h5:
+        h5["params/vlos"].attrs["unit"] = "m/s"
+    with pytest.raises(InitError, match=r"/params/vlos is in 'm/s', backend 'sir' fits it in 'km/s'"):
+        get_provider("previous", {"file": str(tmp_path / "me.h5")}).bind(sir)
+
+
+def test_invert_sir_assisted_from_an_me_result_through_the_cli(tmp_path):
+    """``stokesflow invert --backend sir -B strategy=assisted --init previous -I file=me.h5`` (ME result first)."""
+    rng = np.random.default_rng(3)
+    st = np.zeros((2, 3, 4, WL.size))
+    st[:, :, 0] = 1.0 - 0.5 * np.exp(-(((WL - 6302.4931) / 0.05) ** 2))
+    st[:, :, 1:] = rng.normal(0, 1e-3, (2, 3, 3, WL.size))
+    x = (WL - 6302.4931) / 0.05
+    st[:, :, 3] += 0.02 * (np.arange(6).reshape(2, 3, 1) + 1) * (-2 * x * np.exp(-x ** 2))  # some V
+    obs = tmp_path / "obs.h5"
+    write_observation(obs, st, WL, {"lines": "FeI_6301,FeI_6302", "noise": 1e-3, "instrument": "hinode"})
+    me = tmp_path / "me.h5"
+    assert main(["invert", "--input", str(obs), "--out", str(me), "--cluster", "serial"]) == 0
+    out = tmp_path / "sir.h5"
+    assert main(["invert", "--input", str(obs), "--out", str(out), "--backend", "sir", "-B", f"executable={DOUBLE}",
+                 "-B", "strategy=assisted", "--cluster", "serial", "--init", "previous", "-I", f"file={me}"]) == 0
+    with h5py.File(me) as f:
+        ok = f["status"][:] != 2
+        mB, minc, mv = f["params/B"][:], f["params/inclination"][:], f["params/vlos"][:]
+        maz = f["params/azimuth"][:]
+    with h5py.File(out) as f:
+        assert np.all(f["status"][:][ok] == 0) and ok.sum() >= 5
+        B, inc, az, v = (f[f"params/{n}"][:] for n in ("B", "inclination", "azimuth", "vlos"))
+    # every depth: twice the ME field (the double), ME's angles and velocity (float32 store: rtol 1e-5)
+    np.testing.assert_allclose(B[ok], 2 * np.maximum(mB[ok], B_FLOOR)[:, None] * np.ones(B.shape[-1]), rtol=1e-5)
+    np.testing.assert_allclose(inc[ok], np.repeat(minc[ok][:, None], inc.shape[-1], 1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(az[ok], np.repeat(np.mod(maz[ok], 180)[:, None], az.shape[-1], 1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(v[ok], np.repeat(mv[ok][:, None], v.shape[-1], 1), rtol=1e-5, atol=1e-6)
