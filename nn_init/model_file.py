@@ -51,7 +51,8 @@ class NetworkModel:
     Attributes
     ----------
     kind : str
-        ``"cnn"``.
+        ``"cnn"`` or ``"unet"`` (:mod:`stokesflow.nn_init.unet`: metadata also holds ``bins`` and
+        ``calibration``).
     metadata : dict
         See the module docstring.
     state_dict : dict
@@ -82,7 +83,12 @@ class NetworkModel:
     def network(self) -> Any:
         """The torch network with the weights loaded (built once)."""
         if self._net is None:
-            net = build_network(self.metadata["arch"])
+            if self.kind == "unet":
+                from stokesflow.nn_init.unet import build_unet
+
+                net = build_unet(self.metadata["arch"])
+            else:
+                net = build_network(self.metadata["arch"])
             net.load_state_dict(self.state_dict)
             net.eval()
             self._net = net
@@ -100,6 +106,9 @@ class NetworkModel:
 
     def predict(self, stokes: np.ndarray, *, batch: int = 16384) -> np.ndarray:
         """Parameters (npix, npar) float64 [units] for spectra (npix, 4, nw); NaN rows for NaN/inf pixels."""
+        if self.kind == "unet":
+            raise InitError(f"model {self.metadata.get('path', '?')} is a unet: it needs images, not pixels; "
+                            "use stokesflow.nn_init.unet.predict_field (stokesflow predict)")
         s = np.asarray(stokes)
         out = np.full((s.shape[0], len(self.parameters)), np.nan, dtype=np.float64)
         good = np.isfinite(s).all(axis=(1, 2))
