@@ -64,6 +64,9 @@ def slurm_env(conf: str, **extra: str) -> dict[str, str]:
     env["SLURM_CONF"] = conf
     # Replace a lost worker after 3 s instead of distributed's 15 s (test time only).
     env.setdefault("DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT", "3s")
+    # one node: scheduler and workers talk over the loopback interface, not the machine's network
+    env.setdefault("DASK_JOBQUEUE__SLURM__INTERFACE", "lo")
+    env.setdefault("DASK_JOBQUEUE__PBS__INTERFACE", "lo")
     env.pop("PYTEST_CURRENT_TEST", None)
     env.update(extra)
     return env
