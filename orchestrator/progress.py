@@ -127,6 +127,24 @@ class Progress:
                 self._last = now
                 log.info(self.line())
 
+    def waiting(self, workers: str) -> None:
+        """While no chunk finishes: at most every ``interval_s``, the progress line and what the workers do.
+
+        Parameters
+        ----------
+        workers : str
+            The executor's one-line state, e.g. ``"jobs: 2 pending, 1 running; workers: 1"``
+            (``Executor.worker_summary``): a driver waiting on queued batch jobs says so.
+        """
+        now = time.perf_counter()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        if self._bar is not None:
+            self._bar.set_postfix_str(workers, refresh=True)
+        elif self.mode == "log":
+            log.info("%s; %s", self.line(), workers)
+
     def close(self) -> None:
         """Close the bar or write the last log line."""
         if self._bar is not None:

@@ -1182,6 +1182,8 @@ def run_inversion(
                 interval_s=config.run.log_interval_s, stream=progress_stream,
             )
             t1 = time.perf_counter()
+            # while no chunk finishes (batch jobs queued), the progress line says what the workers do
+            ex.on_idle(lambda: progress.waiting(ex.worker_summary()))
             try:
                 drive_chunks(ex, prep.context(), pending, window, store, progress, worker_seconds)
             finally:

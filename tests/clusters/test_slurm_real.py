@@ -263,6 +263,9 @@ def test_no_worker_within_start_timeout_exits_2_listing_pending_jobs(
     assert "after submitting the first worker job (start_timeout=6 s): job " in line
     assert " PENDING (JobHeldUser); check `squeue -j " in line
     assert "-C start_timeout=SECONDS (0 waits for ever)" in line
+    # while it waited, the progress line (--log-interval 2) said that the worker job is pending
+    waiting = [ln for ln in proc.stdout.splitlines() if "progress: 0/" in ln and "jobs: 1 pending" in ln]
+    assert waiting, proc.stdout[-3000:]
     _no_traceback(proc.stdout)
 
 

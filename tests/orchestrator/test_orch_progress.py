@@ -46,3 +46,18 @@ def test_format_duration():
     assert format_duration(3725.0) == "1:02:05"
     assert format_duration(65) == "1:05"
     assert format_duration(float("inf")) == "?"
+
+
+def test_waiting_logs_the_workers_at_the_interval(caplog):
+    """A driver waiting on queued jobs logs its progress line with the executor's summary."""
+    import logging
+
+    p = Progress(100, n_chunks=4, mode="log", interval_s=0.0)
+    with caplog.at_level(logging.INFO, logger="stokesflow"):
+        p.waiting("jobs: 2 pending, 0 running; workers: 0")
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith("progress: 0/100 pixels") and msg.endswith("jobs: 2 pending, 0 running; workers: 0")
+    quiet = Progress(100, mode="log", interval_s=3600.0)
+    caplog.clear()
+    quiet.waiting("workers: 1")  # within the interval: nothing
+    assert not caplog.records
