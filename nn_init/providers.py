@@ -22,9 +22,9 @@ Built in:
   profile (:mod:`stokesflow.nn_init.kmeans`).
 - ``"cnn"``: a trained network's guess (:mod:`stokesflow.nn_init.network_init`;
   needs torch, imported only when used).
-
-Planned (listed by :func:`list_providers` with the reason it cannot run):
-``"unet"`` (an image network with calibrated intervals).
+- ``"unet"``: a trained U-Net's guess on the rows of each chunk
+  (:mod:`stokesflow.nn_init.unet`; for seamless guesses and intervals use
+  ``stokesflow predict`` then ``previous``).
 """
 
 from __future__ import annotations
@@ -197,9 +197,7 @@ class ConstantInit(InitProvider):
 PROVIDERS: dict[str, type[InitProvider]] = {"default": DefaultInit, "constant": ConstantInit}
 
 #: Providers named in the design but not built yet, with what they need.
-PLANNED_PROVIDERS: dict[str, str] = {
-    "unet": "not implemented yet (needs a trained U-Net and torch)",
-}
+PLANNED_PROVIDERS: dict[str, str] = {}
 
 
 def list_providers() -> dict[str, tuple[bool, str]]:
@@ -233,8 +231,9 @@ def _register_builtins() -> None:
     from stokesflow.nn_init.kmeans import KMeansInit
     from stokesflow.nn_init.network_init import NetworkInit
     from stokesflow.nn_init.previous import PreviousInit
+    from stokesflow.nn_init.unet import UNetInit
 
-    for cls in (PreviousInit, KMeansInit, NetworkInit):
+    for cls in (PreviousInit, KMeansInit, NetworkInit, UNetInit):
         PROVIDERS[cls.name] = cls
 
 

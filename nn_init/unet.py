@@ -41,11 +41,12 @@ import numpy as np
 from stokesflow.nn_init.bins import Bins, calibrate, coverage, softmax
 from stokesflow.nn_init.features import InputScaling, TargetEncoding
 from stokesflow.nn_init.network import torch_or_error
+from stokesflow.nn_init.network_init import NetworkInit, loaded_model
 from stokesflow.nn_init.providers import InitError
 
 __all__ = [
     "N_BINS", "RECEPTIVE_HALF", "unet_architecture", "build_unet", "image_inputs", "model_bins",
-    "tiled_logits", "predict_field", "UNetSettings", "train_unet",
+    "tiled_logits", "predict_field", "UNetSettings", "train_unet", "UNetInit",
 ]
 
 log = logging.getLogger("stokesflow.train")
@@ -478,3 +479,59 @@ def train_unet(
         "n_train": n_tr, "n_val": n_va, "data_digest": _digest(params, masks, st),
     })
     return NetworkModel(kind="unet", metadata=meta, state_dict=dict(state))
+
+
+class UNetInit(NetworkInit):
+    """The ``unet`` provider: a trained U-Net's guess for the pixels of a chunk (options ``model``, ``threads``).
+
+    ``stokesflow invert --init unet -I model=unet.pt``. A chunk is a flat range
+    of pixels; the provider lays it out as the rows it touches (pixels of
+    those rows outside the chunk count as missing) and runs the network on
+    that band only: a chunk sees no rows of its neighbours, so guesses near a
+    chunk's first and last rows are slightly worse. For seamless guesses over
+    the whole field (and the 90 % intervals) use the prediction pass instead:
+    ``stokesflow predict -m unet.pt -o guess.h5`` (bands with a halo of rows),
+    then ``--init previous -I file=guess.h5``.
+    """
+
+    name = "unet"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.shape: tuple[int, int] | None = None
+
+    def check_observation(self, shape: tuple[int, int], wavelength: np.ndarray | None = None) -> None:
+        """Remember the field's shape (needed to lay a chunk out as rows); check the wavelength grid."""
+        self.shape = (int(shape[0]), int(shape[1]))
+        if wavelength is not None:
+            loaded_model(self.path).check_compatible(where="the observed wavelength grid",
+                                                     wavelength=np.asarray(wavelength))
+
+    def bind(self, backend: Any) -> "UNetInit":  # noqa: D102 - see NetworkInit
+        bound = super().bind(backend)
+        bound.shape = self.shape
+        return bound
+
+    def initial_guess(self, stokes, wavelength, *, start, stop):  # noqa: D102 - see base
+        import torch
+
+        if self.shape is None:
+            raise InitError("init provider 'unet' needs the field's shape: check_observation((ny, nx)) before tasks")
+        model = loaded_model(self.path)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        s = np.asarray(stokes)
+        nx = self.shape[1]
+        y0, y1 = start // nx, -(-stop // nx)
+        band = np.full(((y1 - y0) * nx,) + s.shape[1:], np.nan, dtype=np.float32)
+        off = start - y0 * nx
+        band[off:off + s.shape[0]] = s
+        vals, _ = predict_field(model, band.reshape(y1 - y0, nx, *s.shape[1:]), intervals=False)
+        return vals.reshape(-1, vals.shape[2])[off:off + s.shape[0]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "shape": self.shape}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.shape = state.get("shape")

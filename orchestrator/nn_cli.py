@@ -55,19 +55,23 @@ def add_nn_parsers(sub: Any) -> None:
     """Add ``train``, ``predict`` and ``assist`` to the ``stokesflow`` subparsers."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("train", help="train a network on observations and their result files",
-                       description="Train a network (cnn) on (observation, result file) pairs: pixels with "
-                                   "status 0 only, a held-out part for validation and early stopping, a "
-                                   "checkpoint beside --out that a rerun resumes. Runs as one task on --cluster.",
+                       description="Train a network (cnn: per pixel; unet: on images, 80-bin distributions with "
+                                   "calibrated 90 % intervals) on (observation, result file) pairs: pixels with "
+                                   "status 0 only, a held-out part for validation and early stopping (and for "
+                                   "the unet's interval calibration), a checkpoint beside --out that a rerun "
+                                   "resumes (cnn). Runs as one task on --cluster.",
                        formatter_class=fmt)
     p.add_argument("-i", "--input", action="append", required=True, metavar="OBS.h5",
                    help="observation (repeat, in the order of --results)")
     p.add_argument("-r", "--results", action="append", required=True, metavar="RESULT.h5",
                    help="result file of that observation (repeat)")
-    p.add_argument("--model", default="cnn", choices=["cnn"], help="network kind (unet is planned)")
+    p.add_argument("--model", default="cnn", choices=["cnn", "unet"], help="network kind")
     p.add_argument("-o", "--out", required=True, metavar="MODEL.pt", help="model file to write")
     p.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping ends sooner)")
-    p.add_argument("--batch", type=int, default=256, help="pixels per batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--batch", type=int, default=None,
+                   help="pixels per batch (cnn, default 256) or image crops per batch (unet, default 8)")
+    p.add_argument("--crop", type=int, default=None, help="unet: side of the training crops [pixels] (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (cnn 1e-3, unet 2e-3)")
     p.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share of the pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -133,13 +137,23 @@ def add_nn_parsers(sub: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.train import train_model
 
+    settings = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "patience": args.patience,
+                "val_fraction": args.val_fraction, "seed": args.seed}
+    if args.model == "unet":
+        settings["crop"] = args.crop
+    elif args.crop is not None:
+        from stokesflow.orchestrator.errors import OrchestratorError
+
+        raise OrchestratorError("--crop is a unet setting; drop it or pass --model unet")
     summary = train_model(args.input, args.results, args.out, model=args.model, cluster=_cluster_table(args),
-                          settings={"epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-                                    "patience": args.patience, "val_fraction": args.val_fraction, "seed": args.seed},
+                          settings={k: v for k, v in settings.items() if v is not None},
                           max_chi2=args.max_chi2, overwrite=args.overwrite, threads=args.threads or None)
     sys.stdout.write(f"model: {summary['model']} ({summary['pixels']} pixels: {summary['n_train']} train, "
                      f"{summary['n_val']} validation; {summary['epochs']} epochs, best {summary['best_epoch']}, "
                      f"validation loss {summary['val_loss']:.4g}; {summary['seconds']:.1f} s on {summary['device']})\n")
+    for c in summary.get("calibration", []):
+        sys.stdout.write(f"  {c['name']}: 90 % interval covers {100 * c['coverage']:.1f} % of held-out pixels "
+                         f"(temperature {c['temperature']:.3g}, scale {c['scale']:.3g})\n")
     return 0
 
 

@@ -8,6 +8,14 @@ inversion on its own, and as an init cube for ``--init previous -I file=guess.h5
 The model is checked against the observation first (lines, wavelength grid,
 spectral instrument): a mismatch is an error naming it, before any work.
 
+A ``unet`` model (:mod:`stokesflow.nn_init.unet`) needs neighbouring pixels:
+its chunks are bands of whole rows (``chunk_pixels`` rounded to whole rows),
+and each task reads its band plus a halo of ``UNET_HALO`` rows above and below,
+runs the tiled network on it and keeps its own rows, so bands join without
+seams. It also writes the calibrated 90 % intervals, ``/interval/<name>``
+(ny, nx, 2) [units] (written before the chunk is marked done, so a resumed
+prediction keeps them).
+
 The model may also be a k-means database (:mod:`stokesflow.orchestrator.kmeans_db`):
 each pixel then gets the parameters of its best-matching representative, and
 ``/chi2`` holds that match's reduced chi2 (a quality map of the look-up).
@@ -29,7 +37,10 @@ from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.store import ChunkOutput, ResultStore
 
-__all__ = ["predict_chunk", "predict_observation"]
+__all__ = ["UNET_HALO", "predict_chunk", "predict_unet_band", "predict_observation"]
+
+#: Rows of context read above and below a unet band [pixels] (twice the network's receptive half-width).
+UNET_HALO = 48
 
 log = logging.getLogger("stokesflow.predict")
 
@@ -74,6 +85,53 @@ def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: in
                        seconds={"total": time.perf_counter() - t0}, worker=f"{os.getpid()}")
 
 
+def predict_unet_band(obs: Any, model_path: str, threads: int, index: int, start: int,
+                      stop: int) -> tuple[ChunkOutput, np.ndarray]:
+    """The unet task: parameters and intervals (npix, npar, 2) of the rows ``start // nx .. stop // nx``.
+
+    ``start`` and ``stop`` are whole rows; :data:`UNET_HALO` rows of context above and below are read too.
+    """
+    import torch
+
+    from stokesflow.nn_init.network_init import loaded_model
+    from stokesflow.nn_init.unet import predict_field
+
+    t0 = time.perf_counter()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    nx = obs.nx
+    y0, y1 = start // nx, stop // nx
+    h0, h1 = max(0, y0 - UNET_HALO), min(obs.ny, y1 + UNET_HALO)
+    model = loaded_model(model_path)
+    cube = obs.read_rows(h0, h1)
+    vals, iv = predict_field(model, cube)
+    vals, iv = vals[y0 - h0:y1 - h0].reshape(-1, vals.shape[2]), iv[y0 - h0:y1 - h0].reshape(-1, vals.shape[2], 2)
+    good = np.isfinite(cube[y0 - h0:y1 - h0]).all(axis=(2, 3)).reshape(-1)
+    npix = stop - start
+    res = ChunkResult(
+        names=model.parameters, params=vals.astype(np.float32),
+        sigma=np.full(vals.shape, np.nan, dtype=np.float32), chi2=np.full(npix, np.nan, dtype=np.float32),
+        n_iter=np.zeros(npix, dtype=np.int32), status=np.where(good, 0, STATUS_BAD_INPUT).astype(np.uint8),
+    )
+    return (ChunkOutput(index=index, start=start, stop=stop, result=res,
+                        seconds={"total": time.perf_counter() - t0}, worker=f"{os.getpid()}"), iv.astype(np.float32))
+
+
+def _write_intervals(store: ResultStore, names: tuple[str, ...], start: int, stop: int, nx: int,
+                     iv: np.ndarray) -> None:
+    """Write a band's intervals into ``/interval/<name>`` of the open store (before the chunk is marked done)."""
+    h5 = store._h5  # the store's open file: one writer, and the chunk's done flag comes after
+    grp = h5.require_group("interval")
+    ny = h5["status"].shape[0]
+    y0, y1 = start // nx, stop // nx
+    for j, name in enumerate(names):
+        if name not in grp:
+            ds = grp.create_dataset(name, shape=(ny, nx, 2), dtype="f4", fillvalue=np.nan)
+            ds.attrs["level"] = 0.9
+            ds.attrs["description"] = "calibrated central 90 % interval (lower, upper) of the unet's distribution"
+        grp[name][y0:y1] = iv[:, j].reshape(y1 - y0, nx, 2)
+
+
 def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
                         out: str | os.PathLike[str], *, cluster: Any = None, chunk_pixels: int = 0,
                         resume: bool = False, overwrite: bool = False, threads: int | None = None) -> dict[str, Any]:
@@ -84,14 +142,15 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     input_path : path
         Observation (HDF5 contract).
     model_path : path
-        Model file of ``stokesflow train``, or a k-means database
+        Model file of ``stokesflow train`` (``cnn`` or ``unet``: the latter also writes
+        ``/interval/<name>``), or a k-means database
         (``assist --model kmeans``: DIR/kmeans.h5).
     out : path
         Output in the result-file layout (``/params/<name>``, ``/status``, ...).
     cluster : ClusterSpec or mapping, optional
         Default ``serial``.
     chunk_pixels : int
-        Pixels per task (0: 65536).
+        Pixels per task (0: 65536); whole rows for a unet.
     resume, overwrite : bool
         As for ``invert``.
     threads : int, optional
@@ -138,6 +197,10 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         specs = tuple(ParameterSpec(n, u, float(lo), float(hi), 1.0, c)
                       for n, u, lo, hi, c in zip(enc.names, enc.units, enc.lower, enc.upper, enc.circular))
         digest = model.metadata.get("data_digest")
+    unet = kind == "network" and model.kind == "unet"
+    if unet:  # bands of whole rows
+        rows = max(1, (chunk_pixels or 65536) // obs.nx)
+        chunk_pixels = rows * obs.nx
     out = Path(out)
     if out.exists() and not (resume or overwrite):
         raise OrchestratorError(f"output {out} exists; pass --overwrite to replace it or --resume to finish it")
@@ -159,10 +222,19 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         pending = store.pending()
         log.info("predicting %d x %d pixels of %s with %s: %d chunks", obs.ny, obs.nx, obs.path, model_path, len(pending))
         t1 = time.perf_counter()
-        futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind): c
-                   for c in pending}
+        if unet:
+            futures = {ex.submit(predict_unet_band, obs, model_path, threads, c.index, c.start, c.stop): c
+                       for c in pending}
+        else:
+            futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind): c
+                       for c in pending}
         for fut in ex.as_completed(list(futures)):
-            store.write_chunk(fut.result())
+            if unet:
+                chunk_out, iv = fut.result()
+                _write_intervals(store, tuple(s.name for s in specs), chunk_out.start, chunk_out.stop, obs.nx, iv)
+                store.write_chunk(chunk_out)
+            else:
+                store.write_chunk(fut.result())
         t_pred = time.perf_counter() - t1
         store.finalize({"time_predict_s": t_pred, "time_total_s": time.perf_counter() - t0})
     npix = int(sum(c.npix for c in pending))

@@ -32,7 +32,8 @@ import numpy as np
 from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["TrainingData", "read_training_pairs", "train_task", "train_model", "worker_threads"]
+__all__ = ["TrainingData", "TrainingMaps", "read_training_pairs", "read_training_maps", "train_task", "train_model",
+           "worker_threads"]
 
 log = logging.getLogger("stokesflow.train")
 
@@ -143,21 +144,99 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
     return TrainingData(x, p, specs, wl, meta)
 
 
+@dataclass
+class TrainingMaps:
+    """Training maps for an image network (``unet``): whole fields, with a mask of the pixels that count.
+
+    Attributes
+    ----------
+    cubes : list of ndarray (ny, nx, 4, nw) float32
+    params : list of ndarray (ny, nx, npar) float64
+    masks : list of ndarray (ny, nx) bool
+        Status 0, finite parameters and spectra (and chi2 below ``max_chi2``).
+    specs, wavelength, metadata
+        As in :class:`TrainingData`.
+    """
+
+    cubes: list[np.ndarray]
+    params: list[np.ndarray]
+    masks: list[np.ndarray]
+    specs: tuple[ParameterSpec, ...]
+    wavelength: np.ndarray
+    metadata: dict[str, Any]
+
+
+def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
+                       max_chi2: float | None = None) -> TrainingMaps:
+    """Read each (observation, result) pair as whole maps for the unet; bad pixels are masked, not dropped.
+
+    Raises
+    ------
+    OrchestratorError
+        As :func:`read_training_pairs`.
+    """
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.store import read_result
+
+    if len(inputs) != len(results) or not inputs:
+        raise OrchestratorError(f"train needs --input and --results in pairs, got {len(inputs)} input(s) and "
+                                f"{len(results)} result file(s)")
+    cubes, params, masks, prov = [], [], [], []
+    specs = wl = lines = None
+    meta: dict[str, Any] = {}
+    for inp, res in zip(inputs, results):
+        obs = open_observation(inp)
+        r = read_result(res)
+        if r.status.shape != (obs.ny, obs.nx):
+            raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
+                                    f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
+        s = _specs_of(res)
+        if specs is None:
+            specs, wl, lines = s, np.asarray(obs.wavelength), obs.lines
+            meta = {"instrument": str(obs.meta.get("instrument", "")),
+                    "spectral_instrument": str(obs.meta.get("spectral_instrument") or ""), "lines": list(obs.lines)}
+        elif ([p.name for p in s] != [p.name for p in specs] or obs.lines != lines or obs.nw != wl.size
+              or np.max(np.abs(obs.wavelength - wl)) > 1e-4):
+            raise OrchestratorError(f"{inp} / {res}: lines, wavelengths or parameters differ from the first pair's "
+                                    f"({lines}, {wl.size} wavelengths, {[p.name for p in specs]}); a model is "
+                                    "trained for one kind of data")
+        cube = obs.read_rows(0, obs.ny).astype(np.float32)
+        par = np.stack([np.asarray(r.params[p.name], dtype=np.float64) for p in s], axis=2)
+        mask = (r.status == 0) & np.isfinite(par).all(axis=2) & np.isfinite(cube).all(axis=(2, 3))
+        if max_chi2 is not None:
+            mask &= np.asarray(r.chi2) <= max_chi2
+        cubes.append(cube)
+        params.append(par)
+        masks.append(mask)
+        config = str(r.attrs.get("config", ""))
+        prov.append({"input": str(obs.path), "input_fingerprint": obs.fingerprint(), "result": str(Path(res).resolve()),
+                     "config_digest": hashlib.sha256(config.encode()).hexdigest()[:16],
+                     "result_fingerprint": str(r.attrs.get("fingerprint", "")),
+                     "pixels_used": int(mask.sum()), "pixels_total": int(obs.npix)})
+    if not any(m.any() for m in masks):
+        raise OrchestratorError(f"no pixel of {list(results)} has status 0 (a good fit): nothing to train on")
+    meta["provenance"] = {"pairs": prov, "max_chi2": max_chi2, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return TrainingMaps(cubes, params, masks, specs, wl, meta)
+
+
 def worker_threads(n_workers: int) -> int:
     """A worker's share of this machine's cores (at least 1)."""
     return max(1, (os.cpu_count() or 1) // max(1, int(n_workers)))
 
 
 def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings: Mapping[str, Any],
-               threads: int, max_chi2: float | None = None) -> dict[str, Any]:
-    """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary."""
+               threads: int, max_chi2: float | None = None, model: str = "cnn") -> dict[str, Any]:
+    """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary.
+
+    ``model="unet"`` reads whole maps (:func:`read_training_maps`) and trains
+    :func:`stokesflow.nn_init.unet.train_unet` (no checkpoint: a killed unet training starts again).
+    """
     import torch
 
     from stokesflow.nn_init.training import train_network
     from stokesflow.orchestrator.run import package_versions
 
     t0 = time.perf_counter()
-    data = read_training_pairs(inputs, results, max_chi2=max_chi2)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     history_path = Path(out + ".history.json")
     history: list[dict[str, Any]] = []
@@ -168,18 +247,37 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
         tmp.write_text(json.dumps(history))
         tmp.replace(history_path)
 
-    meta = dict(data.metadata)
-    meta["provenance"]["versions"] = package_versions()
-    model = train_network(data.stokes, data.params, data.specs, data.wavelength, metadata=meta,
-                          settings=settings, checkpoint=out + ".ckpt", threads=threads, device=device,
-                          on_epoch=on_epoch)
-    model.save(out)
+    if model == "unet":
+        from stokesflow.nn_init.unet import train_unet
+
+        maps = read_training_maps(inputs, results, max_chi2=max_chi2)
+        meta = dict(maps.metadata)
+        meta["provenance"]["versions"] = package_versions()
+        net = train_unet(maps.cubes, maps.params, maps.masks, maps.specs, maps.wavelength, metadata=meta,
+                         settings=settings, threads=threads, device=device, on_epoch=on_epoch)
+        n_pix = int(sum(m.sum() for m in maps.masks))
+        for c in net.metadata["calibration"]:
+            log.info("unet %s: 90 %% interval temperature %.3g, scale %.3g, held-out coverage %.1f %%", c["name"],
+                     c["temperature"], c["scale"], 100 * c["coverage"])
+    else:
+        data = read_training_pairs(inputs, results, max_chi2=max_chi2)
+        meta = dict(data.metadata)
+        meta["provenance"]["versions"] = package_versions()
+        net = train_network(data.stokes, data.params, data.specs, data.wavelength, metadata=meta,
+                            settings=settings, checkpoint=out + ".ckpt", threads=threads, device=device,
+                            on_epoch=on_epoch)
+        n_pix = int(data.stokes.shape[0])
+    model_ = net
+    model_.save(out)
     Path(out + ".ckpt").unlink(missing_ok=True)
-    hist = model.metadata["history"]
-    return {"model": out, "pixels": int(data.stokes.shape[0]), "n_train": model.metadata["n_train"],
-            "n_val": model.metadata["n_val"], "epochs": len(hist), "best_epoch": model.metadata["best_epoch"],
-            "val_loss": min(h["val_loss"] for h in hist), "seconds": time.perf_counter() - t0,
-            "device": device, "threads": threads, "history": hist}
+    hist = model_.metadata["history"]
+    out_summary = {"model": out, "pixels": n_pix, "n_train": model_.metadata["n_train"],
+                   "n_val": model_.metadata["n_val"], "epochs": len(hist),
+                   "best_epoch": model_.metadata["best_epoch"], "val_loss": min(h["val_loss"] for h in hist),
+                   "seconds": time.perf_counter() - t0, "device": device, "threads": threads, "history": hist}
+    if model == "unet":
+        out_summary["calibration"] = model_.metadata["calibration"]
+    return out_summary
 
 
 def _submit(ex: Any, fn: Any, *args: Any) -> Any:
@@ -208,9 +306,10 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     out : path
         The model file. An existing one is refused unless ``overwrite``; a
         checkpoint ``<out>.ckpt`` left by a killed training is resumed.
-    model : {"cnn"}
+    model : {"cnn", "unet"}
     settings : mapping, optional
-        :class:`stokesflow.nn_init.training.TrainSettings` keys (``epochs``, ...).
+        :class:`stokesflow.nn_init.training.TrainSettings` keys (``epochs``, ...), or for
+        ``unet`` :class:`stokesflow.nn_init.unet.UNetSettings` keys.
     cluster : ClusterSpec or mapping, optional
         Where the task runs (default: ``serial``).
     max_chi2 : float, optional
@@ -225,10 +324,15 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     from stokesflow.nn_init.network import torch_or_error
     from stokesflow.nn_init.training import TrainSettings
 
-    if model != "cnn":
-        raise OrchestratorError(f"--model {model!r} is not available; choose cnn (unet is planned)")
+    if model not in ("cnn", "unet"):
+        raise OrchestratorError(f"--model {model!r} is not available; choose cnn or unet")
     torch_or_error("stokesflow train")
-    st = TrainSettings(**dict(settings or {}))
+    if model == "unet":
+        from stokesflow.nn_init.unet import UNetSettings
+
+        st: dict[str, Any] = UNetSettings(**dict(settings or {}))
+    else:
+        st = TrainSettings(**dict(settings or {}))
     out = str(Path(out).resolve())
     if Path(out).exists() and not overwrite:
         raise OrchestratorError(f"model file {out} exists; pass --overwrite to replace it")
@@ -244,7 +348,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         threads = int(threads or worker_threads(ex.n_workers))
         log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
         fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),
-                      threads, max_chi2)
+                      threads, max_chi2, model)
         shown = 0
         while not fut.done():
             time.sleep(0.5)
