@@ -64,7 +64,8 @@ class AssistSettings:
     clusters : int
         k of the k-means.
     model : str
-        ``"cnn"`` (a network) or ``"kmeans"`` (look-up in the inverted subset).
+        ``"cnn"`` (a network per pixel), ``"unet"`` (an image network trained on patches of the
+        field that sample every cluster) or ``"kmeans"`` (look-up in the inverted subset).
     baseline : bool
         Also invert the whole field the classical way.
     epochs : int
@@ -110,8 +111,8 @@ class AssistSettings:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         if self.subset_method not in ("clusters", "box"):
             raise OrchestratorError(f"subset_method must be 'clusters' or 'box', got {self.subset_method!r}")
-        if self.model not in ("cnn", "kmeans"):
-            raise OrchestratorError(f"--model {self.model!r} is not available; choose cnn or kmeans (unet is planned)")
+        if self.model not in ("cnn", "unet", "kmeans"):
+            raise OrchestratorError(f"--model {self.model!r} is not available; choose cnn, unet or kmeans")
         if self.clusters < 1 or self.epochs < 1:
             raise OrchestratorError(f"clusters and epochs must be >= 1, got {self.clusters} and {self.epochs}")
 
@@ -135,8 +136,48 @@ def _read_all(obs: Any) -> np.ndarray:
     return out
 
 
+#: Side of the patches of a unet's training subset [pixels].
+UNET_PATCH = 16
+
+
+def _patch_subset(labels: np.ndarray, valid: np.ndarray, ny: int, nx: int, n: int, seed: int) -> np.ndarray:
+    """Flat indices (npatch, P, P) of patches that sample every cluster, about ``n`` pixels in all.
+
+    The field is cut into P x P blocks (P = :data:`UNET_PATCH`, smaller for a smaller field); blocks
+    are taken round-robin over the clusters, rarest first, each a random not-yet-taken block holding
+    pixels of that cluster, until the patches hold ``n`` pixels.
+    """
+    p = int(min(UNET_PATCH, ny, nx))
+    rng = np.random.default_rng(seed)
+    lab = np.where(valid, labels, -1).reshape(ny, nx)
+    blocks = [(y, x) for y in range(0, ny - p + 1, p) for x in range(0, nx - p + 1, p)]
+    want = min(len(blocks), max(1, int(np.ceil(n / (p * p)))))
+    holds = {}
+    for b, (y, x) in enumerate(blocks):
+        for c in np.unique(lab[y:y + p, x:x + p]):
+            if c >= 0:
+                holds.setdefault(int(c), []).append(b)
+    order = sorted(holds, key=lambda c: len(holds[c]))
+    taken: list[int] = []
+    while len(taken) < want:
+        before = len(taken)
+        for c in order:
+            free = [b for b in holds[c] if b not in taken]
+            if free and len(taken) < want:
+                taken.append(int(rng.choice(free)))
+        if len(taken) == before:
+            break
+    yy, xx = np.mgrid[0:p, 0:p]
+    return np.stack([(blocks[b][0] + yy) * nx + blocks[b][1] + xx for b in taken])
+
+
 def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
-    """Choose the subset of ``obs`` and write it as a 1 x n observation ``out``; return its description."""
+    """Choose the subset of ``obs`` and write it as a 1 x n observation ``out``; return its description.
+
+    For ``model="unet"`` (an image network) the subset is patches (:func:`_patch_subset`) stacked
+    into one (npatch (P + 1) - 1) x P observation with a row of NaN pixels between patches (skipped
+    by the inversion, masked in training); ``/assist/index`` then holds -1 for those rows.
+    """
     import h5py
 
     from stokesflow.nn_init.features import normalise_spectra
@@ -149,22 +190,39 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
     feats, _ = normalise_spectra(stokes)
     k = int(min(s.clusters, max(1, valid.sum() // 4)))
     _, labels = cluster_spectra(feats, k, seed=s.seed)
-    if s.subset_method == "clusters":
+    shape2d: tuple[int, int] | None = None
+    if s.model == "unet" and s.subset_method == "clusters":
+        patches = _patch_subset(labels, valid, obs.ny, obs.nx, n, s.seed)
+        p = patches.shape[1]
+        sep = np.full((patches.shape[0], 1, p), -1, dtype=np.int64)
+        index = np.concatenate([patches, sep], axis=1).reshape(-1, p)[:-1].reshape(-1)
+        shape2d = (index.size // p, p)
+    elif s.subset_method == "clusters":
         index = choose_subset(labels, n, seed=s.seed)
     else:  # a corner box of about n pixels (the bottom-left corner of the map)
         side_y = min(obs.ny, int(np.ceil(np.sqrt(n * obs.ny / obs.nx))))
         side_x = min(obs.nx, int(np.ceil(n / side_y)))
         yy, xx = np.mgrid[0:side_y, 0:side_x]
         index = (yy * obs.nx + xx).ravel()
-        index = index[valid[index]]
+        if s.model == "unet":  # the box as an image (its NaN pixels stay, masked in training)
+            shape2d = (side_y, side_x)
+        else:
+            index = index[valid[index]]
     meta = obs.meta
     truth = obs.read_truth()
     filters = meta.get("filters")
+    shape = shape2d or (1, index.size)
+    picked = np.where((index >= 0)[:, None, None], stokes[np.maximum(index, 0)], np.nan).astype(np.float32)
+
+    def take(v: Any) -> np.ndarray:
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        return np.where(index >= 0, a[np.maximum(index, 0)], np.nan).reshape(shape)
+
     write_observation(
-        out, stokes[index][None], obs.wavelength,
+        out, picked.reshape(shape + picked.shape[1:]), obs.wavelength,
         {"instrument": meta.get("instrument", "generic"), "lines": ",".join(obs.lines), "noise": meta.get("noise"),
          "source": str(obs.path)},
-        {k2: np.asarray(v).reshape(-1)[index][None] for k2, v in (truth or {}).items()},
+        {k2: take(v) for k2, v in (truth or {}).items()},
         spectral_instrument=meta.get("spectral_instrument"), psf_fwhm=meta.get("psf_fwhm"),
         filters=tuple(filters) if filters is not None else None,
     )
@@ -172,7 +230,7 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
         h5.create_dataset("assist/index", data=index)
         h5.create_dataset("assist/labels", data=labels.reshape(obs.ny, obs.nx).astype(np.int32))
     sizes = np.bincount(labels[labels >= 0])
-    return {"pixels": int(index.size), "clusters": int(sizes.size), "cluster_sizes": sizes.tolist(),
+    return {"pixels": int((index >= 0).sum()), "clusters": int(sizes.size), "cluster_sizes": sizes.tolist(),
             "method": s.subset_method}
 
 
@@ -272,7 +330,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 f.unlink()
     d.mkdir(parents=True, exist_ok=True)
     st = _State(d / "summary.json", s.identity(), str(obs.path))
-    model_file = "model.pt" if s.model == "cnn" else "kmeans.h5"
+    model_file = "kmeans.h5" if s.model == "kmeans" else "model.pt"
     paths = {"subset_obs": d / "subset_obs.h5", "subset": d / "subset.h5", "model": d / model_file,
              "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5"}
     ran: list[str] = []

@@ -111,8 +111,10 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--subset-method", default="clusters", choices=["clusters", "box"],
                    help="clusters: sample every k-means cluster; box: a corner box (for comparison)")
     p.add_argument("--clusters", type=int, default=16, help="k of the k-means")
-    p.add_argument("--model", default="cnn", choices=["cnn", "kmeans"],
-                   help="cnn: a network trained on the subset; kmeans: look-up in the inverted subset (unet is planned)")
+    p.add_argument("--model", default="cnn", choices=["cnn", "unet", "kmeans"],
+                   help="cnn: a network trained on the subset; unet: an image network trained on patches that "
+                        "sample every cluster (guess.h5 also holds /interval/<name>); kmeans: look-up in the "
+                        "inverted subset")
     p.add_argument("--baseline", action="store_true", help="also invert the field the classical way")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

@@ -61,3 +61,27 @@ def test_crop_is_a_unet_flag(inverted, tmp_path):
     d, obs, res = inverted
     rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "m.pt"), "--crop", "16", "-q"])
     assert rc == 2 and not (tmp_path / "m.pt").exists()
+
+
+def test_assist_unet_end_to_end(tmp_path):
+    """assist --model unet: patches that sample every cluster, stacked with NaN separator rows; guess has intervals."""
+    from stokesflow.orchestrator.assist import AssistSettings, run_assist
+
+    obs = write_hmi_observation(tmp_path / "obs.h5", 24, 32, seed=7, nan_pixels=(5,))
+    d = tmp_path / "loop"
+    s = AssistSettings(subset=0.5, clusters=4, epochs=2, threads=1, cluster={"kind": "serial"}, progress="none",
+                       chunk_pixels=256, report=False, model="unet")
+    data = run_assist(obs, d, s)
+    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted"]
+    with h5py.File(d / "subset_obs.h5") as h5:
+        index = h5["assist/index"][:]
+        labels = h5["assist/labels"][:].reshape(-1)
+    assert index.size == 33 * 16 and (index.reshape(33, 16)[16] == -1).all()  # two 16 x 16 patches, one NaN row
+    assert len(set(index[index >= 0])) == 2 * 256
+    assert set(labels[index[index >= 0]]) - {-1} == set(labels[labels >= 0])  # every cluster (a NaN pixel is -1)
+    assert load_model(d / "model.pt").kind == "unet"
+    with h5py.File(d / "guess.h5") as h5:
+        assert h5["interval/B"].shape == (24, 32, 2)
+    a = read_result(d / "assisted.h5")
+    assert a.attrs["init"] == "previous" and a.status.reshape(-1)[5] == 3 and a.attrs["complete"]
+    assert run_assist(obs, d, s)["ran"] == []
