@@ -46,7 +46,7 @@ from stokesflow.nn_init.providers import InitError
 
 __all__ = [
     "N_BINS", "RECEPTIVE_HALF", "unet_architecture", "build_unet", "image_inputs", "model_bins",
-    "tiled_logits", "predict_field", "UNetSettings", "train_unet", "UNetInit",
+    "tiled_logits", "decode_logits", "predict_field", "UNetSettings", "train_unet", "UNetInit",
 ]
 
 log = logging.getLogger("stokesflow.train")
@@ -170,7 +170,7 @@ def _ramp(length: int, overlap: int, ramp_lo: bool, ramp_hi: bool) -> np.ndarray
     return w
 
 
-def tiled_logits(net: Any, x: np.ndarray, *, tile: int = 128, overlap: int = 48, device: str = "cpu") -> np.ndarray:
+def tiled_logits(net: Any, x: np.ndarray, *, tile: int = 256, overlap: int = 48, device: str = "cpu") -> np.ndarray:
     """Logits (npar, nbins, ny, nx) float32 of a whole image (C, ny, nx), over overlapping tiles.
 
     Parameters
@@ -211,6 +211,72 @@ def tiled_logits(net: Any, x: np.ndarray, *, tile: int = 128, overlap: int = 48,
     return acc / wsum
 
 
+def _interp_rows(q: float, c: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Row-wise ``np.interp(q, c[r], edges[r])`` for non-decreasing rows ``c`` (m, n + 1) from 0 to 1."""
+    k = np.clip((c < q).sum(axis=1), 1, c.shape[1] - 1)  # first edge with c >= q
+    r = np.arange(c.shape[0])
+    c0, c1 = c[r, k - 1], c[r, k]
+    f = np.where(c1 > c0, (q - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
+    return edges[r, k - 1] + f * (edges[r, k] - edges[r, k - 1])
+
+
+def decode_logits(b: Bins, logits: np.ndarray, temperature: float = 1.0, scale: float = 1.0,
+                  level: float | None = 0.9) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vectorised :meth:`Bins.decode` and :meth:`Bins.interval` of ``softmax(logits / temperature)``.
+
+    Parameters
+    ----------
+    b : Bins
+    logits : ndarray (m, n)
+    temperature, scale : float
+        The calibration of this parameter.
+    level : float or None
+        Interval probability; None: no interval.
+
+    Returns
+    -------
+    values : ndarray (m,) [units]
+    intervals : ndarray (m, 2) [units] or None
+    """
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    m, n = z.shape
+    r = np.arange(m)
+    k = np.argmax(z, axis=1)
+    zmax = z[r, k]
+    idx = k[:, None] + np.array([-1, 0, 1])[None, :]
+    if b.circular:
+        w = np.exp(z[r[:, None], idx % n] - zmax[:, None])
+    else:
+        w = np.where((idx >= 0) & (idx < n), np.exp(z[r[:, None], np.clip(idx, 0, n - 1)] - zmax[:, None]), 0.0)
+    x = (w * idx).sum(axis=1) / w.sum(axis=1)
+    v = b.lower + (x + 0.5) * b.width
+    if b.circular:
+        v = b.lower + np.mod(v - b.lower, b.upper - b.lower)
+    v = v.astype(np.float64)
+    if level is None:
+        return v, None
+    e = np.exp(z - zmax[:, None]).astype(np.float64)
+    if b.circular:  # rotate so the most likely bin sits in the middle
+        shift = n // 2 - k
+        e = e[r[:, None], (np.arange(n)[None, :] - shift[:, None]) % n]
+        centres = b.centres[None, :] - shift[:, None] * b.width
+    else:
+        centres = np.broadcast_to(b.centres, (m, n))
+    cdf = np.cumsum(e, axis=1)
+    cdf /= cdf[:, -1:]
+    edges = np.concatenate([centres[:, :1] - 0.5 * b.width, centres + 0.5 * b.width], axis=1)
+    c = np.concatenate([np.zeros((m, 1)), cdf], axis=1)
+    lo = _interp_rows(0.5 * (1 - level), c, edges)
+    hi = _interp_rows(0.5 * (1 + level), c, edges)
+    if b.circular:
+        period = b.upper - b.lower
+        delta = np.mod(v - 0.5 * (lo + hi) + 0.5 * period, period) - 0.5 * period
+        lo, hi = lo + delta, hi + delta
+    lo = v - scale * (v - np.minimum(lo, v))
+    hi = v + scale * (np.maximum(hi, v) - v)
+    return v, np.column_stack([lo, hi])
+
+
 def _decode(bins: Sequence[Bins], logits: np.ndarray, calib: Sequence[Mapping[str, float]] | None,
             level: float, intervals: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Values (m, npar) and intervals (m, npar, 2) from logits (m, npar, nbins)."""
@@ -220,14 +286,13 @@ def _decode(bins: Sequence[Bins], logits: np.ndarray, calib: Sequence[Mapping[st
     for j, b in enumerate(bins):
         t = float(calib[j]["temperature"]) if calib else 1.0
         s = float(calib[j]["scale"]) if calib else 1.0
-        p = softmax(logits[:, j, :], t)
-        vals[:, j] = b.decode(p)
+        vals[:, j], iv = decode_logits(b, logits[:, j, :], t, s, level if intervals else None)
         if intervals:
-            ivs[:, j] = b.interval(p, level, s)
+            ivs[:, j] = iv
     return vals, ivs
 
 
-def predict_field(model: Any, cube: np.ndarray, *, tile: int = 128, overlap: int = 48, intervals: bool = True,
+def predict_field(model: Any, cube: np.ndarray, *, tile: int = 256, overlap: int = 48, intervals: bool = True,
                   level: float = 0.9) -> tuple[np.ndarray, np.ndarray | None]:
     """Parameters (ny, nx, npar) [units] and 90 % intervals (ny, nx, npar, 2) of a unet model on a cube.
 

@@ -160,3 +160,20 @@ def test_image_inputs_zero_nan():
     sc = InputScaling(mean=np.zeros((4, 6)), sigma=np.ones(4))
     x = image_inputs(cube, sc)
     assert x.shape == (24, 3, 5) and (x[:, 1, 2] == 0).all() and (x[:, 0, 0] == 1).all()
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_vectorised_decoding_matches_bins(circular):
+    """decode_logits equals Bins.decode / Bins.interval of the tempered softmax (float32 logits: 1e-9 of the range)."""
+    from stokesflow.nn_init.bins import Bins, softmax
+    from stokesflow.nn_init.unet import decode_logits
+
+    b = Bins(0.0, 180.0, 80, circular)
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((500, 80)) * 3).astype(np.float32)
+    logits[:5, 0] += 30  # peaks at the edges
+    logits[5:10, -1] += 30
+    v, iv = decode_logits(b, logits, 1.7, 1.3)
+    p = softmax(logits, 1.7)
+    np.testing.assert_allclose(v, b.decode(p), atol=1e-4)
+    np.testing.assert_allclose(iv, b.interval(p, 0.9, 1.3), atol=1e-3)
