@@ -86,7 +86,10 @@ class PreviousInit(InitProvider):
             specs = tuple(p for p in specs if p.name in g)
             shapes = {p.name: g[p.name].shape for p in specs}
             if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
-                raise InitError(f"[init.previous] {self.path}: the /params maps must all be (ny, nx), got {shapes}")
+                hint = ("; it is a depth-stratified result (/log_tau), which is no start yet: start from an ME "
+                        "result or an init cube of (ny, nx) maps") if "log_tau" in h5 else ""
+                raise InitError(f"[init.previous] {self.path}: the /params maps must all be (ny, nx), got {shapes}"
+                                f"{hint}")
             for p in specs:
                 unit = _decode(g[p.name].attrs.get("unit"))
                 if unit is not None and str(unit) != p.unit:

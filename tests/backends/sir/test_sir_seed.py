@@ -180,3 +180,14 @@ def test_real_sir_assisted_from_an_me_result_through_the_cli(shared_data, tmp_pa
             np.testing.assert_allclose(f["params/B"][:, :, k], truth, rtol=0.25, err_msg=name)
             chi2[name] = float(np.median(f["chi2"][:]))
     assert chi2["ass"] < 1.3 * chi2["ref"], chi2
+
+
+def test_a_depth_stratified_result_is_refused_as_a_start(tmp_path, sir):
+    """A SIR result file (/params/<name> of (ny, nx, ndepth) and /log_tau) names what it is and what to give."""
+    nd = 5
+    with h5py.File(tmp_path / "sir.h5", "w") as h5:
+        h5.create_dataset("log_tau", data=np.linspace(1.0, -3.0, nd))
+        for n in ("B", "inclination", "azimuth", "vlos"):
+            h5.create_dataset(f"params/{n}", data=np.ones((2, 3, nd))).attrs["unit"] = ME_UNITS[n]
+    with pytest.raises(InitError, match=r"must all be \(ny, nx\).*depth-stratified result \(/log_tau\).*ME result"):
+        get_provider("previous", {"file": str(tmp_path / "sir.h5")}).bind(sir)
