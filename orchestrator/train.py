@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,54 @@ def _specs_of(result_path: str) -> tuple[ParameterSpec, ...]:
     return tuple(out)
 
 
+def _paired(inputs: Sequence[str], results: Sequence[str]) -> Iterator[tuple[str, str, Any, Any, tuple]]:
+    """Open each (observation, result) pair; check counts, map sizes and that every pair is one kind of data.
+
+    Yields ``(input, result, observation, result file, parameter specs)``; every pair has the
+    first pair's parameters, lines and wavelength grid (a model is trained for one kind of data).
+    """
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.store import read_result
+
+    if len(inputs) != len(results) or not inputs:
+        raise OrchestratorError(f"train needs --input and --results in pairs, got {len(inputs)} input(s) and "
+                                f"{len(results)} result file(s)")
+    first = None
+    for inp, res in zip(inputs, results):
+        obs = open_observation(inp)
+        r = read_result(res)
+        if r.status.shape != (obs.ny, obs.nx):
+            raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
+                                    f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
+        s = _specs_of(res)
+        if first is None:
+            first = (s, obs.lines, np.asarray(obs.wavelength))
+        else:
+            specs, lines, wl = first
+            if [p.name for p in s] != [p.name for p in specs]:
+                raise OrchestratorError(f"{res} has parameters {[p.name for p in s]}, the first result file "
+                                        f"{[p.name for p in specs]}")
+            if obs.lines != lines or obs.nw != wl.size or np.max(np.abs(obs.wavelength - wl)) > 1e-4:
+                raise OrchestratorError(f"{inp}: lines {obs.lines} and {obs.nw} wavelengths differ from the first "
+                                        f"input's {lines} and {wl.size}; a model is trained for one kind of data")
+        yield inp, res, obs, r, s
+
+
+def _provenance(obs: Any, r: Any, res: str, used: int) -> dict[str, Any]:
+    """Where a model's training data came from: input and result files, configuration digest, pixels used."""
+    config = str(r.attrs.get("config", ""))
+    return {"input": str(obs.path), "input_fingerprint": obs.fingerprint(), "result": str(Path(res).resolve()),
+            "config_digest": hashlib.sha256(config.encode()).hexdigest()[:16],
+            "result_fingerprint": str(r.attrs.get("fingerprint", "")),
+            "pixels_used": used, "pixels_total": int(obs.npix)}
+
+
+def _data_metadata(obs: Any) -> dict[str, Any]:
+    """What a model file records of the data it was trained on."""
+    return {"instrument": str(obs.meta.get("instrument", "")),
+            "spectral_instrument": str(obs.meta.get("spectral_instrument") or ""), "lines": list(obs.lines)}
+
+
 def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_chi2: float | None = None,
                         max_pixels: int = 500_000, seed: int = 0) -> TrainingData:
     """Read the good pixels of each (observation, result) pair.
@@ -84,34 +132,14 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
         Unequal numbers of inputs and results, a result of another map size,
         pairs with different lines, grids or parameters, no good pixel.
     """
-    from stokesflow.orchestrator.io import open_observation
-    from stokesflow.orchestrator.store import read_result
-
-    if len(inputs) != len(results) or not inputs:
-        raise OrchestratorError(f"train needs --input and --results in pairs, got {len(inputs)} input(s) and "
-                                f"{len(results)} result file(s)")
     rng = np.random.default_rng(seed)
     xs, ps, prov = [], [], []
-    specs = wl = lines = None
+    specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res in zip(inputs, results):
-        obs = open_observation(inp)
-        r = read_result(res)
-        if r.status.shape != (obs.ny, obs.nx):
-            raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
-                                    f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
-        s = _specs_of(res)
+    for inp, res, obs, r, s in _paired(inputs, results):
         if specs is None:
-            specs, wl, lines = s, np.asarray(obs.wavelength), obs.lines
-            meta = {"instrument": str(obs.meta.get("instrument", "")),
-                    "spectral_instrument": str(obs.meta.get("spectral_instrument") or ""), "lines": list(obs.lines)}
-        else:
-            if [p.name for p in s] != [p.name for p in specs]:
-                raise OrchestratorError(f"{res} has parameters {[p.name for p in s]}, the first result file "
-                                        f"{[p.name for p in specs]}")
-            if obs.lines != lines or obs.nw != wl.size or np.max(np.abs(obs.wavelength - wl)) > 1e-4:
-                raise OrchestratorError(f"{inp}: lines {obs.lines} and {obs.nw} wavelengths differ from the first "
-                                        f"input's {lines} and {wl.size}; a model is trained for one kind of data")
+            specs, wl = s, np.asarray(obs.wavelength)
+            meta = _data_metadata(obs)
         params = np.column_stack([r.params[p.name].reshape(-1) for p in s]).astype(np.float64)
         keep = (r.status.reshape(-1) == 0) & np.isfinite(params).all(axis=1)
         if max_chi2 is not None:
@@ -129,11 +157,7 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
         finite = np.isfinite(stokes).all(axis=(1, 2))
         xs.append(stokes[finite])
         ps.append(params[idx][finite])
-        config = str(r.attrs.get("config", ""))
-        prov.append({"input": str(obs.path), "input_fingerprint": obs.fingerprint(), "result": str(Path(res).resolve()),
-                     "config_digest": hashlib.sha256(config.encode()).hexdigest()[:16],
-                     "result_fingerprint": str(r.attrs.get("fingerprint", "")),
-                     "pixels_used": int(finite.sum()), "pixels_total": int(obs.npix)})
+        prov.append(_provenance(obs, r, res, int(finite.sum())))
     x, p = np.concatenate(xs), np.concatenate(ps)
     if x.shape[0] == 0:
         raise OrchestratorError(f"no pixel of {list(results)} has status 0 (a good fit): nothing to train on")
@@ -175,31 +199,13 @@ def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
     OrchestratorError
         As :func:`read_training_pairs`.
     """
-    from stokesflow.orchestrator.io import open_observation
-    from stokesflow.orchestrator.store import read_result
-
-    if len(inputs) != len(results) or not inputs:
-        raise OrchestratorError(f"train needs --input and --results in pairs, got {len(inputs)} input(s) and "
-                                f"{len(results)} result file(s)")
     cubes, params, masks, prov = [], [], [], []
-    specs = wl = lines = None
+    specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res in zip(inputs, results):
-        obs = open_observation(inp)
-        r = read_result(res)
-        if r.status.shape != (obs.ny, obs.nx):
-            raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
-                                    f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
-        s = _specs_of(res)
+    for inp, res, obs, r, s in _paired(inputs, results):
         if specs is None:
-            specs, wl, lines = s, np.asarray(obs.wavelength), obs.lines
-            meta = {"instrument": str(obs.meta.get("instrument", "")),
-                    "spectral_instrument": str(obs.meta.get("spectral_instrument") or ""), "lines": list(obs.lines)}
-        elif ([p.name for p in s] != [p.name for p in specs] or obs.lines != lines or obs.nw != wl.size
-              or np.max(np.abs(obs.wavelength - wl)) > 1e-4):
-            raise OrchestratorError(f"{inp} / {res}: lines, wavelengths or parameters differ from the first pair's "
-                                    f"({lines}, {wl.size} wavelengths, {[p.name for p in specs]}); a model is "
-                                    "trained for one kind of data")
+            specs, wl = s, np.asarray(obs.wavelength)
+            meta = _data_metadata(obs)
         cube = obs.read_rows(0, obs.ny).astype(np.float32)
         par = np.stack([np.asarray(r.params[p.name], dtype=np.float64) for p in s], axis=2)
         mask = (r.status == 0) & np.isfinite(par).all(axis=2) & np.isfinite(cube).all(axis=(2, 3))
@@ -208,11 +214,7 @@ def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
         cubes.append(cube)
         params.append(par)
         masks.append(mask)
-        config = str(r.attrs.get("config", ""))
-        prov.append({"input": str(obs.path), "input_fingerprint": obs.fingerprint(), "result": str(Path(res).resolve()),
-                     "config_digest": hashlib.sha256(config.encode()).hexdigest()[:16],
-                     "result_fingerprint": str(r.attrs.get("fingerprint", "")),
-                     "pixels_used": int(mask.sum()), "pixels_total": int(obs.npix)})
+        prov.append(_provenance(obs, r, res, int(mask.sum())))
     if not any(m.any() for m in masks):
         raise OrchestratorError(f"no pixel of {list(results)} has status 0 (a good fit): nothing to train on")
     meta["provenance"] = {"pairs": prov, "max_chi2": max_chi2, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
