@@ -42,6 +42,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ZEEMAN_CONSTANT",
+    "L_LETTERS",
     "SIGMA_BLUE",
     "PI",
     "SIGMA_RED",
@@ -62,7 +63,8 @@ ZEEMAN_CONSTANT = 4.6686e-13
 #: Component groups, in the order used by the kernels.
 SIGMA_BLUE, PI, SIGMA_RED = 0, 1, 2
 
-_L_LETTERS = "SPDFGHIKLMNOQRTUV"
+#: Orbital angular momentum letters, L = 0, 1, 2, ... (spectroscopic notation).
+L_LETTERS = "SPDFGHIKLMNOQRTUV"
 
 
 class LineError(ConfigError):
@@ -102,10 +104,10 @@ def parse_term(text: str) -> Term:
         raise LineError(f"cannot parse LS term {text!r}; expected e.g. '5P1', '2D2.5' or '2D5/2'")
     mult, letter, jtxt = m.groups()
     letter = letter.upper()
-    if letter not in _L_LETTERS:
+    if letter not in L_LETTERS:
         raise LineError(f"unknown orbital letter {letter!r} in term {text!r}")
     S = Fraction(int(mult) - 1, 2)
-    L = _L_LETTERS.index(letter)
+    L = L_LETTERS.index(letter)
     J = Fraction(jtxt) if "/" in jtxt else Fraction(jtxt)
     if not (abs(L - S) <= J <= L + S) or (J - L - S).denominator != 1:
         raise LineError(f"term {text!r}: J={J} is not allowed for S={S}, L={L}")

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from stokesflow.backends.me.lines import Term, parse_term
+from stokesflow.backends.me.lines import L_LETTERS, Term, parse_term
 from stokesflow.backends.sir.errors import SIRError
 
 try:  # Python >= 3.11
@@ -30,14 +30,11 @@ __all__ = [
     "ClassicalLine",
     "get_classical_lines",
     "load_abundances",
-    "L_LETTERS",
     "term_fields",
 ]
 
 #: Bohr radius squared [cm^2] (ABO cross-sections are tabulated in a0^2, SIR reads cm^2).
 A0_SQUARED_CM2 = 2.80028520e-17
-
-L_LETTERS = "SPDFGHIKLMNOQRTUV"
 
 
 @dataclass(frozen=True)
