@@ -120,16 +120,10 @@ def predict_unet_band(obs: Any, model_path: str, threads: int, index: int, start
 def _write_intervals(store: ResultStore, names: tuple[str, ...], start: int, stop: int, nx: int,
                      iv: np.ndarray) -> None:
     """Write a band's intervals into ``/interval/<name>`` of the open store (before the chunk is marked done)."""
-    h5 = store._h5  # the store's open file: one writer, and the chunk's done flag comes after
-    grp = h5.require_group("interval")
-    ny = h5["status"].shape[0]
     y0, y1 = start // nx, stop // nx
+    attrs = {"level": 0.9, "description": "calibrated central 90 % interval (lower, upper) of the unet's distribution"}
     for j, name in enumerate(names):
-        if name not in grp:
-            ds = grp.create_dataset(name, shape=(ny, nx, 2), dtype="f4", fillvalue=np.nan)
-            ds.attrs["level"] = 0.9
-            ds.attrs["description"] = "calibrated central 90 % interval (lower, upper) of the unet's distribution"
-        grp[name][y0:y1] = iv[:, j].reshape(y1 - y0, nx, 2)
+        store.write_extra_rows(f"interval/{name}", y0, iv[:, j].reshape(y1 - y0, nx, 2), attrs)
 
 
 def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],

@@ -398,6 +398,37 @@ class ResultStore:
             raise StoreError(f"{self.path}: stratified {name!r} has {arr.shape[1]} depths, the file {nd}")
         return np.asarray(arr[sl], dtype=np.float32)
 
+    def write_extra_rows(self, name: str, y0: int, values: np.ndarray, attrs: Mapping[str, Any] | None = None) -> None:
+        """Write rows ``y0 .. y0 + len(values)`` of an extra per-pixel dataset ``/<name>`` (ny, nx, ...).
+
+        The dataset is created on first use, float32 filled with NaN, with
+        ``attrs``. Call it *before* :meth:`write_chunk` of the chunk these rows
+        belong to, so that the chunk's done flag is set after its extra data are
+        on disk (the crash-safety order of this module).
+
+        Parameters
+        ----------
+        name : str
+            Path inside the file, e.g. ``"interval/B"``.
+        y0 : int
+            First row.
+        values : ndarray (nrows, nx, ...)
+            The rows, in the quantity's own unit.
+        attrs : mapping, optional
+            Attributes set when the dataset is created (units, meaning).
+        """
+        values = np.asarray(values, dtype=np.float32)
+        ny = self._h5["status"].shape[0]
+        if name not in self._h5:
+            ds = self._h5.create_dataset(name, shape=(ny, *values.shape[1:]), dtype="f4", fillvalue=np.nan)
+            for key, value in (attrs or {}).items():
+                ds.attrs[key] = value
+        ds = self._h5[name]
+        if ds.shape[1:] != values.shape[1:] or not 0 <= y0 <= ny - values.shape[0]:
+            raise StoreError(f"{self.path}: rows {y0}..{y0 + values.shape[0]} of shape {values.shape[1:]} do not fit "
+                             f"/{name} {ds.shape}")
+        ds[y0:y0 + values.shape[0]] = values
+
     def record_error(self, index: int, message: str) -> None:
         """Remember that chunk ``index`` failed; written by :meth:`finalize`."""
         self._errors[int(index)] = message

@@ -136,3 +136,22 @@ def test_resume_checks(tmp_path):
     r = read_result(path)
     assert r.attrs["complete"] is True and r.done.all()
     np.testing.assert_array_equal(r.params["B"].ravel(), np.arange(30, dtype=np.float32))
+
+
+def test_extra_rows_are_created_with_nan_and_checked(tmp_path):
+    """ResultStore.write_extra_rows: a per-pixel extra dataset (the U-Net's /interval/<name>)."""
+    import h5py
+    import pytest
+
+    from stokesflow.orchestrator.plan import plan_chunks
+    from stokesflow.orchestrator.store import ResultStore, StoreError
+
+    plan = plan_chunks(3, 4, 4)
+    with ResultStore.create(tmp_path / "r.h5", plan=plan, parameters=SPECS, fingerprint=FP, attrs={}) as store:
+        store.write_extra_rows("interval/B", 1, np.ones((1, 4, 2)), {"level": 0.9})
+        with pytest.raises(StoreError, match="do not fit"):
+            store.write_extra_rows("interval/B", 2, np.ones((2, 4, 2)))
+    with h5py.File(tmp_path / "r.h5", "r") as h5:
+        ds = h5["interval/B"]
+        assert ds.shape == (3, 4, 2) and ds.attrs["level"] == 0.9
+        assert np.isnan(ds[0]).all() and (ds[1] == 1).all() and np.isnan(ds[2]).all()
