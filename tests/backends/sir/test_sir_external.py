@@ -7,25 +7,21 @@ skipped cleanly otherwise, on CI too (SIR is not bundled).
 
 from __future__ import annotations
 
-import os
-
 import h5py
 import numpy as np
 import pytest
 
 from stokesflow.backends import STATUS_OK
-from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
+from stokesflow.backends.sir.backend import SIRBackend
+
+from _sir_real import require_real_sir, umbral_crop
 
 pytestmark = pytest.mark.external
 
 
 @pytest.fixture(scope="module")
 def sir_backend() -> SIRBackend:
-    if not os.environ.get(ENV_VAR):
-        pytest.skip(f"{ENV_VAR} is not set: no SIR executable to run (SIR is not bundled)")
-    ok, why = SIRBackend.is_available()
-    if not ok:
-        pytest.fail(f"{ENV_VAR} is set but SIR is unavailable: {why}")
+    require_real_sir()
     return SIRBackend({})
 
 
@@ -76,15 +72,9 @@ def test_real_sir_synthesis_matches_its_inversion_fit(sir_backend):
 
 def test_real_sir_through_the_cli(sir_backend, shared_data, tmp_path):
     from stokesflow.orchestrator.cli import main
-    from stokesflow.orchestrator.io import write_observation
 
-    with h5py.File(shared_data / "sir_hinode_sample.h5") as f:
-        stokes = f["stokes"][10:12, 10:12]
-        wl = f["wavelength"][:]
-        attrs = {k: f.attrs[k] for k in ("lines", "noise", "instrument")}
-        truth = f["truth/B"][10:12, 10:12]
     obs = tmp_path / "obs.h5"
-    write_observation(obs, stokes, wl, attrs)
+    truth = umbral_crop(shared_data, obs)
     out = tmp_path / "r.h5"
     assert main(["invert", "--input", str(obs), "--out", str(out), "--backend", "sir", "--cluster", "serial"]) == 0
     with h5py.File(out) as f:

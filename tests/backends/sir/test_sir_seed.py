@@ -151,22 +151,11 @@ def test_real_sir_assisted_from_an_me_result_through_the_cli(shared_data, tmp_pa
     SIR ``reference`` from HSRA. Measured with SIR 2017 (commit 8c3d60d): median chi2 21.0 (assisted) against
     19.1 (reference), B at log tau -1 within 12 % of the truth for both; tolerances: median chi2 within 30 % of
     the reference's, B within 25 %."""
-    import os
+    from _sir_real import require_real_sir, umbral_crop
 
-    from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
-
-    if not os.environ.get(ENV_VAR):
-        pytest.skip(f"{ENV_VAR} is not set: no SIR executable to run (SIR is not bundled)")
-    ok, why = SIRBackend.is_available()
-    if not ok:
-        pytest.fail(f"{ENV_VAR} is set but SIR is unavailable: {why}")
-    with h5py.File(shared_data / "sir_hinode_sample.h5") as f:
-        stokes = f["stokes"][10:12, 10:12]
-        wl = f["wavelength"][:]
-        attrs = {k: f.attrs[k] for k in ("lines", "noise", "instrument")}
-        truth = f["truth/B"][10:12, 10:12]
+    require_real_sir()
     obs = tmp_path / "obs.h5"
-    write_observation(obs, stokes, wl, attrs)
+    truth = umbral_crop(shared_data, obs)
     run = ["invert", "--input", str(obs), "--cluster", "serial"]
     assert main([*run, "--out", str(tmp_path / "me.h5")]) == 0
     assert main([*run, "--out", str(tmp_path / "ref.h5"), "--backend", "sir", "-B", "strategy=reference"]) == 0

@@ -1,0 +1,34 @@
+"""Shared by the tests that run the real SIR (``STOKESFLOW_SIR``): the executable check and the
+2 x 2 umbral crop of the shared SIR sample (rows and columns 10-11) written as an observation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
+from stokesflow.orchestrator.io import write_observation
+
+
+def require_real_sir() -> None:
+    """Skip when ``STOKESFLOW_SIR`` is not set (SIR is not bundled); fail when it is set but unusable."""
+    if not os.environ.get(ENV_VAR):
+        pytest.skip(f"{ENV_VAR} is not set: no SIR executable to run (SIR is not bundled)")
+    ok, why = SIRBackend.is_available()
+    if not ok:
+        pytest.fail(f"{ENV_VAR} is set but SIR is unavailable: {why}")
+
+
+def umbral_crop(shared_data: Path, out: Path) -> np.ndarray:
+    """Write the 2 x 2 umbral crop of ``sir_hinode_sample.h5`` to ``out``; return its true B [G] at log tau -1."""
+    with h5py.File(shared_data / "sir_hinode_sample.h5") as f:
+        stokes = f["stokes"][10:12, 10:12]
+        wl = f["wavelength"][:]
+        attrs = {k: f.attrs[k] for k in ("lines", "noise", "instrument")}
+        truth = f["truth/B"][10:12, 10:12]
+    write_observation(out, stokes, wl, attrs)
+    return truth
