@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -352,7 +353,7 @@ def _digest(params: Sequence[np.ndarray], masks: Sequence[np.ndarray], st: Mappi
     for p, m in zip(params, masks):
         h.update(np.ascontiguousarray(p, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(m).tobytes())
-    h.update(repr(sorted(st.items())).encode())
+    h.update(repr(sorted((k, v) for k, v in st.items() if k != "epochs")).encode())  # more epochs may resume
     return h.hexdigest()[:32]
 
 
@@ -379,6 +380,7 @@ def train_unet(
     threads: int | None = None,
     device: str = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Train a U-Net on maps; calibrate its intervals on held-out pixels; return the model (best epoch).
 
@@ -404,6 +406,10 @@ def train_unet(
         ``"cpu"`` or ``"cuda"``.
     on_epoch : callable, optional
         Called with each epoch's history entry (``epoch``, ``train_loss``, ``val_loss``, ``seconds``).
+    checkpoint : path, optional
+        Written after every epoch (:mod:`stokesflow.nn_init.checkpoint`); a run killed at any
+        moment and started again on the same data and settings continues after the last
+        finished epoch, drawing the same training crops as an uninterrupted run.
 
     Returns
     -------
@@ -414,8 +420,10 @@ def train_unet(
     Raises
     ------
     InitError
-        Too few good pixels (fewer than 50 in the training part or 20 held out).
+        Too few good pixels (fewer than 50 in the training part or 20 held out), or a
+        checkpoint written for other data or settings.
     """
+    from stokesflow.nn_init.checkpoint import load_checkpoint, save_checkpoint
     from stokesflow.nn_init.model_file import NetworkModel
 
     torch = torch_or_error("training a unet")
@@ -460,8 +468,12 @@ def train_unet(
     crop = _pad4(int(st["crop"]))
     batch = int(st["batch"])
     steps = max(int(st["min_steps"]), int(np.ceil(n_tr / float(batch * crop * crop))))
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"loss": float("inf"), "epoch": -1, "state": None}
+    digest = _digest(params, masks, st)
+    progress = load_checkpoint(torch, checkpoint, digest, net, opt)
+    if "numpy_rng" in progress["extra"]:
+        rng.bit_generator.state = progress["extra"]["numpy_rng"]
+    history: list[dict[str, Any]] = progress["history"]
+    best: dict[str, Any] = progress["best"]
     va_t = [torch.from_numpy(m.astype(np.float32))[None] for m in va_masks]
 
     def crops() -> tuple[Any, Any, Any]:
@@ -494,7 +506,9 @@ def train_unet(
         return tot / max(cnt, 1.0)
 
     patience = int(st["patience"])
-    for epoch in range(int(st["epochs"])):
+    for epoch in range(progress.start_epoch, int(st["epochs"])):
+        if progress.stopped(patience):
+            break
         t0 = time.perf_counter()
         net.train()
         total = 0.0
@@ -511,14 +525,15 @@ def train_unet(
         if val < best["loss"] * (1.0 - float(st["min_delta"])):
             best = {"loss": val, "epoch": epoch,
                     "state": {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}}
-        stop = epoch - best["epoch"] >= patience
+        progress["best"] = best
+        progress["extra"] = {"numpy_rng": rng.bit_generator.state}
+        stop = progress.stopped(patience)
         log.info("unet epoch %d/%d: train KL %.4g, validation KL %.4g (best %.4g at epoch %d)%s", epoch + 1,
                  int(st["epochs"]), entry["train_loss"], val, best["loss"], best["epoch"] + 1,
                  "; stopping early" if stop else "")
+        save_checkpoint(torch, checkpoint, digest, net, opt, progress)
         if on_epoch is not None:
             on_epoch(entry)
-        if stop:
-            break
     state = best["state"] if best["state"] is not None else {k: v.to("cpu") for k, v in net.state_dict().items()}
     net.load_state_dict(state)
     net.eval()
@@ -541,7 +556,7 @@ def train_unet(
         "bins": [{"lower": b.lower, "upper": b.upper, "n": b.n, "circular": b.circular} for b in bins],
         "calibration": calib, "interval_level": 0.9,
         "history": history, "best_epoch": best["epoch"] + 1, "settings": dict(st),
-        "n_train": n_tr, "n_val": n_va, "data_digest": _digest(params, masks, st),
+        "n_train": n_tr, "n_val": n_va, "data_digest": digest,
     })
     return NetworkModel(kind="unet", metadata=meta, state_dict=dict(state))
 

@@ -231,7 +231,8 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
     """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary.
 
     ``model="unet"`` reads whole maps (:func:`read_training_maps`) and trains
-    :func:`stokesflow.nn_init.unet.train_unet` (no checkpoint: a killed unet training starts again).
+    :func:`stokesflow.nn_init.unet.train_unet`. Both checkpoint to ``<out>.ckpt`` after every epoch, so a
+    killed training continues from its last finished epoch.
     """
     import torch
 
@@ -256,7 +257,8 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
         meta = dict(maps.metadata)
         meta["provenance"]["versions"] = package_versions()
         net = train_unet(maps.cubes, maps.params, maps.masks, maps.specs, maps.wavelength, metadata=meta,
-                         settings=settings, threads=threads, device=device, on_epoch=on_epoch)
+                         settings=settings, threads=threads, device=device, on_epoch=on_epoch,
+                         checkpoint=out + ".ckpt")
         n_pix = int(sum(m.sum() for m in maps.masks))
         for c in net.metadata["calibration"]:
             log.info("unet %s: 90 %% interval temperature %.3g, scale %.3g, held-out coverage %.1f %%", c["name"],

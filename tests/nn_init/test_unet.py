@@ -177,3 +177,41 @@ def test_vectorised_decoding_matches_bins(circular):
     p = softmax(logits, 1.7)
     np.testing.assert_allclose(v, b.decode(p), atol=1e-4)
     np.testing.assert_allclose(iv, b.interval(p, 0.9, 1.3), atol=1e-3)
+
+
+class _Killed(Exception):
+    """Stands in for a kill of the training task after an epoch's checkpoint."""
+
+
+def test_killed_training_resumes_to_the_same_model(tmp_path):
+    """A training stopped after epoch 2 and run again from its checkpoint ends bit-identical to one
+    that was never stopped (same weights, history and calibration: the crops' random state is restored)."""
+    torch.set_num_threads(1)
+    me, cube, params = _scene(3, 32, 32)
+    mask = np.ones(cube.shape[:2], bool)
+    kw = dict(metadata=META, settings={"epochs": 4, "crop": 16, "batch": 2, "patience": 100, "channels": 4,
+                                       "val_fraction": 0.3, "min_steps": 2}, threads=1)
+    whole = train_unet([cube], [params], [mask], me.parameters, HMI, **kw)
+
+    ckpt = tmp_path / "unet.pt.ckpt"
+
+    def kill_after_two(entry):
+        if entry["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_unet([cube], [params], [mask], me.parameters, HMI, checkpoint=ckpt, on_epoch=kill_after_two, **kw)
+    assert ckpt.exists()
+    seen = []
+    resumed = train_unet([cube], [params], [mask], me.parameters, HMI, checkpoint=ckpt,
+                         on_epoch=lambda e: seen.append(e["epoch"]), **kw)
+    assert seen == [3, 4]  # only the epochs the killed run had not finished
+    assert [h["val_loss"] for h in resumed.metadata["history"]] == [h["val_loss"] for h in whole.metadata["history"]]
+    for name, w in whole.state_dict.items():
+        assert torch.equal(w, resumed.state_dict[name]), name
+    assert resumed.metadata["calibration"] == whole.metadata["calibration"]
+
+    # a checkpoint of other settings is refused, not mixed in
+    other = dict(kw, settings={**kw["settings"], "lr": 1e-2})
+    with pytest.raises(InitError, match="other training data or settings"):
+        train_unet([cube], [params], [mask], me.parameters, HMI, checkpoint=ckpt, **other)
