@@ -17,7 +17,7 @@ import importlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
@@ -115,6 +115,24 @@ class Executor(abc.ABC):
             exception raised by ``fn`` is re-raised by ``result()`` once the
             retries are used up.
         """
+
+    def offered_resources(self) -> dict[str, float]:
+        """Abstract resources (``GPU``, ...) the workers offer in total; ``{}`` for kinds without any."""
+        return {}
+
+    def submit_preferring(self, resources: Mapping[str, float], fn: Callable[..., Any], /, *args: Any,
+                          **kwargs: Any) -> Future:
+        """Like :meth:`submit`, on a worker offering ``resources`` when any worker does, else anywhere.
+
+        Parameters
+        ----------
+        resources : mapping
+            NAME -> amount the task holds while it runs, e.g. ``{"GPU": 1}``
+            (workers get them from :attr:`ClusterSpec.worker_resources`).
+        fn, *args, **kwargs
+            As for :meth:`submit`.
+        """
+        return self.submit(fn, *args, **kwargs)
 
     @abc.abstractmethod
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:

@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from stokesflow.clusters.base import IDLE_INTERVAL_S, Executor, Future, usable_cpus
@@ -166,6 +166,27 @@ class DaskExecutor(Executor):
             # Client.submit (key, workers, retries, ...).
             fn = functools.partial(fn, **kwargs)
         return self.client.submit(fn, *args, pure=False, retries=self._retries)
+
+    def offered_resources(self) -> dict[str, float]:
+        """Sum over the connected workers of the resources they offer (``{}`` when none)."""
+        total: dict[str, float] = {}
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - no scheduler info: nothing known to be offered
+            return total
+        for w in workers.values():
+            for name, amount in (w.get("resources") or {}).items():
+                total[name] = total.get(name, 0.0) + float(amount)
+        return total
+
+    def submit_preferring(self, resources: Mapping[str, float], fn: Callable[..., Any], /, *args: Any,
+                          **kwargs: Any) -> Future:
+        offered = self.offered_resources()
+        if resources and all(offered.get(k, 0.0) >= float(v) for k, v in resources.items()):
+            if kwargs:
+                fn = functools.partial(fn, **kwargs)
+            return self.client.submit(fn, *args, pure=False, retries=self._retries, resources=dict(resources))
+        return self.submit(fn, *args, **kwargs)
 
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
         from distributed import as_completed
@@ -348,6 +369,7 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
         scheduler_kwargs={"dashboard": dash["dashboard"]},
         silence_logs=_LOG_LEVEL,
         preload=[*preload, _WORKER_PRELOAD],
+        resources=spec.resources() or None,
         **kwargs,
     )
     try:

@@ -125,7 +125,8 @@ def job_kwargs(spec: ClusterSpec, *, job_name: str = JOB_NAME) -> dict[str, Any]
         # Empty: keep the site's configured directives / prologue.
         "job_extra_directives": list(spec.job_extra_directives) or None,
         "job_script_prologue": list(spec.job_script_prologue) or None,
-        "worker_extra_args": site_args + ["--lifetime", lifetime, "--lifetime-stagger", stagger],
+        "worker_extra_args": site_args + ["--lifetime", lifetime, "--lifetime-stagger", stagger]
+        + (["--resources", " ".join(f"{k}={v:g}" for k, v in spec.resources().items())] if spec.worker_resources else []),
         "local_directory": spec.local_directory,
         "interface": spec.interface,
         "job_name": job_name,

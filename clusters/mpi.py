@@ -218,7 +218,7 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
         dashboard_address=dash["dashboard_address"],
         worker_class="distributed.Nanny",
         # The worker processes drop the Nanny's close-race traceback at exit.
-        worker_options={"preload": [*preload, _WORKER_PRELOAD]},
+        worker_options={"preload": [*preload, _WORKER_PRELOAD], **({"resources": spec.resources()} if spec.worker_resources else {})},
         exit=True,
     )
     from distributed import Client

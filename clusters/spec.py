@@ -321,6 +321,14 @@ class ClusterSpec:
         stops with :class:`WorkersUnavailableError` (exit 2 on the command
         line), listing the jobs and their batch states.  ``0`` waits for ever
         (jobs may queue for hours on a busy machine).  Default one hour.
+    worker_resources : tuple of str
+        Abstract resources each worker offers, ``"NAME=AMOUNT"`` (Dask worker
+        resources, e.g. ``("GPU=1",)``; a string ``"GPU=1 MEM=2"`` is split at
+        spaces or commas).  ``local``, ``mpi`` (``mpi_mode="dask"``), ``slurm``
+        and ``pbs`` start their workers with them; ``address``: start your
+        workers with ``dask worker --resources "GPU=1"``.  Tasks that prefer a
+        resource (training a network prefers ``GPU``) go to a worker offering
+        it when there is one (:meth:`Executor.submit_preferring`).
     """
 
     kind: str = "local"
@@ -346,6 +354,7 @@ class ClusterSpec:
     dashboard: bool = True
     connect_timeout: float = 10.0
     start_timeout: float = 3600.0
+    worker_resources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -392,6 +401,10 @@ class ClusterSpec:
                     f"ClusterSpec.{name} must be a sequence of strings (one per line), got {value!r}"
                 )
             object.__setattr__(self, name, tuple(value))
+        if isinstance(self.worker_resources, str):
+            object.__setattr__(self, "worker_resources", tuple(self.worker_resources.replace(",", " ").split()))
+        object.__setattr__(self, "worker_resources", tuple(self.worker_resources))
+        self.resources()  # validates
         _check_memory(self.memory_limit, "ClusterSpec.memory_limit", allow_none=True)
         _check_memory(self.memory_per_job, "ClusterSpec.memory_per_job", allow_none=False)
         if self.kind == "address" and not self.address:
@@ -407,6 +420,29 @@ class ClusterSpec:
                 )
             # Validates walltime and lifetime together.
             worker_lifetime(self.walltime, self.lifetime)
+
+    def resources(self) -> dict[str, float]:
+        """``worker_resources`` as a mapping NAME -> amount (empty when none).
+
+        Raises
+        ------
+        ClusterError
+            An entry is not ``NAME=AMOUNT`` with a positive number.
+        """
+        out: dict[str, float] = {}
+        for item in self.worker_resources:
+            name, sep, amount = str(item).partition("=")
+            try:
+                value = float(amount)
+            except ValueError:
+                value = -1.0
+            if not sep or not name.strip() or not value > 0:
+                raise ClusterError(
+                    f"ClusterSpec.worker_resources entry {item!r} is not NAME=AMOUNT with a positive amount; "
+                    "use e.g. worker_resources = [\"GPU=1\"]"
+                )
+            out[name.strip()] = value
+        return out
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> ClusterSpec:

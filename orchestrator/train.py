@@ -285,17 +285,10 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
 
 
 def _submit(ex: Any, fn: Any, *args: Any) -> Any:
-    """Submit to a worker offering a ``GPU`` resource when a Dask cluster has one, else anywhere."""
-    client = getattr(ex, "client", None)
-    if client is not None:
-        try:
-            workers = client.scheduler_info().get("workers", {})
-        except Exception:  # noqa: BLE001 - no scheduler info: plain submission
-            workers = {}
-        if any("GPU" in (w.get("resources") or {}) for w in workers.values()):
-            log.info("training on a worker that offers a GPU")
-            return client.submit(fn, *args, pure=False, resources={"GPU": 1})
-    return ex.submit(fn, *args)
+    """Submit to a worker offering a ``GPU`` resource when the cluster has one, else anywhere."""
+    if ex.offered_resources().get("GPU", 0.0) >= 1:
+        log.info("training on a worker that offers a GPU")
+    return ex.submit_preferring({"GPU": 1}, fn, *args)
 
 
 def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.PathLike[str], *,

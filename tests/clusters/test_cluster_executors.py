@@ -261,3 +261,24 @@ def test_on_idle_is_called_while_a_local_task_runs_and_not_after() -> None:
         assert list(ex.as_completed([fut])) == [fut]
         assert len(calls) == n
         assert ex.worker_summary() == "workers: 1"
+
+
+def _holds_gpu() -> float:
+    """In a task: how much of the worker's GPU resource is free while this task runs."""
+    from distributed import get_worker
+
+    return float(get_worker().state.available_resources.get("GPU", -1.0))
+
+
+def test_a_task_preferring_a_gpu_holds_it_on_a_worker_that_offers_one() -> None:
+    with open_executor(ClusterSpec(kind="local", workers=1, worker_resources=("GPU=1",))) as ex:
+        assert ex.offered_resources() == {"GPU": 1.0}
+        # the scheduler gave the task the worker's only GPU: none left while it runs
+        assert ex.submit_preferring({"GPU": 1}, _holds_gpu).result() == 0.0
+        assert ex.submit(_holds_gpu).result() == 1.0  # a plain task holds nothing
+
+
+def test_preferring_a_resource_nobody_offers_runs_anywhere(local_ex: Executor, serial_ex: Executor) -> None:
+    assert local_ex.offered_resources() == {}
+    assert local_ex.submit_preferring({"GPU": 1}, h.square_with_pid, 3).result()[0] == 9
+    assert serial_ex.submit_preferring({"GPU": 1}, h.square_with_pid, 4).result()[0] == 16

@@ -125,3 +125,13 @@ def test_same_text_as_dask_jobqueue_cluster() -> None:
 def test_job_script_needs_a_batch_kind(kind: str) -> None:
     with pytest.raises(ClusterError, match="needs ClusterSpec\\(kind='slurm'\\)"):
         job_script(ClusterSpec(kind=kind))
+
+
+def test_worker_resources_reach_the_worker_command() -> None:
+    from dataclasses import replace
+
+    from stokesflow.clusters.jobqueue import job_kwargs
+
+    args = job_kwargs(replace(SLURM, worker_resources=("GPU=1",)))["worker_extra_args"]
+    assert args[args.index("--resources") + 1] == "GPU=1"
+    assert "--resources" not in job_kwargs(SLURM)["worker_extra_args"]

@@ -63,6 +63,8 @@ def test_from_mapping_rejects_unknown_keys_listing_valid_ones() -> None:
         ({"kind": "pbs", "workers": 2, "minimum_workers": 3}, "minimum_workers=3 exceeds workers=2"),
         ({"job_script_prologue": "module load x"}, "sequence of strings"),
         ({"connect_timeout": 0}, "connect_timeout must be a positive number"),
+        ({"worker_resources": ("GPU",)}, "entry 'GPU' is not NAME=AMOUNT"),
+        ({"worker_resources": ("GPU=0",)}, "entry 'GPU=0' is not NAME=AMOUNT with a positive amount"),
     ],
 )
 def test_invalid_values_are_named(kwargs: dict, fragment: str) -> None:
@@ -154,3 +156,9 @@ def test_open_executor_needs_a_spec() -> None:
     with pytest.raises(ClusterError, match="needs a ClusterSpec"):
         with open_executor({"kind": "serial"}):  # type: ignore[arg-type]
             pass  # pragma: no cover
+
+
+def test_worker_resources_from_a_string_or_a_list() -> None:
+    assert ClusterSpec(worker_resources="GPU=1, MEM=2e9").resources() == {"GPU": 1.0, "MEM": 2e9}
+    assert ClusterSpec.from_mapping({"worker_resources": ["GPU=2"]}).resources() == {"GPU": 2.0}
+    assert ClusterSpec().resources() == {}
