@@ -388,6 +388,17 @@ class Backend:
         return tuple(p.name for p in self.parameters)
 
     @property
+    def init_columns(self) -> tuple[str, ...]:
+        """Columns of the ``init`` array :meth:`invert` takes (npix, ncol).
+
+        :attr:`parameter_names` for most backends. A depth-stratified backend
+        may add node columns ``"NAME@LOGTAU"`` (e.g. ``"T@-2"``): the value of a
+        stratified quantity at that log tau_500, which it interpolates onto
+        its own depth grid. NaN in any column means "not given".
+        """
+        return self.parameter_names
+
+    @property
     def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
         """Depth-stratified quantities of ChunkResult.stratified (none for ME)."""
         return ()
@@ -451,7 +462,10 @@ class Backend:
         wavelength: np.ndarray,
         init: np.ndarray | None = None,
     ) -> ChunkResult:
-        """Invert ``stokes`` of shape (npix, 4, nw) observed at ``wavelength`` [A]."""
+        """Invert ``stokes`` of shape (npix, 4, nw) observed at ``wavelength`` [A].
+
+        ``init`` (npix, len(:attr:`init_columns`)) holds starting points, NaN where not given.
+        """
         raise NotImplementedError
 
     def synthesize(self, params: np.ndarray | Mapping[str, np.ndarray], wavelength: np.ndarray) -> np.ndarray:

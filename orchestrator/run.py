@@ -290,6 +290,7 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
     npix = stop - start
     names = tuple(backend.parameter_names)
     npar = len(names)
+    n_init = len(getattr(backend, "init_columns", names))  # node columns of a depth-stratified backend come after its parameters
     if stokes.shape[0] != npix:
         raise ChunkTaskError(
             f"chunk {index}: read_pixels({start}, {stop}) of {getattr(ctx.observation, 'path', '?')} "
@@ -308,7 +309,7 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
     init_s = 0.0
     if good.any():
         ti = time.perf_counter()
-        init = _initial_guess(ctx, index, stokes, wavelength, start, stop, good, npar)
+        init = _initial_guess(ctx, index, stokes, wavelength, start, stop, good, n_init)
         init_s = time.perf_counter() - ti
         sub = stokes if good.all() else np.ascontiguousarray(stokes[good])
         res: ChunkResult = backend.invert(sub, wavelength, init)
