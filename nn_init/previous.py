@@ -17,6 +17,12 @@ parameters missing from the file are NaN columns (the backend keeps its guess
 model's values there), so an ME result seeds a SIR inversion; :meth:`PreviousInit.check_observation`
 compares the maps' (ny, nx) with the observation, and a pixel range beyond the
 file is refused in :meth:`PreviousInit.initial_guess` (naming both shapes).
+
+Depth-stratified results (``/log_tau`` and (ny, nx, ndepth) maps, e.g. a SIR
+result) seed a backend that takes node columns (``init_columns`` such as
+``"T@-2"``): each stratified map is interpolated linearly in log tau to the
+backend's nodes (nodes outside the file's depth range are left NaN, "not
+given"); the backend interpolates the nodes onto its own grid.
 """
 
 from __future__ import annotations
@@ -40,6 +46,36 @@ def _decode(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _depth_columns(h5: h5py.File, shapes: Mapping[str, tuple[int, ...]],
+                   columns: tuple[str, ...]) -> dict[str, list[tuple[int, int, int, float]]]:
+    """For each (ny, nx, ndepth) map with node columns ``NAME@LOGTAU`` among ``columns``: the
+    column index and the linear interpolation (depth index below, above, weight of above) from
+    the file's ``/log_tau`` to each node inside its range."""
+    if "log_tau" not in h5:
+        return {}
+    lt = np.asarray(h5["log_tau"][:], dtype=np.float64)
+    order = np.argsort(lt)
+    out: dict[str, list[tuple[int, int, int, float]]] = {}
+    for name, shape in shapes.items():
+        if len(shape) != 3 or shape[2] != lt.size:
+            continue
+        nodes = []
+        for col, label in enumerate(columns):
+            base, sep, at = label.partition("@")
+            if not sep or base != name:
+                continue
+            x = float(at)
+            if not lt[order[0]] <= x <= lt[order[-1]]:
+                continue  # outside the file's depths: not given
+            k = int(np.clip(np.searchsorted(lt[order], x), 1, lt.size - 1))
+            lo, hi = order[k - 1], order[k]
+            w = 0.0 if lt[hi] == lt[lo] else (x - lt[lo]) / (lt[hi] - lt[lo])
+            nodes.append((col, int(lo), int(hi), float(w)))
+        if nodes:
+            out[name] = nodes
+    return out
+
+
 class PreviousInit(InitProvider):
     """Starting points read from ``/params/<name>`` of an HDF5 file (option ``file``)."""
 
@@ -57,7 +93,9 @@ class PreviousInit(InitProvider):
         self.path = str(Path(f).resolve())
         self.shape: tuple[int, int] | None = None
         self._names: tuple[str, ...] | None = None  # the backend's parameters that the file holds
-        self._columns: tuple[str, ...] | None = None  # all the backend's parameters, in its order
+        self._columns: tuple[str, ...] | None = None  # all the backend's init columns, in its order
+        # stratified map name -> [(column, depth index below, above, weight of above)]
+        self._depth: dict[str, list[tuple[int, int, int, float]]] = {}
 
     def _open(self) -> h5py.File:
         try:
@@ -85,9 +123,16 @@ class PreviousInit(InitProvider):
                                 f"the file has {sorted(g)}; start from a file that holds them")
             specs = tuple(p for p in specs if p.name in g)
             shapes = {p.name: g[p.name].shape for p in specs}
-            if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
-                hint = ("; it is a depth-stratified result (/log_tau), which is no start yet: start from an ME "
-                        "result or an init cube of (ny, nx) maps") if "log_tau" in h5 else ""
+            columns = tuple(getattr(backend, "init_columns", backend.parameter_names))
+            depth = _depth_columns(h5, shapes, columns)
+            # stratified maps the backend takes no nodes of (SIR: Pe, which SIR puts in equilibrium itself)
+            unused = {n for n, sh in shapes.items() if n not in depth and len(sh) == 3 and "log_tau" in h5
+                      and any("@" in c for c in columns)}
+            flat = {n: sh for n, sh in shapes.items() if n not in depth and n not in unused}
+            plane = {sh[:2] for sh in shapes.values()}
+            if len(plane) != 1 or any(len(sh) != 2 for sh in flat.values()) or not shapes:
+                hint = ("; it is a depth-stratified result (/log_tau), which seeds only a backend that takes node "
+                        "columns (SIR): start from an ME result or an init cube of (ny, nx) maps") if "log_tau" in h5 else ""
                 raise InitError(f"[init.previous] {self.path}: the /params maps must all be (ny, nx), got {shapes}"
                                 f"{hint}")
             for p in specs:
@@ -96,9 +141,10 @@ class PreviousInit(InitProvider):
                     raise InitError(f"[init.previous] {self.path}: /params/{p.name} is in {unit!r}, backend "
                                     f"{backend.name!r} fits it in {p.unit!r}")
         bound = PreviousInit(self.options)
-        bound.shape = tuple(int(v) for v in next(iter(shapes.values())))  # type: ignore[assignment]
-        bound._names = tuple(p.name for p in specs)
-        bound._columns = tuple(backend.parameter_names)
+        bound.shape = tuple(int(v) for v in next(iter(plane)))  # type: ignore[assignment]
+        bound._names = tuple(p.name for p in specs if p.name in flat)
+        bound._depth = depth
+        bound._columns = columns
         return bound
 
     def check_observation(self, shape: tuple[int, int], wavelength: np.ndarray | None = None) -> None:
@@ -125,6 +171,11 @@ class PreviousInit(InitProvider):
         with self._open() as h5:
             for name in self._names:
                 out[:, columns.index(name)] = h5["params"][name][y0:y1].reshape(-1)[off:off + stop - start]
+            for name, nodes in self._depth.items():
+                cube = h5["params"][name][y0:y1]
+                cube = cube.reshape(-1, cube.shape[-1])[off:off + stop - start].astype(np.float64)
+                for col, i0, i1, w in nodes:
+                    out[:, col] = (1.0 - w) * cube[:, i0] + w * cube[:, i1]
             if "status" in h5:
                 status = h5["status"][y0:y1].reshape(-1)[off:off + stop - start]
                 out[np.isin(status, UNUSABLE_STATUS)] = np.nan

@@ -44,7 +44,8 @@ from stokesflow.backends.sir.runner import (
     run_code,
 )
 
-__all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "SIROptions", "SIRBackend", "builtin_model", "STRATIFIED", "SCALARS"]
+__all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
+           "from_nodes", "node_column", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
 
@@ -90,6 +91,58 @@ _ABUND = "ABUNDANCES"
 #: when the field it should invert is zero somewhere): B [G], inclination and
 #: azimuth [deg], vmac [km/s].
 GUESS_FIELD = {"B": 400.0, "gamma": 60.0, "phi": 30.0, "vmac": 1.0}
+
+#: Stratified quantities an initial guess may give at nodes (Pe is not among them:
+#: SIR puts the guess model in hydrostatic equilibrium itself).
+NODE_SEEDED: tuple[str, ...] = ("T", "vmic", "B", "vlos", "inclination", "azimuth")
+
+
+def node_column(name: str, log_tau: float) -> str:
+    """The init column of quantity ``name`` at ``log_tau`` (``"T@-2"``)."""
+    return f"{name}@{float(log_tau):g}"
+
+
+def from_nodes(name: str, nodes: np.ndarray, values: np.ndarray, log_tau: np.ndarray,
+               guess: np.ndarray) -> np.ndarray:
+    """A stratification on ``log_tau`` through node values.
+
+    Parameters
+    ----------
+    name : str
+        The quantity (``T`` keeps the guess model's gradient beyond the outer
+        nodes; the others stay constant there; ``azimuth`` [deg] is
+        interpolated modulo 180).
+    nodes : ndarray (nn,)
+        log tau_500 of the nodes, increasing.
+    values : ndarray (nn,)
+        Values at the nodes (NaN: that node is not given).
+    log_tau : ndarray (nd,)
+        The model's grid (any order).
+    guess : ndarray (nd,)
+        The guess model's values on ``log_tau``.
+
+    Returns
+    -------
+    ndarray (nd,)
+        Linear in log tau between the given nodes; the guess where no node is given.
+    """
+    ok = np.isfinite(values)
+    if not ok.any():
+        return guess.copy()
+    x, v = nodes[ok], np.asarray(values, dtype=float)[ok]
+    if name == "azimuth":  # unwrap so that 170 -> 10 deg goes through 180
+        v = np.rad2deg(np.unwrap(np.deg2rad(2.0 * v)) / 2.0)
+    out = np.interp(log_tau, x, v)
+    if name == "T":
+        order = np.argsort(log_tau)
+        g_at = np.interp(x, log_tau[order], guess[order])
+        lo, hi = log_tau < x[0], log_tau > x[-1]
+        out[lo] = guess[lo] + (v[0] - g_at[0])
+        out[hi] = guess[hi] + (v[-1] - g_at[-1])
+    if name == "azimuth":
+        out = np.mod(out, 180.0)
+    return out
+
 
 #: Smallest field [G] given to SIR from an initial guess: SIR perturbs B relatively
 #: and stops ("is zero somewhere") on a zero field, which an ME fit may return.
@@ -158,6 +211,11 @@ class SIROptions:
         Parent folder of the scratch folders (default: the system temporary folder).
     reference_log_tau : float
         Depth of the 2-D maps (``/params/<name>``) of the stratified quantities.
+    seed_nodes : tuple of float
+        log tau_500 of the node columns an initial guess may give
+        (:attr:`SIRBackend.init_columns`, ``"T@-2"``, ...): a provider's values
+        there are interpolated onto the guess model's grid. Default every
+        unit from -4 to 1, the span of the HSRA model.
     """
 
     executable: str | None = None
@@ -176,6 +234,7 @@ class SIROptions:
     keep_failed: bool = False
     scratch: str | None = None
     reference_log_tau: float = -1.0
+    seed_nodes: tuple[float, ...] = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.strategy not in io.STRATEGIES:
@@ -189,6 +248,10 @@ class SIROptions:
             raise ConfigError(f"[backend.sir] timeout: expected seconds > 0, got {self.timeout!r}")
         if not 0 < self.mu <= 1:
             raise ConfigError(f"[backend.sir] mu: expected 0 < mu <= 1, got {self.mu!r}")
+        nodes = np.asarray(self.seed_nodes, dtype=float)
+        if nodes.ndim != 1 or nodes.size < 2 or not np.all(np.diff(nodes) > 0) or not np.all(np.isfinite(nodes)):
+            raise ConfigError(f"[backend.sir] seed_nodes: expected at least two increasing log tau values, "
+                              f"got {self.seed_nodes!r} (-B seed_nodes=[-3,-2,-1,0])")
 
     def resolved_strategy(self) -> io.Strategy:
         """The strategy with ``cycles`` and ``nodes`` overrides applied."""
@@ -273,6 +336,13 @@ class SIRBackend(Backend):
     def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
         return tuple(_SPECS[n] for n, *_ in STRATIFIED)
 
+    @property
+    def init_columns(self) -> tuple[str, ...]:
+        """The parameters (constant with height, T at ``reference_log_tau``), then the node
+        columns ``NAME@LOGTAU`` of :data:`NODE_SEEDED` at ``seed_nodes``, quantity by quantity."""
+        return self.parameter_names + tuple(
+            node_column(n, lt) for n in NODE_SEEDED for lt in self.options.seed_nodes)
+
     @functools.cached_property
     def guess_model(self) -> io.Model:
         """The guess model (the option ``model`` or the built-in HSRA)."""
@@ -325,10 +395,14 @@ class SIRBackend(Backend):
 
     # ------------------------------------------------------------ the models
     def _model_for(self, init_row: np.ndarray | None, inversion: bool = False) -> io.Model:
-        """The guess model with an initial guess (this backend's parameter order; NaN = not given) applied.
+        """The guess model with an initial guess applied (columns of :attr:`init_columns` or just
+        :attr:`parameter_names`; NaN = not given).
 
-        B, inclination, azimuth and vlos are constant with height; for an
-        ``inversion`` B is at least :data:`B_FLOOR`.
+        A parameter column sets the quantity constant with height (T: shifts
+        the stratification to it at ``reference_log_tau``); node columns, where
+        given, win and are interpolated onto the guess model's grid
+        (:func:`from_nodes`). Pe stays the guess model's: SIR puts it in
+        hydrostatic equilibrium. For an ``inversion`` B is at least :data:`B_FLOOR`.
         """
         m = self.guess_model.copy()
         if init_row is None:
@@ -353,6 +427,23 @@ class SIRBackend(Backend):
             v = init_row[names.index(name)]
             if np.isfinite(v):
                 setattr(m, attr, float(v / fac))
+        if init_row.shape[0] > len(names):  # node columns
+            nodes = np.asarray(self.options.seed_nodes, dtype=float)
+            nn = nodes.size
+            if init_row.shape[0] != len(names) + nn * len(NODE_SEEDED):
+                raise SIRError(f"SIR initial guess: {init_row.shape[0]} columns, expected {len(names)} or "
+                               f"{len(names) + nn * len(NODE_SEEDED)} (init_columns)")
+            fac_of = {n: (c, f) for n, c, f, _ in STRATIFIED}
+            for k, name in enumerate(NODE_SEEDED):
+                vals = init_row[len(names) + k * nn: len(names) + (k + 1) * nn]
+                if not np.isfinite(vals).any():
+                    continue
+                col, fac = fac_of[name]
+                guess = np.asarray(getattr(m, col), dtype=float) * fac
+                strat = from_nodes(name, nodes, vals, m.log_tau, guess)
+                if name == "B" and inversion:
+                    strat = np.maximum(strat, B_FLOOR)
+                setattr(m, col, strat / fac)
         return m
 
     def _models_from_params(self, params: np.ndarray | Mapping[str, np.ndarray], npix: int | None = None) -> list[io.Model]:

@@ -65,7 +65,8 @@ def test_an_me_result_seeds_each_pixels_guess_model(tmp_path, sir, monkeypatch):
     prov.check_observation((2, 3))
     guess = prov.initial_guess(_pixels(6), WL, start=0, stop=6)
     names = sir.parameter_names
-    assert guess.shape == (6, len(names))
+    assert guess.shape == (6, len(sir.init_columns))
+    assert np.all(np.isnan(guess[:, len(names):]))  # an ME file gives no depth nodes
     for n in ("T", "Pe", "vmic", "vmac", "filling_factor", "stray_light"):  # not in an ME file: NaN
         assert np.all(np.isnan(guess[:, names.index(n)])), n
     written: list[io.Model] = []
@@ -171,12 +172,89 @@ def test_real_sir_assisted_from_an_me_result_through_the_cli(shared_data, tmp_pa
     assert chi2["ass"] < 1.3 * chi2["ref"], chi2
 
 
-def test_a_depth_stratified_result_is_refused_as_a_start(tmp_path, sir):
-    """A SIR result file (/params/<name> of (ny, nx, ndepth) and /log_tau) names what it is and what to give."""
-    nd = 5
+def test_from_nodes_interpolates_between_nodes_and_keeps_the_guess_beyond_them():
+    from stokesflow.backends.sir.backend import from_nodes
+
+    lt = np.linspace(1.4, -4.0, 55)  # deep to high, like a SIR model
+    guess = 6000.0 - 500.0 * lt
+    nodes = np.array([-3.0, -1.0, 0.0])
+    t = from_nodes("T", nodes, np.array([4500.0, 5200.0, np.nan]), lt, guess)  # the 0 node is not given
+    inside = (lt >= -3.0) & (lt <= -1.0)
+    np.testing.assert_allclose(t[inside], np.interp(lt[inside], [-3.0, -1.0], [4500.0, 5200.0]), rtol=1e-12)
+    # beyond the outer given nodes T keeps the guess model's gradient, shifted to meet the node value
+    np.testing.assert_allclose(t[lt > -1.0], guess[lt > -1.0] + (5200.0 - 6500.0), rtol=1e-12)
+    np.testing.assert_allclose(t[lt < -3.0], guess[lt < -3.0] + (4500.0 - 7500.0), rtol=1e-12)
+    b = from_nodes("B", nodes, np.array([800.0, 1200.0, 1500.0]), lt, np.zeros_like(lt))
+    assert b.max() == 1500.0 and b.min() == 800.0  # constant beyond the outer nodes
+    az = from_nodes("azimuth", np.array([-2.0, 0.0]), np.array([170.0, 10.0]), np.array([-1.0]), np.zeros(1))
+    assert az[0] == pytest.approx(0.0) or az[0] == pytest.approx(180.0)  # 170 -> 10 goes through 180, not 90
+    np.testing.assert_array_equal(from_nodes("vlos", nodes, np.full(3, np.nan), lt, guess), guess)
+
+
+def test_node_columns_shape_each_pixels_guess_model(tmp_path, monkeypatch):
+    """T, B and vlos given at the seed nodes reach the .mod interpolated; Pe stays the guess model's."""
+    sir = get_backend("sir", {"executable": str(DOUBLE), "lines": ["FeI_6301", "FeI_6302"], "strategy": "assisted",
+                              "scratch": str(tmp_path), "seed_nodes": [-3.0, -2.0, -1.0, 0.0]})
+    cols = sir.init_columns
+    assert cols[:len(sir.parameter_names)] == sir.parameter_names and "T@-3" in cols and "vlos@0" in cols
+    init = np.full((2, len(cols)), np.nan)
+    nodes = np.array([-3.0, -2.0, -1.0, 0.0])
+    for i in range(2):
+        for lt, t in zip(nodes, [4400.0, 4800.0, 5400.0, 6400.0 + 100 * i]):
+            init[i, cols.index(f"T@{lt:g}")] = t
+        for lt, b in zip(nodes, [500.0, 700.0, 900.0, 1100.0]):
+            init[i, cols.index(f"B@{lt:g}")] = b
+        init[i, cols.index("vlos@-1")] = 1.5  # one node only: constant with height
+    written: list[io.Model] = []
+    real = io.format_model
+    monkeypatch.setattr(io, "format_model", lambda m: (written.append(m.copy()), real(m))[1])
+    r = sir.invert(_pixels(2), WL, init)
+    assert list(r.status) == [0, 0]
+    hsra = builtin_model("hsra")
+    for i, m in enumerate(written):
+        inside = (m.log_tau >= -3.0) & (m.log_tau <= 0.0)
+        np.testing.assert_allclose(m.T[inside], np.interp(m.log_tau[inside], nodes,
+                                                          [4400.0, 4800.0, 5400.0, 6400.0 + 100 * i]), rtol=1e-12)
+        np.testing.assert_allclose(m.B[inside], np.interp(m.log_tau[inside], nodes, [500.0, 700.0, 900.0, 1100.0]))
+        np.testing.assert_allclose(m.vlos, 1.5e5, rtol=1e-12)  # km/s -> cm/s
+        np.testing.assert_array_equal(m.Pe, hsra.Pe)  # SIR puts Pe in hydrostatic equilibrium itself
+        np.testing.assert_array_equal(m.gamma, hsra.gamma)  # not given: the guess model's
+    with pytest.raises(Exception, match="columns, expected"):
+        sir.invert(_pixels(1), WL, init[:1, :-1])
+
+
+def test_a_stratified_result_seeds_sir_at_its_nodes(tmp_path, sir):
+    """A SIR result (/log_tau, (ny, nx, ndepth) maps) seeds a SIR run: each map is interpolated to the nodes
+    inside its depth range (the others stay NaN), Pe is not used, the scalars go to their columns."""
+    lt = np.linspace(1.0, -3.5, 46)  # the file's own grid, deep to high
+    ny, nx = 2, 3
+    k = np.arange(ny * nx, dtype=float).reshape(ny, nx, 1)
+    maps = {"T": 5000.0 - 400.0 * lt + k, "Pe": np.exp(lt) + 0 * k, "vmic": 1.0 + 0 * lt + 0 * k,
+            "B": 1000.0 + 100.0 * lt + k, "vlos": 0.5 * lt + 0 * k, "inclination": 30.0 + 0 * lt + k,
+            "azimuth": 40.0 + 0 * lt + k}
+    units = {"T": "K", "Pe": "dyn/cm2", "vmic": "km/s", "B": "G", "vlos": "km/s", "inclination": "deg",
+             "azimuth": "deg"}
     with h5py.File(tmp_path / "sir.h5", "w") as h5:
-        h5.create_dataset("log_tau", data=np.linspace(1.0, -3.0, nd))
-        for n in ("B", "inclination", "azimuth", "vlos"):
-            h5.create_dataset(f"params/{n}", data=np.ones((2, 3, nd))).attrs["unit"] = ME_UNITS[n]
-    with pytest.raises(InitError, match=r"must all be \(ny, nx\).*depth-stratified result \(/log_tau\).*ME result"):
-        get_provider("previous", {"file": str(tmp_path / "sir.h5")}).bind(sir)
+        h5["log_tau"] = lt
+        for n, v in maps.items():
+            h5.create_dataset(f"params/{n}", data=v).attrs["unit"] = units[n]
+        h5.create_dataset("params/vmac", data=np.full((ny, nx), 2.0)).attrs["unit"] = "km/s"
+    prov = get_provider("previous", {"file": str(tmp_path / "sir.h5")}).bind(sir)
+    prov.check_observation((ny, nx))
+    guess = prov.initial_guess(_pixels(6), WL, start=0, stop=6)
+    cols = sir.init_columns
+    flat = {n: v.reshape(ny * nx, -1) for n, v in maps.items()}
+    for node in sir.options.seed_nodes:
+        for n in ("T", "B", "vlos", "inclination", "azimuth", "vmic"):
+            got = guess[:, cols.index(f"{n}@{node:g}")]
+            if lt.min() <= node <= lt.max():
+                want = [np.interp(node, lt[::-1], row[::-1]) for row in flat[n]]
+                np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{n}@{node}")
+            else:  # -4 is above the file's highest layer: not given
+                assert np.all(np.isnan(got)), f"{n}@{node}"
+    np.testing.assert_array_equal(guess[:, cols.index("vmac")], 2.0)
+    for n in ("T", "Pe", "B"):  # stratified maps fill no constant-with-height column
+        assert np.all(np.isnan(guess[:, cols.index(n)])), n
+    me = get_backend("me", {"lines": ["FeI_6173"]})
+    with pytest.raises(InitError, match="lacks /params/doppler_width"):  # ME cannot start from it
+        get_provider("previous", {"file": str(tmp_path / "sir.h5")}).bind(me)
