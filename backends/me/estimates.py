@@ -19,6 +19,7 @@ azimuth quadrant, field regime), which random or constant starts often miss.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,7 +28,10 @@ import numpy as np
 from stokesflow.backends.me.lines import ZEEMAN_CONSTANT, Line
 
 __all__ = ["classical_estimates", "typical_doppler_width", "THERMAL_PLUS_MICRO_KMS", "ESTIMATE_COLUMNS",
-           "DepthTable", "depth_table", "depth_table_estimates", "field_calibration"]
+           "DepthTable", "depth_table", "depth_table_estimates", "field_calibration",
+           "fourier_line_shift", "DopplerCalibration", "doppler_calibration", "doppler_magnetogram",
+           "FIELD_TABLE_B", "FIELD_TABLE_INCLINATION", "FieldDepthTable", "field_depth_table",
+           "field_depth_table_estimates", "template_azimuth"]
 
 _C_KMS = 299792.458
 #: Columns of :func:`classical_estimates`: the ME atmosphere's parameters, in the
@@ -163,7 +167,7 @@ class DepthTable:
 
 
 def depth_table(synthesize: Callable[[np.ndarray], np.ndarray], lam0: float, mu: float = 1.0,
-                npar: int = 9) -> DepthTable:
+                npar: int = 9, field: float = 0.0, inclination: float = 90.0) -> DepthTable:
     """Tabulate the observed depth of a field-free line through the instrument.
 
     Six filtergrams (or a PSF) make a line shallower than its ME opacity
@@ -184,13 +188,17 @@ def depth_table(synthesize: Callable[[np.ndarray], np.ndarray], lam0: float, mu:
         Heliocentric cosine.
     npar : int
         Parameters of the model (a 10th, the filling factor, is set to 1).
+    field, inclination : float
+        Field strength [G] and inclination [deg] of the tabulated line
+        (default field-free); the Zeeman splitting makes a line broader and
+        shallower (:class:`FieldDepthTable`).
     """
     vg = np.linspace(-7.0, 7.0, 29)
     eg = np.exp(np.linspace(np.log(0.5), np.log(100.0), 40))
     vv, ee = np.meshgrid(vg, eg, indexing="ij")
     m = vv.size
     p = np.ones((m, npar))
-    p[:, :9] = np.column_stack([np.zeros(m), np.full(m, 90.0), np.zeros(m), vv.ravel(),
+    p[:, :9] = np.column_stack([np.full(m, float(field)), np.full(m, float(inclination)), np.zeros(m), vv.ravel(),
                                 np.full(m, typical_doppler_width(lam0)), ee.ravel(), np.full(m, 0.1),
                                 np.full(m, 1.0 - _S1_FRACTION), np.full(m, _S1_FRACTION / mu)])
     intensity = synthesize(p)[:, 0, :]
@@ -239,6 +247,103 @@ def depth_table_estimates(table: DepthTable, intensity: np.ndarray, vlos: np.nda
     return np.exp(log_eta), cont
 
 
+#: Field strengths [G] of :func:`field_depth_table`.
+FIELD_TABLE_B = (0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0)
+#: Inclination [deg] of the lines of :func:`field_depth_table`: half-way between a longitudinal and a
+#: transverse field (measured on measured-style HMI filtergrams: eta0 estimate / truth 0.94 in median
+#: against 0.78 with 90 deg and 3.1 with 0 deg, and interpolating in the estimated inclination
+#: between tables at 0, 30, 60, 90 deg did no better).
+FIELD_TABLE_INCLINATION = 45.0
+
+
+@dataclass(frozen=True)
+class FieldDepthTable:
+    """Depth tables (:class:`DepthTable`) of lines with fields of increasing strength.
+
+    Attributes
+    ----------
+    field : ndarray (nb,)
+        Field strengths [G], increasing.
+    tables : tuple of DepthTable
+        One per field strength, the same velocity and eta0 axes.
+    """
+
+    field: np.ndarray
+    tables: tuple[DepthTable, ...]
+
+
+def field_depth_table(synthesize: Callable[[np.ndarray], np.ndarray], lam0: float, mu: float = 1.0,
+                      npar: int = 9) -> FieldDepthTable:
+    """Depth tables at the field strengths ``FIELD_TABLE_B``, inclination ``FIELD_TABLE_INCLINATION``.
+
+    The field-free table reads the shallower, broader line of a magnetic
+    pixel as a weaker line: measured on measured-style HMI filtergrams
+    (B 0-3000 G), eta0 estimate / truth 0.37 in median with the field-free
+    table, 0.94 with this one read at the pixel's field estimate.
+    """
+    return FieldDepthTable(np.array(FIELD_TABLE_B), tuple(
+        depth_table(synthesize, lam0, mu, npar, field=b, inclination=FIELD_TABLE_INCLINATION)
+        for b in FIELD_TABLE_B))
+
+
+def field_depth_table_estimates(table: FieldDepthTable, intensity: np.ndarray, vlos: np.ndarray,
+                                field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """eta0 and the continuum of each pixel, the tables interpolated linearly at its field estimate.
+
+    Parameters
+    ----------
+    table : FieldDepthTable
+        From :func:`field_depth_table` for the same instrument and points.
+    intensity : ndarray (npix, nw)
+        Observed Stokes I.
+    vlos : ndarray (npix,)
+        Velocity estimates [km/s].
+    field : ndarray (npix,)
+        Field strength estimates [G] (clipped to the tables' range).
+
+    Returns
+    -------
+    eta0, continuum : ndarray (npix,)
+        As :func:`depth_table_estimates` (eta0 interpolated in log).
+    """
+    each = [depth_table_estimates(t, intensity, vlos) for t in table.tables]
+    log_eta = np.array([np.log(e) for e, _ in each])
+    cont = np.array([c for _, c in each])
+    nb = table.field.size
+    x = np.clip(np.interp(np.asarray(field, dtype=np.float64), table.field, np.arange(nb)), 0.0, nb - 1 - 1e-9)
+    i0 = x.astype(np.int64)
+    f = x - i0
+    r = np.arange(i0.size)
+    return (np.exp((1.0 - f) * log_eta[i0, r] + f * log_eta[i0 + 1, r]),
+            (1.0 - f) * cont[i0, r] + f * cont[i0 + 1, r])
+
+
+def template_azimuth(q: np.ndarray, u: np.ndarray, q_template: np.ndarray) -> np.ndarray:
+    """Azimuth [deg, 0-180) of each pixel by projecting Q and U on the Q it would show at azimuth 0.
+
+    In an ME atmosphere Q = L cos(2 phi) and U = L sin(2 phi) with one
+    linear-polarisation profile L (magneto-optical effects aside), so with
+    L taken from a synthesis of the pixel's own estimates at azimuth 0
+    (``q_template``: through the instrument, with its splitting, velocity and
+    line strength), 2 phi = atan2(sum U L, sum Q L). Unlike a fixed sign
+    convention at line centre, this holds wherever the filtergrams sample
+    the sigma or pi components (measured on measured-style HMI filtergrams,
+    B_perp > 150 G: 0.3 % of pixels in the wrong 90-deg quadrant against
+    33 % for the line-centre rule, median error 7.6 deg against 30 deg).
+
+    Parameters
+    ----------
+    q, u : ndarray (npix, nw)
+        Observed Q and U.
+    q_template : ndarray (npix, nw)
+        Q of each pixel's estimated atmosphere at azimuth 0.
+    """
+    qt = np.asarray(q_template, dtype=np.float64)
+    sq = (np.nan_to_num(np.asarray(q, dtype=np.float64)) * qt).sum(axis=1)
+    su = (np.nan_to_num(np.asarray(u, dtype=np.float64)) * qt).sum(axis=1)
+    return np.mod(0.5 * np.degrees(np.arctan2(su, sq)), 180.0)
+
+
 def field_calibration(synthesize: Callable[[np.ndarray], np.ndarray], wavelength: np.ndarray,
                       lines: Sequence[Line], mu: float = 1.0, npar: int = 9, n: int = 400,
                       seed: int = 0) -> tuple[float, float]:
@@ -281,3 +386,168 @@ def field_calibration(synthesize: Callable[[np.ndarray], np.ndarray], wavelength
     # a degenerate instrument (no sensitivity to one component) keeps the estimate as it is
     return (f_los if np.isfinite(f_los) and f_los > 0.05 else 1.0,
             f_t if np.isfinite(f_t) and f_t > 0.05 else 1.0)
+
+
+# -- the HMI pipeline's Doppler and magnetogram algorithm (MDI-like) -------------------------------------------
+
+def fourier_line_shift(profiles: np.ndarray, wavelength: np.ndarray) -> np.ndarray:
+    """Line-centre shift [A] of absorption profiles from the phase of their first Fourier coefficient.
+
+    The MDI-like algorithm of the HMI pipeline (Couvidat et al. 2012, Sol.
+    Phys. 278, 217, section 3; Couvidat et al. 2016): the N points sampled
+    across the line are taken as one period T = N * step of a periodic
+    function, a1 + i b1 = (2 / N) sum_j I_j exp(2 pi i x_j / T) with x_j the
+    offset from the middle of the sampled range, and the line centre is at
+    x_c = T / (2 pi) arg(-(a1 + i b1)) (an absorption line: minus sign).
+    Exact for a line narrow against T sampled evenly; the instrument's
+    departure from that (filter widths, line width, the finite N) is taken
+    out by a calibration made through the instrument itself
+    (:func:`doppler_calibration`).
+
+    Parameters
+    ----------
+    profiles : ndarray (npix, nw)
+        I, or I + V, or I - V [continuum units].
+    wavelength : ndarray (nw,)
+        Observed points (nominal tunings of filtergrams) [A], increasing.
+
+    Returns
+    -------
+    ndarray (npix,)
+        Raw shift [A] from the middle of the sampled range, in (-T/2, T/2].
+    """
+    lam = np.asarray(wavelength, dtype=np.float64)
+    x = lam - 0.5 * (lam[0] + lam[-1])
+    nw = lam.size
+    period = nw * (lam[-1] - lam[0]) / max(nw - 1, 1)
+    ph = 2.0 * np.pi * x / period
+    prof = np.asarray(profiles, dtype=np.float64)
+    a1 = prof @ np.cos(ph)
+    b1 = prof @ np.sin(ph)
+    return period / (2.0 * np.pi) * np.arctan2(-b1, -a1)
+
+
+@dataclass(frozen=True)
+class DopplerCalibration:
+    """How the instrument maps line shifts to the raw Fourier shift, and the field scale.
+
+    Attributes
+    ----------
+    raw : ndarray (nv,)
+        Raw shifts of :func:`fourier_line_shift` [mA] (increasing).
+    vlos : ndarray (nv,)
+        Line-of-sight velocities that give them [km/s].
+    centre : float
+        Middle of the sampled range [A] (the raw shift's origin).
+    blos_factor : float
+        Median ratio of the B_los of :func:`doppler_magnetogram` before this
+        factor to the true B_los (divided out).
+    """
+
+    raw: np.ndarray
+    vlos: np.ndarray
+    centre: float
+    blos_factor: float
+
+
+def _doppler_raw_to_vlos(cal: DopplerCalibration, shift_A: np.ndarray) -> np.ndarray:
+    return np.interp(1e3 * shift_A, cal.raw, cal.vlos)
+
+
+def doppler_calibration(synthesize: Callable[[np.ndarray], np.ndarray], wavelength: np.ndarray,
+                        lines: Sequence[Line], mu: float = 1.0, npar: int = 9, n: int = 400,
+                        seed: int = 0) -> DopplerCalibration:
+    """Look-up table of the MDI-like Doppler algorithm and its field scale, made through the instrument.
+
+    As the HMI pipeline does with its look-up tables (Couvidat et al. 2012,
+    section 4), the raw Fourier shift is tabulated against the velocity of
+    a synthetic line observed through the instrument: field-free lines at
+    73 velocities from -9 to 9 km/s, each for Doppler widths 20, 30, 40 mA
+    and eta0 3, 8, 20 (damping 0.1, S0 : mu S1 = 0.3 : 0.7), median over
+    the nine; the table is kept where it increases. The field scale then
+    comes from ``n`` seeded random pixels (B 200-2500 G, any direction,
+    vlos +-2 km/s, eta0 3-20, Doppler width 20-40 mA): the median ratio of
+    the uncorrected B_los to the truth (pixels with |B_los| > 200 G).
+
+    Parameters
+    ----------
+    synthesize : callable
+        Parameters (n, npar) -> Stokes profiles (n, 4, nw) on ``wavelength``.
+    wavelength : ndarray (nw,)
+        Observed points [A] (nominal tunings).
+    lines : sequence of Line
+        The fitted lines (the first gives lambda0 and g_eff).
+    mu, npar, n, seed
+        Heliocentric cosine, number of model parameters (a 10th, the
+        filling factor, is set to 1), sample size and seed.
+    """
+    lam = np.asarray(wavelength, dtype=np.float64)
+    centre = 0.5 * (lam[0] + lam[-1])
+    vg = np.linspace(-9.0, 9.0, 73)
+    widths, etas = (20.0, 30.0, 40.0), (3.0, 8.0, 20.0)
+    vv, ww, ee = np.meshgrid(vg, widths, etas, indexing="ij")
+    m = vv.size
+    p = np.ones((m, npar))
+    p[:, :9] = np.column_stack([np.zeros(m), np.full(m, 90.0), np.zeros(m), vv.ravel(), ww.ravel(), ee.ravel(),
+                                np.full(m, 0.1), np.full(m, 1.0 - _S1_FRACTION), np.full(m, _S1_FRACTION / mu)])
+    raw = 1e3 * fourier_line_shift(synthesize(p)[:, 0, :], lam).reshape(vv.shape)
+    raw = np.median(raw.reshape(vg.size, -1), axis=1)
+    # the monotonic stretch around zero velocity (phase wrapping or a saturated line ends it)
+    i0 = int(np.argmin(np.abs(vg)))
+    lo, hi = i0, i0
+    while lo > 0 and raw[lo - 1] < raw[lo]:
+        lo -= 1
+    while hi < vg.size - 1 and raw[hi + 1] > raw[hi]:
+        hi += 1
+    cal = DopplerCalibration(raw[lo:hi + 1].copy(), vg[lo:hi + 1].copy(), centre, 1.0)
+    # field scale from seeded random pixels
+    rng = np.random.default_rng(seed)
+    p = np.ones((n, npar))
+    p[:, :9] = np.column_stack([
+        rng.uniform(200.0, 2500.0, n), rng.uniform(0.0, 180.0, n), rng.uniform(0.0, 180.0, n),
+        rng.uniform(-2.0, 2.0, n), rng.uniform(20.0, 40.0, n), rng.uniform(3.0, 20.0, n),
+        np.full(n, 0.1), np.full(n, 1.0 - _S1_FRACTION), np.full(n, _S1_FRACTION / mu)])
+    _, blos = doppler_magnetogram(cal, synthesize(p), lam, lines)
+    truth = p[:, 0] * np.cos(np.radians(p[:, 1]))
+    sel = np.abs(truth) > 200.0
+    f = float(np.median(blos[sel] / truth[sel])) if sel.any() else 1.0
+    return dataclasses.replace(cal, blos_factor=f if np.isfinite(f) and f > 0.05 else 1.0)
+
+
+def doppler_magnetogram(cal: DopplerCalibration, stokes: np.ndarray, wavelength: np.ndarray,
+                        lines: Sequence[Line]) -> tuple[np.ndarray, np.ndarray]:
+    """Line-of-sight velocity and field of every pixel in closed form (the HMI pipeline's algorithm).
+
+    The raw Fourier shifts (:func:`fourier_line_shift`) of I + V and I - V,
+    each turned into a velocity by the instrument's look-up table, give
+    vlos = (v+ + v-) / 2 and B_los = (v+ - v-) / (2 c g_eff Z lambda0)
+    divided by the calibrated field scale (Couvidat et al. 2012, eq. 1-4;
+    Z the Zeeman constant: I + V is shifted red for B_los > 0).
+
+    Parameters
+    ----------
+    cal : DopplerCalibration
+        From :func:`doppler_calibration` for the same instrument and points.
+    stokes : ndarray (npix, 4, nw)
+        Observed profiles [continuum units]; non-finite values count as 0.
+    wavelength : ndarray (nw,)
+        Observed points [A].
+    lines : sequence of Line
+        The fitted lines (the first gives lambda0 and g_eff).
+
+    Returns
+    -------
+    vlos : ndarray (npix,)
+        [km/s], within the table's range.
+    blos : ndarray (npix,)
+        [G], clipped to +-5000.
+    """
+    st = np.nan_to_num(np.asarray(stokes, dtype=np.float64))
+    lam = np.asarray(wavelength, dtype=np.float64)
+    line = lines[0]
+    g = line.g_eff if line.g_eff > 0 else 1.0
+    vp = _doppler_raw_to_vlos(cal, fourier_line_shift(st[:, 0] + st[:, 3], lam))
+    vm = _doppler_raw_to_vlos(cal, fourier_line_shift(st[:, 0] - st[:, 3], lam))
+    kms_per_gauss = _C_KMS * ZEEMAN_CONSTANT * line.wavelength * g
+    blos = (vp - vm) / (2.0 * kms_per_gauss * cal.blos_factor)
+    return 0.5 * (vp + vm), np.clip(blos, -5000.0, 5000.0)
