@@ -20,17 +20,15 @@ __all__ = ["BUILTIN_BACKENDS", "list_backends", "get_backend_class", "get_backen
 BUILTIN_BACKENDS: dict[str, str] = {
     "me": "stokesflow.backends.me.backend:MEBackend",
     "sir": "stokesflow.backends.sir.backend:SIRBackend",
+    "desire": "stokesflow.backends.desire.backend:DesireBackend",
     "lightweaver": "stokesflow.backends.lightweaver.backend:LightweaverBackend",
+    "rh": "stokesflow.backends.rh.backend:RHBackend",
 }
 
 #: Backends named in the design but not built yet, with what they need.
 PLANNED_BACKENDS: dict[str, str] = {
-    "desire": "planned, not implemented yet (DeSIRe wrapper: SIR's formats plus its NLTE control lines; "
-    "STOKESFLOW_DESIRE is not read yet)",
     "stic": "planned, not implemented yet (STiC wrapper: netCDF sub-cubes and mpiexec runs; "
     "STOKESFLOW_STIC is not read yet)",
-    "rh": "planned, not implemented yet (RH 1.5D wrapper: HDF5 atmosphere cubes and rh15d_ray_pool; "
-    "STOKESFLOW_RH is not read yet)",
 }
 
 

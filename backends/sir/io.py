@@ -201,42 +201,65 @@ def control_values(
     return v
 
 
-def format_control(values: Mapping[str, str]) -> str:
-    """Text of a SIR control file: exactly 42 lines, ``label:value``.
+def format_control(
+    values: Mapping[str, str], keys: Sequence[tuple[str, str]] = CONTROL_KEYS, code: str = "SIR"
+) -> str:
+    """Text of a control file: one ``label:value`` line per key, in the order of ``keys``.
+
+    Parameters
+    ----------
+    values : mapping of str to str
+        Value per key (a key left out is written empty).
+    keys : sequence of (key, label)
+        The layout: SIR's 42 lines (:data:`CONTROL_KEYS`) by default; DeSIRe's
+        layout is ``stokesflow.backends.desire.io.CONTROL_KEYS``.
+    code : str
+        The code's name, for messages.
 
     Raises
     ------
     SIRError
-        A value for a key not in :data:`CONTROL_KEYS`, or one holding ``!``,
-        ``:`` or a newline (SIR reads up to the ``!``).
+        A value for a key not in ``keys``, or one holding ``!``, ``:`` or a
+        newline (the codes read up to the ``!``).
     """
-    unknown = sorted(set(values) - set(_KEYS))
+    names = [k for k, _ in keys]
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise SIRError(f"unknown SIR control key(s) {unknown}; valid keys are {list(_KEYS)}")
+        raise SIRError(f"unknown {code} control key(s) {unknown}; valid keys are {names}")
     rows = []
-    for key, label in CONTROL_KEYS:
+    for key, label in keys:
         val = str(values.get(key, ""))
         if any(c in val for c in "!:\n"):
-            raise SIRError(f"SIR control value {key}={val!r} holds '!', ':' or a newline, which SIR cannot read")
+            raise SIRError(f"{code} control value {key}={val!r} holds '!', ':' or a newline, which {code} cannot read")
         rows.append(f"{label}:{val}")
     return "\n".join(rows) + "\n"
 
 
-def parse_control(text: str) -> dict[str, str]:
-    """Values of a SIR control file by key (comments after ``!`` dropped).
+def parse_control(
+    text: str, keys: Sequence[tuple[str, str]] = CONTROL_KEYS, code: str = "SIR"
+) -> dict[str, str]:
+    """Values of a control file by key (comments after ``!`` dropped), read by position.
+
+    Parameters
+    ----------
+    text : str
+    keys : sequence of (key, label)
+        The layout (SIR's :data:`CONTROL_KEYS` by default).
+    code : str
+        The code's name, for messages.
 
     Raises
     ------
     SIRError
-        Fewer than 42 lines, or a line without ``:``.
+        Fewer lines than ``keys``, or a line without ``:``.
     """
     rows = text.splitlines()
-    if len(rows) < len(CONTROL_KEYS):
-        raise SIRError(f"SIR control file has {len(rows)} lines, expected {len(CONTROL_KEYS)}")
+    if len(rows) < len(keys):
+        raise SIRError(f"{code} control file has {len(rows)} lines, expected {len(keys)}")
     out = {}
-    for i, ((key, _), row) in enumerate(zip(CONTROL_KEYS, rows)):
+    for i, ((key, _), row) in enumerate(zip(keys, rows)):
         if ":" not in row:
-            raise SIRError(f"SIR control file line {i + 1} ({key}) has no ':': {row!r}")
+            raise SIRError(f"{code} control file line {i + 1} ({key}) has no ':': {row!r}")
         out[key] = row.split(":", 1)[1].split("!", 1)[0].strip()
     return out
 
@@ -461,47 +484,72 @@ def grid_for_observation(
     return [block], np.ones(wl.size, dtype=np.int64), offsets
 
 
-def format_lines(lines: Sequence[ClassicalLine], damping_factor: float = 1.0) -> str:
+def format_lines(
+    lines: Sequence[ClassicalLine],
+    damping_factor: float = 1.0,
+    levels: Mapping[int, tuple[int, int]] | None = None,
+) -> str:
     """Text of a SIR line list, lines numbered 1, 2, ... in order.
 
-    ``damping_factor`` is SIR's enhancement of the Unsoeld damping (used when
-    a line has no ABO data).
+    Parameters
+    ----------
+    lines : sequence of ClassicalLine
+    damping_factor : float
+        SIR's enhancement of the Unsoeld damping (used when a line has no ABO data).
+    levels : mapping of int to (int, int), optional
+        For DeSIRe's NLTE lines: by line number (1-based), the indices of the
+        lower and upper level in the RH model atom, appended to the row (a row
+        without them is an LTE line); SIR's lists have none.
     """
     out = []
     for i, ln in enumerate(lines, start=1):
         m1, l1, j1 = term_fields(ln.lower)
         m2, l2, j2 = term_fields(ln.upper)
-        out.append(
+        row = (
             f"{i:5d}={ln.element.symbol.upper():<2s} {ln.stage:d}   {ln.wavelength:10.4f}  {damping_factor:4.1f}"
             f"  {ln.excitation:7.3f}  {ln.loggf:7.3f}  {m1:2d}{l1}{j1:4.1f}-{m2:2d}{l2}{j2:4.1f}"
             f"  {ln.alpha:.3f}  {ln.sigma_cm2:.5e}"
         )
+        if levels and i in levels:
+            lo, up = levels[i]
+            row += f"  {lo:d}.  {up:d}."
+        out.append(row)
     return "\n".join(out) + "\n"
 
 
 def parse_lines(text: str) -> list[dict]:
-    """Entries of a SIR line list: index, element, stage, wavelength, factor, excitation,
-    loggf, lower and upper ``(mult, L, J)``, alpha, sigma [cm^2]."""
+    """Entries of a SIR (or DeSIRe) line list: index, element, stage, wavelength, factor,
+    excitation, loggf, lower and upper ``(mult, L, J)``, alpha, sigma [cm^2], and
+    ``levels`` (lower, upper level in the RH model atom: DeSIRe's NLTE lines) or None.
+    Text after ``#`` is a comment."""
     out = []
     pat = re.compile(
         r"\s*(\d+)=\s*([A-Za-z]{1,2})\s+(\d)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+"
-        r"(\d+)([A-Z])\s*(\d+\.\d)-\s*(\d+)([A-Z])\s*(\d+\.\d)(?:\s+(\S+)\s+(\S+))?"
+        r"(\d+)([A-Za-z])\s*(\d+\.\d)-\s*(\d+)([A-Za-z])\s*(\d+\.\d)(?:\s+(\S+)\s+(\S+)(?:\s+(\S+)\s+(\S+))?)?\s*$"
     )
     for r in text.splitlines():
+        r = r.split("#", 1)[0]
         if not r.strip():
             continue
         m = pat.match(r)
         if m is None:
-            raise SIRError(f"SIR line list row {r!r}: expected 'i=EL stage lambda factor chi loggf term-term alpha sigma'")
-        g = m.groups()
-        out.append(
-            dict(
-                index=int(g[0]), element=g[1].capitalize(), stage=int(g[2]), wavelength=float(g[3]),
-                factor=float(g[4]), excitation=float(g[5]), loggf=float(g[6]),
-                lower=(int(g[7]), g[8], float(g[9])), upper=(int(g[10]), g[11], float(g[12])),
-                alpha=float(g[13] or 0.0), sigma=float(g[14] or 0.0),
+            raise SIRError(
+                f"SIR line list row {r!r}: expected 'i=EL stage lambda factor chi loggf term-term alpha sigma' "
+                "(DeSIRe: then the lower and upper level of an NLTE line)"
             )
-        )
+        g = m.groups()
+        try:
+            levels = None if g[15] is None else (int(float(g[15])), int(float(g[16])))
+            out.append(
+                dict(
+                    index=int(g[0]), element=g[1].capitalize(), stage=int(g[2]), wavelength=float(g[3]),
+                    factor=float(g[4]), excitation=float(g[5]), loggf=float(g[6]),
+                    lower=(int(g[7]), g[8].upper(), float(g[9])), upper=(int(g[10]), g[11].upper(), float(g[12])),
+                    alpha=float(g[13] or 0.0), sigma=float(g[14] or 0.0), levels=levels,
+                )
+            )
+        except ValueError:
+            raise SIRError(f"SIR line list row {r!r}: a field that should be a number is not") from None
     return out
 
 

@@ -26,7 +26,20 @@ import numpy as np
 
 from stokesflow.backends.sir.errors import SIRError
 
-__all__ = ["RunOutcome", "ScratchFolder", "run_code", "find_stop_line", "resolve_executable", "chi2_failure"]
+__all__ = [
+    "STOP_MARKERS",
+    "RunOutcome",
+    "ScratchFolder",
+    "run_code",
+    "find_stop_line",
+    "resolve_executable",
+    "chi2_failure",
+]
+
+#: Words of a code's output that report a fatal error although it exits with code 0:
+#: SIR's Fortran ``STOP``; DeSIRe's ``-TERMINATING ERROR`` (its SIR part, error.f)
+#: and ``-TERMINATING_ERROR`` (its RH part, rh/error.c).
+STOP_MARKERS: tuple[str, ...] = ("STOP", "TERMINATING ERROR", "TERMINATING_ERROR")
 
 
 @dataclass
@@ -128,11 +141,19 @@ class ScratchFolder:
         self.cleanup()
 
 
-def find_stop_line(output: str) -> str | None:
-    """The first line of SIR's output that reports a fatal error (``STOP``), or None."""
-    for line in output.splitlines():
-        if "STOP" in line:
-            return line.strip()
+def find_stop_line(output: str, markers: Sequence[str] = STOP_MARKERS) -> str | None:
+    """The first line of a code's output that reports a fatal error (one of ``markers``), or None.
+
+    The line after a marker is appended when the marker line itself says no
+    more (DeSIRe prints the routine on the marker line and the reason below it).
+    """
+    rows = output.splitlines()
+    for i, line in enumerate(rows):
+        if any(m in line for m in markers):
+            text = line.strip()
+            if i + 1 < len(rows) and rows[i + 1].strip() and "TERMINATING" in line:
+                text += " " + rows[i + 1].strip()
+            return text
     return None
 
 
