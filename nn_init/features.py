@@ -78,8 +78,9 @@ class InputScaling:
 
     def apply(self, stokes: np.ndarray) -> np.ndarray:
         """Normalised spectra (npix, 4, nw) float32."""
-        out = (np.asarray(stokes, dtype=np.float32) - self.mean.astype(np.float32)) / self.sigma.astype(np.float32)[:, None]
-        return out.astype(np.float32, copy=False)
+        out = np.subtract(stokes, self.mean.astype(np.float32), dtype=np.float32)
+        out /= self.sigma.astype(np.float32)[:, None]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, for the model file."""

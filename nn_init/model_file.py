@@ -63,14 +63,21 @@ class NetworkModel:
     metadata: dict[str, Any]
     state_dict: dict[str, Any]
     _net: Any = field(default=None, repr=False, compare=False)
+    _codecs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def inputs(self) -> InputScaling:
-        return InputScaling.from_dict(self.metadata["inputs"])
+        """The input normalisation (built once from ``metadata["inputs"]``)."""
+        if "inputs" not in self._codecs:
+            self._codecs["inputs"] = InputScaling.from_dict(self.metadata["inputs"])
+        return self._codecs["inputs"]
 
     @property
     def targets(self) -> TargetEncoding:
-        return TargetEncoding.from_dict(self.metadata["targets"])
+        """The target encoding (built once from ``metadata["targets"]``)."""
+        if "targets" not in self._codecs:
+            self._codecs["targets"] = TargetEncoding.from_dict(self.metadata["targets"])
+        return self._codecs["targets"]
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -104,8 +111,12 @@ class NetworkModel:
         tmp.replace(path)
         return path
 
-    def predict(self, stokes: np.ndarray, *, batch: int = 16384) -> np.ndarray:
-        """Parameters (npix, npar) float64 [units] for spectra (npix, 4, nw); NaN rows for NaN/inf pixels."""
+    def predict(self, stokes: np.ndarray, *, batch: int | None = None) -> np.ndarray:
+        """Parameters (npix, npar) float64 [units] for spectra (npix, 4, nw); NaN rows for NaN/inf pixels.
+
+        ``batch``: pixels per network call (default: sized to the cache,
+        :func:`~stokesflow.nn_init.network.inference_batch`).
+        """
         if self.kind == "unet":
             raise InitError(f"model {self.metadata.get('path', '?')} is a unet: it needs images, not pixels; "
                             "use stokesflow.nn_init.unet.predict_field (stokesflow predict)")

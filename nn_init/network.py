@@ -8,6 +8,14 @@ after the first two when the grid has at least 24 points, then a dense layer
 of 128 with dropout and a linear output layer (one output per parameter, two
 for the azimuth). No batch-norm: absolute levels matter.
 
+Inference (:func:`run_network`) goes through the pixels in batches sized so
+that one layer's activations stay near the core's L2 cache
+(:func:`inference_batch`: ~128 pixels for Hinode/SP's 112 points, 2048 for
+HMI's 6). Larger batches were 2-3x slower on one core: the first layer's
+output of 16384 Hinode pixels is 470 MB, allocated and page-faulted afresh
+for every batch and streamed through memory by every layer. The ReLUs work
+in place (no parameters, so model files of any version load the same).
+
 Importing this module does not import torch; :func:`build_network` does.
 """
 
@@ -17,10 +25,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REFERENCE_STEP_MA", "cnn_architecture", "build_network", "torch_or_error", "run_network"]
+__all__ = ["REFERENCE_STEP_MA", "BATCH_BYTES", "cnn_architecture", "build_network", "torch_or_error",
+           "inference_batch", "run_network"]
 
 #: Sampling step [mA] the nominal kernels 7, 5, 3 are meant for (Hinode/SP).
 REFERENCE_STEP_MA = 21.5
+
+#: Bytes of one layer's float32 activations per inference batch [B]: about the L2 cache of a core
+#: (2 MiB per core here; 4 MiB measured best: 128 Hinode/SP pixels, see benchmarks/nn_inference.py).
+BATCH_BYTES = 4 << 20
 
 
 def torch_or_error(what: str) -> Any:
@@ -66,22 +79,48 @@ def build_network(arch: dict[str, Any]) -> Any:
     layers: list[Any] = []
     cin = 4
     for i, k in enumerate(arch["kernels"]):
-        layers += [nn.Conv1d(cin, c, int(k), padding=int(k) // 2), nn.ReLU()]
+        layers += [nn.Conv1d(cin, c, int(k), padding=int(k) // 2), nn.ReLU(inplace=True)]
         if arch["pool"] and i < 2:
             layers.append(nn.MaxPool1d(2))
         cin = c
-    layers += [nn.Flatten(), nn.Linear(c * int(arch["flat_length"]), int(arch["hidden"])), nn.ReLU(),
+    layers += [nn.Flatten(), nn.Linear(c * int(arch["flat_length"]), int(arch["hidden"])), nn.ReLU(inplace=True),
                nn.Dropout(float(arch["dropout"])), nn.Linear(int(arch["hidden"]), int(arch["n_outputs"]))]
     return nn.Sequential(*layers)
 
 
-def run_network(net: Any, x: np.ndarray, *, batch: int = 16384) -> np.ndarray:
-    """Outputs (n, n_outputs) float32 of ``net`` in evaluation mode for normalised inputs (n, 4, nw)."""
+def inference_batch(channels: int, nw: int, *, budget: int = BATCH_BYTES) -> int:
+    """Pixels per inference batch: a power of two, 16..4096, whose widest activations fit ``budget``.
+
+    Parameters
+    ----------
+    channels : int
+        Convolution channels (the first layer's output is ``channels x nw`` per pixel).
+    nw : int
+        Wavelength points.
+    budget : int
+        Bytes [B] one layer's float32 output may take per batch.
+    """
+    per_pixel = 4 * max(1, int(channels)) * max(1, int(nw))
+    n = max(1, int(budget) // per_pixel)
+    return int(min(4096, max(16, 1 << (n.bit_length() - 1))))
+
+
+def run_network(net: Any, x: np.ndarray, *, batch: int | None = None) -> np.ndarray:
+    """Outputs (n, n_outputs) float32 of ``net`` in evaluation mode for normalised inputs (n, 4, nw).
+
+    ``batch`` pixels at a time (default :func:`inference_batch` of the first layer's channels and
+    the grid: small enough to stay in cache; larger is slower, not faster). Call it with as many
+    torch threads as the task may use (``torch.set_num_threads``).
+    """
     import torch
 
     net.eval()
-    out = np.empty((x.shape[0], int(net[-1].out_features)), dtype=np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if batch is None:
+        first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv1d)), None)
+        batch = inference_batch(first.out_channels if first is not None else 64, xt.shape[-1])
+    out = torch.empty((xt.shape[0], int(net[-1].out_features)), dtype=torch.float32)
     with torch.inference_mode():
-        for i in range(0, x.shape[0], batch):
-            out[i:i + batch] = net(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).numpy()
-    return out
+        for i in range(0, xt.shape[0], int(batch)):
+            out[i:i + batch] = net(xt[i:i + batch])
+    return out.numpy()
