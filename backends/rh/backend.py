@@ -122,7 +122,8 @@ class RHOptions:
         MPI ranks per run (>= 2; rank 0 hands out columns, the others compute).
     lines : list of str
         Line names (default: the observation's ``lines``), written as an LTE
-        Kurucz line list from the project's tables.
+        Kurucz line list from the project's tables; may be empty when
+        ``active`` atoms give the lines (e.g. Ca II 8542 from ``CaII.atom``).
     line_table, atomic_table : str, optional
         A user's tables extending or replacing the packaged ones.
     atoms : list of str
@@ -356,8 +357,8 @@ class RHBackend(Backend):
         return state
 
     def for_observation(self, meta: Mapping[str, Any]) -> "RHBackend":
-        """Lines from the observation unless the options give them."""
-        if self.options.lines or not meta.get("lines"):
+        """Lines from the observation unless the options give them (or NLTE atoms alone give them)."""
+        if self.options.lines or self.options.active or not meta.get("lines"):
             return self
         lines = meta["lines"]
         lines = tuple(n.strip() for n in lines.split(",")) if isinstance(lines, str) else tuple(lines)
@@ -434,7 +435,7 @@ class RHBackend(Backend):
             "N_MAX_ITER": self.options.n_max_iter if active else 0, "ITER_LIMIT": self.options.iter_limit,
             "NG_DELAY": 10, "NG_ORDER": 2, "NG_PERIOD": 3, "S_INTERPOLATION": "LINEAR", "PRD_N_MAX_ITER": 0,
             "J_FILE": "output/J.dat", "STARTING_J": "NEW_J", "BACKGROUND_FILE": "scratch/background",
-            "KURUCZ_DATA": _KURUCZ, "KURUCZ_PF_DATA": str(atoms_dir / "pf_Kurucz.input"),
+            "KURUCZ_DATA": _KURUCZ if self.options.lines else "none", "KURUCZ_PF_DATA": str(atoms_dir / "pf_Kurucz.input"),
             "BARKLEM_DATA_DIR": str(atoms_dir), "SOLVE_NE": "NONE", "HYDROGEN_LTE": True, "VMICRO_CHAR": 2.5,
             "VACUUM_TO_AIR": False, "WAVETABLE": _WAVETABLE, "STOKES_INPUT": "from_atmosphere_file",
             "STOKES_MODE": "FULL_STOKES", "MAGNETO_OPTICAL": True, "B_STRENGTH_CHAR": 0.1,
@@ -460,9 +461,10 @@ class RHBackend(Backend):
 
     def _write_static(self, folder: ScratchFolder, wavelength: np.ndarray, data: Path, atoms_dir: Path) -> np.ndarray:
         """Write every input but the atmosphere and keyword.input; return the vacuum grid [nm] (continuum first)."""
-        lines = self._lines()
-        folder.write(_LINES, io.format_kurucz([io.kurucz_line(ln) for ln in lines]))
-        folder.write(_KURUCZ, f"{_LINES}\n")
+        if self.options.lines or not self.options.active:  # NLTE atoms alone need no line list
+            lines = self._lines()
+            folder.write(_LINES, io.format_kurucz([io.kurucz_line(ln) for ln in lines]))
+            folder.write(_KURUCZ, f"{_LINES}\n")
         vac = io.air_to_vacuum(np.concatenate([[wavelength.min() - CONTINUUM_OFFSET], wavelength]) / 10.0)
         io.write_wavetable(folder.path / _WAVETABLE, np.unique(vac))
         atoms = [
@@ -488,7 +490,7 @@ class RHBackend(Backend):
             ``status`` 0 ok, 2 failed (RH did not converge, gave up on the
             column, or the run failed: the reason is in ``errors``), 3 a pixel
             with NaN or inf parameters (not run); ``n_iter`` RH's NLTE
-            iterations; ``params`` the parameters given as constants (NaN for
+            iterations (0 without active atoms); ``params`` the parameters given as constants (NaN for
             stratifications).
         """
         wavelength = np.asarray(wavelength, dtype=float)
@@ -566,7 +568,8 @@ class RHBackend(Backend):
                 out[c] = failed[k] + kept
             else:
                 i = where[k]
-                out[c] = ((res.wavelength, res.stokes[i, 0]), int(max(res.iterations[i, 0], 0)))
+                iters = int(max(res.iterations[i, 0], 0)) if self.options.active else 0  # LTE: nothing iterated
+                out[c] = ((res.wavelength, res.stokes[i, 0]), iters)
         return out
 
     def _kept(self, folder: ScratchFolder, label: str) -> str:

@@ -32,6 +32,7 @@ def rh_double(tmp_path: Path) -> dict[str, str]:
     atoms = data / "Atoms_example"
     atoms.mkdir(parents=True)
     (atoms / "H_6.atom").write_text("# stand-in, never read by the test double\n")
+    (atoms / "CaII.atom").write_text("# stand-in, never read by the test double\n")
     (atoms / "pf_Kurucz.input").write_text("")
     (atoms / "abundance.input").write_text("# stand-in abundances\n  H   12.00\n  HE  10.93\n  FE   7.50\n")
     (data / "Molecules_example").mkdir()

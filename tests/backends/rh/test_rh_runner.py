@@ -76,7 +76,7 @@ def test_synthesis_through_the_double(rh_double):
     b = _backend(rh_double)
     r = b.synthesize_chunk(_params(["ok", "ok"]), WL)
     assert r.status.tolist() == [STATUS_OK, STATUS_OK] and r.errors == {}
-    assert r.n_iter.tolist() == [7, 7]
+    assert r.n_iter.tolist() == [0, 0]  # LTE (no active atom): nothing iterated, whatever RH's map says
     s = r.synthetic
     assert s.shape == (2, 4, WL.size)
     # the double's continuum is 1e-8 W m-2 Hz-1 sr-1 at the continuum point: the profile is normalised to it
@@ -224,3 +224,23 @@ def test_backend_pickles_and_takes_lines_from_the_observation(rh_double):
     assert c.for_observation({"lines": "FeI_6301,FeI_6302"}).options.lines == ("FeI_6301", "FeI_6302")
     with pytest.raises(RHError, match="no spectral lines"):
         c.synthesize({"B": np.array([1.0])}, WL)
+
+
+def test_nlte_atoms_iterate_and_need_no_line_list(rh_double, monkeypatch):
+    import stokesflow.backends.rh.backend as mod
+
+    seen: dict = {}
+    real = mod.run_rh
+
+    def spy(folder, argv, *, timeout, env=None):
+        seen["kw"] = io.parse_keywords((folder / "keyword.input").read_text())
+        seen["atoms"] = io.parse_atoms((folder / "atoms.input").read_text())
+        return real(folder, argv, timeout=timeout, env=env)
+
+    monkeypatch.setattr(mod, "run_rh", spy)
+    b = _backend(rh_double, atoms=["H_6.atom", "CaII.atom"], active=["CaII.atom"], lines=[], n_max_iter=40)
+    assert b.for_observation({"lines": "FeI_6302"}) is b  # the NLTE atom gives the lines
+    r = b.synthesize_chunk({"B": np.array([0.0])}, 8542.09 + 0.05 * np.arange(-5, 6))
+    assert r.status.tolist() == [STATUS_OK] and r.n_iter.tolist() == [7]  # the double's iterations
+    assert seen["kw"]["N_MAX_ITER"] == "40" and seen["kw"]["KURUCZ_DATA"] == "none"
+    assert [(a.active, a.initial) for a in seen["atoms"]] == [(False, "LTE_POPULATIONS"), (True, "ZERO_RADIATION")]
