@@ -81,6 +81,8 @@ _RSQPI = 1.0 / math.sqrt(math.pi)
 
 #: Voigt variants of the experimental model (ctl[0] in the context).
 VARIANT_W4, VARIANT_WEID16, VARIANT_WEID32, VARIANT_NONE = 0, 1, 2, 3
+#: Key of the production model's cost in :func:`section_model`'s result (not a variant of the copy).
+PRODUCTION = -1
 VARIANT_NAMES = {VARIANT_W4: "W4 pass (production W4)", VARIANT_WEID16: "Weideman N=16 (SIMD)",
                  VARIANT_WEID32: "Weideman N=32 (SIMD)", VARIANT_NONE: "no Voigt (rest of the model)"}
 
@@ -446,13 +448,18 @@ def llvm_cpu() -> str:
     return numba.config.CPU_NAME or llvm.get_host_cpu_name()
 
 
-def best_cpu(fn, repeat: int) -> float:
-    """Best CPU time of this process [s] over ``repeat`` calls of ``fn()``."""
-    best = math.inf
+def best_cpu(fns: dict, repeat: int) -> dict:
+    """Best CPU time of this process [s] of each ``fns[key]()`` over ``repeat`` rounds.
+
+    The calls alternate (one of each per round), so a change of the
+    machine's load during the measurement hits every case alike.
+    """
+    best = {key: math.inf for key in fns}
     for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
+        for key, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            best[key] = min(best[key], time.process_time() - t0)
     return best
 
 
@@ -530,14 +537,12 @@ def section_cost(ctx: tuple, P: np.ndarray, repeat: int, label: str) -> dict[str
            np.mean((s < 5.5) & (A >= 0.195 * np.abs(V) - 0.176)), np.mean((s < 5.5) & (A < 0.195 * np.abs(V) - 0.176))]
     print(f"{label}: {V.shape[0]} pixels x {n} (v, a) per model evaluation; W4 regions I/II/III/IV "
           f"{100 * reg[0]:.0f}/{100 * reg[1]:.0f}/{100 * reg[2]:.0f}/{100 * reg[3]:.0f} % of the points")
-    costs = {}
     runs = {"W4 (production, branches)": lambda: w4_many_impl(V, A, out),
             "Weideman N=16 (SIMD)": lambda: weideman16_many_impl(V, A, W16[0], W16[1], out),
             "Weideman N=32 (SIMD)": lambda: weideman32_many_impl(V, A, W32[0], W32[1], out)}
-    for name, fn in runs.items():
+    for fn in runs.values():
         fn()  # compile / load
-        dt = best_cpu(fn, max(repeat, 5))
-        costs[name] = 1e9 * dt / V.size
+    costs = {name: 1e9 * dt / V.size for name, dt in best_cpu(runs, max(repeat, 5)).items()}
     base = costs["W4 (production, branches)"]
     for name, c in costs.items():
         print(f"  {name:28s} {c:6.2f} ns per evaluation (w and dw/dz) | {base / c:5.2f}x W4")
@@ -662,25 +667,26 @@ def section_fits(label: str, be, obs: np.ndarray, wave: np.ndarray, truth: np.nd
     calls, t_invert, _ = capture_fits(be, obs, wave)
     npix = obs.shape[0]
     ref, _ = replay(calls, None)
-    t_prod = best_cpu(lambda: replay(calls, None), repeat)
+    rows = {}
+    for variant in (VARIANT_W4, VARIANT_WEID16, VARIANT_WEID32):
+        rows[variant] = replay(calls, variant)
+    times = best_cpu({None: lambda: replay(calls, None),
+                      **{v: (lambda v=v: replay(calls, v)) for v in rows}}, repeat)
+    t_prod = times[None]
     print(f"{label}: {npix} pixels, invert {t_invert:.3f} CPU s ({npix / t_invert:.0f} px/s) of which the LM fit "
           f"(production kernel, {len(calls)} call(s)) {t_prod:.3f} s ({100 * t_prod / t_invert:.0f} %)")
     iters = sum(int(r.n_iter.sum()) for r in ref)
-    rows = {}
-    for variant in (VARIANT_W4, VARIANT_WEID16, VARIANT_WEID32):
-        res, nev = replay(calls, variant)
-        dt = best_cpu(lambda: replay(calls, variant), repeat)
-        rows[variant] = (res, nev, dt)
+    rows = {v: (res, nv, times[v]) for v, (res, nv) in rows.items()}
     nev = rows[VARIANT_W4][1]
     t_voigt = nev * (model_cost[VARIANT_W4] - model_cost[VARIANT_NONE])
-    t_model = nev * model_cost[VARIANT_W4]
+    t_model = nev * model_cost[PRODUCTION]
     print(f"  model evaluations {nev} ({nev / npix:.1f} per pixel, {iters / npix:.1f} iterations per pixel); "
-          f"model {1e6 * model_cost[VARIANT_W4]:.2f} us per evaluation -> model {100 * t_model / t_prod:.0f} % of the "
-          f"fit, W4 Voigt pass {100 * t_voigt / t_prod:.0f} % of the fit")
+          f"production model {1e6 * model_cost[PRODUCTION]:.2f} us per evaluation -> model "
+          f"{100 * t_model / t_prod:.0f} % of the fit, its W4 Voigt evaluations {100 * t_voigt / t_prod:.0f} % of the fit")
     print(f"  {'production me_fit_pixels_impl':28s} fit {t_prod:.3f} CPU s, {1e6 * t_prod / nev:6.2f} us per evaluation"
           f" | {versus_truth(ref, truth)}")
     for variant, (res, nv, dt) in rows.items():
-        proj = nev * (model_cost[VARIANT_W4] - model_cost[variant])
+        proj = nev * (model_cost[PRODUCTION] - model_cost[variant])
         print(f"  {VARIANT_NAMES[variant]:28s} fit {dt:.3f} CPU s, {1e6 * dt / nv:6.2f} us per evaluation, "
               f"{nv} evaluations: {100 * (t_prod / dt - 1):+5.1f} % speed vs production (per evaluation "
               f"{100 * (t_prod / nev / (dt / nv) - 1):+5.1f} %; projected from the model cost alone "
@@ -691,18 +697,18 @@ def section_fits(label: str, be, obs: np.ndarray, wave: np.ndarray, truth: np.nd
 
 
 def section_model(label: str, ctx: tuple, P: np.ndarray, repeat: int) -> dict[int, float]:
-    """4: CPU s per model evaluation (value + 9-column Jacobian) for each Voigt variant and for production."""
+    """4: CPU s per model evaluation (value + 9-column Jacobian) for each Voigt variant and for production (key -1)."""
     P = np.tile(P, (3, 1))  # 3x the pixels: tens of ms per timed call
     nobs = ctx[8].shape[0] if ctx[8].size else ctx[0].size
     y = np.empty(4 * nobs)
     jac = np.empty((4 * nobs, 9))
     prod_model_loop_impl(P[:2], ctx, y, jac)
-    t_prod = best_cpu(lambda: prod_model_loop_impl(P, ctx, y, jac), repeat) / P.shape[0]
-    cost = {}
-    for variant in (VARIANT_W4, VARIANT_WEID16, VARIANT_WEID32, VARIANT_NONE):
-        ext = extended_ctx(ctx, variant)
-        batch_model_loop_impl(P[:2], ext, y, jac)
-        cost[variant] = best_cpu(lambda: batch_model_loop_impl(P, ext, y, jac), repeat) / P.shape[0]
+    ext = {v: extended_ctx(ctx, v) for v in (VARIANT_W4, VARIANT_WEID16, VARIANT_WEID32, VARIANT_NONE)}
+    batch_model_loop_impl(P[:2], ext[VARIANT_W4], y, jac)
+    runs = {None: lambda: prod_model_loop_impl(P, ctx, y, jac),
+            **{v: (lambda v=v: batch_model_loop_impl(P, ext[v], y, jac)) for v in ext}}
+    cost = {v: dt / P.shape[0] for v, dt in best_cpu(runs, repeat).items()}
+    t_prod = cost.pop(None)
     nm, nc = ctx[0].size, ctx[3].size
     share = (cost[VARIANT_W4] - cost[VARIANT_NONE]) / cost[VARIANT_W4]
     print(f"{label}: one model evaluation ({nm} points x {nc} components, value + Jacobian), {P.shape[0]} pixels:")
@@ -713,6 +719,7 @@ def section_model(label: str, ctx: tuple, P: np.ndarray, repeat: int) -> dict[in
                                                                      f" ({100 * gain:+.0f} % speed vs W4 pass)"))
     print(f"  -> the W4 Voigt pass is {100 * share:.0f} % of a model evaluation "
           f"({1e9 * (cost[VARIANT_W4] - cost[VARIANT_NONE]) / (nm * nc):.1f} ns per (point, component))")
+    cost[PRODUCTION] = t_prod
     return cost
 
 
