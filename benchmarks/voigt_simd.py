@@ -12,7 +12,11 @@ this machine, in ONE process on ONE core (CPU time, ``time.process_time``):
    rational expansion (SIAM J. Numer. Anal. 31, 1497, 1994) with N = 16 and
    32 terms, w and the derivative of the approximation itself (as W4's), in
    float64 with fastmath, and whether the loop vectorised (packed ymm/zmm
-   double instructions in ``inspect_asm``);
+   double instructions in ``inspect_asm``). Two things it takes, both
+   measured here: ``error_model="numpy"`` (numba's default checks every
+   float division for zero and raises, a branch that alone blocks the
+   vectoriser) and the Horner loop written out (a loop over a tuple is not
+   unrolled before the vectoriser runs);
 3. the accuracy of W4 and of Weideman against ``scipy.special.wofz`` for
    damping 0.05-0.6 and |v| <= 30, and what it does to ME fits: a few hundred
    HMI-filter fits with the production kernel and with a copy of it whose
@@ -682,7 +686,8 @@ def section_fits(label: str, be, obs: np.ndarray, wave: np.ndarray, truth: np.nd
     t_model = nev * model_cost[PRODUCTION]
     print(f"  model evaluations {nev} ({nev / npix:.1f} per pixel, {iters / npix:.1f} iterations per pixel); "
           f"production model {1e6 * model_cost[PRODUCTION]:.2f} us per evaluation -> model "
-          f"{100 * t_model / t_prod:.0f} % of the fit, its W4 Voigt evaluations {100 * t_voigt / t_prod:.0f} % of the fit")
+          f"{100 * t_model / t_prod:.0f} % of the fit, its W4 Voigt evaluations "
+          f"{100 * t_voigt / t_prod:.0f} % of the fit")
     print(f"  {'production me_fit_pixels_impl':28s} fit {t_prod:.3f} CPU s, {1e6 * t_prod / nev:6.2f} us per evaluation"
           f" | {versus_truth(ref, truth)}")
     for variant, (res, nv, dt) in rows.items():
