@@ -22,14 +22,14 @@ DeSIRe 5.06 works in the line-of-sight frame only (mu = 1).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from stokesflow.backends.base import STATUS_BAD_INPUT, STATUS_OK, ChunkResult, ConfigError
+from stokesflow.backends.base import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, ChunkResult, ConfigError
 from stokesflow.backends.desire import io
 from stokesflow.backends.sir import io as sir_io
 from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines, load_abundances
@@ -43,7 +43,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ENV_VAR", "DesireOptions", "DesireBackend", "nlte_table", "ATOMS", "MOLECULES"]
+__all__ = ["ENV_VAR", "NLTE_TOP_LOG_TAU", "DesireOptions", "DesireBackend", "nlte_table", "ATOMS", "MOLECULES"]
 
 ENV_VAR = "STOKESFLOW_DESIRE"
 
@@ -93,6 +93,11 @@ _RH_KEYWORDS = {
 }
 
 _NLTE_TABLE = "data/nlte.toml"
+
+#: Highest layer [log tau_500] a guess model must reach for NLTE lines: the Ca II infrared
+#: triplet cores form near log tau -5 to -6 in quiet-Sun models (DeSIRe's example model
+#: reaches -9.3; the built-in HSRA stops at -4).
+NLTE_TOP_LOG_TAU = -6.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,7 +154,8 @@ class DesireOptions(SIROptions):
             raise ConfigError(str(exc).replace("[backend.sir]", "[backend.desire]")) from None
         if self.mu != 1.0:
             raise ConfigError(
-                f"[backend.desire] mu: DeSIRe 5.06 inverts in the line-of-sight frame only (mu = 1), got mu={self.mu!r}; "
+                "[backend.desire] mu: DeSIRe 5.06 inverts in the line-of-sight frame only (mu = 1), "
+                f"got mu={self.mu!r}; "
                 "leave mu at 1 or use the sir backend for off-centre data"
             )
         if self.integration not in (0, 1, 2, 3):
@@ -268,6 +274,14 @@ class DesireBackend(SIRBackend):
         nlte = self.nlte_lines()
         table = nlte_table()
         var = self.data_dir()
+        top = float(np.min(self.guess_model.log_tau))
+        if nlte and top > NLTE_TOP_LOG_TAU:
+            raise DesireError(
+                f"[backend.desire] model: the guess model reaches log tau {top:g}, too low in the atmosphere for "
+                f"the NLTE line(s) {list(nlte)} (their cores form above log tau {NLTE_TOP_LOG_TAU:g}); give "
+                "-B model=/path/to/a/model.mod reaching log tau -7 or higher (e.g. DeSIRe's run/example/guess.mod), "
+                "or -B nlte=[] for LTE"
+            )
         blocks, index, offsets = sir_io.grid_for_observation(wavelength, lines)
         folder.write(_GRID, sir_io.format_grid(blocks))
         levels = {i: tuple(table[ln.name]["levels"]) for i, ln in enumerate(lines, start=1) if ln.name in nlte}
@@ -316,8 +330,7 @@ class DesireBackend(SIRBackend):
         folder.remove(names)
 
     def _run(self, exe: Path, folder: ScratchFolder, expected: list[str]):
-        # DeSIRe takes the control file as its argument (SIR reads it from stdin); -q keeps
-        # the console short, the log file is still written.
+        # DeSIRe takes the control file as its argument (SIR reads it from stdin).
         return run_code([str(exe), _CONTROL], folder.path, stdin=None, timeout=self.options.timeout,
                         expected=expected)
 
@@ -337,7 +350,7 @@ class DesireBackend(SIRBackend):
         sigma = np.full((npix, len(names)), np.nan)
         chi2 = np.full(npix, np.nan)
         n_iter = np.zeros(npix, dtype=np.int32)
-        status = np.full(npix, 2, dtype=np.uint8)
+        status = np.full(npix, STATUS_FAILED, dtype=np.uint8)
         synthetic = np.full((npix, 4, nw), np.nan, dtype=np.float32)
         strat = {n: np.full((npix, nd), np.nan) for n, *_ in STRATIFIED}
         strat_sig = {n: np.full((npix, nd), np.nan) for n, *_ in STRATIFIED}
@@ -401,14 +414,10 @@ class DesireBackend(SIRBackend):
                     raise DesireError(f"DeSIRe synthesis of pixel {i} failed: {outcome.reason}")
                 _, _, prof = sir_io.parse_profiles(folder.read(_OBSERVED), _OBSERVED)
                 if prof.shape != (4, wavelength.size):
-                    raise DesireError(f"DeSIRe synthesis of pixel {i} gave {prof.shape[1]} points for {wavelength.size}")
+                    raise DesireError(
+                        f"DeSIRe synthesis of pixel {i} gave {prof.shape[1]} points for {wavelength.size}")
                 out[i] = prof
         return out
-
-    def for_observation(self, meta: Mapping[str, Any]) -> "DesireBackend":
-        """Lines and noise from the observation unless the options give them (as for SIR)."""
-        b = super().for_observation(meta)
-        return b if isinstance(b, DesireBackend) else type(self)(replace(b.options))
 
 
 def _chi2_failure(chi: np.ndarray, best: np.ndarray, cycles: int) -> str:

@@ -158,7 +158,8 @@ def format_keywords(keywords: Mapping[str, str]) -> str:
     for k, val in keywords.items():
         val = str(val)
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", k) or any(c in val for c in "#=\n"):
-            raise DesireError(f"RH keyword {k}={val!r}: keys are upper-case RH keywords, values hold no '#', '=' or newline")
+            raise DesireError(
+                f"RH keyword {k}={val!r}: keys are upper-case RH keywords, values hold no '#', '=' or newline")
         rows.append(f"  {k} = {val}")
     return "\n".join(rows) + "\n"
 
@@ -227,7 +228,8 @@ def _parse_entries(text: str, what: str, with_pops: bool) -> list[RHEntry]:
     out = []
     for r in rows[1:]:
         if len(r) < 3 or r[1] not in ("ACTIVE", "PASSIVE"):
-            raise DesireError(f"{what} row {' '.join(r)!r}: expected 'file ACTIVE|PASSIVE initial-solution [pops file]'")
+            raise DesireError(
+                f"{what} row {' '.join(r)!r}: expected 'file ACTIVE|PASSIVE initial-solution [pops file]'")
         out.append(RHEntry(r[0], r[1] == "ACTIVE", r[2], r[3] if with_pops and len(r) > 3 else ""))
     if len(out) != n:
         raise DesireError(f"{what}: header says {n} entries, found {len(out)}")

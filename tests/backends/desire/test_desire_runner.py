@@ -96,8 +96,18 @@ def test_failed_pixels_get_status_2_with_reason_and_neighbours_are_unaffected(tm
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+def _deep_model(tmp_path: Path) -> str:
+    """The HSRA guess on a grid reaching log tau -7 (NLTE lines need the upper layers)."""
+    m = DesireBackend({}).guess_model
+    m.log_tau = np.linspace(1.4, -7.0, m.ndepth)
+    m.z = m.Pg = m.rho = None
+    path = tmp_path / "deep.mod"
+    path.write_text(sir_io.format_model(m))
+    return str(path)
+
+
 def test_inputs_the_double_received(tmp_path, var):
-    b = _backend(tmp_path, var, keep_failed=True, lines=["FeI_6302", "CaII_8542"])
+    b = _backend(tmp_path, var, keep_failed=True, lines=["FeI_6302", "CaII_8542"], model=_deep_model(tmp_path))
     r = b.invert(_pixels(["stop"]), WL)
     kept = Path(r.errors[0].split("its folder is kept in ")[1])
     control = io.parse_control((kept / "desire.dtrol").read_text())
@@ -144,6 +154,14 @@ def test_missing_rh_data_fails_the_pixel_with_rhs_message(tmp_path, var):
     r = _backend(tmp_path, var).invert(_pixels(["ok"]), WL)
     assert r.status.tolist() == [STATUS_FAILED]
     assert "TERMINATING_ERROR in routine readInput" in r.errors[0] and "Fe.atom" in r.errors[0]
+
+
+def test_nlte_lines_need_a_model_reaching_high_layers(tmp_path, var):
+    b = _backend(tmp_path, var, lines=["CaII_8542"])  # the built-in HSRA stops at log tau -4
+    with pytest.raises(DesireError, match=r"reaches log tau -4, too low .*CaII_8542.*-B model=.*-B nlte=\[\]"):
+        b.invert(_pixels(["ok"]), 8542.091 + 0.03 * np.arange(-20, 21))
+    lte = _backend(tmp_path, var, lines=["CaII_8542"], nlte=[])
+    assert lte.invert(_pixels(["ok"])[:, :, :41], 8542.091 + 0.03 * np.arange(-20, 21)).status.tolist() == [STATUS_OK]
 
 
 def test_data_folder_is_checked_before_running(tmp_path, var):
