@@ -70,6 +70,7 @@ from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines
 from stokesflow.backends.sir.errors import SIRError
 
 __all__ = [
+    "ENV_VAR",
     "CONTINUUM_OFFSET",
     "DEFAULT_MOLECULES",
     "RHOptions",
