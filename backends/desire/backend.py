@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from stokesflow.backends.base import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, ChunkResult, ConfigError
+from stokesflow.backends.base import ConfigError
 from stokesflow.backends.desire import io
 from stokesflow.backends.sir import io as sir_io
 from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines, load_abundances
-from stokesflow.backends.sir.backend import STRATIFIED, SIRBackend, SIROptions
+from stokesflow.backends.sir.backend import SIRBackend, SIROptions
 from stokesflow.backends.desire.errors import DesireError
 from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.sir.runner import ScratchFolder, resolve_executable, run_code
@@ -329,95 +329,23 @@ class DesireBackend(SIRBackend):
             names.append(_OBSERVED)
         folder.remove(names)
 
-    def _run(self, exe: Path, folder: ScratchFolder, expected: list[str]):
-        # DeSIRe takes the control file as its argument (SIR reads it from stdin).
+    code_name: ClassVar[str] = "DeSIRe"
+    error_class: ClassVar[type[SIRError]] = DesireError
+
+    def _run(self, exe: Path, folder: ScratchFolder, expected: list[str]) -> Any:
+        """Run DeSIRe once in ``folder``: it takes the control file as its argument (SIR reads it from stdin)."""
         return run_code([str(exe), _CONTROL], folder.path, stdin=None, timeout=self.options.timeout,
                         expected=expected)
 
-    # ------------------------------------------------------------- running
-    def invert(self, stokes: np.ndarray, wavelength: np.ndarray, init: np.ndarray | None = None) -> ChunkResult:
-        """Invert ``stokes`` (npix, 4, nw) [units of the quiet-Sun continuum] observed at ``wavelength`` [A]."""
-        stokes = np.asarray(stokes, dtype=float)
-        wavelength = np.asarray(wavelength, dtype=float)
-        npix, _, nw = stokes.shape
-        names = self.parameter_names
-        strategy = self.options.resolved_strategy()
-        if strategy.cycles == 0:
-            raise DesireError("[backend.desire] cycles: an inversion needs at least one cycle (0 is synthesis)")
-        exe = self._executable()
-        nd = self.guess_model.ndepth
-        params = np.full((npix, len(names)), np.nan)
-        sigma = np.full((npix, len(names)), np.nan)
-        chi2 = np.full(npix, np.nan)
-        n_iter = np.zeros(npix, dtype=np.int32)
-        status = np.full(npix, STATUS_FAILED, dtype=np.uint8)
-        synthetic = np.full((npix, 4, nw), np.nan, dtype=np.float32)
-        strat = {n: np.full((npix, nd), np.nan) for n, *_ in STRATIFIED}
-        strat_sig = {n: np.full((npix, nd), np.nan) for n, *_ in STRATIFIED}
-        errors: dict[int, str] = {}
-        outputs = self._outputs(strategy.cycles)
-        with ScratchFolder("stokesflow-desire-", self.options.scratch) as folder:
-            index, offsets = self._write_static(folder, wavelength, strategy, _OBSERVED)
-            for i in range(npix):
-                if not np.all(np.isfinite(stokes[i])):
-                    status[i] = STATUS_BAD_INPUT
-                    errors[i] = "profile holds NaN or inf (DeSIRe not run)"
-                    continue
-                self._clear(folder, strategy.cycles)
-                folder.write(_OBSERVED, sir_io.format_profiles(index, offsets, stokes[i]))
-                folder.write(_GUESS, sir_io.format_model(self._model_for(None if init is None else init[i],
-                                                                         inversion=True)))
-                outcome = self._run(exe, folder, outputs + [_CHI, _LOG])
-                reason = outcome.reason
-                if outcome.ok:
-                    try:
-                        log = folder.read(_LOG)
-                        reason = _chi2_failure(io.log_chi2(log), io.parse_desire_chi(folder.read(_CHI)),
-                                               strategy.cycles)
-                        if not reason:
-                            model = sir_io.parse_model(folder.read(outputs[0]), outputs[0])
-                            err = sir_io.parse_model(folder.read(outputs[2]), outputs[2])
-                            _, _, fit = sir_io.parse_profiles(folder.read(outputs[1]), outputs[1])
-                    except SIRError as exc:
-                        reason = f"unreadable output: {exc}"
-                if reason:
-                    if self.options.keep_failed:
-                        kept = folder.keep_copy(f"pixel{i}")
-                        reason += f"; its folder is kept in {kept}"
-                    errors[i] = f"DeSIRe {reason}"
-                    continue
-                self._fill(i, model, err, strat, strat_sig, params, sigma)
-                chi2[i] = io.log_chi2(log)[-1]
-                n_iter[i] = sir_io.count_iterations(log)
-                if fit.shape == (4, nw):
-                    synthetic[i] = fit
-                status[i] = STATUS_OK
-        return ChunkResult(
-            names, params, sigma, chi2, n_iter, status, synthetic, errors,
-            log_tau=self.guess_model.log_tau.copy(), stratified=strat, stratified_sigma=strat_sig,
-        )
+    def _judged_outputs(self) -> list[str]:
+        return [_CHI, _LOG]
 
-    def synthesize(self, params: np.ndarray | Mapping[str, np.ndarray], wavelength: np.ndarray) -> np.ndarray:
-        """Stokes profiles (npix, 4, nw) synthesised by DeSIRe from the guess model (``params`` as for SIR)."""
-        wavelength = np.asarray(wavelength, dtype=float)
-        models = self._models_from_params(params)
-        exe = self._executable()
-        out = np.full((len(models), 4, wavelength.size), np.nan)
-        syn = sir_io.Strategy("synthesis", 0)
-        with ScratchFolder("stokesflow-desire-syn-", self.options.scratch) as folder:
-            self._write_static(folder, wavelength, syn, _OBSERVED)
-            for i, m in enumerate(models):
-                self._clear(folder, 0)
-                folder.write(_GUESS, sir_io.format_model(m))
-                outcome = self._run(exe, folder, [_OBSERVED])
-                if not outcome.ok:
-                    raise DesireError(f"DeSIRe synthesis of pixel {i} failed: {outcome.reason}")
-                _, _, prof = sir_io.parse_profiles(folder.read(_OBSERVED), _OBSERVED)
-                if prof.shape != (4, wavelength.size):
-                    raise DesireError(
-                        f"DeSIRe synthesis of pixel {i} gave {prof.shape[1]} points for {wavelength.size}")
-                out[i] = prof
-        return out
+    def _judge(self, folder: ScratchFolder, cycles: int) -> tuple[str, float, str]:
+        """From DeSIRe's log (chi2 per cycle) and its ``.chi`` (the best iteration): see :func:`_chi2_failure`."""
+        log = folder.read(_LOG)
+        chi = io.log_chi2(log)
+        reason = _chi2_failure(chi, io.parse_desire_chi(folder.read(_CHI)), cycles)
+        return reason, (float(chi[-1]) if not reason else float("nan")), log
 
 
 def _chi2_failure(chi: np.ndarray, best: np.ndarray, cycles: int) -> str:

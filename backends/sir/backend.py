@@ -510,6 +510,27 @@ class SIRBackend(Backend):
             names.append(_OBSERVED)
         folder.remove(names)
 
+    # Hooks where a code that shares SIR's formats (DeSIRe) differs: its name in messages, how it is
+    # started, and what its outputs say about the fit.
+    code_name: ClassVar[str] = "SIR"
+    error_class: ClassVar[type[SIRError]] = SIRError
+
+    def _run(self, exe: Path, folder: ScratchFolder, expected: list[str]) -> Any:
+        """Run the code once in ``folder`` (SIR reads the control file's name from stdin)."""
+        return run_code([str(exe)], folder.path, stdin=_CONTROL + "\n", timeout=self.options.timeout,
+                        expected=expected)
+
+    def _judged_outputs(self) -> list[str]:
+        """Files besides the last cycle's model, profiles and errors that a finished run must leave."""
+        return ["sir.chi"]
+
+    def _judge(self, folder: ScratchFolder, cycles: int) -> tuple[str, float, str]:
+        """(why the run failed or "", its final chi2, its log text or "") from the code's outputs."""
+        chi = io.parse_chi(folder.read("sir.chi"))
+        reason = chi2_failure(chi, cycles) or ""
+        log = folder.read("sir.log") if (folder.path / "sir.log").is_file() else ""
+        return reason, (float(chi[-1, 1]) if not reason else float("nan")), log
+
     def invert(self, stokes: np.ndarray, wavelength: np.ndarray, init: np.ndarray | None = None) -> ChunkResult:
         """Invert ``stokes`` (npix, 4, nw) [units of the quiet-Sun continuum] observed at ``wavelength`` [A]."""
         stokes = np.asarray(stokes, dtype=float)
@@ -518,7 +539,8 @@ class SIRBackend(Backend):
         names = self.parameter_names
         strategy = self.options.resolved_strategy()
         if strategy.cycles == 0:
-            raise SIRError("[backend.sir] cycles: an inversion needs at least one cycle (0 is synthesis)")
+            raise self.error_class(f"[backend.{self.name}] cycles: an inversion needs at least one cycle "
+                                   "(0 is synthesis)")
         exe = self._executable()
         nd = self.guess_model.ndepth
         params = np.full((npix, len(names)), np.nan)
@@ -531,38 +553,35 @@ class SIRBackend(Backend):
         strat_sig = {n: np.full((npix, nd), np.nan) for n, *_ in STRATIFIED}
         errors: dict[int, str] = {}
         outputs = self._outputs(strategy.cycles)
-        with ScratchFolder("stokesflow-sir-", self.options.scratch) as folder:
+        with ScratchFolder(f"stokesflow-{self.name}-", self.options.scratch) as folder:
             index, offsets = self._write_static(folder, wavelength, strategy, _OBSERVED)
             for i in range(npix):
                 if not np.all(np.isfinite(stokes[i])):
                     status[i] = STATUS_BAD_INPUT
-                    errors[i] = "profile holds NaN or inf (SIR not run)"
+                    errors[i] = f"profile holds NaN or inf ({self.code_name} not run)"
                     continue
                 self._clear(folder, strategy.cycles)
                 folder.write(_OBSERVED, io.format_profiles(index, offsets, stokes[i]))
                 folder.write(_GUESS, io.format_model(self._model_for(None if init is None else init[i], inversion=True)))
-                outcome = run_code([str(exe)], folder.path, stdin=_CONTROL + "\n", timeout=self.options.timeout,
-                                   expected=outputs + ["sir.chi"])
+                outcome = self._run(exe, folder, outputs + self._judged_outputs())
                 reason = outcome.reason
                 if outcome.ok:
                     try:
-                        chi = io.parse_chi(folder.read("sir.chi"))
-                        reason = chi2_failure(chi, strategy.cycles) or ""
+                        reason, final_chi2, log = self._judge(folder, strategy.cycles)
                         if not reason:
                             model = io.parse_model(folder.read(outputs[0]), outputs[0])
                             err = io.parse_model(folder.read(outputs[2]), outputs[2])
                             _, _, fit = io.parse_profiles(folder.read(outputs[1]), outputs[1])
-                            log = folder.read("sir.log") if (folder.path / "sir.log").is_file() else ""
                     except SIRError as exc:
                         reason = f"unreadable output: {exc}"
                 if reason:
                     if self.options.keep_failed:
                         kept = folder.keep_copy(f"pixel{i}")
                         reason += f"; its folder is kept in {kept}"
-                    errors[i] = f"SIR {reason}"
+                    errors[i] = f"{self.code_name} {reason}"
                     continue
                 self._fill(i, model, err, strat, strat_sig, params, sigma)
-                chi2[i] = chi[-1, 1]
+                chi2[i] = final_chi2
                 n_iter[i] = io.count_iterations(log) if log else 0
                 if fit.shape == (4, nw):
                     synthetic[i] = fit
@@ -595,7 +614,7 @@ class SIRBackend(Backend):
             sigma[i, names.index(name)] = abs(getattr(err, attr)) * fac
 
     def synthesize(self, params: np.ndarray | Mapping[str, np.ndarray], wavelength: np.ndarray) -> np.ndarray:
-        """Stokes profiles (npix, 4, nw) synthesised by SIR from the guess model.
+        """Stokes profiles (npix, 4, nw) synthesised by the code from the guess model.
 
         ``params``: (npix, npar) in :attr:`parameter_names` order (NaN = keep
         the model's value), or a name mapping of (npix,) values (constant with
@@ -607,17 +626,17 @@ class SIRBackend(Backend):
         exe = self._executable()
         out = np.full((len(models), 4, wavelength.size), np.nan)
         syn = io.Strategy("synthesis", 0)
-        with ScratchFolder("stokesflow-sir-syn-", self.options.scratch) as folder:
+        with ScratchFolder(f"stokesflow-{self.name}-syn-", self.options.scratch) as folder:
             self._write_static(folder, wavelength, syn, _OBSERVED)
             for i, m in enumerate(models):
                 self._clear(folder, 0)
                 folder.write(_GUESS, io.format_model(m))
-                outcome = run_code([str(exe)], folder.path, stdin=_CONTROL + "\n", timeout=self.options.timeout,
-                                   expected=[_OBSERVED])
+                outcome = self._run(exe, folder, [_OBSERVED])
                 if not outcome.ok:
-                    raise SIRError(f"SIR synthesis of pixel {i} failed: {outcome.reason}")
+                    raise self.error_class(f"{self.code_name} synthesis of pixel {i} failed: {outcome.reason}")
                 _, _, prof = io.parse_profiles(folder.read(_OBSERVED), _OBSERVED)
                 if prof.shape != (4, wavelength.size):
-                    raise SIRError(f"SIR synthesis of pixel {i} gave {prof.shape[1]} points for {wavelength.size}")
+                    raise self.error_class(f"{self.code_name} synthesis of pixel {i} gave {prof.shape[1]} points "
+                                           f"for {wavelength.size}")
                 out[i] = prof
         return out
