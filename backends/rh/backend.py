@@ -136,7 +136,9 @@ class RHOptions:
     abundances : str, optional
         An RH abundance file; default: the one in RH's atoms folder.
     model : str, optional
-        ``"hsra"`` (default) or a SIR ``.mod`` file with z, Pg and rho columns.
+        ``"hsra"`` (default), a SIR ``.mod`` file with z, Pg and rho columns,
+        or an RH atmosphere file (``.hdf5``: its first column, e.g. RH's
+        ``Atmos/FALC_82_5x5.hdf5`` for lines that form in the chromosphere).
     mu : float
         Cosine of the heliocentric angle of the output ray.
     n_max_iter : int
@@ -219,16 +221,19 @@ def atmosphere_from_model(
     vlos: np.ndarray,
     vmic: np.ndarray | None,
 ) -> io.Atmosphere:
-    """RH atmosphere columns from a SIR model (deep first) and per-pixel stratifications.
+    """RH atmosphere columns from a model column and per-pixel stratifications.
 
     Parameters
     ----------
-    model : stokesflow.backends.sir.io.Model
-        Needs z [km], Pe and Pg [dyn cm^-2], T [K], vmic [cm/s].
+    model : stokesflow.backends.sir.io.Model or io.Atmosphere
+        A SIR model (deep first; needs z [km], Pe and Pg [dyn cm^-2], T [K],
+        vmic [cm/s]) or one RH column (top first, SI units: an RH atmosphere
+        file's column, whose field and velocity are replaced).
     abundances : mapping
-        RH abundances (symbol -> log10(N/N_H) + 12), for the hydrogen density.
+        RH abundances (symbol -> log10(N/N_H) + 12), for the hydrogen density
+        of a SIR model.
     B, inclination, azimuth, vlos : ndarray (npix, ndepth)
-        G, deg, deg, km/s (positive = redshift), on the model's depth order.
+        G, deg, deg, km/s (positive = redshift), in the model's depth order.
     vmic : ndarray (npix, ndepth) or None
         km/s; None keeps the model's.
 
@@ -237,22 +242,28 @@ def atmosphere_from_model(
     io.Atmosphere
         Top first, SI units.
     """
-    if model.z is None or model.Pg is None:
-        raise RHError("the model atmosphere needs the z and Pg columns (an 11-column SIR .mod) to be written for RH")
     npix = np.shape(B)[0]
-    top = np.argsort(-np.asarray(model.z))  # highest first, as RH wants
+    if isinstance(model, io.Atmosphere):
+        top = np.arange(model.nz)
+        z, T, ne, nH = model.z[0], model.temperature[0], model.electron_density[0], model.hydrogen[0]
+        vt = model.velocity_turbulent[0]
+    else:
+        if model.z is None or model.Pg is None:
+            raise RHError("the model atmosphere needs the z and Pg columns (an 11-column SIR .mod) to be written for RH")
+        top = np.argsort(-np.asarray(model.z))  # highest first, as RH wants
+        T = np.asarray(model.T, dtype=float)[top]
+        Pe, Pg = np.asarray(model.Pe, dtype=float)[top], np.asarray(model.Pg, dtype=float)[top]
+        ne = Pe / (_K_B_CGS * T) * 1e6
+        nH = (Pg - Pe) / (_K_B_CGS * T) * 1e6 / sum(10.0 ** (a - 12.0) for a in abundances.values())
+        z, vt = np.asarray(model.z, dtype=float)[top] * 1e3, np.asarray(model.vmic, dtype=float)[top] * 1e-2
 
     def rep(a: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(np.asarray(a, dtype=float)[top], (npix, top.size)).copy()
+        return np.broadcast_to(np.asarray(a, dtype=float), (npix, top.size)).copy()
 
-    T = np.asarray(model.T, dtype=float)
-    ne = np.asarray(model.Pe, dtype=float) / (_K_B_CGS * T) * 1e6
-    heavy = (np.asarray(model.Pg, dtype=float) - np.asarray(model.Pe, dtype=float)) / (_K_B_CGS * T) * 1e6
-    nH = heavy / sum(10.0 ** (a - 12.0) for a in abundances.values())
     bx, by, bz = field_components(B, inclination, azimuth)
-    vturb = rep(np.asarray(model.vmic, dtype=float) * 1e-2) if vmic is None else np.asarray(vmic, float)[:, top] * 1e3
+    vturb = rep(vt) if vmic is None else np.asarray(vmic, float)[:, top] * 1e3
     return io.Atmosphere(
-        z=rep(np.asarray(model.z, dtype=float) * 1e3), temperature=rep(T), electron_density=rep(ne), hydrogen=rep(nH),
+        z=rep(z), temperature=rep(T), electron_density=rep(ne), hydrogen=rep(nH),
         velocity_z=-np.asarray(vlos, dtype=float)[:, top] * 1e3, velocity_turbulent=vturb,
         B_x=bx[:, top], B_y=by[:, top], B_z=bz[:, top], description="stokesflow RH backend chunk",
     )
@@ -332,7 +343,8 @@ class RHBackend(Backend):
 
     @functools.cached_property
     def model(self) -> Any:
-        """The model atmosphere (SIR's :class:`~stokesflow.backends.sir.io.Model`, deep first)."""
+        """The model column: a SIR :class:`~stokesflow.backends.sir.io.Model` (deep first) or,
+        for an RH atmosphere file, its first column of snapshot 0 (:class:`io.Atmosphere`, top first)."""
         from stokesflow.backends.sir import io as sir_io
         from stokesflow.backends.sir.backend import builtin_model
 
@@ -342,15 +354,40 @@ class RHBackend(Backend):
                 return builtin_model("hsra", guess=False)
             p = Path(m)
             if not p.is_file():
-                raise RHError(f"[backend.rh] model: {m} does not exist; give a SIR .mod file (with z, Pg, rho) or 'hsra'")
+                raise RHError(
+                    f"[backend.rh] model: {m} does not exist; give 'hsra', a SIR .mod file (with z, Pg, rho) "
+                    "or an RH atmosphere file (.hdf5)"
+                )
+            if p.suffix.lower() in (".h5", ".hdf5"):
+                col = io.read_atmosphere(p)
+                if not np.all(np.isfinite(col.electron_density)):
+                    raise RHError(f"[backend.rh] model: {p} has no electron_density; give one that has")
+                return io.Atmosphere(**{n: np.asarray(getattr(col, n))[:1] for n in io.Atmosphere.COLUMNS},
+                                     description=col.description)
             return sir_io.parse_model(p.read_text(), str(p))
         except SIRError as exc:
             raise RHError(f"[backend.rh] model: {exc}") from None
 
     @property
-    def log_tau(self) -> np.ndarray:
-        """The model's depth grid, log10 tau_500 (deep first, as in SIR's files)."""
+    def log_tau(self) -> np.ndarray | None:
+        """The model's depth grid, log10 tau_500 (deep first, as in SIR's files); None for an RH
+        atmosphere file (height grid: stratifications are then given on its depth points, top first)."""
+        if isinstance(self.model, io.Atmosphere):
+            return None
         return np.asarray(self.model.log_tau, dtype=float).copy()
+
+    @property
+    def ndepth(self) -> int:
+        """Depth points of the model."""
+        m = self.model
+        return m.nz if isinstance(m, io.Atmosphere) else m.ndepth
+
+    def _model_vmic(self) -> np.ndarray:
+        """The model's microturbulence [km/s] in its own depth order."""
+        m = self.model
+        if isinstance(m, io.Atmosphere):
+            return np.asarray(m.velocity_turbulent[0], dtype=float) * 1e-3
+        return np.asarray(m.vmic, dtype=float) * 1e-5
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -392,7 +429,7 @@ class RHBackend(Backend):
     def _stratifications(self, params: np.ndarray | Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray | None], int]:
         """(name -> (npix, ndepth) or None for vmic kept, npix) from the caller's parameters."""
         names = self.parameter_names
-        nd = self.log_tau.size
+        nd = self.ndepth
         if not isinstance(params, Mapping):
             arr = np.atleast_2d(np.asarray(params, dtype=float))
             if arr.shape[1] != len(names):
@@ -413,15 +450,14 @@ class RHBackend(Backend):
             if v.ndim == 1:
                 v = np.repeat(v[:, None], nd, axis=1)
             if v.shape != (npix, nd):
-                raise RHError(f"{name} has shape {v.shape}, expected ({npix},) or ({npix}, {nd}) on log_tau")
+                raise RHError(f"{name} has shape {v.shape}, expected ({npix},) or ({npix}, {nd}) on the model's depths")
             out[name] = v
         vmic = out["vmic"]
         assert vmic is not None
         if np.all(np.isnan(vmic)):
             out["vmic"] = None
         else:  # NaN rows keep the model's vmic
-            model_vmic = np.asarray(self.model.vmic, dtype=float) * 1e-5
-            out["vmic"] = np.where(np.isnan(vmic), model_vmic[None, :], vmic)
+            out["vmic"] = np.where(np.isnan(vmic), self._model_vmic()[None, :], vmic)
         return out, npix
 
     def _keywords(self, data: Path, atoms_dir: Path, ncol: int) -> dict[str, object]:

@@ -236,13 +236,15 @@ def read_atmosphere(path: str | Path, snapshot: int = 0) -> Atmosphere:
         z = np.asarray(f["z"][snapshot], dtype=np.float64)
         z = np.broadcast_to(z, (nx * ny, nz)).copy() if z.ndim == 1 else z.reshape(nx * ny, nz)
         nh = np.asarray(f["hydrogen_populations"][snapshot], dtype=np.float64).sum(axis=0).reshape(nx * ny, nz)
-        has_B = bool(int(f.attrs.get("has_B", 0)))
+        has_B = bool(np.asarray(f.attrs.get("has_B", 0)).ravel()[0])  # a scalar, or a 1-element array (netCDF-made files)
+        desc = f.attrs.get("description", "")
+        desc = desc.decode(errors="replace") if isinstance(desc, bytes) else str(desc)
         out = Atmosphere(
             z=z, temperature=col("temperature"),
             electron_density=col("electron_density") if "electron_density" in f else np.full((nx * ny, nz), np.nan),
             hydrogen=nh, velocity_z=col("velocity_z"),
             velocity_turbulent=col("velocity_turbulent") if "velocity_turbulent" in f else np.zeros((nx * ny, nz)),
-            description=str(f.attrs.get("description", "")),
+            description=desc,
         )
         if has_B:
             out.B_x, out.B_y, out.B_z = col("B_x"), col("B_y"), col("B_z")

@@ -10,6 +10,7 @@ otherwise, on CI too (RH is not bundled).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,21 @@ def test_real_rh_ca_8542_nlte_converges_or_is_failed(rh_available):
     assert r.status.tolist() == [STATUS_FAILED, STATUS_FAILED]
     assert "did not converge in 2 iterations" in r.errors[0]
     assert np.all(np.isnan(r.synthetic))
+
+
+def test_real_rh_ca_8542_nlte_in_rhs_falc(rh_available):
+    """With a chromosphere (RH's own FAL-C file) the Ca II 8542 core is as deep as observed."""
+    exe = Path(os.environ[ENV_VAR]).resolve()
+    data = Path(os.environ.get("STOKESFLOW_RH_DATA") or exe.parent.parent)
+    falc = data / "Atmos" / "FALC_82_5x5.hdf5"
+    if not falc.is_file():
+        pytest.skip(f"{falc} not found (RH's source tree ships it)")
+    wl = 8542.09 + 0.05 * np.arange(-20, 21)
+    b = RHBackend({"atoms": ["H_6.atom", "CaII.atom"], "active": ["CaII.atom"], "lines": [], "model": str(falc)})
+    r = b.synthesize_chunk({"B": np.array([0.0, 1000.0])}, wl)
+    assert r.status.tolist() == [STATUS_OK, STATUS_OK], r.errors
+    i = r.synthetic[0, 0].astype(float)
+    # FAL-C at disc centre: core about 0.2 Ic (the quiet-Sun atlas: 0.19); within 0.1-0.35
+    assert 0.1 < i.min() < 0.35 and abs(wl[np.argmin(i)] - 8542.09) <= 0.1
+    k = np.argmin(np.abs(wl - (8542.09 - 0.2)))
+    assert r.synthetic[1, 3, k] > 0  # V > 0 in the blue wing for a vertical field towards the observer

@@ -244,3 +244,37 @@ def test_nlte_atoms_iterate_and_need_no_line_list(rh_double, monkeypatch):
     assert r.status.tolist() == [STATUS_OK] and r.n_iter.tolist() == [7]  # the double's iterations
     assert seen["kw"]["N_MAX_ITER"] == "40" and seen["kw"]["KURUCZ_DATA"] == "none"
     assert [(a.active, a.initial) for a in seen["atoms"]] == [(False, "LTE_POPULATIONS"), (True, "ZERO_RADIATION")]
+
+
+def test_rh_atmosphere_file_as_model(rh_double, tmp_path, monkeypatch):
+    """An RH atmosphere file's first column is the model; the field and velocity are the pixel's."""
+    import stokesflow.backends.rh.backend as mod
+
+    nz = 6
+    base = io.Atmosphere(
+        z=np.linspace(2e6, -1e5, nz)[None, :], temperature=np.linspace(9000, 6500, nz)[None, :],
+        electron_density=np.full((1, nz), 1e19), hydrogen=np.full((1, nz), 1e22), velocity_z=np.full((1, nz), 500.0),
+        velocity_turbulent=np.full((1, nz), 1500.0),
+    )
+    path = io.write_atmosphere(tmp_path / "model.hdf5", base)
+    seen: dict = {}
+    real = mod.run_rh
+
+    def spy(folder, argv, *, timeout, env=None):
+        seen["atmos"] = io.read_atmosphere(folder / "atmos.hdf5")
+        return real(folder, argv, timeout=timeout, env=env)
+
+    monkeypatch.setattr(mod, "run_rh", spy)
+    b = _backend(rh_double, model=str(path))
+    assert b.log_tau is None and b.ndepth == nz  # a height grid: stratifications on its own depth points
+    r = b.synthesize_chunk({"B": np.array([1000.0, 0.0]), "vlos": np.array([2.0, 0.0]),
+                            "vmic": np.array([np.nan, 0.5])}, WL)
+    assert r.status.tolist() == [STATUS_OK, STATUS_OK]
+    a = seen["atmos"]
+    np.testing.assert_array_equal(a.temperature, np.repeat(base.temperature, 2, axis=0))
+    np.testing.assert_array_equal(a.z[1], base.z[0])
+    np.testing.assert_allclose(a.velocity_z[:, 0], [-2000.0, 0.0])  # the model's own velocity is replaced
+    np.testing.assert_allclose(a.velocity_turbulent[:, 0], [1500.0, 500.0])  # NaN keeps the model's vmic
+    np.testing.assert_allclose(a.B_z[:, 0], [0.1, 0.0])
+    with pytest.raises(RHError, match="does not exist"):
+        _ = _backend(rh_double, model=str(tmp_path / "none.hdf5")).model
