@@ -19,17 +19,20 @@ and runs ``mpiexec -n ranks rh15d_ray_pool`` once. Atoms listed in ``active``
 are solved in NLTE; a column that RH does not converge (or gives up on) is a
 failed pixel with the reason from RH's convergence map, never fill values.
 
-Model: the HSRA (SIR's table shipped with the SIR backend) or a SIR ``.mod``
-file with the z, Pg and rho columns; electron density from Pe, hydrogen
-density from Pg - Pe and the abundances of RH's abundance file.
+Model: the HSRA (SIR's table shipped with the SIR backend, up to log tau -4,
+558 km: photospheric lines) or a SIR ``.mod`` file with the z, Pg and rho
+columns (electron density from Pe, hydrogen density from Pg - Pe and the
+abundances of RH's abundance file), or the first column of an RH atmosphere
+file such as RH's own ``Atmos/FALC_82_5x5.hdf5`` (with a chromosphere).
 
 Conventions (checked by synthesising with RH 1.5D itself): B in G (RH: T),
 ``inclination`` 0 with B > 0 gives V > 0 in the blue wing and ``vlos`` > 0 is
 a redshift (RH's ``velocity_z`` is positive upwards, so it is -vlos);
 ``inclination`` 90, ``azimuth`` 0 gives Q < 0 at line centre, ``azimuth`` 45
 U < 0, as in DESIGN.md (the map to RH's B_x, B_y, B_z is in
-:func:`field_components`). Wavelengths are air [A]; RH works in vacuum [nm]
-(its own conversion formula is used both ways). Profiles are in units of the
+:func:`field_components`). Wavelengths are air [A]; RH works in vacuum [nm]:
+the grid is converted with RH's own formula (the one it applies to the line
+list) and RH writes vacuum wavelengths back (VACUUM_TO_AIR = FALSE). Profiles are in units of the
 continuum intensity 1.5 A blue of the grid.
 """
 
