@@ -278,3 +278,17 @@ def test_rh_atmosphere_file_as_model(rh_double, tmp_path, monkeypatch):
     np.testing.assert_allclose(a.B_z[:, 0], [0.1, 0.0])
     with pytest.raises(RHError, match="does not exist"):
         _ = _backend(rh_double, model=str(tmp_path / "none.hdf5")).model
+
+
+def test_synth_observation_with_rh(rh_double, tmp_path):
+    """``synthesize_observation(backend="rh")`` (what ``stokesflow synth`` calls) goes through the backend."""
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    opts = {k: v for k, v in rh_double.items() if k != "lines"}  # synth sets the instrument's lines
+    out = synthesize_observation(tmp_path / "obs.h5", instrument="hinode", scene="sunspot", size=(3, 2), noise=0.0,
+                                 backend="rh", backend_options=opts)
+    with h5py.File(out) as f:
+        assert f["stokes"].shape == (3, 2, 4, 112)
+        assert np.all(np.isfinite(f["stokes"][...]))
+        assert sorted(f["truth"]) == ["B", "azimuth", "inclination", "vlos"]
+        assert f.attrs["generator"] == "stokesflow synth (backend 'rh', no spectral PSF)"
