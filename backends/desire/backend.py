@@ -301,11 +301,7 @@ class DesireBackend(SIRBackend):
         keywords = dict(_RH_KEYWORDS, ATOMS_FILE=_ATOMS, MOLECULES_FILE=_MOLECULES,
                         KURUCZ_PF_DATA=str(var / "Kurucz" / "pf_Kurucz.input"), BARKLEM_DIR=str(var / "Barklem"))
         folder.write(_KEYWORDS, io.format_keywords(keywords))
-        noise = self.options.noise
-        sn = None
-        if noise is not None:
-            n0 = float(np.atleast_1d(noise)[0])
-            sn = 1.0 / n0 if n0 > 0 else None
+        sn = self._signal_to_noise()
         values = io.control_values(
             cycles_strategy, observed=observed, model=_GUESS, grid=_GRID, lines=_LINES, abundances=_ABUND,
             coordinates=_COORD, nlte=bool(nlte), weights=self.options.weights, sn=sn, rays=self.options.rays,
@@ -313,12 +309,6 @@ class DesireBackend(SIRBackend):
         )
         folder.write(_CONTROL, io.format_control(values))
         return index, offsets
-
-    def _outputs(self, cycles: int) -> list[str]:
-        stem = _GUESS[:-4]
-        if cycles == 0:
-            return [_OBSERVED]
-        return [f"{stem}_{cycles}.mod", f"{stem}_{cycles}.per", f"{stem}_{cycles}.err"]
 
     def _clear(self, folder: ScratchFolder, cycles: int) -> None:
         """Remove what a previous pixel left (models, profiles, H populations, RH's pops files, chi, log)."""

@@ -485,17 +485,20 @@ class SIRBackend(Backend):
         folder.write(_GRID, io.format_grid(blocks))
         folder.write(_LINES, io.format_lines(lines))
         folder.write(_ABUND, io.format_abundances(load_abundances(self.options.abundances)))
-        noise = self.options.noise
-        sn = None
-        if noise is not None:
-            n0 = float(np.atleast_1d(noise)[0])
-            sn = 1.0 / n0 if n0 > 0 else None
+        sn = self._signal_to_noise()
         values = io.control_values(
             cycles_strategy, observed=observed, model=_GUESS, grid=_GRID, lines=_LINES, abundances=_ABUND,
             weights=self.options.weights, sn=sn, mu=self.options.mu,
         )
         folder.write(_CONTROL, io.format_control(values))
         return index, offsets
+
+    def _signal_to_noise(self) -> float | None:
+        """The control file's S/N: 1 / noise(I), None when the noise is not known (or zero)."""
+        if self.options.noise is None:
+            return None
+        n0 = float(np.atleast_1d(self.options.noise)[0])
+        return 1.0 / n0 if n0 > 0 else None
 
     def _outputs(self, cycles: int) -> list[str]:
         stem = _GUESS[:-4]
