@@ -571,7 +571,8 @@ class MEBackend(Backend):
         if self.options.filter_estimates == "cog":
             eta, cont = depth_table_estimates(tables["depth"], intensity, est[good, iv])
         else:
-            est[good, iv], _ = doppler_magnetogram(tables["doppler"], stokes[good], wl, self.lines)
+            if tables["doppler"].raw.size >= 5:  # a usable look-up table (else the centre of gravity stays)
+                est[good, iv], _ = doppler_magnetogram(tables["doppler"], stokes[good], wl, self.lines)
             eta, cont = field_depth_table_estimates(tables["field_depth"], intensity, est[good, iv], est[good, iB])
         est[good, col["eta0"]] = np.clip(eta, 1.0, 60.0)
         est[good, col["S0"]] = 0.3 * cont
