@@ -59,7 +59,7 @@ def add_nn_parsers(sub: Any) -> None:
                                    "calibrated 90 % intervals) on (observation, result file) pairs: pixels with "
                                    "status 0 only, a held-out part for validation and early stopping (and for "
                                    "the unet's interval calibration), a checkpoint beside --out that a rerun "
-                                   "resumes (cnn). Runs as one task on --cluster.",
+                                   "resumes. Runs as one task on --cluster.",
                        formatter_class=fmt)
     p.add_argument("-i", "--input", action="append", required=True, metavar="OBS.h5",
                    help="observation (repeat, in the order of --results)")
