@@ -262,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kind of solar scene")
     p.add_argument("--size", nargs=2, type=_positive_int, metavar=("NY", "NX"), default=[64, 64],
                    help="field of view in pixels")
-    p.add_argument("--backend", choices=["me", "lightweaver", "sir"], default="me",
+    p.add_argument("--backend", choices=["me", "lightweaver", "sir", "rh"], default="me",
                    help="who synthesises: the ME model (default), Lightweaver (LTE, FAL-C; pip install "
-                        "\"stokesflow[lightweaver]\") or SIR (HSRA; needs STOKESFLOW_SIR): profiles no ME "
-                        "model produced")
+                        "\"stokesflow[lightweaver]\"), SIR (HSRA; needs STOKESFLOW_SIR) or RH 1.5D (HSRA; "
+                        "needs STOKESFLOW_RH and MPI): profiles no ME model produced")
     p.add_argument("--noise", type=float, default=1e-3, help="Gaussian noise sigma in continuum units")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene and the noise")
     p.add_argument("-o", "--out", required=True, metavar="PATH", help="observation file to write (HDF5)")

@@ -166,11 +166,12 @@ def synthesize_observation(
     backend_options : mapping, optional
         Extra options of the synthesising backend (ME: ``instrument``,
         ``psf_fwhm``, ...); ``lines`` (and for ME ``noise``) are set here.
-    backend : {"me", "lightweaver", "sir"}
+    backend : {"me", "lightweaver", "sir", "rh"}
         Who synthesises: the ME backend (default), Lightweaver (LTE radiative
         transfer in the FAL-C model with the scene's B, inclination, azimuth
-        and vlos constant with height: profiles no ME model produced) or SIR
-        (the same in the HSRA model, when its executable is configured). The
+        and vlos constant with height: profiles no ME model produced), SIR or
+        RH 1.5D (the same in the HSRA model, when their executables are
+        configured; RH's failed columns are NaN pixels). The
         truth maps are those of the scene's parameters the backend takes.
 
     Returns
