@@ -10,8 +10,8 @@ for the azimuth). No batch-norm: absolute levels matter.
 
 Inference (:func:`run_network`) goes through the pixels in batches sized so
 that one layer's activations stay near the core's L2 cache
-(:func:`inference_batch`: ~128 pixels for Hinode/SP's 112 points, 2048 for
-HMI's 6). Larger batches were 2-3x slower on one core: the first layer's
+(:func:`inference_batch`: 128 pixels per torch thread for Hinode/SP's 112
+points, 2048 for HMI's 6). Larger batches were 2-3x slower on one core: the first layer's
 output of 16384 Hinode pixels is 470 MB, allocated and page-faulted afresh
 for every batch and streamed through memory by every layer. The ReLUs work
 in place (no parameters, so model files of any version load the same).
@@ -88,8 +88,8 @@ def build_network(arch: dict[str, Any]) -> Any:
     return nn.Sequential(*layers)
 
 
-def inference_batch(channels: int, nw: int, *, budget: int = BATCH_BYTES) -> int:
-    """Pixels per inference batch: a power of two, 16..4096, whose widest activations fit ``budget``.
+def inference_batch(channels: int, nw: int, *, budget: int = BATCH_BYTES, threads: int = 1) -> int:
+    """Pixels per inference batch: ``threads`` times a power of two, 16..4096, whose widest activations fit ``budget``.
 
     Parameters
     ----------
@@ -98,19 +98,21 @@ def inference_batch(channels: int, nw: int, *, budget: int = BATCH_BYTES) -> int
     nw : int
         Wavelength points.
     budget : int
-        Bytes [B] one layer's float32 output may take per batch.
+        Bytes [B] one layer's float32 output may take per batch and thread.
+    threads : int
+        Torch threads sharing a batch (torch splits a batch over them, so each keeps its share in its own cache).
     """
     per_pixel = 4 * max(1, int(channels)) * max(1, int(nw))
     n = max(1, int(budget) // per_pixel)
-    return int(min(4096, max(16, 1 << (n.bit_length() - 1))))
+    return int(min(4096, max(16, 1 << (n.bit_length() - 1)))) * max(1, int(threads))
 
 
 def run_network(net: Any, x: np.ndarray, *, batch: int | None = None) -> np.ndarray:
     """Outputs (n, n_outputs) float32 of ``net`` in evaluation mode for normalised inputs (n, 4, nw).
 
-    ``batch`` pixels at a time (default :func:`inference_batch` of the first layer's channels and
-    the grid: small enough to stay in cache; larger is slower, not faster). Call it with as many
-    torch threads as the task may use (``torch.set_num_threads``).
+    ``batch`` pixels at a time (default :func:`inference_batch` of the first layer's channels, the
+    grid and the torch threads: small enough to stay in cache; larger is slower, not faster). Call
+    it with as many torch threads as the task may use (``torch.set_num_threads``).
     """
     import torch
 
@@ -118,7 +120,8 @@ def run_network(net: Any, x: np.ndarray, *, batch: int | None = None) -> np.ndar
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if batch is None:
         first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv1d)), None)
-        batch = inference_batch(first.out_channels if first is not None else 64, xt.shape[-1])
+        batch = inference_batch(first.out_channels if first is not None else 64, xt.shape[-1],
+                                threads=torch.get_num_threads())
     out = torch.empty((xt.shape[0], int(net[-1].out_features)), dtype=torch.float32)
     with torch.inference_mode():
         for i in range(0, xt.shape[0], int(batch)):

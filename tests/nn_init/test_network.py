@@ -25,6 +25,7 @@ def test_inference_batch_fits_the_cache_budget():
     assert inference_batch(64, 100_000) == 16  # floor: a huge grid still runs in batches of 16
     assert inference_batch(1, 1) == 4096  # ceiling
     assert inference_batch(64, 112, budget=1 << 30) == 4096
+    assert inference_batch(64, 112, threads=4) == 512  # torch splits a batch over its threads: 128 each
 
 
 @pytest.mark.parametrize("wave", [HMI, HINODE], ids=["hmi", "hinode"])
