@@ -46,7 +46,16 @@ Convergence and status codes
 * 0 (converged): an accepted step lowered chi2 by a relative amount below
   ``chi2_rtol``; or the largest scaled step ``max_k |delta q_k|`` fell below
   ``step_tol``; or lambda grew past ``LAMBDA_MAX`` = 1e16 without a decrease
-  (a minimum to within rounding).
+  (a minimum to within rounding); or (``sigma_tol`` > 0) an accepted step
+  moved every parameter by less than ``sigma_tol`` times its 1-sigma
+  uncertainty at the new point (the covariance below, computed only then):
+  further steps cannot move any parameter by a statistically meaningful
+  amount. This is the rule that stops the slow crawl along the flat, curved
+  valleys of sloppy problems (an ME fit of six HMI filtergrams: eta0, the
+  source function and the damping trade off), where each step still lowers
+  chi2 by more than ``chi2_rtol`` while the parameters move by a small
+  fraction of their uncertainty. It assumes statistical weights
+  (1/sigma^2) or ``scale_covar``.
 * 1 (max_iter): ``max_iter`` iterations (per start) were used; parameters are
   the best found.
 * 2 (failed): the model returned non-finite values at the starting point of
@@ -103,11 +112,14 @@ caller's own ``_kernels.py``::
     def fit_my_model_impl(ctx, obs, weights, p0, lower, upper, bound_mode,
                           scale, reg_target, reg_weight, max_iter, chi2_rtol,
                           step_tol, good_chi2, scale_covar, out_p, out_sigma,
-                          out_chi2, out_niter, out_status):
+                          out_chi2, out_niter, out_status, sigma_tol=0.0):
         fit_pixels_impl(my_model_impl, ctx, obs, weights, p0, lower, upper,
                         bound_mode, scale, reg_target, reg_weight, max_iter,
                         chi2_rtol, step_tol, good_chi2, scale_covar, out_p,
-                        out_sigma, out_chi2, out_niter, out_status)
+                        out_sigma, out_chi2, out_niter, out_status, sigma_tol)
+
+(a wrapper without the trailing ``sigma_tol`` still works; :func:`fit` then
+refuses ``LMOptions.sigma_tol > 0`` with an error naming the wrapper)
 
 and ``stokesflow.lm_solver.fit(None, ctx, obs, p0, kernel=fit_my_model_impl, ...)``.
 Caveat (a general numba limitation): the cache of ``fit_my_model_impl`` is
@@ -425,10 +437,29 @@ def sigma_from_normal_impl(a, scale, factor, work, idx, z, sigma):
         sigma[idx[u]] = scale[idx[u]] * math.sqrt(var * factor)
 
 
+@njit(cache=True, nogil=True)
+def _step_within_sigma(a, step, factor, sigma_tol, unit, work, idx, z, sig):
+    """True when ``|step_k| < sigma_tol * sigma_k`` for every parameter that moved.
+
+    ``sigma_k`` (scaled coordinates, like ``step``) is the 1-sigma
+    uncertainty from ``inv(a)`` times ``factor`` (see
+    :func:`sigma_from_normal_impl`). A parameter that moved while its sigma
+    is undefined (no sensitivity, or a singular matrix) keeps the fit going.
+    ``work``, ``idx``, ``z`` and ``sig`` are workspaces of sizes (npar, npar)
+    and (npar,).
+    """
+    sigma_from_normal_impl(a, unit, factor, work, idx, z, sig)
+    for k in range(step.shape[0]):
+        if step[k] != 0.0 and not abs(step[k]) < sigma_tol * sig[k]:
+            return False
+    return True
+
+
 @njit(cache=False, nogil=True, inline="always")
 def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
                     reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2,
-                    scale_covar, out_p, out_sigma, out_chi2, out_niter, out_status):
+                    scale_covar, out_p, out_sigma, out_chi2, out_niter, out_status,
+                    sigma_tol=0.0):
     """Fit every pixel with Levenberg-Marquardt (see the module docstring).
 
     Parameters
@@ -464,6 +495,11 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
         Iterations summed over the starts tried.
     out_status : uint8[::1], shape (npix,)
         0 converged, 1 max_iter, 2 failed, 3 bad input.
+    sigma_tol : float, optional
+        Converged when an accepted step moved every parameter by less than
+        this many of its 1-sigma uncertainties at the new point (0, the
+        default: rule off). Trailing and defaulted, so a caller's cached
+        wrapper written without it still compiles.
     """
     npix, nobs = obs.shape
     nstart = p0.shape[1]
@@ -492,6 +528,7 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
     z = np.empty(npar)
     idx = np.empty(npar, dtype=np.int64)
     free = np.empty(npar, dtype=np.bool_)
+    unit = np.ones(npar)
     lo = np.empty(npar)
     up = np.empty(npar)
     tq = np.empty(npar)
@@ -650,6 +687,10 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
                         lam = LAMBDA_MIN
                     nu = 2.0
                     if rel < chi2_rtol or obj == 0.0:
+                        status = STATUS_OK
+                        break
+                    if sigma_tol > 0.0 and _step_within_sigma(a, de, chi2d / dof if scale_covar else 1.0,
+                                                              sigma_tol, unit, m, idx, z, sig):
                         status = STATUS_OK
                         break
                 else:

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,7 @@ __all__ = [
 #: Human-readable meaning of each status code.
 STATUS_MESSAGES: dict[int, str] = {
     STATUS_OK: "converged (relative chi2 decrease < chi2_rtol, scaled step < step_tol, "
-               "or no further decrease possible)",
+               "step < sigma_tol sigma for every parameter, or no further decrease possible)",
     STATUS_MAX_ITER: "max_iter iterations used without converging; parameters are the best found",
     STATUS_FAILED: "failed: the model gave non-finite values at every starting point, or the "
                    "system was singular beyond recovery; parameters are NaN",
@@ -108,6 +109,16 @@ class LMOptions:
     scale_covar : bool
         Multiply the covariance by the reduced data chi2 (lmfit's default
         convention; use when the weights are relative, not 1/sigma^2).
+    sigma_tol : float
+        Converged when an accepted step moved every parameter by less than
+        this many of its own 1-sigma uncertainties (the covariance at the new
+        point, with the ``scale_covar`` convention): a statistical step
+        tolerance that stops the slow crawl along flat valleys of sloppy
+        problems, where each step still lowers chi2 by more than
+        ``chi2_rtol`` but no parameter moves by a meaningful amount. Needs
+        statistical weights (1/sigma^2) or ``scale_covar``. 0 (default) turns
+        it off; 0.1 keeps every parameter within about 0.1 sigma of where a
+        further step would take it.
     """
 
     max_iter: int = 100
@@ -115,12 +126,13 @@ class LMOptions:
     step_tol: float = 1e-8
     good_chi2: float = 0.0
     scale_covar: bool = False
+    sigma_tol: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
                 or self.max_iter < 0:
             raise LMError(f"LMOptions.max_iter must be an integer >= 0, got {self.max_iter!r}")
-        for name in ("chi2_rtol", "step_tol", "good_chi2"):
+        for name in ("chi2_rtol", "step_tol", "good_chi2", "sigma_tol"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating, np.integer)) \
                     or not math.isfinite(float(value)) or float(value) < 0.0:
@@ -239,6 +251,15 @@ def _default_scale(p0: np.ndarray) -> np.ndarray:
         if col.size:
             scale[k] = float(np.median(col))
     return scale
+
+
+def _takes_sigma_tol(kernel: Dispatcher) -> bool:
+    """Whether a caller's kernel wrapper accepts the trailing ``sigma_tol`` argument."""
+    try:
+        params = inspect.signature(kernel.py_func).parameters
+    except (TypeError, ValueError):
+        return False
+    return "sigma_tol" in params or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
 
 
 def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.ndarray, *,
@@ -387,10 +408,19 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
     out_status = np.zeros(npix, dtype=np.uint8)
     scalars = (int(options.max_iter), float(options.chi2_rtol), float(options.step_tol),
                float(options.good_chi2), bool(options.scale_covar))
+    # always to the engine itself (one compiled specialisation); to a caller's
+    # wrapper only when used, so a wrapper written without it keeps working
+    extra: tuple[float, ...] = ((float(options.sigma_tol),) if kernel is None or options.sigma_tol > 0
+                                else ())
+    if extra and kernel is not None and not _takes_sigma_tol(kernel):
+        raise LMError(f"LMOptions.sigma_tol = {options.sigma_tol!r} but the kernel wrapper "
+                      f"{getattr(kernel, '__name__', kernel)!r} has no trailing sigma_tol parameter; add "
+                      f"'sigma_tol=0.0' to its signature and pass it on to fit_pixels_impl (see "
+                      f"stokesflow.lm_solver._kernels), or use sigma_tol = 0")
 
     def run(a: int, b: int) -> None:
         args = (ctx, obs_a[a:b], w_a[a:b], p0_a[a:b], lo, up, modes, sc, rt, rw, *scalars,
-                out_p[a:b], out_sigma[a:b], out_chi2[a:b], out_niter[a:b], out_status[a:b])
+                out_p[a:b], out_sigma[a:b], out_chi2[a:b], out_niter[a:b], out_status[a:b], *extra)
         if kernel is None:
             fit_pixels_impl(model, *args)
         else:
