@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,8 @@ __all__ = [
     "STATUS_NAMES",
     "coerce_option",
     "options_from_mapping",
+    "named_params",
+    "one_pixel_trial",
 ]
 
 #: Pixel status codes shared by every backend and the result file: 0 ok,
@@ -474,3 +476,52 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} options={self.options!r}>"
+
+
+def named_params(params: np.ndarray | Mapping[str, np.ndarray], names: Sequence[str], who: str,
+                 error: type[Exception] = BackendError) -> tuple[dict[str, np.ndarray], int]:
+    """Synthesis parameters as a name mapping, checked, and the pixel count.
+
+    Parameters
+    ----------
+    params : ndarray (npix, len(names)) or mapping
+        Columns in ``names`` order, or name -> scalar, (npix,) or (npix, ndepth) values.
+    names : sequence of str
+        The backend's parameter names.
+    who : str
+        The backend, for messages (``"the RH backend"``).
+    error : exception class
+        Raised on a wrong column count or an unknown name.
+
+    Returns
+    -------
+    dict, int
+        name -> float ndarray, and npix (the first axis of the longest given value; 1 for scalars).
+    """
+    if not isinstance(params, Mapping):
+        arr = np.atleast_2d(np.asarray(params, dtype=float))
+        if arr.shape[1] != len(names):
+            raise error(f"params has {arr.shape[1]} columns, expected {len(names)} ({list(names)})")
+        params = {n: arr[:, i] for i, n in enumerate(names)}
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise error(f"unknown parameter(s) {unknown}; {who} takes {list(names)}")
+    p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    return p, max((v.shape[0] for v in p.values() if v.ndim >= 1), default=1)
+
+
+def one_pixel_trial(backend: "Backend", label: str, errors: tuple[type[Exception], ...] = (BackendError,)
+                    ) -> tuple[bool, str]:
+    """Whether an external code, through ``backend``, synthesises one pixel of Fe I 6302 (B = 1000 G).
+
+    For ``is_available`` of the wrappers of external codes: (True, "") or
+    (False, why), where why names ``label`` (the executable) and the failure.
+    """
+    wl = 6302.4931 + 0.02 * np.arange(-5, 6)
+    try:
+        prof = backend.synthesize({"B": np.array([1000.0])}, wl)
+    except errors as exc:
+        return False, f"{label} fails a one-pixel trial: {exc}"
+    if not (np.all(np.isfinite(prof)) and 0.1 < prof[0, 0].min() < 0.99 and abs(prof[0, 3]).max() > 1e-3):
+        return False, f"{label} fails a one-pixel trial: its synthesis of FeI_6302 is not a line profile"
+    return True, ""

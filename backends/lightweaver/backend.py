@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from stokesflow.backends.base import Backend, ChunkResult, ConfigError, ParameterSpec
+from stokesflow.backends.base import Backend, ChunkResult, ConfigError, ParameterSpec, named_params
 from stokesflow.backends.lightweaver.atoms import import_lightweaver, model_atoms
 from stokesflow.backends.lightweaver.errors import LightweaverError
 from stokesflow.backends.sir.atomic import get_classical_lines
@@ -213,16 +213,7 @@ class LightweaverBackend(Backend):
         syn = self._synthesiser(wavelength)
         nd = syn.log_tau.size
         names = self.parameter_names
-        if not isinstance(params, Mapping):
-            arr = np.atleast_2d(np.asarray(params, dtype=float))
-            if arr.shape[1] != len(names):
-                raise LightweaverError(f"params has {arr.shape[1]} columns, expected {len(names)} ({list(names)})")
-            params = {n: arr[:, i] for i, n in enumerate(names)}
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise LightweaverError(f"unknown parameter(s) {unknown}; the Lightweaver backend takes {list(names)}")
-        p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-        npix = max((v.shape[0] for v in p.values() if v.ndim >= 1), default=1)
+        p, npix = named_params(params, names, "the Lightweaver backend", LightweaverError)
 
         def column(name: str, default: float | None, i: int) -> np.ndarray | None:
             if name not in p:

@@ -54,6 +54,8 @@ from stokesflow.backends.base import (
     ChunkResult,
     ConfigError,
     ParameterSpec,
+    named_params,
+    one_pixel_trial,
 )
 from stokesflow.backends.rh import io
 from stokesflow.backends.rh.errors import RHError
@@ -286,14 +288,7 @@ def _data_dir(root: Path, kind: str) -> Path:
 def _trial(exe: str, mtime_ns: int, data: str, mpiexec: str) -> tuple[bool, str]:
     """Whether the RH at ``exe`` synthesises one LTE pixel of Fe I 6302 (cached per file version)."""
     b = RHBackend({"executable": exe, "rh_data": data, "mpiexec": mpiexec, "lines": ["FeI_6302"], "timeout": 60.0})
-    wl = 6302.4931 + 0.02 * np.arange(-5, 6)
-    try:
-        prof = b.synthesize({"B": np.array([1000.0])}, wl)
-    except RHError as exc:
-        return False, f"{exe} fails a one-pixel trial: {exc}"
-    if not (np.all(np.isfinite(prof)) and 0.1 < prof[0, 0].min() < 0.99 and abs(prof[0, 3]).max() > 1e-3):
-        return False, f"{exe} fails a one-pixel trial: its synthesis of FeI_6302 is not a line profile"
-    return True, ""
+    return one_pixel_trial(b, exe, (RHError,))
 
 
 class RHBackend(Backend):
@@ -433,16 +428,7 @@ class RHBackend(Backend):
         """(name -> (npix, ndepth) or None for vmic kept, npix) from the caller's parameters."""
         names = self.parameter_names
         nd = self.ndepth
-        if not isinstance(params, Mapping):
-            arr = np.atleast_2d(np.asarray(params, dtype=float))
-            if arr.shape[1] != len(names):
-                raise RHError(f"params has {arr.shape[1]} columns, expected {len(names)} ({list(names)})")
-            params = {n: arr[:, i] for i, n in enumerate(names)}
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise RHError(f"unknown parameter(s) {unknown}; the RH backend takes {list(names)}")
-        p = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-        npix = max((v.shape[0] for v in p.values() if v.ndim >= 1), default=1)
+        p, npix = named_params(params, names, "the RH backend", RHError)
         out: dict[str, np.ndarray | None] = {}
         for name, default in (("B", 0.0), ("inclination", 0.0), ("azimuth", 0.0), ("vlos", 0.0), ("vmic", np.nan)):
             v = p.get(name, np.array(default))

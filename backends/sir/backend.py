@@ -33,6 +33,7 @@ from stokesflow.backends.base import (
     ChunkResult,
     ConfigError,
     ParameterSpec,
+    one_pixel_trial,
 )
 from stokesflow.backends.sir import io
 from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines, load_abundances
@@ -282,15 +283,8 @@ class SIROptions:
 @functools.lru_cache(maxsize=8)
 def _trial(path: str, mtime_ns: int) -> tuple[bool, str]:
     """Whether the SIR at ``path`` synthesises one pixel (cached per file version)."""
-    b = SIRBackend({"executable": path, "lines": ["FeI_6302"], "timeout": 30.0})
-    wl = 6302.4931 + 0.02 * np.arange(-5, 6)
-    try:
-        prof = b.synthesize({"B": np.array([1000.0])}, wl)
-    except SIRError as exc:
-        return False, f"{path} fails a one-pixel trial: {exc}"
-    if not (np.all(np.isfinite(prof)) and 0.1 < prof[0, 0].min() < 0.99 and abs(prof[0, 3]).max() > 1e-3):
-        return False, f"{path} fails a one-pixel trial: its synthesis of FeI_6302 is not a line profile"
-    return True, ""
+    return one_pixel_trial(SIRBackend({"executable": path, "lines": ["FeI_6302"], "timeout": 30.0}), path,
+                           (SIRError,))
 
 
 class SIRBackend(Backend):

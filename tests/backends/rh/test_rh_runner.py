@@ -25,6 +25,8 @@ from stokesflow.backends.rh.backend import CONTINUUM_OFFSET, RHBackend, field_co
 from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.rh.runner import ENV_VAR, RunOutcome, rh_command, run_timeout
 
+from _rh_doubles import rh_double  # noqa: E402,F401 - the fixture
+
 WL = 6300.89 + 0.021549 * np.arange(112)  # Hinode/SP-like grid [A, air]
 #: vmic [km/s] that makes the double fail its run or its column (m/s at the top of the column / 1000).
 MODES = {"crash": 0.9001, "fatal": 0.9002, "missing": 0.9003, "hang": 0.9004, "noconv": 0.9005, "gaveup": 0.9006}

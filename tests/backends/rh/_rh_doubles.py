@@ -1,4 +1,7 @@
-"""Fixtures of the RH 1.5D tests: the TEST DOUBLES of rh15d_ray_pool and mpiexec, and a stand-in data folder."""
+"""Fixtures of the RH 1.5D tests: the TEST DOUBLES of rh15d_ray_pool and mpiexec, and a stand-in data folder.
+
+Not a ``conftest.py``: the test modules import ``skip_or_fail_on_ci`` from the top-level ``conftest``, which a
+second ``conftest`` module would shadow; the RH tests import the fixture from here instead."""
 
 from __future__ import annotations
 
