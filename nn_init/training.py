@@ -22,11 +22,11 @@ import hashlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from stokesflow.nn_init.checkpoint import load_checkpoint, save_checkpoint
 from stokesflow.nn_init.features import InputScaling, TargetEncoding
 from stokesflow.nn_init.model_file import NetworkModel
 from stokesflow.nn_init.network import build_network, cnn_architecture, torch_or_error
@@ -64,12 +64,6 @@ def data_digest(stokes: np.ndarray, params: np.ndarray, settings: Mapping[str, A
     h.update(np.ascontiguousarray(params, dtype=np.float64).tobytes())
     h.update(repr(sorted((k, v) for k, v in settings.items() if k != "epochs")).encode())
     return h.hexdigest()[:32]
-
-
-def _atomic_save(torch: Any, obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def train_network(
@@ -140,30 +134,17 @@ def train_network(
     y_tr = torch.from_numpy(encoding.encode(p_all[tr_idx])).to(device)
     x_va = torch.from_numpy(scaling.apply(x_all[val_idx])).to(device)
     y_va = torch.from_numpy(encoding.encode(p_all[val_idx])).to(device)
-    history: list[dict[str, Any]] = []
-    best = {"loss": float("inf"), "epoch": -1, "state": None}
-    start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("digest") != digest:
-            raise InitError(f"checkpoint {ckpt} was written for other training data or settings; "
-                            "delete it to start afresh")
-        net.load_state_dict(state["net"])
-        net.to(device)
-        opt.load_state_dict(state["opt"])
-        history = list(state["history"])
-        best = {"loss": float(state["best_loss"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
-        start_epoch = len(history)
-        torch.set_rng_state(state["rng"])
-        log.info("resuming training from %s at epoch %d", ckpt, start_epoch + 1)
+    progress = load_checkpoint(torch, checkpoint, digest, net, opt)
+    net.to(device)
+    history: list[dict[str, Any]] = progress["history"]
+    best = progress["best"]
+    start_epoch = progress.start_epoch
 
     loss_fn = torch.nn.MSELoss()
     batch = int(st["batch"])
     patience = int(st["patience"])
-    stopped = bool(history) and (len(history) - 1 - best["epoch"] >= patience)
     for epoch in range(start_epoch, int(st["epochs"])):
-        if stopped:
+        if progress.stopped(patience):
             break
         t0 = time.perf_counter()
         net.train()
@@ -185,14 +166,11 @@ def train_network(
         if val < best["loss"] * (1.0 - float(st["min_delta"])):
             best = {"loss": val, "epoch": epoch,
                     "state": {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}}
-        stopped = epoch - best["epoch"] >= patience
+        progress["best"] = best
         log.info("epoch %d/%d: train loss %.4g, validation loss %.4g (best %.4g at epoch %d)%s", epoch + 1,
                  int(st["epochs"]), entry["train_loss"], val, best["loss"], best["epoch"] + 1,
-                 "; stopping early" if stopped else "")
-        if ckpt is not None:
-            _atomic_save(torch, {"digest": digest, "net": net.state_dict(), "opt": opt.state_dict(),
-                                 "history": history, "best_loss": best["loss"], "best_epoch": best["epoch"],
-                                 "best_state": best["state"], "rng": torch.get_rng_state()}, ckpt)
+                 "; stopping early" if progress.stopped(patience) else "")
+        save_checkpoint(torch, checkpoint, digest, net, opt, progress)
         if on_epoch is not None:
             on_epoch(entry)
     meta = dict(metadata)
