@@ -150,8 +150,8 @@ def accuracy(inst: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]
         j = names.index(p)
         r[p] = pearson(ref[ho, j], guess[:, j], period=180.0 if p == "azimuth" else None)
     hist = model.metadata["history"]
-    print(f"{inst}: trained {len(hist)} epochs on {tr.size} reference pixels ({t_train:.0f} s CPU; reference "
-          f"inversion {t_ref:.0f} s CPU), validation loss {hist[0]['val_loss']:.3f} -> "
+    print(f"{inst}: trained {len(hist)} epochs on {tr.size} reference pixels ({t_train:.1f} s CPU; reference "
+          f"inversion {t_ref:.1f} s CPU), validation loss {hist[0]['val_loss']:.3f} -> "
           f"{min(h['val_loss'] for h in hist):.3f}; Pearson r vs the reference on {ho.size} held-out pixels: "
           + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
     return r
