@@ -21,12 +21,15 @@ With ``--train-epochs N`` (default 30; 0 skips it) it also trains a CNN on
 the ME backend's own inversions (the reference) of ``--train-pixels`` random
 pixels and prints the Pearson r of B, inclination, azimuth (180-deg aligned)
 and vlos of its guesses against the reference on ``--held-out`` other pixels.
+``--predict N`` also times ``stokesflow predict`` (serial executor, one
+thread, HDF5 reading and writing included) on an N x N ``synth --scene
+mixed`` field per instrument, with a model trained one epoch on its truth.
 ``--unet`` also times the U-Net network alone (random weights, tiled over a
 256 x 256 HMI-like image; the decoding to parameters and intervals is not
 included).
 
 Run: ``python benchmarks/nn_inference.py [--hmi-pixels 200000] [--hinode-pixels 20000]
-[--repeat 3] [--train-epochs 30] [--unet]``.
+[--repeat 3] [--train-epochs 30] [--predict 256] [--unet]``.
 """
 
 from __future__ import annotations
@@ -157,6 +160,33 @@ def accuracy(inst: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]
     return r
 
 
+def predict_speed(inst: str, size: int, args: argparse.Namespace, tmp: Path) -> float:
+    """px/s of ``stokesflow predict`` (serial, one thread) on a ``size`` x ``size`` mixed field; prints it."""
+    import h5py
+
+    from stokesflow.backends import get_backend
+    from stokesflow.orchestrator.predict import predict_observation
+    from stokesflow.orchestrator.synth import synthesize_observation
+
+    obs = synthesize_observation(tmp / f"{inst}_obs.h5", instrument=inst, scene="mixed", size=(size, size),
+                                 seed=args.seed)
+    be = get_backend("me", {"lines": CASES[inst][0]})
+    with h5py.File(obs) as f:
+        wave = f["wavelength"][:]
+        stokes = f["stokes"][:].reshape(-1, 4, wave.size)[:2000]
+        truth = np.column_stack([f[f"truth/{p.name}"][:].reshape(-1)[:2000] for p in be.parameters])
+    model = _model(be, wave, stokes, truth, 1, tmp, f"{inst}_field")
+    best = (float("inf"), float("inf"))
+    for _ in range(args.repeat):
+        c0, w0 = time.process_time(), time.perf_counter()
+        predict_observation(obs, model, tmp / f"{inst}_guess.h5", cluster={"kind": "serial"}, overwrite=True,
+                            threads=1)
+        best = min(best, (time.process_time() - c0, time.perf_counter() - w0))
+    print(f"{inst}: stokesflow predict, {size} x {size} field, serial, one thread: {size * size / best[0]:,.0f} px/s "
+          f"per core of CPU time ({best[0]:.2f} s CPU, {best[1]:.2f} s wall)")
+    return size * size / best[0]
+
+
 def unet_speed(args: argparse.Namespace) -> float:
     """px/s on one core of the U-Net network alone (random weights) on a 256 x 256 HMI-like image."""
     import torch
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-pixels", type=int, default=3000)
     ap.add_argument("--held-out", type=int, default=1000)
     ap.add_argument("--instruments", default="hmi,hinode")
+    ap.add_argument("--predict", type=int, default=0, metavar="N", help="also time stokesflow predict on N x N")
     ap.add_argument("--unet", action="store_true", help="also time the U-Net network")
     args = ap.parse_args(argv)
 
@@ -199,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         for inst in args.instruments.split(","):
             speed(inst, args.hmi_pixels if inst == "hmi" else args.hinode_pixels, args, tmp)
+        if args.predict > 0:
+            for inst in args.instruments.split(","):
+                predict_speed(inst, args.predict, args, tmp)
         if args.unet:
             unet_speed(args)
         if args.train_epochs > 0:
