@@ -8,9 +8,15 @@ works on any grid (six HMI tunings or a fully sampled line).
 
 Through filters (HMI-like filtergrams) the monochromatic formulas are
 biased: :func:`depth_table` / :func:`depth_table_estimates` take eta0 and the
-continuum from what the instrument itself does to the line depth, and
-:func:`field_calibration` measures the instrument's bias of the field
-estimates, both by synthesising a few hundred seeded pixels through it.
+continuum from what the instrument itself does to the line depth (for
+magnetic lines: :func:`field_depth_table`), :func:`field_calibration`
+measures the instrument's bias of the field estimates,
+:func:`doppler_calibration` / :func:`doppler_magnetogram` are the HMI
+pipeline's closed-form Doppler and magnetogram algorithm (Fourier phase of
+I +- V, Couvidat et al. 2012) with its look-up table, and
+:func:`template_azimuth` takes the azimuth from a synthesis of the pixel's
+own estimate; every table and scale is made by synthesising seeded pixels
+through the instrument itself, so nothing is tuned to one filter set.
 
 The estimates are starting points, not results: the Levenberg-Marquardt fit
 refines them. Their value is to put each pixel in the right basin (polarity,
