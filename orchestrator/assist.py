@@ -19,8 +19,9 @@ finished phases and, inside a phase, the finished chunks or epochs):
    representative's, with its chi2 as a quality map) for every pixel, as
    chunk tasks -> ``DIR/guess.h5``.
 5. ``assisted``: the whole field inverted from those guesses (``--init
-   previous -I file=guess.h5``) with the short strategy (``n_starts=1``) ->
-   ``DIR/assisted.h5``.
+   previous -I file=guess.h5``) with the short strategy
+   (:func:`default_short_options`: one start, and the statistical step rule
+   ``sigma_tol`` where the backend has it) -> ``DIR/assisted.h5``.
 6. ``baseline`` (with ``baseline=True``): the whole field inverted the
    classical way (backend defaults) -> ``DIR/baseline.h5``.
 
@@ -44,11 +45,45 @@ import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["PHASES", "AssistSettings", "run_assist", "make_subset"]
+__all__ = ["PHASES", "SHORT_SIGMA_TOL", "AssistSettings", "default_short_options", "make_subset", "run_assist"]
 
 log = logging.getLogger("stokesflow.assist")
 
 PHASES = ("subset", "reference", "train", "predict", "assisted", "baseline")
+
+
+#: Statistical step tolerance of the short strategy [sigma]: the assisted
+#: inversion stops once an accepted LM step moved every parameter by less than
+#: this share of its own 1-sigma uncertainty (``stokesflow.lm_solver.LMOptions.sigma_tol``).
+#: A start from a network trained on the reference inversions lies in the right
+#: valley already; what the relative chi2 rule adds from there is a slow crawl
+#: along the flat directions (eta0, source function, damping of six HMI
+#: filtergrams) that moves no parameter by a meaningful amount.
+SHORT_SIGMA_TOL = 0.1
+
+
+def _backend_has_option(backend: str, name: str) -> bool:
+    """Whether ``[backend.<backend>]`` accepts ``name`` (only the ME backend's options are known here)."""
+    if backend != "me":
+        return False
+    import dataclasses
+
+    from stokesflow.backends.me.backend import MEOptions
+
+    return name in {f.name for f in dataclasses.fields(MEOptions)}
+
+
+def default_short_options(backend: str = "me") -> dict[str, Any]:
+    """Options of the short strategy (phase ``assisted``) for ``backend``.
+
+    One start (``n_starts = 1``; the backend's retries of misfit pixels stay
+    on, they guard against a guess in a wrong minimum), and with a backend that
+    offers it the statistical step rule ``sigma_tol = SHORT_SIGMA_TOL``.
+    """
+    opts: dict[str, Any] = {"n_starts": 1}
+    if _backend_has_option(backend, "sigma_tol"):
+        opts["sigma_tol"] = SHORT_SIGMA_TOL
+    return opts
 
 
 @dataclass(frozen=True)
@@ -78,8 +113,10 @@ class AssistSettings:
         Options of every run (``-B``).
     reference_options : dict
         Added for the reference inversion of the subset.
-    short_options : dict
-        Added for the assisted inversion.
+    short_options : dict, optional
+        Added for the assisted inversion. Default (None):
+        :func:`default_short_options` of ``backend``: one start and, with the
+        ME backend, the statistical step rule ``sigma_tol``.
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
@@ -100,13 +137,15 @@ class AssistSettings:
     backend: str = "me"
     backend_options: dict[str, Any] = field(default_factory=dict)
     reference_options: dict[str, Any] = field(default_factory=lambda: {"n_starts": 4, "max_iter": 100})
-    short_options: dict[str, Any] = field(default_factory=lambda: {"n_starts": 1})
+    short_options: dict[str, Any] | None = None
     cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
     chunk_pixels: int = 0
     progress: str = "auto"
     report: bool = True
 
     def __post_init__(self) -> None:
+        if self.short_options is None:
+            object.__setattr__(self, "short_options", default_short_options(self.backend))
         if not 0 < self.subset <= 1:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         if self.subset_method not in ("clusters", "box"):
