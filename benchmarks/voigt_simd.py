@@ -604,7 +604,8 @@ def section_accuracy(eta_max: float, noise: float) -> None:
         relF = np.max(eF[far] / np.abs(w.imag[far]))
         print(f"  {name:16s} max rel H {np.max(eH / w.real):8.1e} | max rel F {relF:8.1e}"
               f" | max abs H {eH.max():8.1e}, F {eF.max():8.1e} | max |d(dw/dz)| / max|dw/dz| "
-              f"{ed.max() / np.abs(dw).max():8.1e} | eta0 x max abs error = {eta_max * max(eH.max(), eF.max()):7.1e}"
+              f"{ed.max() / np.abs(dw).max():8.1e} | eta0 {eta_max:g} x max abs error = "
+              f"{eta_max * max(eH.max(), eF.max()):7.1e}"
               f" (noise {noise:g})")
     # the fit's whole damping range (bounds 0-3): absolute errors (H itself underflows in the far
     # Doppler wing as a -> 0, so a relative figure says nothing there)
