@@ -637,8 +637,9 @@ def me_synth_impl(params, ctx, nobs):
 @njit(cache=True, nogil=True)
 def me_fit_pixels_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, reg_target, reg_weight,
                        max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
-                       out_p, out_sigma, out_chi2, out_niter, out_status):
-    """The lm_solver engine with :func:`me_model_impl` bound as a global.
+                       out_p, out_sigma, out_chi2, out_niter, out_status, sigma_tol=0.0):
+    """The lm_solver engine with :func:`me_model_impl` bound as a global (``sigma_tol``: the
+    engine's statistical step rule, 0 = off).
 
     The engine is inlined at the numba-IR level, so this wrapper is cached
     on disk and a new worker process does not recompile it (see
@@ -646,4 +647,4 @@ def me_fit_pixels_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, r
     """
     fit_pixels_impl(me_model_impl, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
                     reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
-                    out_p, out_sigma, out_chi2, out_niter, out_status)
+                    out_p, out_sigma, out_chi2, out_niter, out_status, sigma_tol)

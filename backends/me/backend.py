@@ -160,6 +160,13 @@ class MEOptions:
         Stop trying further starts once the reduced chi2 (statistical units:
         the noise is always known or estimated) is below this; a pixel still
         above it after ``n_starts`` may get extra starts (``max_starts``).
+    sigma_tol : float
+        Statistical step rule of the LM engine (``LMOptions.sigma_tol``): a
+        fit has also converged once an accepted step moved every parameter by
+        less than this fraction of its own 1-sigma uncertainty. 0 (default)
+        turns it off. ``stokesflow assist`` uses 0.04 for its short strategy:
+        on HMI's six points eta0, the source function and the damping trade
+        off along flat valleys where LM otherwise keeps crawling.
     max_starts : int
         Cap on the starts of a pixel still above ``good_chi2`` after its
         ``n_starts``: only those pixels (and of them only the ones above the
@@ -203,6 +210,7 @@ class MEOptions:
         default=_STOKES_WEIGHT_DEFAULT, metadata={"expected": "a list of 4 numbers >= 0 [I, Q, U, V]"})
     max_iter: int = 50
     chi2_tol: float = 0.02
+    sigma_tol: float = 0.0
     n_starts: int = 2
     good_chi2: float = 3.0
     max_starts: int = 8
@@ -240,6 +248,8 @@ class MEOptions:
             raise ConfigError(f"[backend.me] mu must be in (0, 1], got {self.mu!r}")
         if not self.chi2_tol > 0:
             raise ConfigError(f"[backend.me] chi2_tol must be > 0, got {self.chi2_tol!r}")
+        if not (np.isfinite(self.sigma_tol) and self.sigma_tol >= 0):
+            raise ConfigError(f"[backend.me] sigma_tol must be a number >= 0 (0 = off), got {self.sigma_tol!r}")
         if int(self.n_starts) < 1 or int(self.max_iter) < 1:
             raise ConfigError(
                 f"[backend.me] n_starts and max_iter must be >= 1, got n_starts={self.n_starts!r}, "
@@ -612,7 +622,7 @@ class MEBackend(Backend):
             None, model.ctx, obs, p0, weights=weights, lower=pr["lower"], upper=pr["upper"],
             bound_mode=pr["mode"], scale=pr["scale"], reg_target=pr["reg_target"], reg_weight=pr["reg_weight"],
             options=LMOptions(max_iter=int(o.max_iter), chi2_rtol=float(o.chi2_tol) / dof,
-                              good_chi2=float(good_chi2), scale_covar=False),
+                              good_chi2=float(good_chi2), scale_covar=False, sigma_tol=float(o.sigma_tol)),
             threads=int(o.threads), kernel=_kernels.me_fit_pixels_impl,
         )
 
