@@ -56,10 +56,13 @@ from scipy.special import wofz
 
 from stokesflow.backends import get_backend
 from stokesflow.backends.me import backend as me_backend_module
-from stokesflow.backends.me._kernels import (
+from stokesflow.backends.me._kernels import (  # noqa: F401 - _horner_step_impl is used by the kernels below
+    _SIMD,
     _components_impl,
     _geometry_impl,
     _me_point_impl,
+    _horner_step_impl,
+    _weideman_coefficients,
     faddeeva_w4_impl,
     me_model_impl,
 )
@@ -94,35 +97,10 @@ VARIANT_NAMES = {PRODUCTION_FRESH: "production, fresh wrapper", VARIANT_W4: "W4 
                  VARIANT_NONE: "no Voigt (rest of the model)"}
 
 
-def weideman_coefficients(n: int) -> tuple[float, tuple[float, ...]]:
-    """Weideman's (1994) L and polynomial coefficients (highest degree first) for ``n`` terms.
-
-    w(z) = 2 p(Z) / (L - i z)^2 + (1/sqrt(pi)) / (L - i z), Z = (L + i z) / (L - i z),
-    with p the degree n-1 polynomial; his MATLAB recipe (FFT of the weighted
-    Gaussian on a tangent grid) transcribed.
-    """
-    m = 2 * n
-    k = np.arange(-m + 1, m)
-    L = math.sqrt(n / math.sqrt(2.0))
-    t = L * np.tan(k * np.pi / m / 2.0)
-    f = np.concatenate([[0.0], np.exp(-t * t) * (L * L + t * t)])
-    a = np.real(np.fft.fft(np.fft.fftshift(f))) / (2 * m)
-    return L, tuple(float(x) for x in a[1:n + 1][::-1])
-
-
-# Vectorisable kernels: fastmath, and error_model="numpy" (numba's default "python" error model
-# checks every float division for a zero divisor and raises, a branch that alone keeps LLVM from
-# vectorising the loop; measured here). The Horner loop is written out (a loop over a tuple, even
-# one of compile-time length, is not unrolled before the vectoriser runs, so the loop over points
-# would not be the innermost one; measured).
-_SIMD = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
-
-
-@njit(inline="always", **_SIMD)
-def _horner_step_impl(pr, pi, dpr, dpi, zr, zi, c):
-    """One Horner step of p(Z) and p'(Z) in real arithmetic: p' <- p' Z + p, p <- p Z + c."""
-    return (pr * zr - pi * zi + c, pr * zi + pi * zr,
-            dpr * zr - dpi * zi + pr, dpr * zi + dpi * zr + pi)
+# Weideman's coefficients, the Horner step and the SIMD compile options are the production ones
+# (stokesflow.backends.me._kernels, which explains why fastmath and error_model="numpy" are needed
+# and why the Horner loop is written out); this script adds N = 32 and the timing harness.
+weideman_coefficients = _weideman_coefficients
 
 
 @njit(inline="always", **_SIMD)
