@@ -20,7 +20,7 @@ Examples
 from __future__ import annotations
 
 from stokesflow.clusters.base import Executor, Future, mpi_rank, mpi_size
-from stokesflow.clusters.factory import open_executor, preflight
+from stokesflow.clusters.factory import executor_for, open_executor, preflight
 from stokesflow.clusters.jobqueue import job_script
 from stokesflow.clusters.mpi import client_rank
 from stokesflow.clusters.spec import (
@@ -48,5 +48,6 @@ __all__ = [
     "mpi_rank",
     "mpi_size",
     "open_executor",
+    "executor_for",
     "preflight",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from stokesflow.clusters.base import Executor
 from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
-__all__ = ["open_executor", "preflight"]
+__all__ = ["open_executor", "executor_for", "preflight"]
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +119,21 @@ def open_executor(spec: ClusterSpec) -> Iterator[Executor]:
                       type(exc).__name__, exc)
         raise
     ex.close()
+
+
+def executor_for(spec: ClusterSpec, executor: Executor | None = None) -> contextlib.AbstractContextManager[Executor]:
+    """``open_executor(spec)``, or ``executor`` lent for the block (left open at its end).
+
+    For a run made of several steps on one cluster (``stokesflow assist``:
+    reference, training, prediction, inversions): the caller opens the executor
+    once and each step borrows it, so workers start once and, under
+    ``mpiexec``, dask-mpi is initialised once.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        What to open when no executor is given.
+    executor : Executor, optional
+        An open executor to use instead.
+    """
+    return contextlib.nullcontext(executor) if executor is not None else open_executor(spec)

@@ -321,7 +321,8 @@ class _State:
 
 
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
-            init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False) -> Any:
+            init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False,
+            executor: Any = None) -> Any:
     from stokesflow.orchestrator.config import load_config
     from stokesflow.orchestrator.run import run_inversion
 
@@ -337,7 +338,7 @@ def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, 
         layer["input"]["noise"] = noise
     if init_options:
         layer["init"] = {init: dict(init_options)}
-    return run_inversion(load_config(None, layer))
+    return run_inversion(load_config(None, layer), executor=executor)
 
 
 def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -362,8 +363,6 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         Bad input or configuration, before the phase that meets it.
     """
     from stokesflow.orchestrator.io import open_observation
-    from stokesflow.orchestrator.predict import predict_observation
-    from stokesflow.orchestrator.train import train_model
 
     s = settings or AssistSettings()
     d = Path(out_dir)
@@ -401,9 +400,34 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         paths["subset_obs"].unlink(missing_ok=True)
         st.data["subset"] = make_subset(obs, paths["subset_obs"], s)
 
-    phase("subset", subset)
+    # Every phase runs on one executor: the workers start once and, under mpiexec, dask-mpi is
+    # initialised once and only the driver rank runs the phases (and writes their files).
+    from stokesflow.clusters import ClusterSpec, open_executor
+
+    phases = ["subset", "reference", "train", "predict", "assisted"] + (["baseline"] if s.baseline else [])
+    if not all(st.done(p) for p in phases):
+        with open_executor(ClusterSpec.from_mapping(dict(s.cluster))) as ex:
+            phase("subset", subset)
+            _cluster_phases(s, st, obs, paths, phase, ex)
+    summary = _summarise(st, paths, obs, s)
+    summary["ran"] = ran
+    st.data.update(summary)
+    st.save()
+    if s.report:
+        from stokesflow.orchestrator.assist_report import write_loop_report
+
+        write_loop_report(d, paths, st.data)
+    return st.data
+
+
+def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, Path],
+                    phase: Callable[[str, Callable[[], Any]], Any], ex: Any) -> None:
+    """The phases after ``subset``, all on the open executor ``ex``."""
+    from stokesflow.orchestrator.predict import predict_observation
+    from stokesflow.orchestrator.train import train_model
+
     phase("reference", lambda: _invert(s, paths["subset_obs"], paths["subset"], options=s.reference_options,
-                                       synthetic=s.model == "kmeans"))
+                                       synthetic=s.model == "kmeans", executor=ex))
     noise = _noise_of(paths["subset"]) if obs.meta.get("noise") is None else None
 
     def train() -> None:
@@ -414,7 +438,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             return
         summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"], model=s.model,
                               settings={"epochs": s.epochs, "seed": s.seed}, cluster=s.cluster, overwrite=True,
-                              threads=s.threads or None)
+                              threads=s.threads or None, executor=ex)
         st.data["training"] = {k: summary[k] for k in ("pixels", "n_train", "n_val", "epochs", "best_epoch",
                                                         "val_loss", "device", "threads", "history")}
 
@@ -423,23 +447,15 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     def predict() -> None:
         res = predict_observation(obs.path, paths["model"], paths["guess"], cluster=s.cluster,
                                   chunk_pixels=s.chunk_pixels, resume=paths["guess"].exists(),
-                                  threads=s.threads or None)
+                                  threads=s.threads or None, executor=ex)
         st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
 
     phase("predict", predict)
     phase("assisted", lambda: _invert(s, Path(obs.path), paths["assisted"], options=s.short_options,
-                                      init="previous", init_options={"file": str(paths["guess"])}, noise=noise))
+                                      init="previous", init_options={"file": str(paths["guess"])}, noise=noise,
+                                      executor=ex))
     if s.baseline:
-        phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options={}, noise=noise))
-    summary = _summarise(st, paths, obs, s)
-    summary["ran"] = ran
-    st.data.update(summary)
-    st.save()
-    if s.report:
-        from stokesflow.orchestrator.assist_report import write_loop_report
-
-        write_loop_report(d, paths, st.data)
-    return st.data
+        phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options={}, noise=noise, executor=ex))
 
 
 def _noise_of(result: Path) -> Any:

@@ -128,7 +128,8 @@ def _write_intervals(store: ResultStore, names: tuple[str, ...], start: int, sto
 
 def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
                         out: str | os.PathLike[str], *, cluster: Any = None, chunk_pixels: int = 0,
-                        resume: bool = False, overwrite: bool = False, threads: int | None = None) -> dict[str, Any]:
+                        resume: bool = False, overwrite: bool = False, threads: int | None = None,
+                        executor: Any = None) -> dict[str, Any]:
     """Apply the model in ``model_path`` to every pixel of ``input_path``; write ``out``.
 
     Parameters
@@ -149,6 +150,8 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         As for ``invert``.
     threads : int, optional
         torch threads per task; default the worker's share of the cores.
+    executor : Executor, optional
+        An open executor to use (left open) instead of one opened for ``cluster``.
 
     Returns
     -------
@@ -162,7 +165,7 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     OrchestratorError
         Bad input or output path.
     """
-    from stokesflow.clusters import ClusterSpec, open_executor
+    from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network_init import loaded_model
     from stokesflow.orchestrator.io import open_observation
     from stokesflow.orchestrator.plan import plan_chunks
@@ -209,7 +212,7 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
                                    attrs={"backend": f"network:{kind}", "init": "none", "input": str(obs.path),
                                           "model": model_path, "versions": json.dumps(package_versions()),
                                           "config": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    with store, open_executor(spec) as ex:
+    with store, executor_for(spec, executor) as ex:
         from stokesflow.orchestrator.train import worker_threads
 
         threads = int(threads or worker_threads(ex.n_workers))

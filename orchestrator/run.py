@@ -1104,6 +1104,7 @@ def run_inversion(
     *,
     backend: Backend | None = None,
     progress_stream: TextIO | None = None,
+    executor: Any = None,
 ) -> RunSummary:
     """Invert the observation of ``config`` and write the result file.
 
@@ -1117,6 +1118,9 @@ def run_inversion(
         adapted with ``for_observation``.
     progress_stream : file, optional
         Where the progress bar goes (default stderr).
+    executor : Executor, optional
+        An open executor to run on (left open), instead of opening one for
+        the ``[cluster]`` table (``stokesflow assist`` shares one between phases).
 
     Returns
     -------
@@ -1150,12 +1154,12 @@ def run_inversion(
             plan.chunk_pixels,
         )
 
-    from stokesflow.clusters import open_executor
+    from stokesflow.clusters import executor_for
 
     t0 = time.perf_counter()
     # every rank of an mpiexec job passes here, so the Dask settings reach all workers
     quiet = _QuietShutdown()
-    with quiet.restore(), _dask_settings(spec), open_executor(spec) as ex, quiet.on_interrupt():
+    with quiet.restore(), _dask_settings(spec), executor_for(spec, executor) as ex, quiet.on_interrupt():
         # under mpiexec only the driver rank gets here (the other ranks serve the cluster)
         if prep.already_complete:
             return nothing_to_do()

@@ -293,7 +293,8 @@ def _submit(ex: Any, fn: Any, *args: Any) -> Any:
 
 def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.PathLike[str], *,
                 model: str = "cnn", settings: Mapping[str, Any] | None = None, cluster: Any = None,
-                max_chi2: float | None = None, overwrite: bool = False, threads: int | None = None) -> dict[str, Any]:
+                max_chi2: float | None = None, overwrite: bool = False, threads: int | None = None,
+                executor: Any = None) -> dict[str, Any]:
     """Train a model on the pairs as one task on the executor of ``cluster``; return the task's summary.
 
     Parameters
@@ -316,8 +317,10 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     threads : int, optional
         torch threads of the task; default the worker's share of the cores
         (on a loaded machine, 1 is often faster: torch's threads spin).
+    executor : Executor, optional
+        An open executor to use (left open) instead of one opened for ``cluster``.
     """
-    from stokesflow.clusters import ClusterSpec, open_executor
+    from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network import torch_or_error
     from stokesflow.nn_init.training import TrainSettings
 
@@ -341,7 +344,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
     history_path = Path(out + ".history.json")
     history_path.unlink(missing_ok=True)  # the task rewrites it with the epochs it runs
-    with open_executor(spec) as ex:
+    with executor_for(spec, executor) as ex:
         threads = int(threads or worker_threads(ex.n_workers))
         log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
         fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),

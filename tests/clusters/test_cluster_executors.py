@@ -282,3 +282,15 @@ def test_preferring_a_resource_nobody_offers_runs_anywhere(local_ex: Executor, s
     assert local_ex.offered_resources() == {}
     assert local_ex.submit_preferring({"GPU": 1}, h.square_with_pid, 3).result()[0] == 9
     assert serial_ex.submit_preferring({"GPU": 1}, h.square_with_pid, 4).result()[0] == 16
+
+
+def test_executor_for_lends_an_open_executor_and_leaves_it_open(serial_ex: Executor) -> None:
+    from stokesflow.clusters import executor_for
+
+    with executor_for(ClusterSpec(kind="local"), serial_ex) as ex:  # lent: no local cluster is started
+        assert ex is serial_ex
+    assert serial_ex.submit(pow, 2, 5).result() == 32  # still open after the block
+    with executor_for(ClusterSpec(kind="serial")) as ex:  # none lent: one is opened and closed
+        assert ex is not serial_ex and ex.submit(pow, 3, 2).result() == 9
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.submit(pow, 1, 1)

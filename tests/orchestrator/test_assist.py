@@ -143,3 +143,29 @@ def test_kmeans_look_up_loop(obs, tmp_path):
         index = h5["assist/index"][:]
     assert np.median(g.chi2.reshape(-1)[index]) < 3.0
     assert read_result(d / "assisted.h5").done.all()
+
+
+def test_end_to_end_local_on_one_executor(obs, tmp_path, monkeypatch):
+    """With a local Dask cluster every phase (reference, training, prediction, inversions) runs on one
+    executor, opened once: the workers start once."""
+    import stokesflow.clusters as clusters
+    import stokesflow.clusters.factory as factory
+
+    opened = []
+    real = factory.open_executor
+
+    def counting(spec):
+        opened.append(spec.kind)
+        return real(spec)
+
+    monkeypatch.setattr(factory, "open_executor", counting)
+    monkeypatch.setattr(clusters, "open_executor", counting)
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(baseline=True, cluster={"kind": "local", "workers": 2}))
+    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted", "baseline"]
+    assert opened == ["local"]
+    for f in FILES + ("baseline.h5",):
+        assert (d / f).exists(), f
+    assert read_result(d / "assisted.h5").attrs["complete"]
+    assert run_assist(obs, d, _settings(baseline=True, cluster={"kind": "local", "workers": 2}))["ran"] == []
+    assert opened == ["local"]  # nothing left to do: no cluster started
