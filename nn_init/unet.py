@@ -46,7 +46,7 @@ from stokesflow.nn_init.network_init import NetworkInit, loaded_model
 from stokesflow.nn_init.providers import InitError
 
 __all__ = [
-    "N_BINS", "RECEPTIVE_HALF", "unet_architecture", "build_unet", "image_inputs", "model_bins",
+    "N_BINS", "RECEPTIVE_HALF", "CURVE_LEVELS", "unet_architecture", "build_unet", "image_inputs", "model_bins",
     "tiled_logits", "decode_logits", "predict_field", "UNetSettings", "train_unet", "UNetInit",
 ]
 
@@ -57,6 +57,9 @@ N_BINS = 80
 #: Half the receptive field [pixels]: tiles overlap by at least this much by default.
 RECEPTIVE_HALF = 22
 
+
+#: Nominal levels of the calibration curve stored in a U-Net model file (``calibration_curve``).
+CURVE_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 def unet_architecture(nw: int, n_params: int, *, channels: int = 16, n_bins: int = N_BINS) -> dict[str, Any]:
     """The architecture description (plain numbers) of the U-Net for ``nw`` wavelengths and ``n_params``."""
@@ -543,11 +546,15 @@ def train_unet(
                                 for l, m in zip(lg, va_masks)])
     va_true = np.concatenate([p[m] for p, m in zip(params, va_masks)])
     calib = []
+    curve: dict[str, list[float]] = {}
     for j, b in enumerate(bins):
         temp, scale = calibrate(b, va_logits[:, j, :], va_true[:, j], level=0.9)
         p = softmax(va_logits[:, j, :], temp)
-        cov = coverage(b.interval(p, 0.9, scale), va_true[:, j], (b.upper - b.lower) if b.circular else None)
+        period = (b.upper - b.lower) if b.circular else None
+        cov = coverage(b.interval(p, 0.9, scale), va_true[:, j], period)
         calib.append({"name": specs[j].name, "temperature": temp, "scale": scale, "coverage": cov})
+        # the calibration curve: held-out coverage of the calibrated intervals at every nominal level
+        curve[specs[j].name] = [coverage(b.interval(p, lv, scale), va_true[:, j], period) for lv in CURVE_LEVELS]
     meta = dict(metadata)
     meta.update({
         "wavelength": np.asarray(wavelength, dtype=np.float64).tolist(),
@@ -555,6 +562,7 @@ def train_unet(
         "inputs": scaling.to_dict(), "targets": encoding.to_dict(), "arch": arch,
         "bins": [{"lower": b.lower, "upper": b.upper, "n": b.n, "circular": b.circular} for b in bins],
         "calibration": calib, "interval_level": 0.9,
+        "calibration_curve": {"levels": list(CURVE_LEVELS), "coverage": curve},
         "history": history, "best_epoch": best["epoch"] + 1, "settings": dict(st),
         "n_train": n_tr, "n_val": n_va, "data_digest": digest,
     })

@@ -441,6 +441,8 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
                               threads=s.threads or None, executor=ex)
         st.data["training"] = {k: summary[k] for k in ("pixels", "n_train", "n_val", "epochs", "best_epoch",
                                                         "val_loss", "device", "threads", "history")}
+        if summary.get("calibration_curve"):  # the U-Net's intervals, for the loop page
+            st.data["training"]["calibration_curve"] = summary["calibration_curve"]
 
     phase("train", train)
 

@@ -5,7 +5,9 @@ the assisted result against the baseline (or, without one, against the
 truth when the observation has it). The loop page ``loop.html`` shows the
 time per phase (wall and driver CPU), the LM iterations per pixel of each run
 (``iterations.png``, histograms), the training and validation loss per epoch
-(``loss.png``) and the figures of ``summary.json``. The PNGs need matplotlib
+(``loss.png``), for the U-Net the calibration curve of its intervals on held-out
+pixels (``calibration.png``: covered share against the nominal level) and the
+figures of ``summary.json``. The PNGs need matplotlib
 (the ``plot`` extra); without it the page has the tables only.
 """
 
@@ -54,6 +56,19 @@ def _figures(rep: Path, data: Mapping[str, Any]) -> list[str]:
         ax.legend()
         fig.savefig(rep / "loss.png", dpi=90)
         out.append("loss.png")
+    curve = data.get("training", {}).get("calibration_curve")
+    if curve:
+        fig = Figure(figsize=(5, 5))
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], "k:", label="ideal")
+        for name, cov in curve["coverage"].items():
+            ax.plot(curve["levels"], cov, marker="o", ms=3, label=name)
+        ax.set_xlabel("nominal level of the interval")
+        ax.set_ylabel("held-out pixels covered")
+        ax.set_title("U-Net intervals, calibrated at 90 %")
+        ax.legend(fontsize=7)
+        fig.savefig(rep / "calibration.png", dpi=90)
+        out.append("calibration.png")
     return out
 
 

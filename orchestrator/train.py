@@ -281,6 +281,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
                    "seconds": time.perf_counter() - t0, "device": device, "threads": threads, "history": hist}
     if model == "unet":
         out_summary["calibration"] = model_.metadata["calibration"]
+        out_summary["calibration_curve"] = model_.metadata.get("calibration_curve")
     return out_summary
 
 

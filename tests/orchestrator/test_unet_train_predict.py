@@ -70,8 +70,14 @@ def test_assist_unet_end_to_end(tmp_path):
     obs = write_hmi_observation(tmp_path / "obs.h5", 24, 32, seed=7, nan_pixels=(5,))
     d = tmp_path / "loop"
     s = AssistSettings(subset=0.5, clusters=4, epochs=2, threads=1, cluster={"kind": "serial"}, progress="none",
-                       chunk_pixels=256, report=False, model="unet")
+                       chunk_pixels=256, report=True, model="unet")
     data = run_assist(obs, d, s)
+    # the loop page shows the calibration curve of the U-Net's intervals on held-out pixels
+    curve = data["training"]["calibration_curve"]
+    assert curve["levels"][-2:] == [0.9, 0.95] and set(curve["coverage"]) >= {"B", "inclination", "azimuth", "vlos"}
+    for cov in curve["coverage"].values():
+        assert np.all(np.diff(cov) >= 0) and cov[-2] == pytest.approx(0.9, abs=0.06)  # calibrated at 90 %
+    assert (d / "report" / "calibration.png").exists()
     assert data["ran"] == ["subset", "reference", "train", "predict", "assisted"]
     with h5py.File(d / "subset_obs.h5") as h5:
         index = h5["assist/index"][:]
