@@ -37,6 +37,16 @@ def skip_or_fail_on_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_external_code(env_var: str, backend_cls, label: str) -> None:
+    """For tests marked ``external``: skip when ``env_var`` names no executable (the code is not bundled),
+    fail when it names one that ``backend_cls.is_available()`` rejects (a broken configuration must show)."""
+    if not os.environ.get(env_var):
+        pytest.skip(f"{env_var} is not set: no {label} executable to run ({label} is not bundled)")
+    ok, why = backend_cls.is_available()
+    if not ok:
+        pytest.fail(f"{env_var} is set but {label} is unavailable: {why}")
+
+
 def missing_for_mpi() -> list[str]:
     """What a test marked ``mpi`` needs and this environment lacks: ``mpiexec``, mpi4py, dask-mpi."""
     missing = [] if shutil.which("mpiexec") else ["the program mpiexec"]

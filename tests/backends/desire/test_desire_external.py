@@ -18,17 +18,15 @@ import pytest
 from stokesflow.backends import STATUS_BAD_INPUT, STATUS_OK
 from stokesflow.backends.desire.backend import ENV_VAR, DesireBackend
 
+from conftest import require_external_code
+
 pytestmark = pytest.mark.external
 
 
 @pytest.fixture(scope="module")
 def desire_exe() -> Path:
     """The configured DeSIRe; skip when none is configured, fail when it is configured but unusable."""
-    if not os.environ.get(ENV_VAR):
-        pytest.skip(f"{ENV_VAR} is not set: no DeSIRe executable to run (DeSIRe is not bundled)")
-    ok, why = DesireBackend.is_available()
-    if not ok:
-        pytest.fail(f"{ENV_VAR} is set but DeSIRe is unavailable: {why}")
+    require_external_code(ENV_VAR, DesireBackend, "DeSIRe")
     return Path(os.environ[ENV_VAR])
 
 

@@ -19,6 +19,8 @@ from stokesflow.backends import STATUS_FAILED, STATUS_OK
 from stokesflow.backends.rh.backend import RHBackend
 from stokesflow.backends.rh.runner import ENV_VAR
 
+from conftest import require_external_code
+
 pytestmark = pytest.mark.external
 
 WL = 6300.89 + 0.021549 * np.arange(112)  # Hinode/SP: Fe I 6301.5 and 6302.5 [A, air]
@@ -28,11 +30,7 @@ SHIFT_1KMS = 6302.4931 / 299792.458
 
 @pytest.fixture(scope="module")
 def rh_available() -> None:
-    if not os.environ.get(ENV_VAR):
-        pytest.skip(f"{ENV_VAR} is not set: no RH 1.5D executable to run (RH is not bundled)")
-    ok, why = RHBackend.is_available()
-    if not ok:
-        pytest.fail(f"{ENV_VAR} is set but RH 1.5D is unavailable: {why}")
+    require_external_code(ENV_VAR, RHBackend, "RH 1.5D")
 
 
 def _cog(wl: np.ndarray, i: np.ndarray) -> float:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -13,14 +12,12 @@ import pytest
 from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
 from stokesflow.orchestrator.io import write_observation
 
+from conftest import require_external_code
+
 
 def require_real_sir() -> None:
     """Skip when ``STOKESFLOW_SIR`` is not set (SIR is not bundled); fail when it is set but unusable."""
-    if not os.environ.get(ENV_VAR):
-        pytest.skip(f"{ENV_VAR} is not set: no SIR executable to run (SIR is not bundled)")
-    ok, why = SIRBackend.is_available()
-    if not ok:
-        pytest.fail(f"{ENV_VAR} is set but SIR is unavailable: {why}")
+    require_external_code(ENV_VAR, SIRBackend, "SIR")
 
 
 def umbral_crop(shared_data: Path, out: Path) -> np.ndarray:
