@@ -244,23 +244,27 @@ def _worker_name() -> str:
 
 
 def _initial_guess(ctx: TaskContext, index: int, stokes: np.ndarray, wavelength: np.ndarray,
-                   start: int, stop: int, good: np.ndarray, npar: int) -> np.ndarray | None:
+                   start: int, stop: int, good: np.ndarray, npar: int, n_init: int) -> np.ndarray | None:
     """The provider's starting points for the chunk's valid pixels.
 
     The provider sees every pixel of ``start..stop`` (row ``i`` is flat pixel
     ``start + i``, NaN pixels included), so a provider that looks pixels up by
     position gives each pixel its own guess; the rows of the pixels that are
-    inverted are picked afterwards.
+    inverted are picked afterwards. A provider may give the backend's
+    ``n_init`` init columns or only its ``npar`` parameters (then the node
+    columns of a depth-stratified backend are NaN, "not given").
     """
     guess = ctx.init.initial_guess(stokes, wavelength, start=start, stop=stop)
     if guess is None:
         return None
     guess = np.asarray(guess, dtype=np.float64)
     npix = stop - start
-    if guess.shape != (npix, npar):
+    if guess.shape == (npix, npar) and n_init > npar:
+        guess = np.hstack([guess, np.full((npix, n_init - npar), np.nan)])
+    if guess.shape != (npix, n_init):
         raise ChunkTaskError(
             f"chunk {index}: init provider {ctx.init.name!r} returned starting points of shape "
-            f"{guess.shape} for pixels {start}..{stop}, expected {(npix, npar)} (one row per pixel of the range)"
+            f"{guess.shape} for pixels {start}..{stop}, expected {(npix, n_init)} (one row per pixel of the range)"
         )
     return guess if good.all() else np.ascontiguousarray(guess[good])
 
@@ -309,7 +313,7 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
     init_s = 0.0
     if good.any():
         ti = time.perf_counter()
-        init = _initial_guess(ctx, index, stokes, wavelength, start, stop, good, n_init)
+        init = _initial_guess(ctx, index, stokes, wavelength, start, stop, good, npar, n_init)
         init_s = time.perf_counter() - ti
         sub = stokes if good.all() else np.ascontiguousarray(stokes[good])
         res: ChunkResult = backend.invert(sub, wavelength, init)

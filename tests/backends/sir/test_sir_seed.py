@@ -258,3 +258,19 @@ def test_a_stratified_result_seeds_sir_at_its_nodes(tmp_path, sir):
     me = get_backend("me", {"lines": ["FeI_6173"]})
     with pytest.raises(InitError, match="lacks /params/doppler_width"):  # ME cannot start from it
         get_provider("previous", {"file": str(tmp_path / "sir.h5")}).bind(me)
+
+
+def test_a_provider_of_parameters_only_still_starts_sir(tmp_path):
+    """``--init constant`` gives SIR's parameters without node columns: they are padded as "not given"."""
+    rng = np.random.default_rng(4)
+    st = np.zeros((1, 2, 4, WL.size))
+    st[..., 0, :] = 1.0 - 0.5 * np.exp(-(((WL - 6302.4931) / 0.05) ** 2))
+    st[..., 1:, :] = rng.normal(0, 1e-3, (1, 2, 3, WL.size))
+    obs = tmp_path / "obs.h5"
+    write_observation(obs, st, WL, {"lines": "FeI_6301,FeI_6302", "noise": 1e-3, "instrument": "hinode"})
+    out = tmp_path / "sir.h5"
+    assert main(["invert", "--input", str(obs), "--out", str(out), "--backend", "sir", "-B", f"executable={DOUBLE}",
+                 "-B", "strategy=assisted", "--cluster", "serial", "--init", "constant", "-I", "B=800"]) == 0
+    with h5py.File(out) as f:
+        assert np.all(f["status"][:] == 0)
+        np.testing.assert_allclose(f["params/B"][:], 1600.0, rtol=1e-6)  # the double doubles the guess field
