@@ -47,6 +47,29 @@ def require_external_code(env_var: str, backend_cls, label: str) -> None:
         pytest.fail(f"{env_var} is set but {label} is unavailable: {why}")
 
 
+def assert_unavailable_until_configured(name: str, backend_cls, env_var: str, exe_name: str, tmp_path,
+                                        monkeypatch) -> None:
+    """A wrapper of an external code names why it cannot run: ``env_var`` unset (also through the
+    registry and ``get_backend``), set to a path that is not there, or to a file that is not executable."""
+    from stokesflow.backends import get_backend, list_backends
+    from stokesflow.backends.base import BackendUnavailable
+
+    monkeypatch.delenv(env_var, raising=False)
+    ok, why = backend_cls.is_available()
+    assert not ok and env_var in why
+    assert list_backends()[name][0] is False
+    with pytest.raises(BackendUnavailable, match=env_var):
+        get_backend(name)
+    monkeypatch.setenv(env_var, str(tmp_path / "nowhere" / exe_name))
+    ok, why = backend_cls.is_available()
+    assert not ok and "not found" in why
+    plain = tmp_path / exe_name
+    plain.write_text("#!/bin/sh\n")
+    monkeypatch.setenv(env_var, str(plain))
+    ok, why = backend_cls.is_available()
+    assert not ok and "not executable" in why
+
+
 def missing_for_mpi() -> list[str]:
     """What a test marked ``mpi`` needs and this environment lacks: ``mpiexec``, mpi4py, dask-mpi."""
     missing = [] if shutil.which("mpiexec") else ["the program mpiexec"]

@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 
 from stokesflow.backends import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, get_backend, list_backends
-from stokesflow.backends.base import BackendUnavailable, ConfigError
+from stokesflow.backends.base import ConfigError
 from stokesflow.backends.desire import io
 from stokesflow.backends.desire.backend import ENV_VAR, DesireBackend
 from stokesflow.backends.desire.errors import DesireError
 from stokesflow.backends.sir import io as sir_io
 from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.sir.runner import find_stop_line
+
+from conftest import assert_unavailable_until_configured  # noqa: E402
 
 DOUBLE = Path(__file__).parent / "doubles" / "desire_test_double.py"
 WL = 6300.89 + 0.021549 * np.arange(112)
@@ -183,20 +185,7 @@ def test_stop_markers_of_both_codes():
 
 
 def test_executable_resolution_and_availability(tmp_path, var, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    ok, why = DesireBackend.is_available()
-    assert not ok and "STOKESFLOW_DESIRE" in why
-    assert list_backends()["desire"][0] is False
-    with pytest.raises(BackendUnavailable, match="STOKESFLOW_DESIRE"):
-        get_backend("desire")
-    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere" / "desire"))
-    ok, why = DesireBackend.is_available()
-    assert not ok and "not found" in why
-    plain = tmp_path / "desire"
-    plain.write_text("#!/bin/sh\n")
-    monkeypatch.setenv(ENV_VAR, str(plain))
-    ok, why = DesireBackend.is_available()
-    assert not ok and "not executable" in why
+    assert_unavailable_until_configured("desire", DesireBackend, ENV_VAR, "desire", tmp_path, monkeypatch)
     # the double with its data folder passes the one-pixel trial, by option or environment
     monkeypatch.setenv(ENV_VAR, str(DOUBLE))
     assert DesireBackend.is_available({"data_dir": str(var)}) == (True, "")

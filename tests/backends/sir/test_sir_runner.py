@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from stokesflow.backends import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, get_backend, list_backends
-from stokesflow.backends.base import BackendUnavailable, ConfigError
+from stokesflow.backends.base import ConfigError
 from stokesflow.backends.sir import io
 from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
 from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.sir.runner import ScratchFolder, resolve_executable, run_code
+
+from conftest import assert_unavailable_until_configured  # noqa: E402
 
 DOUBLE = Path(__file__).parent / "doubles" / "sir_test_double.py"
 WL = 6300.89 + 0.021549 * np.arange(112)
@@ -143,20 +145,7 @@ def test_runner_outcomes_directly(tmp_path):
 
 
 def test_executable_resolution_and_availability(tmp_path, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    ok, why = SIRBackend.is_available()
-    assert not ok and "STOKESFLOW_SIR" in why
-    assert list_backends()["sir"][0] is False
-    with pytest.raises(BackendUnavailable, match="STOKESFLOW_SIR"):
-        get_backend("sir")
-    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere" / "sir.x"))
-    ok, why = SIRBackend.is_available()
-    assert not ok and "not found" in why
-    plain = tmp_path / "sir.x"
-    plain.write_text("#!/bin/sh\n")
-    monkeypatch.setenv(ENV_VAR, str(plain))
-    ok, why = SIRBackend.is_available()
-    assert not ok and "not executable" in why
+    assert_unavailable_until_configured("sir", SIRBackend, ENV_VAR, "sir.x", tmp_path, monkeypatch)
     monkeypatch.setenv(ENV_VAR, str(DOUBLE))
     assert SIRBackend.is_available() == (True, "")
     assert list_backends()["sir"] == (True, "")
