@@ -58,9 +58,10 @@ from stokesflow.backends import get_backend
 from stokesflow.backends.me import backend as me_backend_module
 from stokesflow.backends.me._kernels import (  # noqa: F401 - _horner_step_impl is used by the kernels below
     _SIMD,
+    _components_geometry_v_impl,
     _components_impl,
-    _geometry_impl,
-    _me_point_impl,
+    _grid_from_pass_impl,
+    _stray_light_impl,
     _horner_step_impl,
     _weideman_coefficients,
     faddeeva_w4_impl,
@@ -255,115 +256,34 @@ def weideman32_many_impl(V, A, L, coef, out):
 
 @njit(cache=True, nogil=True)
 def batch_model_impl(p, ctx, y, jac):
-    """The production ME model (``me_model_impl``) with one Voigt pass per evaluation.
+    """The production ME model (``me_model_impl``) with the Faddeeva pass of the chosen variant.
 
     ``ctx`` is the production context (12 entries) plus: 12 work (6, nmax)
-    float64 scratch [v, a, Re w, Im w, Re dw, Im dw]; 13 ctl int64 [variant,
-    evaluation counter]; 14 L of N=16; 15 coefficients N=16 (tuple); 16 L of
-    N=32; 17 coefficients N=32 (tuple). The per-point physics and the
-    projection are the production helpers and the production loop, copied.
+    float64 scratch [v, Re w, Im w, Re dw, Im dw, a] (the first five rows in
+    the production layout); 13 ctl int64 [variant, evaluation counter]; 14 L
+    of N=16; 15 coefficients N=16 (tuple); 16 L of N=32; 17 coefficients
+    N=32 (tuple). Everything but the pass is the production code.
     """
-    mwave = ctx[0]
-    lam0 = ctx[1]
-    ratio = ctx[2]
-    cline = ctx[3]
-    cgroup = ctx[4]
-    cshift = ctx[5]
-    cstr = ctx[6]
-    mu = ctx[7][0]
-    proj = ctx[8]
-    stray = ctx[9]
-    use_ff = ctx[10][0] != 0.0
-    rows = ctx[11]
     work = ctx[12]
     ctl = ctx[13]
     ctl[1] += 1
-    nm = mwave.shape[0]
-    nc = cline.shape[0]
-    n = nm * nc
-    npar = p.shape[0]
-    acc = np.empty((5, 6))
-    out = np.empty(4)
-    dout = np.empty((4, 9))
+    n = ctx[0].shape[0] * ctx[3].shape[0]
+    comp = np.empty((ctx[3].shape[0], 6))
     geo = np.empty(10)
-    gm = np.empty((4, 7))
-    comp = np.empty((nc, 6))
-    a = p[6]
-    _components_impl(p[0], p[3], p[4] * 1e-3, lam0, ratio, cline, cshift, cstr, comp)
-    _geometry_impl(p, geo)
     vv = work[0]
-    aa = work[1]
-    for j in range(nm):
-        lam = mwave[j]
-        for k in range(nc):
-            vv[j * nc + k] = ((lam - comp[k, 5]) - comp[k, 0]) * comp[k, 4]
-            aa[j * nc + k] = a
+    _components_geometry_v_impl(p, ctx, comp, geo, vv)
+    aa = work[5]
+    for i in range(n):
+        aa[i] = p[6]
     variant = ctl[0]
     if variant == 0:
-        w4_pass_impl(vv[:n], aa[:n], work[2], work[3], work[4], work[5])
+        w4_pass_impl(vv[:n], aa[:n], work[1], work[2], work[3], work[4])
     elif variant == 1:
-        weideman16_pass_impl(vv[:n], aa[:n], ctx[14], ctx[15], work[2], work[3], work[4], work[5])
+        weideman16_pass_impl(vv[:n], aa[:n], ctx[14], ctx[15], work[1], work[2], work[3], work[4])
     elif variant == 2:
-        weideman32_pass_impl(vv[:n], aa[:n], ctx[16], ctx[17], work[2], work[3], work[4], work[5])
-    no = proj.shape[0]
-    if no > 0:
-        for i in range(4 * no):
-            y[i] = 0.0
-            for q in range(9):
-                jac[i, q] = 0.0
-    for j in range(nm):
-        # _profiles_impl, reading the pass's results
-        for r in range(5):
-            for c in range(6):
-                acc[r, c] = 0.0
-        for k in range(nc):
-            i = j * nc + k
-            inv_d = comp[k, 4]
-            v = vv[i]
-            s = comp[k, 1]
-            g = cgroup[k]
-            sH = s * work[2, i]
-            sL = s * work[3, i]
-            sdH = s * work[4, i]
-            sdL = s * work[5, i]
-            dv_dw = -v * inv_d * 1e-3
-            acc[0, g] += sH
-            acc[0, 3 + g] += sL
-            acc[1, g] += sdH * comp[k, 2]
-            acc[1, 3 + g] += sdL * comp[k, 2]
-            acc[2, g] += sdH * comp[k, 3]
-            acc[2, 3 + g] += sdL * comp[k, 3]
-            acc[3, g] += sdH * dv_dw
-            acc[3, 3 + g] += sdL * dv_dw
-            acc[4, g] -= sdL
-            acc[4, 3 + g] += sdH
-        _me_point_impl(p, mu, geo, acc, gm, out, dout)
-        if no == 0:
-            for s4 in range(4):
-                y[s4 * nm + j] = out[s4]
-                for q in range(9):
-                    jac[s4 * nm + j, q] = dout[s4, q]
-        else:
-            for i in range(rows[j, 0], rows[j, 1]):
-                w = proj[i, j]
-                for s4 in range(4):
-                    r = s4 * no + i
-                    y[r] += w * out[s4]
-                    for q in range(9):
-                        jac[r, q] += w * dout[s4, q]
-    nobs = y.shape[0] // 4
-    if use_ff:
-        ff = p[9]
-        for i in range(4 * nobs):
-            me = y[i]
-            for q in range(9):
-                jac[i, q] *= ff
-            jac[i, 9] = me - stray[i]
-            y[i] = ff * me + (1.0 - ff) * stray[i]
-    else:
-        for i in range(4 * nobs):
-            for q in range(9, npar):
-                jac[i, q] = 0.0
+        weideman32_pass_impl(vv[:n], aa[:n], ctx[16], ctx[17], work[1], work[2], work[3], work[4])
+    _grid_from_pass_impl(p, ctx, y, jac, comp, geo, work)
+    _stray_light_impl(p, ctx, y, jac)
 
 
 @njit(cache=True, nogil=True)

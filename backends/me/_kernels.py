@@ -539,12 +539,40 @@ def _me_grid_impl(p, ctx, y, jac):
     switch (a one-line change here).
     """
     mwave = ctx[0]
-    lam0 = ctx[1]
-    ratio = ctx[2]
-    cline = ctx[3]
+    nm = mwave.shape[0]
+    nc = ctx[3].shape[0]
+    comp = np.empty((nc, 6))
+    geo = np.empty(10)
+    work = np.empty((5, nm * nc))
+    # what does not depend on the wavelength, once per evaluation; then v of every
+    # (model point, component) and one contiguous Faddeeva pass over them
+    _components_geometry_v_impl(p, ctx, comp, geo, work[0])
+    faddeeva_w4_pass_impl(work[0], p[6], work[1], work[2], work[3], work[4])
+    _grid_from_pass_impl(p, ctx, y, jac, comp, geo, work)
+
+
+@njit(cache=True, nogil=True)
+def _components_geometry_v_impl(p, ctx, comp, geo, vv):
+    """Zeeman components ``comp`` (nc, 6), geometry ``geo`` (10,) and the reduced distances
+    ``vv[j * nc + k]`` of every (model point j, component k): what a Faddeeva pass needs
+    (lambda - lambda0 first keeps v exact to rounding)."""
+    mwave = ctx[0]
+    _components_impl(p[0], p[3], p[4] * 1e-3, ctx[1], ctx[2], ctx[3], ctx[5], ctx[6], comp)
+    _geometry_impl(p, geo)
+    nc = comp.shape[0]
+    for j in range(mwave.shape[0]):
+        lam = mwave[j]
+        for k in range(nc):
+            vv[j * nc + k] = ((lam - comp[k, 5]) - comp[k, 0]) * comp[k, 4]
+
+
+@njit(cache=True, nogil=True)
+def _grid_from_pass_impl(p, ctx, y, jac, comp, geo, work):
+    """The rest of :func:`_me_grid_impl` once ``work`` (5, >= nm * nc) holds [v, Re w, Im w,
+    Re dw/dz, Im dw/dz] of every (model point, component): profiles, the Unno-Rachkovsky
+    solution and its derivatives per point, and the projection onto the observed points."""
+    mwave = ctx[0]
     cgroup = ctx[4]
-    cshift = ctx[5]
-    cstr = ctx[6]
     mu = ctx[7][0]
     proj = ctx[8]
     rows = ctx[11]
@@ -552,23 +580,7 @@ def _me_grid_impl(p, ctx, y, jac):
     acc = np.empty((5, 6))
     out = np.empty(4)
     dout = np.empty((4, 9))
-    geo = np.empty(10)
     gm = np.empty((4, 7))
-    nc = cline.shape[0]
-    comp = np.empty((nc, 6))
-    work = np.empty((5, nm * nc))
-    a = p[6]
-    # what does not depend on the wavelength, once per evaluation
-    _components_impl(p[0], p[3], p[4] * 1e-3, lam0, ratio, cline, cshift, cstr, comp)
-    _geometry_impl(p, geo)
-    # v of every (model point, component) (lambda - lambda0 first keeps v exact to rounding),
-    # then one contiguous Faddeeva pass over them
-    vv = work[0]
-    for j in range(nm):
-        lam = mwave[j]
-        for k in range(nc):
-            vv[j * nc + k] = ((lam - comp[k, 5]) - comp[k, 0]) * comp[k, 4]
-    faddeeva_w4_pass_impl(vv, a, work[1], work[2], work[3], work[4])
     no = proj.shape[0]
     if no > 0:
         for i in range(4 * no):
@@ -594,19 +606,13 @@ def _me_grid_impl(p, ctx, y, jac):
 
 
 @njit(cache=True, nogil=True)
-def me_model_impl(p, ctx, y, jac):
-    """Forward model for ``lm_solver``: fills ``y`` (4*no,) and ``jac`` (4*no, npar).
-
-    Applies the instrument matrix ``ctx[8]`` (observed = proj @ model, per
-    Stokes parameter) and, when ``ctx[10][0] != 0``, a filling factor
-    ``p[9]`` mixing the ME profile with the stray-light profile ``ctx[9]``.
-    """
+def _stray_light_impl(p, ctx, y, jac):
+    """With ``ctx[10][0] != 0`` mix the ME profile with the stray-light profile ``ctx[9]`` by the
+    filling factor ``p[9]`` (and its Jacobian column); otherwise zero the columns beyond the 9 ME ones."""
     stray = ctx[9]
-    use_ff = ctx[10][0] != 0.0
     npar = p.shape[0]
-    _me_grid_impl(p, ctx, y, jac)
     no = y.shape[0] // 4
-    if use_ff:
+    if ctx[10][0] != 0.0:
         ff = p[9]
         for i in range(4 * no):
             me = y[i]
@@ -618,6 +624,18 @@ def me_model_impl(p, ctx, y, jac):
         for i in range(4 * no):
             for q in range(9, npar):
                 jac[i, q] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def me_model_impl(p, ctx, y, jac):
+    """Forward model for ``lm_solver``: fills ``y`` (4*no,) and ``jac`` (4*no, npar).
+
+    Applies the instrument matrix ``ctx[8]`` (observed = proj @ model, per
+    Stokes parameter) and, when ``ctx[10][0] != 0``, a filling factor
+    ``p[9]`` mixing the ME profile with the stray-light profile ``ctx[9]``.
+    """
+    _me_grid_impl(p, ctx, y, jac)
+    _stray_light_impl(p, ctx, y, jac)
 
 
 @njit(cache=True, nogil=True)
