@@ -11,6 +11,9 @@
   back: each parameter is normalised by its training mean and sigma, and a
   circular parameter (the azimuth, defined modulo 180 deg) is learned through
   cos 2phi and sin 2phi, so the 180 deg ambiguity does not tear the target.
+- :func:`node_column` / :func:`split_column` name a depth-stratified quantity at
+  one log tau_500 (``"T@-2"``, the node columns of a backend's ``init_columns``),
+  and :func:`sample_depth` reads such a value out of a stratified map.
 """
 
 from __future__ import annotations
@@ -20,7 +23,52 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["normalise_spectra", "InputScaling", "TargetEncoding"]
+__all__ = ["normalise_spectra", "InputScaling", "TargetEncoding", "node_column", "split_column", "sample_depth"]
+
+
+def node_column(name: str, log_tau: float) -> str:
+    """The column of quantity ``name`` at ``log_tau`` (``"T@-2"``; the form of ``Backend.init_columns``)."""
+    return f"{name}@{float(log_tau):g}"
+
+
+def split_column(column: str) -> tuple[str, float | None]:
+    """``"T@-2"`` -> ``("T", -2.0)``; a plain parameter name -> ``(name, None)``."""
+    base, sep, at = column.partition("@")
+    return (base, float(at)) if sep else (column, None)
+
+
+def sample_depth(maps: np.ndarray, log_tau: np.ndarray, at: float, *, period: float | None = None) -> np.ndarray | None:
+    """Values of stratified maps (..., ndepth) at ``at`` [log tau_500], linear in log tau.
+
+    Parameters
+    ----------
+    maps : ndarray (..., ndepth)
+        A quantity on the depth grid ``log_tau`` (any order).
+    log_tau : ndarray (ndepth,)
+    at : float
+        The depth; None is returned when it is outside ``log_tau``'s range.
+    period : float, optional
+        For a circular quantity (the azimuth: 180 deg): interpolated as a unit
+        vector of ``2 pi value / period`` and returned in [0, period).
+
+    Returns
+    -------
+    ndarray (...) float64, or None
+    """
+    lt = np.asarray(log_tau, dtype=np.float64)
+    order = np.argsort(lt)
+    if not lt[order[0]] <= at <= lt[order[-1]]:
+        return None
+    k = int(np.clip(np.searchsorted(lt[order], at), 1, max(1, lt.size - 1)))
+    lo, hi = (order[0], order[0]) if lt.size == 1 else (order[k - 1], order[k])
+    w = 0.0 if lt[hi] == lt[lo] else (at - lt[lo]) / (lt[hi] - lt[lo])
+    a, b = np.asarray(maps[..., lo], dtype=np.float64), np.asarray(maps[..., hi], dtype=np.float64)
+    if period is None:
+        return (1.0 - w) * a + w * b
+    ang_a, ang_b = 2.0 * np.pi * a / period, 2.0 * np.pi * b / period
+    c = (1.0 - w) * np.cos(ang_a) + w * np.cos(ang_b)
+    s = (1.0 - w) * np.sin(ang_a) + w * np.sin(ang_b)
+    return np.mod(np.arctan2(s, c), 2.0 * np.pi) * period / (2.0 * np.pi)
 
 
 def normalise_spectra(stokes: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +155,8 @@ class TargetEncoding:
         ``2 pi (phi - lower) / (upper - lower)``.
     mean, sigma : ndarray (npar,)
         Training mean and sigma of each non-circular parameter [units] (0 and 1 for circular ones).
+        A parameter with one value over all training pixels (SIR's filling factor when it is not
+        inverted) has sigma 0: its target is 0 and it decodes to that value exactly.
     """
 
     names: tuple[str, ...]
@@ -122,9 +172,10 @@ class TargetEncoding:
         """From the backend's ParameterSpecs and the training parameters (n, npar)."""
         p = np.asarray(params, dtype=np.float64)
         circ = tuple(bool(getattr(s, "circular", False)) for s in specs)
-        mean = np.where(circ, 0.0, p.mean(axis=0))
-        sigma = np.where(circ, 1.0, p.std(axis=0))
-        sigma = np.where(sigma > 1e-12, sigma, 1.0)
+        const = np.ptp(p, axis=0) == 0 if p.shape[0] else np.zeros(p.shape[1], dtype=bool)
+        mean = np.where(circ, 0.0, np.where(const, p[0] if p.shape[0] else 0.0, p.mean(axis=0)))
+        sigma = p.std(axis=0)
+        sigma = np.where(circ, 1.0, np.where(const, 0.0, np.where(sigma > 1e-12, sigma, 1.0)))
         return cls(
             names=tuple(s.name for s in specs), units=tuple(s.unit for s in specs),
             lower=np.array([s.lower for s in specs], dtype=np.float64),
@@ -145,6 +196,8 @@ class TargetEncoding:
             if circ:
                 ang = 2.0 * np.pi * (p[:, j] - self.lower[j]) / (self.upper[j] - self.lower[j])
                 cols += [np.cos(ang), np.sin(ang)]
+            elif self.sigma[j] == 0:  # one value in training: nothing to learn
+                cols.append(np.zeros(p.shape[0]))
             else:
                 cols.append((p[:, j] - self.mean[j]) / self.sigma[j])
         return np.column_stack(cols).astype(np.float32)

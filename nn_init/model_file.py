@@ -5,7 +5,10 @@ A model file is a ``torch.save`` of a plain dictionary (loaded with
 
 - ``format`` = ``"stokesflow-model"``, ``format_version`` = 1, ``kind`` (``"cnn"``);
 - ``metadata``: ``instrument``, ``spectral_instrument``, ``lines``,
-  ``wavelength`` [A], ``parameters``, ``units``, the input normalisation
+  ``wavelength`` [A], ``parameters`` (the columns it predicts: a backend's
+  parameter names, or for a depth-stratified backend such as SIR its node
+  columns ``NAME@LOGTAU`` and height-independent parameters, a subset of
+  ``Backend.init_columns``), ``units``, the input normalisation
   (``inputs``), the target encoding (``targets``: per-parameter mean, sigma,
   bounds, circular flags), the architecture (``arch``), the training history
   (``history``: train and validation loss per epoch), and ``provenance`` (the
@@ -14,8 +17,8 @@ A model file is a ``torch.save`` of a plain dictionary (loaded with
 - ``state_dict``: the network weights.
 
 :meth:`NetworkModel.check_compatible` compares a model with the data it is
-about to be applied to (lines, wavelength grid, parameter names, spectral
-instrument) and raises :class:`ModelMismatchError` naming each mismatch.
+about to be applied to (lines, wavelength grid, parameter names, the run's
+backend init columns, spectral instrument) and raises :class:`ModelMismatchError` naming each mismatch.
 """
 
 from __future__ import annotations
@@ -130,11 +133,14 @@ class NetworkModel:
 
     def check_compatible(self, *, where: str, lines: Sequence[str] | None = None,
                          wavelength: np.ndarray | None = None, parameters: Sequence[str] | None = None,
-                         spectral_instrument: str | None = None) -> None:
+                         columns: Sequence[str] | None = None, spectral_instrument: str | None = None) -> None:
         """Raise :class:`ModelMismatchError` if the data differ from what the model was trained on.
 
         Each argument left None is not checked. ``where`` names the data
-        (file or provider) in the message.
+        (file or provider) in the message. ``parameters`` must equal the
+        model's columns; ``columns`` (a backend's ``init_columns``) must hold
+        every column the model predicts, and when they are plain parameter
+        names (a backend without node columns, ME) the model must give them all.
         """
         m = self.metadata
         problems = []
@@ -142,6 +148,19 @@ class NetworkModel:
             problems.append(f"lines {list(lines)} but the model was trained on {list(m['lines'])}")
         if parameters is not None and list(parameters) != list(m["parameters"]):
             problems.append(f"parameters {list(parameters)} but the model predicts {list(m['parameters'])}")
+        if columns is not None:
+            cols, mine = list(columns), list(m["parameters"])
+            unknown = [c for c in mine if c not in cols]
+            nodes = any("@" in c for c in cols)
+            missing = [] if nodes else [c for c in cols if c not in mine]
+            if unknown or missing:
+                what = []
+                if unknown:
+                    what.append(f"predicts {_few(unknown)}, which the run does not take")
+                if missing:
+                    what.append(f"lacks {_few(missing)}")
+                problems.append(f"initial-guess columns {_few(cols)}, but the model (columns {_few(mine)}) "
+                                + " and ".join(what))
         if spectral_instrument is not None and m.get("spectral_instrument") not in (None, "", spectral_instrument):
             problems.append(f"spectral instrument {spectral_instrument!r} but the model was trained on "
                             f"{m['spectral_instrument']!r}")
@@ -163,6 +182,14 @@ class NetworkModel:
                 f"model {m.get('path', '?')} ({self.kind}) does not fit {where}: " + "; ".join(problems)
                 + ". Train a model on results of this kind of data (stokesflow train) or use another --init"
             )
+
+
+def _few(names: Sequence[str], n: int = 6) -> str:
+    """A list of names for a message, cut after ``n`` (with the count)."""
+    names = list(names)
+    if len(names) <= n:
+        return str(names)
+    return "[" + ", ".join(repr(x) for x in names[:n]) + f", ... ({len(names)} in all)]"
 
 
 def load_model(path: str | os.PathLike[str]) -> NetworkModel:
