@@ -9,8 +9,9 @@ finished phases and, inside a phase, the finished chunks or epochs):
    written as a 1 x n observation ``DIR/subset_obs.h5`` (with the flat indices
    in ``/assist/index`` and the cluster map in ``/assist/labels``).
    ``subset_method="box"`` takes a same-size corner box instead (for comparison).
-2. ``reference``: the subset inverted with the reference strategy (default
-   ``n_starts=4, max_iter=100``) -> ``DIR/subset.h5``.
+2. ``reference``: the subset inverted with the reference strategy
+   (:func:`default_reference_options`: ME ``n_starts=4, max_iter=100``; SIR and
+   DeSIRe ``strategy=reference``) -> ``DIR/subset.h5``.
 3. ``train``: the network trained on those results, as a task on the
    executor -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
    inverted with ``--synthetic`` and its well-fitted pixels become a look-up
@@ -20,10 +21,18 @@ finished phases and, inside a phase, the finished chunks or epochs):
    chunk tasks -> ``DIR/guess.h5``.
 5. ``assisted``: the whole field inverted from those guesses (``--init
    previous -I file=guess.h5``) with the short strategy
-   (:func:`default_short_options`: one start, and the statistical step rule
-   ``sigma_tol`` where the backend has it) -> ``DIR/assisted.h5``.
+   (:func:`default_short_options`: ME one start and the statistical step rule
+   ``sigma_tol``; SIR and DeSIRe ``strategy=assisted``, one cycle) -> ``DIR/assisted.h5``.
 6. ``baseline`` (with ``baseline=True``): the whole field inverted the
-   classical way (backend defaults) -> ``DIR/baseline.h5``.
+   classical way (:func:`default_baseline_options`: ME its defaults; SIR and
+   DeSIRe ``strategy=reference`` from the built-in guess model) -> ``DIR/baseline.h5``.
+
+With a depth-stratified backend (SIR) the network learns the backend's init
+columns (its log-tau nodes, :func:`stokesflow.orchestrator.train.training_columns`),
+``DIR/guess.h5`` holds its guesses at those nodes, and the figures of
+``summary.json`` (agreement, truth) compare the stratified maps at
+``log tau = -1`` (:data:`SUMMARY_LOG_TAU`, the depth of the truth maps of the
+shared SIR sample).
 
 Then ``DIR/summary.json`` (seconds per phase under ``phases``, the driver
 process's CPU seconds per phase under ``phases_cpu``, total LM
@@ -45,7 +54,9 @@ import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["PHASES", "SHORT_SIGMA_TOL", "AssistSettings", "default_short_options", "make_subset", "run_assist"]
+__all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "SUMMARY_LOG_TAU", "AssistSettings",
+           "default_reference_options", "default_short_options", "default_baseline_options", "make_subset",
+           "run_assist"]
 
 log = logging.getLogger("stokesflow.assist")
 
@@ -67,8 +78,26 @@ PHASES = ("subset", "reference", "train", "predict", "assisted", "baseline")
 SHORT_SIGMA_TOL = 0.04
 
 
+#: Backend options of the loop's inversions per backend: ``reference`` (the subset, phase 2),
+#: ``short`` (the assisted inversion, phase 5) and ``baseline`` (phase 6). A backend not listed gets
+#: its defaults in every phase (give ``--reference-option`` / ``--short-option`` then). The ME
+#: short strategy also gets ``sigma_tol`` (:func:`default_short_options`). SIR and DeSIRe: the
+#: issue's comparison, the one-cycle ``assisted`` strategy from the network's guess against the
+#: three-cycle ``reference`` strategy from the built-in guess model.
+ASSIST_STRATEGIES: dict[str, dict[str, dict[str, Any]]] = {
+    "me": {"reference": {"n_starts": 4, "max_iter": 100}, "short": {"n_starts": 1}, "baseline": {}},
+    "sir": {"reference": {"strategy": "reference"}, "short": {"strategy": "assisted"},
+            "baseline": {"strategy": "reference"}},
+    "desire": {"reference": {"strategy": "reference"}, "short": {"strategy": "assisted"},
+               "baseline": {"strategy": "reference"}},
+}
+
+#: Depth [log tau_500] at which the summary compares depth-stratified results (agreement, truth).
+SUMMARY_LOG_TAU = -1.0
+
+
 def _backend_has_option(backend: str, name: str) -> bool:
-    """Whether ``[backend.<backend>]`` accepts ``name`` (only the ME backend's options are known here)."""
+    """Whether ``[backend.<backend>]`` accepts ``name`` (asked of the ME backend's options only)."""
     if backend != "me":
         return False
     import dataclasses
@@ -78,14 +107,29 @@ def _backend_has_option(backend: str, name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(MEOptions)}
 
 
+def _strategy(backend: str, phase: str) -> dict[str, Any]:
+    return dict(ASSIST_STRATEGIES.get(backend, {}).get(phase, {}))
+
+
+def default_reference_options(backend: str = "me") -> dict[str, Any]:
+    """Options of the reference inversion of the subset (phase ``reference``) for ``backend``."""
+    return _strategy(backend, "reference")
+
+
+def default_baseline_options(backend: str = "me") -> dict[str, Any]:
+    """Options of the classical inversion of the whole field (phase ``baseline``) for ``backend``."""
+    return _strategy(backend, "baseline")
+
+
 def default_short_options(backend: str = "me") -> dict[str, Any]:
     """Options of the short strategy (phase ``assisted``) for ``backend``.
 
-    One start (``n_starts = 1``; the backend's retries of misfit pixels stay
-    on, they guard against a guess in a wrong minimum), and with a backend that
-    offers it the statistical step rule ``sigma_tol = SHORT_SIGMA_TOL``.
+    ME: one start (``n_starts = 1``; the backend's retries of misfit pixels stay
+    on, they guard against a guess in a wrong minimum) and the statistical step
+    rule ``sigma_tol = SHORT_SIGMA_TOL``. SIR, DeSIRe: ``strategy=assisted``
+    (one cycle). See :data:`ASSIST_STRATEGIES`.
     """
-    opts: dict[str, Any] = {"n_starts": 1}
+    opts = _strategy(backend, "short")
     if _backend_has_option(backend, "sigma_tol"):
         opts["sigma_tol"] = SHORT_SIGMA_TOL
     return opts
@@ -116,12 +160,16 @@ class AssistSettings:
     backend : str
     backend_options : dict
         Options of every run (``-B``).
-    reference_options : dict
-        Added for the reference inversion of the subset.
+    reference_options : dict, optional
+        Added for the reference inversion of the subset. Default (None):
+        :func:`default_reference_options` of ``backend``.
     short_options : dict, optional
         Added for the assisted inversion. Default (None):
         :func:`default_short_options` of ``backend``: one start and, with the
-        ME backend, the statistical step rule ``sigma_tol``.
+        ME backend, the statistical step rule ``sigma_tol``; SIR ``strategy=assisted``.
+    baseline_options : dict, optional
+        Added for the baseline. Default (None): :func:`default_baseline_options`
+        of ``backend``. Not part of :meth:`identity` (like ``baseline``).
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
@@ -141,16 +189,21 @@ class AssistSettings:
     seed: int = 0
     backend: str = "me"
     backend_options: dict[str, Any] = field(default_factory=dict)
-    reference_options: dict[str, Any] = field(default_factory=lambda: {"n_starts": 4, "max_iter": 100})
+    reference_options: dict[str, Any] | None = None
     short_options: dict[str, Any] | None = None
+    baseline_options: dict[str, Any] | None = None
     cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
     chunk_pixels: int = 0
     progress: str = "auto"
     report: bool = True
 
     def __post_init__(self) -> None:
+        if self.reference_options is None:
+            object.__setattr__(self, "reference_options", default_reference_options(self.backend))
         if self.short_options is None:
             object.__setattr__(self, "short_options", default_short_options(self.backend))
+        if self.baseline_options is None:
+            object.__setattr__(self, "baseline_options", default_baseline_options(self.backend))
         if not 0 < self.subset <= 1:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         if self.subset_method not in ("clusters", "box"):
@@ -163,7 +216,7 @@ class AssistSettings:
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to resume (not the reporting settings)."""
         d = asdict(self)
-        for k in ("progress", "report", "baseline", "cluster", "threads"):
+        for k in ("progress", "report", "baseline", "baseline_options", "cluster", "threads"):
             d.pop(k)
         return d
 
@@ -449,7 +502,8 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
     def predict() -> None:
         res = predict_observation(obs.path, paths["model"], paths["guess"], cluster=s.cluster,
                                   chunk_pixels=s.chunk_pixels, resume=paths["guess"].exists(),
-                                  threads=s.threads or None, executor=ex)
+                                  threads=s.threads or None, executor=ex,
+                                  columns=None if s.model == "kmeans" else _init_columns(s))
         st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
 
     phase("predict", predict)
@@ -457,7 +511,41 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
                                       init="previous", init_options={"file": str(paths["guess"])}, noise=noise,
                                       executor=ex))
     if s.baseline:
-        phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options={}, noise=noise, executor=ex))
+        phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options=dict(s.baseline_options or {}),
+                                          noise=noise, executor=ex))
+
+
+def _init_columns(s: AssistSettings) -> tuple[str, ...]:
+    """The init columns of the loop's backend (what its guesses must be given in)."""
+    from stokesflow.backends import get_backend
+
+    return tuple(get_backend(s.backend, dict(s.backend_options)).init_columns)
+
+
+def _read_maps(path: Path) -> Any:
+    """A result file read with :func:`~stokesflow.orchestrator.store.read_result`, its depth-stratified
+    maps (ny, nx, ndepth) taken at :data:`SUMMARY_LOG_TAU` (NaN where the file's depths do not reach it)."""
+    import dataclasses
+
+    import h5py
+
+    from stokesflow.nn_init.features import sample_depth
+    from stokesflow.orchestrator.store import read_result
+
+    r = read_result(path)
+    with h5py.File(path, "r") as h5:
+        if "log_tau" not in h5:
+            return r
+        lt = h5["log_tau"][:]
+        circular = {n: (float(h5["params"][n].attrs["upper"]) - float(h5["params"][n].attrs["lower"]))
+                    for n in r.params if bool(h5["params"][n].attrs.get("circular", False))}
+    flat = {}
+    for n, v in r.params.items():
+        if v.ndim == 3:
+            got = sample_depth(v, lt, SUMMARY_LOG_TAU, period=circular.get(n))
+            v = np.full(v.shape[:2], np.nan) if got is None else got
+        flat[n] = v
+    return dataclasses.replace(r, params=flat)
 
 
 def _noise_of(result: Path) -> Any:
@@ -470,12 +558,11 @@ def _noise_of(result: Path) -> Any:
 
 def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) -> dict[str, Any]:
     from stokesflow.orchestrator.assist_metrics import agreement, chi2_stats, iteration_stats, truth_metrics
-    from stokesflow.orchestrator.store import read_result
 
-    runs = {"reference": read_result(paths["subset"]), "assisted": read_result(paths["assisted"])}
+    runs = {"reference": _read_maps(paths["subset"]), "assisted": _read_maps(paths["assisted"])}
     if paths["baseline"].exists() and st.done("baseline"):
-        runs["baseline"] = read_result(paths["baseline"])
-    guess = read_result(paths["guess"])
+        runs["baseline"] = _read_maps(paths["baseline"])
+    guess = _read_maps(paths["guess"])
     out: dict[str, Any] = {
         "lm_iterations": {k: iteration_stats(r)["total"] for k, r in runs.items()},
         "iterations": {k: iteration_stats(r) for k, r in runs.items()},

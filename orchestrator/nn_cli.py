@@ -119,14 +119,19 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
-    p.add_argument("--backend", default="me")
+    p.add_argument("--backend", default="me", help="me, or a classical code: sir, desire (the network then learns "
+                                                    "the code's log-tau node columns)")
     p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option of every inversion (repeatable)")
     p.add_argument("--reference-option", dest="reference_option", action="append", type=_key_value,
-                   metavar="KEY=VALUE", help="backend option of the reference inversion, added to "
-                                             "n_starts=4, max_iter=100")
+                   metavar="KEY=VALUE", help="backend option of the reference inversion, added to the backend's "
+                                             "(me: n_starts=4, max_iter=100; sir, desire: strategy=reference)")
     p.add_argument("--short-option", dest="short_option", action="append", type=_key_value, metavar="KEY=VALUE",
-                   help="backend option of the assisted inversion, added to n_starts=1")
+                   help="backend option of the assisted inversion, added to the backend's (me: n_starts=1, "
+                        "sigma_tol=0.04; sir, desire: strategy=assisted)")
+    p.add_argument("--baseline-option", dest="baseline_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="backend option of the baseline, added to the backend's (me: none; "
+                                             "sir, desire: strategy=reference)")
     p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = automatic")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
@@ -173,12 +178,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_assist(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.assist import AssistSettings, run_assist
 
-    defaults = AssistSettings()
+    defaults = AssistSettings(backend=args.backend)
     kw: dict[str, Any] = {}  # given options are added to the strategy's defaults
-    if args.reference_option:
-        kw["reference_options"] = {**defaults.reference_options, **{k: v for k, v, _ in args.reference_option}}
-    if args.short_option:
-        kw["short_options"] = {**defaults.short_options, **{k: v for k, v, _ in args.short_option}}
+    for flag, key in (("reference_option", "reference_options"), ("short_option", "short_options"),
+                      ("baseline_option", "baseline_options")):
+        given = getattr(args, flag)
+        if given:
+            kw[key] = {**(getattr(defaults, key) or {}), **{k: v for k, v, _ in given}}
     s = AssistSettings(
         subset=args.subset, subset_method=args.subset_method, clusters=args.clusters, model=args.model,
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,

@@ -16,6 +16,16 @@ seams. It also writes the calibrated 90 % intervals, ``/interval/<name>``
 (ny, nx, 2) [units] (written before the chunk is marked done, so a resumed
 prediction keeps them).
 
+A model trained on a depth-stratified backend's results (SIR: node columns
+``T@-4`` ... ``azimuth@1`` and height-independent parameters, see
+:mod:`stokesflow.orchestrator.train`) is written as a stratified result:
+``/log_tau`` holds the model's node depths (deep to high) and
+``/params/<quantity>`` (ny, nx, nnodes) the predicted value at each node (NaN
+at a node the model does not predict), the other columns as (ny, nx) maps; the
+attribute ``columns`` lists the model's columns. ``--init previous -I
+file=guess.h5`` reads those nodes back into the backend's init columns (exactly
+at the nodes, linearly between them for a run with other ``seed_nodes``).
+
 The model may also be a k-means database (:mod:`stokesflow.orchestrator.kmeans_db`):
 each pixel then gets the parameters of its best-matching representative, and
 ``/chi2`` holds that match's reduced chi2 (a quality map of the look-up).
@@ -27,8 +37,9 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,12 +48,78 @@ from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.store import ChunkOutput, ResultStore
 
-__all__ = ["UNET_HALO", "predict_chunk", "predict_unet_band", "predict_observation"]
+__all__ = ["UNET_HALO", "GuessLayout", "predict_chunk", "predict_unet_band", "predict_observation"]
 
 #: Rows of context read above and below a unet band [pixels] (twice the network's receptive half-width).
 UNET_HALO = 48
 
 log = logging.getLogger("stokesflow.predict")
+
+
+@dataclass(frozen=True)
+class GuessLayout:
+    """How a model's columns go into the result-file layout.
+
+    Attributes
+    ----------
+    columns : tuple of str
+        The model's columns (``B``, ``T@-2``, ...), in its output order.
+    specs : tuple of ParameterSpec
+        The result file's parameters: the plain columns, then one per stratified quantity.
+    stratified : tuple of ParameterSpec
+        The stratified quantities among ``specs`` (empty without node columns).
+    log_tau : ndarray (nnodes,), optional
+        The node depths, deep to high; None without node columns.
+    """
+
+    columns: tuple[str, ...]
+    specs: tuple[ParameterSpec, ...]
+    stratified: tuple[ParameterSpec, ...] = ()
+    log_tau: np.ndarray | None = None
+    _flat: tuple[int, ...] = field(default=(), repr=False)
+    _nodes: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, specs: Sequence[ParameterSpec]) -> "GuessLayout":
+        """From the model's column specs (named after the columns)."""
+        from stokesflow.nn_init.features import split_column
+
+        cols = tuple(p.name for p in specs)
+        split = [split_column(c) for c in cols]
+        depths = sorted({at for _, at in split if at is not None}, reverse=True)
+        if not depths:
+            return cls(cols, tuple(specs), _flat=tuple(range(len(cols))))
+        flat = tuple(j for j, (_, at) in enumerate(split) if at is None)
+        nodes: dict[str, list[tuple[int, int]]] = {}
+        strat: dict[str, ParameterSpec] = {}
+        for j, ((name, at), p) in enumerate(zip(split, specs)):
+            if at is not None:
+                nodes.setdefault(name, []).append((j, depths.index(at)))
+                strat.setdefault(name, ParameterSpec(name, p.unit, p.lower, p.upper, p.scale, p.circular))
+        clash = sorted(set(strat) & {cols[j] for j in flat})
+        if clash:
+            raise OrchestratorError(f"model columns {cols}: {clash} given both as one value and at nodes")
+        st = tuple(strat.values())
+        return cls(cols, tuple(specs[j] for j in flat) + st, st, np.asarray(depths, dtype=np.float64), flat,
+                   tuple((n, tuple(v)) for n, v in nodes.items()))
+
+    def result(self, values: np.ndarray, chi2: np.ndarray, status: np.ndarray) -> ChunkResult:
+        """A chunk result from the model's values (npix, ncol) [units]: sigma NaN, n_iter 0."""
+        npix = values.shape[0]
+        names = tuple(p.name for p in self.specs)
+        params = np.full((npix, len(names)), np.nan, dtype=np.float32)
+        params[:, :len(self._flat)] = values[:, list(self._flat)]
+        strat: dict[str, np.ndarray] = {}
+        for name, nodes in self._nodes:
+            arr = np.full((npix, self.log_tau.size), np.nan, dtype=np.float32)  # type: ignore[union-attr]
+            for j, k in nodes:
+                arr[:, k] = values[:, j]
+            strat[name] = arr
+        return ChunkResult(
+            names=names, params=params, sigma=np.full(params.shape, np.nan, dtype=np.float32),
+            chi2=np.asarray(chi2, dtype=np.float32), n_iter=np.zeros(npix, dtype=np.int32),
+            status=np.asarray(status, dtype=np.uint8), log_tau=self.log_tau if strat else None, stratified=strat,
+        )
 
 
 def _lookup(db_path: str, stokes: np.ndarray) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
@@ -57,8 +134,9 @@ def _lookup(db_path: str, stokes: np.ndarray) -> tuple[tuple[str, ...], np.ndarr
 
 
 def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: int, stop: int,
-                  kind: str = "network") -> ChunkOutput:
-    """The task: the model's parameters for flat pixels ``start..stop`` of ``obs``."""
+                  kind: str = "network", layout: GuessLayout | None = None) -> ChunkOutput:
+    """The task: the model's parameters for flat pixels ``start..stop`` of ``obs`` (in ``layout``, default:
+    one (ny, nx) map per column)."""
     t0 = time.perf_counter()
     stokes = obs.read_pixels(start, stop)
     npix = stop - start
@@ -75,18 +153,16 @@ def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: in
         model = loaded_model(model_path)
         names, params = model.parameters, model.predict(stokes)
     good = np.isfinite(stokes).all(axis=(1, 2))
-    res = ChunkResult(
-        names=names, params=params.astype(np.float32),
-        sigma=np.full(params.shape, np.nan, dtype=np.float32), chi2=chi2.astype(np.float32),
-        n_iter=np.zeros(npix, dtype=np.int32),
-        status=np.where(good, 0, STATUS_BAD_INPUT).astype(np.uint8),
-    )
+    if layout is None:
+        layout = GuessLayout(tuple(names), tuple(ParameterSpec(n, "", -np.inf, np.inf, 1.0) for n in names),
+                             _flat=tuple(range(len(names))))
+    res = layout.result(params, chi2, np.where(good, 0, STATUS_BAD_INPUT))
     return ChunkOutput(index=index, start=start, stop=stop, result=res,
                        seconds={"total": time.perf_counter() - t0}, worker=f"{os.getpid()}")
 
 
 def predict_unet_band(obs: Any, model_path: str, threads: int, index: int, start: int,
-                      stop: int) -> tuple[ChunkOutput, np.ndarray]:
+                      stop: int, layout: GuessLayout | None = None) -> tuple[ChunkOutput, np.ndarray]:
     """The unet task: parameters and intervals (npix, npar, 2) of the rows ``start // nx .. stop // nx``.
 
     ``start`` and ``stop`` are whole rows; :data:`UNET_HALO` rows of context above and below are read too.
@@ -108,11 +184,11 @@ def predict_unet_band(obs: Any, model_path: str, threads: int, index: int, start
     vals, iv = vals[y0 - h0:y1 - h0].reshape(-1, vals.shape[2]), iv[y0 - h0:y1 - h0].reshape(-1, vals.shape[2], 2)
     good = np.isfinite(cube[y0 - h0:y1 - h0]).all(axis=(2, 3)).reshape(-1)
     npix = stop - start
-    res = ChunkResult(
-        names=model.parameters, params=vals.astype(np.float32),
-        sigma=np.full(vals.shape, np.nan, dtype=np.float32), chi2=np.full(npix, np.nan, dtype=np.float32),
-        n_iter=np.zeros(npix, dtype=np.int32), status=np.where(good, 0, STATUS_BAD_INPUT).astype(np.uint8),
-    )
+    names = model.parameters
+    if layout is None:
+        layout = GuessLayout(tuple(names), tuple(ParameterSpec(n, "", -np.inf, np.inf, 1.0) for n in names),
+                             _flat=tuple(range(len(names))))
+    res = layout.result(vals, np.full(npix, np.nan), np.where(good, 0, STATUS_BAD_INPUT))
     return (ChunkOutput(index=index, start=start, stop=stop, result=res,
                         seconds={"total": time.perf_counter() - t0}, worker=f"{os.getpid()}"), iv.astype(np.float32))
 
@@ -129,7 +205,7 @@ def _write_intervals(store: ResultStore, names: tuple[str, ...], start: int, sto
 def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
                         out: str | os.PathLike[str], *, cluster: Any = None, chunk_pixels: int = 0,
                         resume: bool = False, overwrite: bool = False, threads: int | None = None,
-                        executor: Any = None) -> dict[str, Any]:
+                        executor: Any = None, columns: Sequence[str] | None = None) -> dict[str, Any]:
     """Apply the model in ``model_path`` to every pixel of ``input_path``; write ``out``.
 
     Parameters
@@ -152,6 +228,10 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         torch threads per task; default the worker's share of the cores.
     executor : Executor, optional
         An open executor to use (left open) instead of one opened for ``cluster``.
+    columns : sequence of str, optional
+        The init columns of the backend the guesses are for (``Backend.init_columns``):
+        a network predicting a column the backend does not take is refused
+        (:meth:`~stokesflow.nn_init.model_file.NetworkModel.check_compatible`).
 
     Returns
     -------
@@ -190,10 +270,13 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         model = loaded_model(model_path)
         model.check_compatible(where=f"observation {obs.path}", lines=list(obs.lines), wavelength=obs.wavelength,
                                spectral_instrument=obs.meta.get("spectral_instrument") or None)
+        if columns is not None:
+            model.check_compatible(where="the run's backend", columns=list(columns))
         enc = model.targets
         specs = tuple(ParameterSpec(n, u, float(lo), float(hi), 1.0, c)
                       for n, u, lo, hi, c in zip(enc.names, enc.units, enc.lower, enc.upper, enc.circular))
         digest = model.metadata.get("data_digest")
+    layout = GuessLayout.of(specs)
     unet = kind == "network" and model.kind == "unet"
     if unet:  # bands of whole rows
         rows = max(1, (chunk_pixels or 65536) // obs.nx)
@@ -206,11 +289,13 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
                    "chunk_pixels": plan.chunk_pixels}
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
     if resume and out.exists():
-        store = ResultStore.resume(out, fingerprint=fingerprint, parameters=specs)
+        store = ResultStore.resume(out, fingerprint=fingerprint, parameters=layout.specs)
     else:
-        store = ResultStore.create(out, plan=plan, parameters=specs, fingerprint=fingerprint, overwrite=overwrite,
+        store = ResultStore.create(out, plan=plan, parameters=layout.specs, fingerprint=fingerprint,
+                                   overwrite=overwrite, stratified=layout.stratified, log_tau=layout.log_tau,
                                    attrs={"backend": f"network:{kind}", "init": "none", "input": str(obs.path),
                                           "model": model_path, "versions": json.dumps(package_versions()),
+                                          "columns": json.dumps(list(layout.columns)),
                                           "config": "", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with store, executor_for(spec, executor) as ex:
         from stokesflow.orchestrator.train import worker_threads
@@ -220,15 +305,15 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         log.info("predicting %d x %d pixels of %s with %s: %d chunks", obs.ny, obs.nx, obs.path, model_path, len(pending))
         t1 = time.perf_counter()
         if unet:
-            futures = {ex.submit(predict_unet_band, obs, model_path, threads, c.index, c.start, c.stop): c
+            futures = {ex.submit(predict_unet_band, obs, model_path, threads, c.index, c.start, c.stop, layout): c
                        for c in pending}
         else:
-            futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind): c
+            futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind, layout): c
                        for c in pending}
         for fut in ex.as_completed(list(futures)):
             if unet:
                 chunk_out, iv = fut.result()
-                _write_intervals(store, tuple(s.name for s in specs), chunk_out.start, chunk_out.stop, obs.nx, iv)
+                _write_intervals(store, layout.columns, chunk_out.start, chunk_out.stop, obs.nx, iv)
                 store.write_chunk(chunk_out)
             else:
                 store.write_chunk(fut.result())

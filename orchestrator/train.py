@@ -5,7 +5,14 @@ good fit) and finite parameters are kept, optionally also below a chi2
 ceiling; bad status, poor fits (status 4), iteration-capped fits (status 1)
 and NaN pixels are left out. Every pair must share the lines and the
 wavelength grid, and each result file must be the inversion of its
-observation (same map size).
+observation (same map size). A depth-stratified result (SIR: (ny, nx, ndepth)
+maps on ``/log_tau``) is read into its backend's init columns
+(:func:`training_columns`): each stratified quantity sampled at the backend's
+log-tau nodes (``T@-4`` ... ``azimuth@1``) plus its height-independent
+parameters (vmac, filling factor, stray light), each normalised on its own
+(the azimuth through cos 2phi and sin 2phi). ``stokesflow predict`` writes such
+a model's guesses back as a stratified file on those nodes, which ``--init
+previous`` reads into the same columns.
 
 :func:`train_model` submits :func:`train_task` to the executor (to a worker
 that offers a ``GPU`` resource when a Dask cluster has one; on the CPU
@@ -33,7 +40,7 @@ from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 
 __all__ = ["TrainingData", "TrainingMaps", "read_training_pairs", "read_training_maps", "train_task", "train_model",
-           "worker_threads"]
+           "training_columns", "worker_threads"]
 
 log = logging.getLogger("stokesflow.train")
 
@@ -60,25 +67,115 @@ class TrainingData:
     metadata: dict[str, Any]
 
 
-def _specs_of(result_path: str) -> tuple[ParameterSpec, ...]:
+@dataclass(frozen=True)
+class _Target:
+    """One column a model learns: ``spec`` (named after the column), read from ``/params/<source>``,
+    at ``log_tau`` for a column of a depth-stratified map (``"T@-2"``), else the (ny, nx) map itself."""
+
+    spec: ParameterSpec
+    source: str
+    log_tau: float | None
+
+
+def _attr_text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def training_columns(result_path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The columns a model trained on ``result_path`` predicts, when they are not the file's parameters.
+
+    None for a result without ``/log_tau`` (the model predicts the file's
+    parameters, as ME's). For a depth-stratified result (SIR) the init columns
+    of the backend that wrote it (``Backend.init_columns``, rebuilt from the
+    file's ``backend`` and ``backend_options`` attributes; SIR: ``T@-4`` ...
+    ``azimuth@1`` at its ``seed_nodes``, and its parameters): a network
+    trained on them seeds that backend at its nodes.
+
+    Raises
+    ------
+    OrchestratorError
+        The backend that wrote the file cannot be built here.
+    """
     import h5py
+
+    from stokesflow.backends import BackendError, get_backend
+
+    try:
+        with h5py.File(result_path, "r") as h5:
+            if "log_tau" not in h5:
+                return None
+            name = _attr_text(h5.attrs.get("backend", ""))
+            options = json.loads(_attr_text(h5.attrs.get("backend_options", "{}")) or "{}")
+    except OSError as exc:
+        raise OrchestratorError(f"train: cannot read result file {result_path} ({exc}); give a result file "
+                                "of stokesflow invert") from None
+    try:
+        backend = get_backend(name, options)
+    except (BackendError, TypeError, ValueError) as exc:
+        raise OrchestratorError(
+            f"{result_path} is a depth-stratified result of backend {name!r}: a model trained on it predicts that "
+            f"backend's init columns (its log-tau nodes), and the backend cannot be built here: {exc}. Make it "
+            "available where the training runs (for SIR: STOKESFLOW_SIR)") from None
+    return tuple(backend.init_columns)
+
+
+def _targets_of(result_path: str, columns: Sequence[str] | None) -> tuple[tuple[_Target, ...], np.ndarray | None]:
+    """The training targets a result file gives, and its ``/log_tau`` (None when it has none).
+
+    ``columns`` None: every parameter of the file, each a (ny, nx) map. Otherwise
+    the columns among ``columns`` that the file holds: a plain name for a
+    (ny, nx) map, ``NAME@LOGTAU`` for a (ny, nx, ndepth) map ``NAME`` whose
+    depths span LOGTAU; the others (a plain name of a stratified map, a node
+    outside the file's depths, a quantity the file lacks) are left out.
+    """
+    import h5py
+
+    from stokesflow.nn_init.features import split_column
 
     with h5py.File(result_path, "r") as h5:
         names = json.loads(h5.attrs["parameters"])
+        log_tau = np.asarray(h5["log_tau"][:], dtype=np.float64) if "log_tau" in h5 else None
+        wanted = list(names) if columns is None else list(columns)
         out = []
-        for n in names:
-            a = h5["params"][n].attrs
-            unit = a.get("unit", "")
-            out.append(ParameterSpec(n, unit.decode() if isinstance(unit, bytes) else str(unit), float(a["lower"]),
-                                     float(a["upper"]), 1.0, bool(a.get("circular", False))))
-    return tuple(out)
+        for col in wanted:
+            src, at = split_column(col)
+            if src not in names:
+                continue
+            ds = h5["params"][src]
+            if at is None and ds.ndim != 2:
+                continue
+            if at is not None and (ds.ndim != 3 or log_tau is None or not log_tau.min() <= at <= log_tau.max()):
+                continue
+            a = ds.attrs
+            out.append(_Target(ParameterSpec(col, _attr_text(a.get("unit", "")), float(a["lower"]),
+                                             float(a["upper"]), 1.0, bool(a.get("circular", False))), src, at))
+    if not out:
+        raise OrchestratorError(f"result file {result_path} holds none of the columns {list(wanted)} a model "
+                                f"would learn (its parameters: {names})")
+    return tuple(out), log_tau
 
 
-def _paired(inputs: Sequence[str], results: Sequence[str]) -> Iterator[tuple[str, str, Any, Any, tuple]]:
+def _target_values(r: Any, targets: Sequence[_Target], log_tau: np.ndarray | None) -> np.ndarray:
+    """(ny, nx, ncol) float64: each target's map (a stratified map sampled at the column's depth)."""
+    from stokesflow.nn_init.features import sample_depth
+
+    cols = []
+    for t in targets:
+        arr = r.params[t.source]
+        if t.log_tau is None:
+            cols.append(np.asarray(arr, dtype=np.float64))
+        else:
+            period = (t.spec.upper - t.spec.lower) if t.spec.circular else None
+            cols.append(sample_depth(arr, log_tau, t.log_tau, period=period))  # type: ignore[arg-type]
+    return np.stack(cols, axis=2)
+
+
+def _paired(inputs: Sequence[str], results: Sequence[str],
+            columns: Sequence[str] | None = None) -> Iterator[tuple[str, str, Any, Any, tuple, np.ndarray]]:
     """Open each (observation, result) pair; check counts, map sizes and that every pair is one kind of data.
 
-    Yields ``(input, result, observation, result file, parameter specs)``; every pair has the
-    first pair's parameters, lines and wavelength grid (a model is trained for one kind of data).
+    Yields ``(input, result, observation, result file, target specs, targets (ny, nx, ncol))``; every
+    pair has the first pair's columns, lines and wavelength grid (a model is trained for one kind of data).
     """
     from stokesflow.orchestrator.io import open_observation
     from stokesflow.orchestrator.store import read_result
@@ -93,18 +190,19 @@ def _paired(inputs: Sequence[str], results: Sequence[str]) -> Iterator[tuple[str
         if r.status.shape != (obs.ny, obs.nx):
             raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
                                     f"observation {inp} is {obs.ny} x {obs.nx}: pass each result with its own input")
-        s = _specs_of(res)
+        targets, log_tau = _targets_of(res, columns)
+        s = tuple(t.spec for t in targets)
         if first is None:
             first = (s, obs.lines, np.asarray(obs.wavelength))
         else:
             specs, lines, wl = first
             if [p.name for p in s] != [p.name for p in specs]:
-                raise OrchestratorError(f"{res} has parameters {[p.name for p in s]}, the first result file "
-                                        f"{[p.name for p in specs]}")
+                raise OrchestratorError(f"{res} gives the columns {[p.name for p in s]}, the first result file "
+                                        f"{[p.name for p in specs]}: train on results of one backend and setup")
             if obs.lines != lines or obs.nw != wl.size or np.max(np.abs(obs.wavelength - wl)) > 1e-4:
                 raise OrchestratorError(f"{inp}: lines {obs.lines} and {obs.nw} wavelengths differ from the first "
                                         f"input's {lines} and {wl.size}; a model is trained for one kind of data")
-        yield inp, res, obs, r, s
+        yield inp, res, obs, r, s, _target_values(r, targets, log_tau)
 
 
 def _provenance(obs: Any, r: Any, res: str, used: int) -> dict[str, Any]:
@@ -123,8 +221,16 @@ def _data_metadata(obs: Any) -> dict[str, Any]:
 
 
 def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_chi2: float | None = None,
-                        max_pixels: int = 500_000, seed: int = 0) -> TrainingData:
+                        max_pixels: int = 500_000, seed: int = 0,
+                        columns: Sequence[str] | None = None) -> TrainingData:
     """Read the good pixels of each (observation, result) pair.
+
+    ``columns``: what the model learns (``TrainingData.specs`` are named after
+    them). None: the result files' parameters. A backend's ``init_columns``
+    (:func:`training_columns` of a depth-stratified result): its plain names
+    read from (ny, nx) maps, its node columns ``NAME@LOGTAU`` sampled from the
+    (ny, nx, ndepth) maps on ``/log_tau`` (linear in log tau; the azimuth as a
+    unit vector of 2 phi); columns a file cannot give are left out.
 
     Raises
     ------
@@ -136,11 +242,11 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
     xs, ps, prov = [], [], []
     specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res, obs, r, s in _paired(inputs, results):
+    for inp, res, obs, r, s, values in _paired(inputs, results, columns):
         if specs is None:
             specs, wl = s, np.asarray(obs.wavelength)
             meta = _data_metadata(obs)
-        params = np.column_stack([r.params[p.name].reshape(-1) for p in s]).astype(np.float64)
+        params = values.reshape(-1, len(s))
         keep = (r.status.reshape(-1) == 0) & np.isfinite(params).all(axis=1)
         if max_chi2 is not None:
             keep &= r.chi2.reshape(-1) <= max_chi2
@@ -191,7 +297,7 @@ class TrainingMaps:
 
 
 def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
-                       max_chi2: float | None = None) -> TrainingMaps:
+                       max_chi2: float | None = None, columns: Sequence[str] | None = None) -> TrainingMaps:
     """Read each (observation, result) pair as whole maps for the unet; bad pixels are masked, not dropped.
 
     Raises
@@ -202,12 +308,11 @@ def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
     cubes, params, masks, prov = [], [], [], []
     specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res, obs, r, s in _paired(inputs, results):
+    for inp, res, obs, r, s, par in _paired(inputs, results, columns):
         if specs is None:
             specs, wl = s, np.asarray(obs.wavelength)
             meta = _data_metadata(obs)
         cube = obs.read_rows(0, obs.ny).astype(np.float32)
-        par = np.stack([np.asarray(r.params[p.name], dtype=np.float64) for p in s], axis=2)
         mask = (r.status == 0) & np.isfinite(par).all(axis=2) & np.isfinite(cube).all(axis=(2, 3))
         if max_chi2 is not None:
             mask &= np.asarray(r.chi2) <= max_chi2
@@ -227,8 +332,11 @@ def worker_threads(n_workers: int) -> int:
 
 
 def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings: Mapping[str, Any],
-               threads: int, max_chi2: float | None = None, model: str = "cnn") -> dict[str, Any]:
+               threads: int, max_chi2: float | None = None, model: str = "cnn",
+               columns: Sequence[str] | None = None) -> dict[str, Any]:
     """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary.
+
+    ``columns``: what the model learns (:func:`read_training_pairs`); None: the files' parameters.
 
     ``model="unet"`` reads whole maps (:func:`read_training_maps`) and trains
     :func:`stokesflow.nn_init.unet.train_unet`. Both checkpoint to ``<out>.ckpt`` after every epoch, so a
@@ -253,7 +361,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
     if model == "unet":
         from stokesflow.nn_init.unet import train_unet
 
-        maps = read_training_maps(inputs, results, max_chi2=max_chi2)
+        maps = read_training_maps(inputs, results, max_chi2=max_chi2, columns=columns)
         meta = dict(maps.metadata)
         meta["provenance"]["versions"] = package_versions()
         net = train_unet(maps.cubes, maps.params, maps.masks, maps.specs, maps.wavelength, metadata=meta,
@@ -264,7 +372,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
             log.info("unet %s: 90 %% interval temperature %.3g, scale %.3g, held-out coverage %.1f %%", c["name"],
                      c["temperature"], c["scale"], 100 * c["coverage"])
     else:
-        data = read_training_pairs(inputs, results, max_chi2=max_chi2)
+        data = read_training_pairs(inputs, results, max_chi2=max_chi2, columns=columns)
         meta = dict(data.metadata)
         meta["provenance"]["versions"] = package_versions()
         net = train_network(data.stokes, data.params, data.specs, data.wavelength, metadata=meta,
@@ -295,7 +403,7 @@ def _submit(ex: Any, fn: Any, *args: Any) -> Any:
 def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.PathLike[str], *,
                 model: str = "cnn", settings: Mapping[str, Any] | None = None, cluster: Any = None,
                 max_chi2: float | None = None, overwrite: bool = False, threads: int | None = None,
-                executor: Any = None) -> dict[str, Any]:
+                executor: Any = None, columns: Sequence[str] | None = None) -> dict[str, Any]:
     """Train a model on the pairs as one task on the executor of ``cluster``; return the task's summary.
 
     Parameters
@@ -320,6 +428,10 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         (on a loaded machine, 1 is often faster: torch's threads spin).
     executor : Executor, optional
         An open executor to use (left open) instead of one opened for ``cluster``.
+    columns : sequence of str, optional
+        What the model learns (:func:`read_training_pairs`). Default: the
+        result files' parameters, or for a depth-stratified result its
+        backend's init columns (:func:`training_columns` of the first result file).
     """
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network import torch_or_error
@@ -342,6 +454,8 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     for p in list(inputs) + list(results):
         if not Path(p).exists():
             raise OrchestratorError(f"train: file {p!r} not found")
+    if columns is None:
+        columns = training_columns(results[0])
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
     history_path = Path(out + ".history.json")
     history_path.unlink(missing_ok=True)  # the task rewrites it with the epochs it runs
@@ -349,7 +463,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         threads = int(threads or worker_threads(ex.n_workers))
         log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
         fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),
-                      threads, max_chi2, model)
+                      threads, max_chi2, model, None if columns is None else list(columns))
         shown = 0
         while not fut.done():
             time.sleep(0.5)

@@ -1,4 +1,5 @@
-"""The short strategy of ``stokesflow assist`` (phase ``assisted``): its default options."""
+"""The loop's strategies of ``stokesflow assist``: default options of the reference, short (phase
+``assisted``) and baseline inversions per backend."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import pytest
 
 import stokesflow.orchestrator.assist as assist
 from stokesflow.backends.me.backend import MEOptions
-from stokesflow.orchestrator.assist import SHORT_SIGMA_TOL, AssistSettings, default_short_options
+from stokesflow.orchestrator.assist import (
+    SHORT_SIGMA_TOL,
+    AssistSettings,
+    default_baseline_options,
+    default_reference_options,
+    default_short_options,
+)
 
 
 def test_short_strategy_takes_sigma_tol_exactly_when_the_me_backend_has_it() -> None:
@@ -16,9 +23,22 @@ def test_short_strategy_takes_sigma_tol_exactly_when_the_me_backend_has_it() -> 
     expected = {"n_starts": 1, **({"sigma_tol": SHORT_SIGMA_TOL} if has else {})}
     assert default_short_options("me") == expected
     assert AssistSettings().short_options == expected
-    # another backend gets one start only (its options are not known here)
-    assert default_short_options("sir") == {"n_starts": 1}
-    assert AssistSettings(backend="sir").short_options == {"n_starts": 1}
+    assert AssistSettings().reference_options == {"n_starts": 4, "max_iter": 100}
+    assert AssistSettings().baseline_options == {}
+
+
+def test_sir_loop_compares_the_assisted_strategy_with_the_reference_strategy() -> None:
+    """The issue's comparison: SIR ``assisted`` (one cycle) from the guesses against ``reference`` (three cycles)
+    from the built-in guess model; the subset is inverted with ``reference``."""
+    for backend in ("sir", "desire"):
+        s = AssistSettings(backend=backend)
+        assert s.reference_options == {"strategy": "reference"} == default_reference_options(backend)
+        assert s.short_options == {"strategy": "assisted"} == default_short_options(backend)
+        assert s.baseline_options == {"strategy": "reference"} == default_baseline_options(backend)
+    # a backend without a table entry: its own defaults in every phase
+    assert AssistSettings(backend="lightweaver").short_options == {}
+    # the baseline's options are not part of what a resumed run must repeat (as --baseline is not)
+    assert "baseline_options" not in AssistSettings(backend="sir").identity()
 
 
 def test_short_strategy_with_sigma_tol_when_offered(monkeypatch: pytest.MonkeyPatch) -> None:
