@@ -420,6 +420,12 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     s = settings or AssistSettings()
     d = Path(out_dir)
     obs = open_observation(input_path)
+    if s.model == "kmeans" and s.backend != "me":
+        from stokesflow.backends import get_backend_class
+
+        if getattr(get_backend_class(s.backend, dict(s.backend_options)), "depth_stratified", False):
+            raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
+                                    "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
     if overwrite and d.exists():
         for f in d.iterdir():
             if f.is_file():
