@@ -23,13 +23,11 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "desire": "stokesflow.backends.desire.backend:DesireBackend",
     "lightweaver": "stokesflow.backends.lightweaver.backend:LightweaverBackend",
     "rh": "stokesflow.backends.rh.backend:RHBackend",
+    "stic": "stokesflow.backends.stic.backend:STiCBackend",
 }
 
 #: Backends named in the design but not built yet, with what they need.
-PLANNED_BACKENDS: dict[str, str] = {
-    "stic": "planned, not implemented yet (STiC wrapper: netCDF sub-cubes and mpiexec runs; "
-    "STOKESFLOW_STIC is not read yet)",
-}
+PLANNED_BACKENDS: dict[str, str] = {}
 
 
 def _targets() -> dict[str, str]:

@@ -39,7 +39,9 @@ __all__ = [
     "RunOutcome",
     "ScratchFolder",
     "resolve_rh",
+    "resolve_launcher",
     "resolve_mpiexec",
+    "mpi_command",
     "rh_command",
     "run_timeout",
     "run_rh",
@@ -68,25 +70,51 @@ def resolve_rh(path: str | None) -> Path:
         raise RHError(str(exc)) from None
 
 
-def resolve_mpiexec(name: str | None) -> Path:
-    """The MPI launcher: the option ``mpiexec``, else ``STOKESFLOW_RH_MPIEXEC``, else ``mpiexec`` on PATH.
+def resolve_launcher(name: str | None, env_var: str, code: str, error: type[Exception] = RHError) -> Path:
+    """An MPI launcher: ``name``, else the environment variable ``env_var``, else ``mpiexec`` on PATH.
 
-    It must belong to the MPI that RH was linked against (an MPICH-built RH
-    runs under MPICH's ``mpiexec``).
+    Shared by the MPI codes (RH 1.5D, STiC): it must belong to the MPI that
+    ``code`` was linked against (an MPICH-built code runs under MPICH's ``mpiexec``).
+
+    Raises
+    ------
+    error
+        Not found or not executable (the message names ``code``, the option and ``env_var``).
+    """
+    given = name or os.environ.get(env_var) or "mpiexec"
+    found = shutil.which(given)
+    if found is None:
+        raise error(
+            f"MPI launcher {given!r} not found ({code} runs under MPI); install the MPI {code} was built with, "
+            f"or give its launcher with -B mpiexec=/path/to/mpiexec or {env_var}"
+        )
+    return Path(found)
+
+
+def resolve_mpiexec(name: str | None) -> Path:
+    """The MPI launcher of RH: the option ``mpiexec``, else ``STOKESFLOW_RH_MPIEXEC``, else ``mpiexec`` on PATH.
 
     Raises
     ------
     RHError
         Not found or not executable.
     """
-    given = name or os.environ.get(MPIEXEC_ENV_VAR) or "mpiexec"
-    found = shutil.which(given)
-    if found is None:
-        raise RHError(
-            f"MPI launcher {given!r} not found (RH 1.5D runs under MPI); install the MPI RH was built with, "
-            f"or give its launcher with -B mpiexec=/path/to/mpiexec or {MPIEXEC_ENV_VAR}"
-        )
-    return Path(found)
+    return resolve_launcher(name, MPIEXEC_ENV_VAR, "RH 1.5D", RHError)
+
+
+def mpi_command(mpiexec: Path | str, executable: Path | str, ranks: int, *, min_ranks: int, code: str,
+                where: str, error: type[Exception] = RHError) -> list[str]:
+    """``[mpiexec, -n, ranks, executable]`` for a master/worker code (RH 1.5D, STiC).
+
+    Raises
+    ------
+    error
+        ``ranks`` below ``min_ranks`` (rank 0 only hands out work).
+    """
+    if ranks < min_ranks:
+        raise error(f"{where} ranks: {code} needs at least {min_ranks} MPI ranks (rank 0 only hands out work), "
+                    f"got {ranks}; set -B ranks={min_ranks} or more")
+    return [str(mpiexec), "-n", str(int(ranks)), str(executable)]
 
 
 def rh_command(mpiexec: Path | str, executable: Path | str, ranks: int) -> list[str]:
@@ -97,13 +125,14 @@ def rh_command(mpiexec: Path | str, executable: Path | str, ranks: int) -> list[
     RHError
         ``ranks`` below :data:`MIN_RANKS`.
     """
-    if ranks < MIN_RANKS:
-        raise RHError(f"[backend.rh] ranks: rh15d_ray_pool needs at least {MIN_RANKS} MPI ranks, got {ranks}")
-    return [str(mpiexec), "-n", str(int(ranks)), str(executable)]
+    return mpi_command(mpiexec, executable, ranks, min_ranks=MIN_RANKS, code="rh15d_ray_pool", where="[backend.rh]")
 
 
 def run_timeout(per_column: float, ncol: int, ranks: int) -> float:
-    """Time limit of one run [s]: ``per_column`` times the columns each worker rank gets (ranks - 1 work)."""
+    """Time limit of one run [s]: ``per_column`` times the columns each worker rank gets (ranks - 1 work).
+
+    Shared by the master/worker codes (RH 1.5D, STiC).
+    """
     return float(per_column) * math.ceil(ncol / max(1, ranks - 1))
 
 
