@@ -173,7 +173,7 @@ class AssistSettings:
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
-        0: automatic.
+        0: automatic (a depth-stratified code such as SIR: about 8 chunks per worker, down to one pixel).
     progress : str
     report : bool
         Write ``DIR/report/``.
@@ -373,6 +373,29 @@ class _State:
         tmp.replace(self.path)
 
 
+def _depth_stratified(s: AssistSettings) -> bool:
+    """Whether the loop's backend is a depth-stratified classical code (SIR, DeSIRe: seconds per pixel)."""
+    from stokesflow.backends import get_backend_class
+
+    return bool(getattr(get_backend_class(s.backend, dict(s.backend_options)), "depth_stratified", False))
+
+
+def _classical_chunk_pixels(obs_path: Path, out: Path, executor: Any) -> int:
+    """Automatic chunks for a code that takes seconds per pixel: about 8 per worker, down to one pixel.
+
+    The run's own automatic size starts at 1024 pixels (ME's milliseconds per pixel), which gives a
+    SIR subset of a few hundred pixels one chunk and one busy worker. A resumed run keeps its chunks.
+    """
+    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.plan import auto_chunk_pixels
+    from stokesflow.orchestrator.store import inspect_result
+
+    if out.exists():
+        return int(inspect_result(out)["chunk_pixels"])
+    workers = int(getattr(executor, "n_workers", 1) or 1)
+    return auto_chunk_pixels(open_observation(obs_path).npix, workers, minimum=1)
+
+
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
             init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False,
             executor: Any = None) -> Any:
@@ -380,10 +403,13 @@ def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, 
     from stokesflow.orchestrator.run import run_inversion
 
     resume = out.exists()
+    chunk = s.chunk_pixels
+    if chunk == 0 and _depth_stratified(s):
+        chunk = _classical_chunk_pixels(obs_path, out, executor)
     layer: dict[str, Any] = {
         "input": {"path": str(obs_path)},
         "output": {"path": str(out), "resume": resume, "overwrite": False, "synthetic": synthetic},
-        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
+        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": chunk},
         "cluster": dict(s.cluster),
         "backend": {s.backend: {**s.backend_options, **options}},
     }
