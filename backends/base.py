@@ -368,6 +368,13 @@ class Backend:
     depth_stratified: ClassVar[bool] = False
     #: What :meth:`setup` does that a user waits for on a first run (logged by the driver).
     setup_note: ClassVar[str] = ""
+    #: Keyword overrides of ``stokesflow.orchestrator.plan.auto_chunk_pixels``
+    #: (``minimum``, ``maximum``, ``tasks_per_worker``) for an automatic chunk
+    #: size. Empty: the plan made for the ME backend (milliseconds per pixel,
+    #: chunks of at least 1024 pixels). A code that takes seconds per pixel
+    #: (SIR) asks for small chunks, so that a few hundred pixels still spread
+    #: over every worker.
+    chunk_plan: ClassVar[Mapping[str, int]] = types.MappingProxyType({})
 
     def __init__(self, options: Any = None) -> None:
         if self.options_class is not None and not isinstance(options, self.options_class):

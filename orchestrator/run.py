@@ -904,8 +904,8 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     chunk_pixels = config.run.chunk_pixels
     if config.output.resume and chunk_pixels == 0:  # automatic: keep the chunks of the interrupted run
         chunk_pixels = int(inspect_result(out_path)["chunk_pixels"])
-    if chunk_pixels == 0:
-        chunk_pixels = auto_chunk_pixels(obs.npix, workers_hint)
+    if chunk_pixels == 0:  # automatic, as the backend plans it (a code taking seconds per pixel: small chunks)
+        chunk_pixels = auto_chunk_pixels(obs.npix, workers_hint, **dict(getattr(backend, "chunk_plan", {})))
     plan = plan_chunks(obs.ny, obs.nx, chunk_pixels)
     fingerprint = _fingerprint(obs, backend, provider, plan.chunk_pixels, config.output.synthetic, noise)
     done = np.zeros(plan.n_chunks, dtype=bool)

@@ -7,12 +7,12 @@ outside a test (tests put them in the registry with ``monkeypatch``).
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
+import types
 from pathlib import Path
 from typing import Any, Mapping
-
-import inspect
 
 import numpy as np
 
@@ -82,6 +82,13 @@ class WrappingDouble(Backend):
 
     def invert(self, stokes, wavelength, init=None):
         return self.inner.invert(stokes, wavelength, init)
+
+
+class SmallChunkDouble(WrappingDouble):
+    """Plans automatic chunks as a code taking seconds per pixel does (SIR): down to one pixel."""
+
+    name = "small-chunk-double"
+    chunk_plan = types.MappingProxyType({"minimum": 1, "maximum": 64, "tasks_per_worker": 4})
 
 
 class PoisonDouble(WrappingDouble):

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _orchestrator_doubles import HugeSigmaDouble, PoisonDouble  # noqa: E402
+from _orchestrator_doubles import HugeSigmaDouble, PoisonDouble, SmallChunkDouble  # noqa: E402
 from _orchestrator_helpers import HMI_WAVELENGTH, make_config, write_hmi_observation  # noqa: E402
 
 import stokesflow.clusters as clusters  # noqa: E402
@@ -187,6 +187,16 @@ def test_existing_output_needs_resume_or_overwrite(obs, tmp_path, monkeypatch):
         assert read_result(out).attrs["runs"] == 1
     summary = run_inversion(make_config(obs, out, run={"chunk_pixels": 24}, output={"overwrite": True}))
     assert summary.n_chunks == 4
+
+
+def test_automatic_chunks_follow_the_backends_plan(obs, tmp_path):
+    """ME's plan keeps 96 pixels in one chunk (1024-pixel floor); a backend whose pixels take seconds
+    asks for small chunks: ceil(96 / (4 tasks x 2 workers)) = 12 pixels, 8 chunks."""
+    me = run_inversion(make_config(obs, tmp_path / "me.h5", cluster={"kind": "serial", "workers": 2}))
+    small = run_inversion(make_config(obs, tmp_path / "small.h5", cluster={"kind": "serial", "workers": 2}),
+                          backend=SmallChunkDouble())
+    assert (me.n_chunks, small.n_chunks) == (1, 8)
+    assert read_result(tmp_path / "small.h5").attrs["chunk_pixels"] == 12
 
 
 def test_deterministic_chunk_failure_gives_partial_result(tmp_path):
