@@ -12,10 +12,17 @@ and prints the issue's figures:
 - a subset chosen by clustering against a same-size corner box (the network's
   guesses alone, and the iterations of the assisted inversion).
 
+The training subset holds ``--subset`` of the field's pixels clamped to
+[``--subset-min``, ``--subset-max``] (:func:`stokesflow.nn_init.training.subset_pixels`,
+the rule of ``stokesflow assist``), and the network trains on the default budget of
+:class:`stokesflow.nn_init.training.TrainSettings` (a fixed number of samples, whatever
+the subset's size).
+
 Usage::
 
     python benchmarks/assist_loop.py --size 128 --instrument hmi hinode
     python benchmarks/assist_loop.py --size 256 --instrument hmi --cluster local --workers 2
+    python benchmarks/assist_loop.py --input ../shared/data/pymilne_hmi_sample.h5 --no-box
 
 Timings are wall clock on whatever else the machine is doing; the script
 prints the load average before and after.
@@ -55,12 +62,16 @@ def _inference_rate(model_path: Path, obs_path: Path, n: int = 20000) -> float:
 
 
 def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
+    from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.assist import AssistSettings, run_assist
+    from stokesflow.orchestrator.io import open_observation
 
     cluster = {"kind": args.cluster}
     if args.workers:
         cluster["workers"] = args.workers
-    s = AssistSettings(subset=args.subset, clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
+    npix = open_observation(obs).npix
+    share = subset_pixels(npix, args.subset, args.subset_min, args.subset_max) / npix
+    s = AssistSettings(subset=share, clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
                        progress="none", report=False, **kw)
     return run_assist(obs, out, s, overwrite=True)
 
@@ -108,7 +119,9 @@ def _print_case(name: str, d: dict, rate: float) -> None:
               "Pearson " + ", ".join(f"{n} {t['pearson'][n]:.4f}" for n in ("B", "inclination", "azimuth", "vlos")))
     print(f"CNN inference, one core: {rate:,.0f} pixels/s")
     tr = d.get("training", {})
-    print(f"training: {tr.get('pixels')} pixels, {tr.get('epochs')} epochs (best {tr.get('best_epoch')}), "
+    samples = sum(h.get("samples", 0) for h in tr.get("history", []))
+    print(f"subset: {d.get('subset', {}).get('pixels')} pixels; training: {tr.get('pixels')} good pixels, "
+          f"{tr.get('epochs')} epochs (best {tr.get('best_epoch')}), {samples:,} samples drawn, "
           f"validation loss {tr.get('val_loss', float('nan')):.4f}")
 
 
@@ -116,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--instrument", nargs="+", default=["hmi", "hinode"])
-    p.add_argument("--subset", type=float, default=0.05)
+    from stokesflow.nn_init.training import SUBSET_MAX_PIXELS, SUBSET_MIN_PIXELS
+
+    p.add_argument("--input", default=None, help="run on this observation instead of synthetic scenes")
+    p.add_argument("--subset", type=float, default=0.05, help="share of the field in the training subset")
+    p.add_argument("--subset-min", type=int, default=SUBSET_MIN_PIXELS, help="fewest subset pixels")
+    p.add_argument("--subset-max", type=int, default=SUBSET_MAX_PIXELS, help="most subset pixels")
     p.add_argument("--clusters", type=int, default=16)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--cluster", default="serial")
@@ -134,13 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.dir)
     root.mkdir(exist_ok=True)
     figures = {}
-    for inst in args.instrument:
-        obs = root / f"{inst}_{args.size}.h5"
+    cases = [Path(args.input).stem] if args.input else args.instrument
+    for inst in cases:
+        obs = Path(args.input) if args.input else root / f"{inst}_{args.size}.h5"
         if not obs.exists():
             synthesize_observation(obs, instrument=inst, scene="mixed", size=(args.size, args.size), seed=1)
         d = _loop(obs, root / f"{inst}_{args.size}_loop", args, baseline=True)
         rate = _inference_rate(root / f"{inst}_{args.size}_loop" / "model.pt", obs)
-        _print_case(f"{inst}-like, {args.size} x {args.size}, subset {args.subset}", d, rate)
+        name = str(obs) if args.input else f"{inst}-like, {args.size} x {args.size}"
+        _print_case(f"{name}, subset {args.subset} of the field in [{args.subset_min}, {args.subset_max}] pixels", d,
+                    rate)
         figures[inst] = {"clusters": d, "inference_px_s": rate}
         if not args.no_box:
             b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")

@@ -108,3 +108,44 @@ def test_checkpoint_resumes_where_it_stopped(pairs, tmp_path):
     other = (pairs[0], pairs[1][:200], pairs[2][:200])
     with pytest.raises(InitError, match="written for other training data"):
         _train(other, 6, checkpoint=ckpt)
+
+
+def test_samples_per_epoch_bounds_the_work_of_an_epoch(pairs, tmp_path):
+    me, stokes, params = pairs
+    n_train = 400 - round(0.15 * 400)  # 340 training pixels after the held-out 15 %
+
+    def run(per_epoch, **kw):
+        return train_network(stokes, params, me.parameters, HMI, metadata=META, threads=1,
+                             settings={"epochs": 6, "batch": 64, "patience": 100, "lr": 3e-3,
+                                       "samples_per_epoch": per_epoch}, **kw)
+
+    full = run(0).metadata["history"]
+    assert [h["samples"] for h in full] == [n_train] * 6
+    assert [h["samples"] for h in run(10_000).metadata["history"]] == [n_train] * 6  # never more than the set
+    bounded = run(128)
+    hist = bounded.metadata["history"]
+    assert [h["samples"] for h in hist] == [128] * 6  # two batches of 64 per epoch, whatever the set's size
+    assert bounded.metadata["settings"]["samples_per_epoch"] == 128
+    assert min(h["val_loss"] for h in hist) < hist[0]["val_loss"]  # 12 Adam steps at 3e-3 still learn
+    # each epoch draws its own random pixels from torch's generator, which the checkpoint restores
+    ckpt = tmp_path / "b.ckpt"
+
+    def stop_after_2(entry):
+        if entry["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(128, checkpoint=ckpt, on_epoch=stop_after_2)
+    resumed = run(128, checkpoint=ckpt).metadata["history"]
+    for a, b in zip(hist, resumed):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)  # float32 CPU, same order of operations
+
+
+def test_training_settings_are_checked():
+    from stokesflow.nn_init.training import TrainSettings
+
+    with pytest.raises(InitError, match="samples_per_epoch >= 0"):
+        TrainSettings(samples_per_epoch=-1)
+    with pytest.raises(InitError, match=r"unknown training setting\(s\) \['samples'\]"):
+        TrainSettings(samples=100)
+    assert TrainSettings(samples_per_epoch=None)["samples_per_epoch"] == TrainSettings.DEFAULTS["samples_per_epoch"]
