@@ -149,3 +149,29 @@ def test_training_settings_are_checked():
     with pytest.raises(InitError, match=r"unknown training setting\(s\) \['samples'\]"):
         TrainSettings(samples=100)
     assert TrainSettings(samples_per_epoch=None)["samples_per_epoch"] == TrainSettings.DEFAULTS["samples_per_epoch"]
+
+
+def test_planned_epochs_cap_the_samples_drawn_whatever_the_set_size():
+    from stokesflow.nn_init.training import TrainSettings, planned_epochs
+
+    d = TrainSettings()
+    assert (d["samples_per_epoch"], d["max_samples"]) == (8192, 245_760)
+    assert planned_epochs({}, 20_000) == 30 and planned_epochs({}, 2_000_000) == 30  # 30 x 8,192 in all
+    assert planned_epochs({}, 2_000) == 123  # ceil(245,760 / 2,000): a small set is drawn whole each epoch
+    assert planned_epochs({}, 340) == 200  # ... up to ``epochs``
+    assert planned_epochs({"max_samples": 0}, 20_000) == 200
+    assert planned_epochs({"samples_per_epoch": 0, "max_samples": 100_000}, 20_000) == 5
+
+
+def test_subset_pixels_clamps_the_share_of_the_field():
+    from stokesflow.nn_init.training import SUBSET_MAX_PIXELS, SUBSET_MIN_PIXELS, subset_pixels
+
+    assert subset_pixels(256 * 256, 0.05) == SUBSET_MIN_PIXELS == 16_000  # 5 % would be 3,277
+    assert subset_pixels(1024 * 1024, 0.05) == SUBSET_MAX_PIXELS == 32_000  # 5 % would be 52,429
+    assert subset_pixels(512 * 512, 0.1) == 26_214  # inside the bounds: the share itself
+    assert subset_pixels(40 * 50, 0.05) == 2_000  # a field below the floor is used whole
+    assert subset_pixels(1024 * 1024, 0.05, 64, 10**9) == 52_429  # wide bounds: the old rule
+    with pytest.raises(InitError, match=r"share of the pixels in \(0, 1\], got 1.5"):
+        subset_pixels(100, 1.5)
+    with pytest.raises(InitError, match="64 <= min_pixels <= max_pixels, got min_pixels=500, max_pixels=100"):
+        subset_pixels(10_000, 0.1, 500, 100)
