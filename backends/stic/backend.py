@@ -586,7 +586,10 @@ class STiCBackend(Backend):
             "input_model": model_in, "output_profiles": io.PROFILES_OUT, "output_atmos": io.ATMOS_OUT,
             "mu": self.options.mu, "mode": mode, "atmosphere_type": "lte" if lte else "rh",
             "instrument": "none", "verbose": 0, "mpi_pack": 1, "use_eos": 1, "recompute_hydro": 1,
-            "max_inv_iter": self.options.max_iter, "depth_model": 0, "depth_t": 0, "depth_interpolation": 0,
+            "max_inv_iter": self.options.max_iter, "depth_model": 0, "depth_t": 0,
+            # cubic Bezier between nodes (STiC's example setting): linear nodes bias the field by
+            # ~6 deg in an inversion of STiC's own HSRA profiles (tests/backends/stic/test_stic_external.py)
+            "depth_interpolation": 2,
             "marquardt_damping": 3.162277, "svd_thres": 1.0e-14, "svd_split_singular": 0,
             "chi2_threshold": 1.0, "randomize_inversions": 1, "parameter_perturbation": 0.01,
             "centered_derivatives": 0, "regularize": 0,

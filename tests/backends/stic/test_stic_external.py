@@ -1,0 +1,75 @@
+"""The real STiC, end to end on a few pixels (marker ``external``; set STOKESFLOW_STIC to run).
+
+Built and run here from github.com/jaimedelacruz/stic (git HEAD, LTE module,
+MPICH); skipped cleanly when STOKESFLOW_STIC is unset, failing when it is set
+but unusable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import require_external_code
+from stokesflow.backends import STATUS_OK
+from stokesflow.backends.stic.backend import STiCBackend
+from stokesflow.backends.stic.runner import ENV_VAR
+
+pytestmark = pytest.mark.external
+
+LINE = 6302.4931  # Fe I 6302 [A, air], the project's line table
+WL = LINE + 0.02 * np.arange(-12, 13)
+#: Both Fe I lines, 25 points each (20 mA steps), for the inversion.
+WL2 = np.concatenate([6301.5012 + 0.02 * np.arange(-12, 13), WL])
+
+
+@pytest.fixture(scope="module")
+def stic() -> STiCBackend:
+    require_external_code(ENV_VAR, STiCBackend, "STiC")
+    return STiCBackend({"lines": ["FeI_6302"], "timeout": 300.0})
+
+
+def test_synthesis_follows_the_project_conventions(stic):
+    """Signs as DESIGN.md states them, from STiC's own profiles (HSRA, 1000 G)."""
+    p = {"B": np.array([1000.0, 1000.0, 1000.0, 0.0, 0.0]), "inclination": np.array([0.0, 90.0, 90.0, 0.0, 0.0]),
+         "azimuth": np.array([0.0, 0.0, 45.0, 0.0, 0.0]), "vlos": np.array([0.0, 0.0, 0.0, 1.0, 0.0])}
+    r = stic.synthesize_chunk(p, WL)
+    assert r.status.tolist() == [STATUS_OK] * 5, r.errors
+    s = r.synthetic.astype(float)
+    c = int(np.argmin(np.abs(WL - LINE)))
+    # continuum units: the far wing is the guess model's continuum to within the line's wing (2 %)
+    assert np.all(np.abs(s[:, 0, 0] - 1.0) < 0.02)
+    assert s[0, 3, :c].max() > 0.05 and s[0, 3, c + 1:].min() < -0.05  # inclination 0: V > 0 in the blue wing
+    assert s[1, 1, c] < -0.02 and np.abs(s[1, 2]).max() < 1e-6  # inclination 90, azimuth 0: Q < 0 at centre, U = 0
+    assert s[2, 2, c] < -0.02 and np.abs(s[2, 1]).max() < 1e-6  # azimuth 45: U < 0 at centre, Q = 0
+    # vlos = +1 km/s is a redshift of 1 km/s (21.0 mA at 6302 A): the centre of gravity of 1 - I moves by
+    # that, to 2 mA (the 20 mA grid and the wings' asymmetry)
+    cog = [np.sum(WL * (1 - s[k, 0])) / np.sum(1 - s[k, 0]) for k in (3, 4)]
+    assert cog[0] - cog[1] == pytest.approx(LINE * 1.0 / 299792.458, abs=0.002)
+
+
+def test_inversion_recovers_a_known_field(stic):
+    """STiC inverts STiC's own noiseless profiles (HSRA, 800 G, 30 deg, azimuth 20 deg, 0.5 km/s) from a
+    start 40 % off in B, 20 deg in inclination and azimuth and 0.5 km/s in vlos (an ME-like guess).
+
+    Tolerances: 5 % in B, 5 deg in the angles, 0.15 km/s in vlos, at log tau = -1. The profiles are
+    noiseless, so the errors are the temperature's (HSRA on 4 nodes with cubic Bezier interpolation
+    cannot be the true stratification, and the field and velocity absorb the difference) and the
+    fit's; measured here (reduced chi2 61 for noise 1e-3): B -0.3 %, inclination +2.6 deg,
+    azimuth +3.1 deg, vlos -0.07 km/s (with linear interpolation between nodes: -5 %, -6 deg, -6 deg).
+    """
+    b = STiCBackend({"lines": ["FeI_6301", "FeI_6302"], "strategy": "assisted", "max_iter": 20, "noise": 1e-3,
+                     "nodes": {"T": 4, "vlos": 1, "vmic": 1, "blong": 1, "bhor": 1, "azimuth": 1}, "timeout": 600.0})
+    truth = {"B": np.array([800.0]), "inclination": np.array([30.0]), "azimuth": np.array([20.0]),
+             "vlos": np.array([0.5])}
+    obs = b.synthesize(truth, WL2)
+    init = np.full((1, len(b.parameter_names)), np.nan)
+    for name, value in (("B", 480.0), ("inclination", 50.0), ("azimuth", 40.0), ("vlos", 0.0)):
+        init[0, b.parameter_names.index(name)] = value
+    r = b.invert(obs, WL2, init)
+    assert r.status.tolist() == [STATUS_OK], r.errors
+    assert r.param("B")[0] == pytest.approx(800.0, rel=0.05)
+    assert r.param("inclination")[0] == pytest.approx(30.0, abs=5.0)
+    assert r.param("azimuth")[0] == pytest.approx(20.0, abs=5.0)
+    assert r.param("vlos")[0] == pytest.approx(0.5, abs=0.15)
+    assert np.isfinite(r.chi2[0]) and np.all(np.isfinite(r.stratified["Pe"][0]))
