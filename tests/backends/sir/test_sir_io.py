@@ -62,7 +62,7 @@ def _control(strategy: str) -> str:
     return io.format_control(io.control_values(io.STRATEGIES[strategy], sn=1000.0, **FILES))
 
 
-@pytest.mark.parametrize("strategy", ["reference", "assisted"])
+@pytest.mark.parametrize("strategy", ["reference", "assisted", "assisted_me"])
 def test_control_file_has_sirs_42_line_layout(strategy):
     rows = _control(strategy).splitlines()
     assert len(rows) == 42
@@ -84,6 +84,17 @@ def test_assisted_strategy_values_line_by_line():
     assert v[0] == "1"
     assert (v[14], v[17], v[18]) == ("5", "3", "3")  # T, B, vlos
     assert (v[15], v[16], v[19], v[20], v[21]) == ("", "", "", "", "")  # Pe, vmic, gamma, phi, vmac fixed
+
+
+def test_assisted_me_strategy_is_the_reference_last_cycle_alone():
+    """``assisted_me``: one cycle with the nodes the reference ends with (T 5; B, vlos 3; vmic, gamma, phi 1; vmac)."""
+    v = [r.split(":", 1)[1] for r in _control("assisted_me").splitlines()]
+    ref = io.STRATEGIES["reference"]
+    last = {k: n.split(",")[-1] for k, n in ref.nodes.items()}
+    assert v[0] == "1"
+    assert (v[14], v[15], v[16], v[17], v[18], v[19], v[20]) == (
+        last["T"], "", last["vmic"], last["B"], last["vlos"], last["gamma"], last["phi"])
+    assert v[21] == ref.vmac.split(",")[-1] == "1"
 
 
 def test_control_round_trip_and_errors():

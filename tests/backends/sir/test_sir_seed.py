@@ -148,10 +148,11 @@ def test_invert_sir_assisted_from_an_me_result_through_the_cli(tmp_path):
 
 @pytest.mark.external
 def test_real_sir_assisted_from_an_me_result_through_the_cli(shared_data, tmp_path):
-    """The real SIR (``STOKESFLOW_SIR``) on a 2 x 2 umbral crop: ME, then SIR ``assisted`` seeded by it, against
-    SIR ``reference`` from HSRA. Measured with SIR 2017 (commit 8c3d60d): median chi2 21.0 (assisted) against
-    19.1 (reference), B at log tau -1 within 12 % of the truth for both; tolerances: median chi2 within 30 % of
-    the reference's, B within 25 %."""
+    """The real SIR (``STOKESFLOW_SIR``) on a 2 x 2 umbral crop: ME, then SIR ``assisted`` and ``assisted_me``
+    seeded by it, against SIR ``reference`` from HSRA. Measured with SIR 2017 (commit 8c3d60d): median chi2 21.0
+    (assisted) and 16.8 (assisted_me) against 19.1 (reference), B at log tau -1 within 12 % of the truth for
+    all; tolerances: median chi2 within 30 % of the reference's (assisted) and at most 5 % above it
+    (assisted_me, the target it is built for), B within 25 %."""
     from _sir_real import require_real_sir, umbral_crop
 
     require_real_sir()
@@ -160,16 +161,18 @@ def test_real_sir_assisted_from_an_me_result_through_the_cli(shared_data, tmp_pa
     run = ["invert", "--input", str(obs), "--cluster", "serial"]
     assert main([*run, "--out", str(tmp_path / "me.h5")]) == 0
     assert main([*run, "--out", str(tmp_path / "ref.h5"), "--backend", "sir", "-B", "strategy=reference"]) == 0
-    assert main([*run, "--out", str(tmp_path / "ass.h5"), "--backend", "sir", "-B", "strategy=assisted",
-                 "--init", "previous", "-I", f"file={tmp_path / 'me.h5'}"]) == 0
+    for name, strategy in (("ass", "assisted"), ("ass_me", "assisted_me")):
+        assert main([*run, "--out", str(tmp_path / f"{name}.h5"), "--backend", "sir", "-B", f"strategy={strategy}",
+                     "--init", "previous", "-I", f"file={tmp_path / 'me.h5'}"]) == 0
     chi2 = {}
-    for name in ("ref", "ass"):
+    for name in ("ref", "ass", "ass_me"):
         with h5py.File(tmp_path / f"{name}.h5") as f:
             assert (f["status"][:] == 0).all(), name
             k = int(np.argmin(np.abs(f["log_tau"][:] + 1.0)))
             np.testing.assert_allclose(f["params/B"][:, :, k], truth, rtol=0.25, err_msg=name)
             chi2[name] = float(np.median(f["chi2"][:]))
     assert chi2["ass"] < 1.3 * chi2["ref"], chi2
+    assert chi2["ass_me"] < 1.05 * chi2["ref"], chi2  # the issue's target: within 5 % (measured -12 %)
 
 
 def test_from_nodes_interpolates_between_nodes_and_keeps_the_guess_beyond_them():
