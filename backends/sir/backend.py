@@ -21,6 +21,7 @@ import functools
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -182,8 +183,11 @@ class SIROptions:
         Path of ``sir.x``; the environment variable ``STOKESFLOW_SIR`` if unset.
     strategy : str
         ``"reference"`` (3 cycles: T 1,3,5; vlos, B 1,3; inclination, azimuth,
-        vmic, vmac 1) or ``"assisted"`` (1 cycle: T 5; vlos, B 3), the
-        latter for a close initial guess (ME result or network).
+        vmic, vmac 1), ``"assisted"`` (1 cycle: T 5; vlos, B 3) for a close
+        initial guess that also gives vmic, vmac and the angles (a SIR result,
+        a network trained on SIR results), or ``"assisted_me"`` (1 cycle: T 5;
+        vlos, B 3; inclination, azimuth, vmic, vmac 1: the reference's last
+        cycle alone) for an ME seed (``--init previous`` with an ME result).
     cycles : int, optional
         Overrides the strategy's number of cycles.
     nodes : table, optional
@@ -306,6 +310,13 @@ class SIRBackend(Backend):
     #: and the velocity, applied constant with height; T, Pe, vmic, vmac, filling
     #: factor and stray light missing from the seed come from the guess model.
     seed_parameters: ClassVar[tuple[str, ...]] = ("B", "inclination", "azimuth", "vlos")
+    #: Keywords of the orchestrator's automatic chunk size
+    #: (``stokesflow.orchestrator.plan.auto_chunk_pixels``) for pixels that cost
+    #: seconds each: no 1024-pixel floor (a smaller field would be one task and
+    #: leave every other worker idle), many tasks per worker (the last tasks
+    #: are short, so the workers finish together), and at most 64 pixels
+    #: (about a minute of SIR) lost when a worker is.
+    chunk_plan: ClassVar[Mapping[str, int]] = MappingProxyType({"minimum": 1, "maximum": 64, "tasks_per_worker": 32})
 
     @classmethod
     def is_available(cls, options: Any = None) -> tuple[bool, str]:

@@ -196,3 +196,19 @@ def test_env_is_not_needed_when_the_option_gives_the_executable(tmp_path, monkey
     b = _backend(tmp_path)
     b.setup()
     assert os.access(b._executable(), os.X_OK)
+
+
+def test_chunk_plan_splits_a_small_field_into_many_short_tasks():
+    """SIR's chunk plan (keywords of the orchestrator's auto_chunk_pixels): a field under the plan's 1024-pixel
+    floor is still split over the workers, with enough tasks per worker that the last ones are short, and a
+    large field is capped at 64 pixels per task (about a minute of SIR lost with a worker)."""
+    from stokesflow.backends.desire.backend import DesireBackend
+    from stokesflow.orchestrator.plan import auto_chunk_pixels
+
+    plan = dict(SIRBackend.chunk_plan)
+    assert auto_chunk_pixels(48, 2) == 48  # the default: one task, the second worker idle
+    assert auto_chunk_pixels(48, 2, **plan) == 1
+    assert auto_chunk_pixels(576, 2, **plan) == 9  # 64 tasks, 32 per worker
+    assert auto_chunk_pixels(512 * 512, 2, **plan) == 64
+    assert auto_chunk_pixels(1, 8, **plan) == 1
+    assert DesireBackend.chunk_plan == SIRBackend.chunk_plan  # DeSIRe's pixels cost more still
