@@ -644,6 +644,10 @@ class STiCBackend(Backend):
                 "VACUUM_TO_AIR": False, "STOKES_MODE": "FULL_STOKES", "MAGNETO_OPTICAL": True,
                 "B_STRENGTH_CHAR": 0.0, "VMICRO_CHAR": 4.0, "S_INTERPOLATION": "BEZIER3",
                 "S_INTERPOLATION_STOKES": "DELO_BEZIER3", "PRINT_CPU": False, "N_THREADS": 0,
+                # keywords STiC's RH requires although RH 1.5D does not (from STiC's example/keyword.input)
+                "PRD_ANGLE_DEP": "PRD_ANGLE_APPROX", "PRD_ITER_LIMIT": 1.0e-4, "XRD": False, "RLK_EXPLICIT": False,
+                "HYDROSTATIC": False, "VMACRO_TRESH": 1.0e-10, "BACKGROUND_POLARIZATION": False,
+                "LIMIT_MEMORY": False, "N_LAMBDA_ITER": 0, "COLLRAD_SWITCH_INIT": 1.0, "COLLRAD_SWITCH": 0.0,
             }
             if self.options.lines:
                 folder.write(_KURUCZ_LINES, rh_io.format_kurucz([rh_io.kurucz_line(ln) for ln in self._lines()]))

@@ -4,7 +4,6 @@ depth-stratified result datasets on STiC's grid, a bad pixel skipped, the others
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import h5py
 import numpy as np
