@@ -82,7 +82,7 @@ def _unwritable_folder(tmp_path: Path) -> Path:
         (["-R", "continuum=bright"], ["continuum", "bright"]),
         (["--axes", "y,x,w"], ["y,x,w", "--axes"]),
         (["--format", "fits"], ["obs.h5", "FITS", "--format"]),
-        (["--backend", "stic"], ["stic", "not implemented"]),
+        (["--backend", "stic"], ["stic", "STOKESFLOW_STIC"]),
         (["--backend", "sir", "-B", "executable=/nonexistent/sir.x"], ["sir", "/nonexistent/sir.x"]),
         (["--cluster", "serial", "-C", "workers=0"], ["workers", "-C workers=0"]),
     ],
