@@ -173,7 +173,7 @@ class AssistSettings:
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
-        0: automatic (a depth-stratified code such as SIR: about 8 chunks per worker, down to one pixel).
+        0: automatic (the run's, with the backend's ``chunk_plan``: SIR a few pixels per chunk).
     progress : str
     report : bool
         Write ``DIR/report/``.
@@ -380,22 +380,6 @@ def _depth_stratified(s: AssistSettings) -> bool:
     return bool(getattr(get_backend_class(s.backend, dict(s.backend_options)), "depth_stratified", False))
 
 
-def _classical_chunk_pixels(obs_path: Path, out: Path, executor: Any) -> int:
-    """Automatic chunks for a code that takes seconds per pixel: about 8 per worker, down to one pixel.
-
-    The run's own automatic size starts at 1024 pixels (ME's milliseconds per pixel), which gives a
-    SIR subset of a few hundred pixels one chunk and one busy worker. A resumed run keeps its chunks.
-    """
-    from stokesflow.orchestrator.io import open_observation
-    from stokesflow.orchestrator.plan import auto_chunk_pixels
-    from stokesflow.orchestrator.store import inspect_result
-
-    if out.exists():
-        return int(inspect_result(out)["chunk_pixels"])
-    workers = int(getattr(executor, "n_workers", 1) or 1)
-    return auto_chunk_pixels(open_observation(obs_path).npix, workers, minimum=1)
-
-
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
             init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False,
             executor: Any = None) -> Any:
@@ -403,13 +387,10 @@ def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, 
     from stokesflow.orchestrator.run import run_inversion
 
     resume = out.exists()
-    chunk = s.chunk_pixels
-    if chunk == 0 and _depth_stratified(s):
-        chunk = _classical_chunk_pixels(obs_path, out, executor)
     layer: dict[str, Any] = {
         "input": {"path": str(obs_path)},
         "output": {"path": str(out), "resume": resume, "overwrite": False, "synthetic": synthetic},
-        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": chunk},
+        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
         "cluster": dict(s.cluster),
         "backend": {s.backend: {**s.backend_options, **options}},
     }
@@ -447,9 +428,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     d = Path(out_dir)
     obs = open_observation(input_path)
     if s.model == "kmeans" and s.backend != "me":
-        from stokesflow.backends import get_backend_class
-
-        if getattr(get_backend_class(s.backend, dict(s.backend_options)), "depth_stratified", False):
+        if _depth_stratified(s):
             raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
                                     "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
     if overwrite and d.exists():

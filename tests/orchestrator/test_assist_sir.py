@@ -115,23 +115,6 @@ def test_assist_sir_with_kmeans_is_refused_before_any_work(obs, tmp_path):
     assert not (tmp_path / "loop").exists()
 
 
-def test_sir_runs_of_the_loop_get_chunks_of_a_few_pixels(obs, tmp_path):
-    """The run's automatic chunks start at 1024 pixels (ME's milliseconds per pixel): a SIR subset would be one
-    chunk on one worker. The loop plans about 8 chunks per worker for a depth-stratified code instead."""
-    from types import SimpleNamespace
-
-    from stokesflow.orchestrator.assist import _classical_chunk_pixels, _depth_stratified
-
-    assert _depth_stratified(_settings()) and not _depth_stratified(_settings(backend="me", backend_options={}))
-    assert _classical_chunk_pixels(obs, tmp_path / "none.h5", SimpleNamespace(n_workers=2)) == 2  # 24 / 16
-    assert _classical_chunk_pixels(obs, tmp_path / "none.h5", None) == 3  # one worker: 24 / 8
-    done = tmp_path / "done.h5"
-    run_module.run_inversion(load_config(None, {
-        "input": {"path": str(obs)}, "output": {"path": str(done)}, "run": {"progress": "none", "chunk_pixels": 5},
-        "cluster": {"kind": "serial"}}))
-    assert _classical_chunk_pixels(obs, done, SimpleNamespace(n_workers=2)) == 5  # a resumed run keeps its chunks
-
-
 def test_assist_sir_interrupted_mid_phase_resumes(obs, tmp_path, monkeypatch):
     d = tmp_path / "loop"
     calls = {"n": 0}
