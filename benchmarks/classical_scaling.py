@@ -7,12 +7,19 @@ With SIR (``STOKESFLOW_SIR`` or ``--sir PATH``), on pixels of the SIR Hinode sam
     time SIR's process ran, split into the Python side (scratch folder, writing
     the inputs, parsing the outputs) and the cost of starting a process (a
     ``/bin/true`` run through the same runner), against SIR's own run time;
-(b) throughput with 1 and 2 worker processes (``concurrent.futures``, one chunk
-    of pixels per task) and the parallel efficiency;
-(c) the ``assisted`` strategy (1 cycle) started from an ME fit of the same pixels
-    (the ME backend's B, inclination, azimuth and vlos seed the guess) against
-    the ``reference`` strategy (3 cycles) from the built-in HSRA model: wall time
-    (ME included) and median chi2.
+(b) throughput with 1 and 2 worker processes (``concurrent.futures``, started and
+    warmed before the clock, one chunk of pixels per task) and the parallel
+    efficiency, with where the 2-worker time went: idle at the end (the last
+    task), between tasks, SIR's processes running slower (CPU contention; their
+    CPU/wall), the workers' and the driver's own CPU; and the machine's ceiling:
+    bare SIR processes on prepared folders, one at a time and two at a time;
+(c) the ``assisted`` and ``assisted_me`` strategies (1 cycle) started from an ME
+    fit of the same pixels (the ME backend's B, inclination, azimuth and vlos
+    seed the guess) against the ``reference`` strategy (3 cycles) from the
+    built-in HSRA model: wall time (ME included), SIR's CPU time and median chi2;
+(d) the same 1 vs 2 workers through the orchestrator (``run_inversion``, local
+    Dask cluster): the automatic chunk size with SIR's ``chunk_plan`` against
+    the plan's default (1024-pixel floor: one task for a small field).
 
 Without SIR, (a) and (b) are measured for Lightweaver synthesis (per pixel) instead.
 The machine is shared: run it on an idle one for figures to quote; every timing is
@@ -21,6 +28,7 @@ the best of ``--repeat`` runs.
 Usage::
 
     python benchmarks/classical_scaling.py [--pixels 24] [--sir PATH] [--repeat 2] [--data DIR]
+                                           [--chunk K] [--parts abcd]
 """
 
 from __future__ import annotations
@@ -48,103 +56,304 @@ def _sample(data: Path, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return st[idx], wl, meta
 
 
-def _invert_chunk(args: tuple) -> float:
-    """Worker task: invert a chunk with a fresh backend; returns its wall time."""
-    from stokesflow.backends.sir.backend import SIRBackend
+def _invert_chunk(args: tuple) -> dict:
+    """Worker task: invert a chunk with a fresh backend; returns where its time went.
+
+    Keys: ``pid``; ``start``, ``end`` (``time.time()`` around the whole task);
+    ``sir_wall`` (seconds SIR's processes ran, summed); ``sir_cpu`` (their CPU
+    seconds, from the children's rusage); ``py_cpu`` (this process's own CPU
+    seconds in the task); ``npix``.
+    """
+    import resource
+
+    from stokesflow.backends.sir import backend as sb
 
     options, stokes, wl, init = args
-    b = SIRBackend(options)
-    t0 = time.perf_counter()
-    b.invert(stokes, wl, init)
-    return time.perf_counter() - t0
-
-
-def _throughput(options: dict, st: np.ndarray, wl: np.ndarray, workers: int, chunk: int) -> float:
-    chunks = [(options, st[i:i + chunk], wl, None) for i in range(0, st.shape[0], chunk)]
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as ex:
-        list(ex.map(_invert_chunk, chunks))
-    return st.shape[0] / (time.perf_counter() - t0)
-
-
-def sir_benchmark(exe: str, data: Path, n: int, repeat: int) -> None:
-    from stokesflow.backends import get_backend
-    from stokesflow.backends.sir import backend as sb
-    from stokesflow.backends.sir.runner import ScratchFolder, run_code
-
-    st, wl, meta = _sample(data, n)
-    options = {"executable": exe, "lines": ["FeI_6301", "FeI_6302"], "noise": 1e-3}
-    print(f"SIR {exe}; {n} pixels of {data / 'sir_hinode_sample.h5'}")
-
-    # (a) wrapper cost
-    code_s: list[float] = []
+    start = time.time()
+    c0, p0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+    walls: list[float] = []
     real = sb.run_code
 
     def timed(*a, **k):
         out = real(*a, **k)
-        code_s.append(out.seconds)
+        walls.append(out.seconds)
         return out
 
-    best = None
-    for _ in range(repeat):
-        code_s.clear()
-        sb.run_code = timed
-        try:
-            b = sb.SIRBackend(options)
+    sb.run_code = timed
+    try:
+        sb.SIRBackend(options).invert(stokes, wl, init)
+    finally:
+        sb.run_code = real
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"pid": os.getpid(), "start": start, "end": time.time(), "sir_wall": sum(walls),
+            "sir_cpu": (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime),
+            "py_cpu": time.process_time() - p0, "npix": stokes.shape[0]}
+
+
+def _warm(_: int) -> int:
+    """Pool warm-up task: import the backend (what a long-lived worker has done already)."""
+    import stokesflow.backends.sir.backend  # noqa: F401
+
+    time.sleep(0.2)  # keep this worker busy so that the other one takes the other warm-up task
+    return os.getpid()
+
+
+def _bare_sir(options: dict, st: np.ndarray, wl: np.ndarray) -> dict:
+    """The machine's own ceiling for (b): SIR alone, pixel after pixel, then two at a time.
+
+    Each pixel's folder is prepared first (inputs written by the backend);
+    then only ``sir.x`` runs, from two threads for the concurrent case, so
+    no Python worker, scheduler or file writing is in the timing. Returns
+    the wall and the SIR CPU seconds of both runs.
+    """
+    import resource
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stokesflow.backends.sir import backend as sb
+    from stokesflow.backends.sir.runner import ScratchFolder
+
+    b = sb.SIRBackend(options)
+    exe = b._executable()
+    strategy = b.options.resolved_strategy()
+    with ScratchFolder("bench-bare-") as root:
+        folders = []
+        for i in range(st.shape[0]):
+            with ScratchFolder(f"px{i}-", str(root.path)) as f:
+                index, offsets = b._write_static(f, wl, strategy, sb._OBSERVED)
+                f.write(sb._OBSERVED, sb.io.format_profiles(index, offsets, st[i]))
+                f.write(sb._GUESS, sb.io.format_model(b._model_for(None, inversion=True)))
+                dest = root.path / f"p{i}"
+                shutil.copytree(f.path, dest)
+                folders.append(dest)
+
+        def one(folder: Path) -> float:
+            for name in list(os.listdir(folder)):  # the previous run's outputs: SIR appends to some
+                if name in ("sir.chi", "sir.log") or name.startswith(sb._GUESS[:-4] + "_"):
+                    os.unlink(folder / name)
+            return b._run(exe, ScratchFolderAt(folder), []).seconds
+
+        out = {}
+        for w in (1, 2):
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            r = b.invert(st, wl)
-            total = time.perf_counter() - t0
-        finally:
-            sb.run_code = real
-        cand = (total, sum(code_s), r)
-        best = cand if best is None or cand[0] < best[0] else best
-    total, code, r = best
-    with ScratchFolder("bench-") as f:
-        starts = []
-        for _ in range(20):
-            starts.append(run_code(["/bin/true"], f.path, stdin="x\n", timeout=10).seconds)
-    start_s = float(np.median(starts))
-    wrapper = (total - code) / n
-    sir_run = code / n - start_s
-    print(f"(a) per pixel: total {total / n * 1e3:.1f} ms; SIR process {code / n * 1e3:.1f} ms "
-          f"(of which process start {start_s * 1e3:.2f} ms); wrapper Python side {wrapper * 1e3:.2f} ms")
-    print(f"    wrapper cost (Python side + process start) / SIR's run time = "
-          f"{(wrapper + start_s) / sir_run * 100:.2f} %  (target < 5 %)")
-    print(f"    status counts {np.bincount(r.status, minlength=5).tolist()}, median chi2 {np.nanmedian(r.chi2):.2f}")
+            with ThreadPoolExecutor(w) as ex:
+                list(ex.map(one, folders))
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            out[w] = (time.perf_counter() - t0, (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime))
+    return out
 
-    # (b) 1 and 2 workers
-    chunk = max(1, n // 8)
-    rates = {}
-    for w in (1, 2):
-        rates[w] = max(_throughput(options, st, wl, w, chunk) for _ in range(repeat))
-        print(f"(b) {w} worker(s): {rates[w]:.2f} px/s")
-    print(f"    parallel efficiency with 2 workers: {rates[2] / (2 * rates[1]) * 100:.0f} %  (target >= 90 %; "
-          f"{os.cpu_count()} CPUs here, shared)")
 
-    # (c) assisted from ME vs reference from HSRA
-    me = get_backend("me", {"lines": ["FeI_6301", "FeI_6302"], "noise": 1e-3})
-    me.setup((st[:2], wl))
-    t0 = time.perf_counter()
-    mr = me.invert(st, wl)
-    t_me = time.perf_counter() - t0
-    sirb = sb.SIRBackend({**options, "strategy": "assisted"})
-    init = np.full((n, len(sirb.parameter_names)), np.nan)
-    for name in ("B", "inclination", "azimuth", "vlos"):
-        init[:, sirb.parameter_names.index(name)] = mr.param(name)
-    t0 = time.perf_counter()
-    ra = sirb.invert(st, wl, init)
-    t_ass = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rr = sb.SIRBackend({**options, "strategy": "reference"}).invert(st, wl)
-    t_ref = time.perf_counter() - t0
-    ok = (ra.status == 0) & (rr.status == 0)
-    ca, cr = np.median(ra.chi2[ok]), np.median(rr.chi2[ok])
-    print(f"(c) reference (3 cycles, HSRA start): {t_ref / n:.2f} s/px, median chi2 {cr:.2f}, "
-          f"ok {int((rr.status == 0).sum())}/{n}")
-    print(f"    assisted (1 cycle, ME start): {(t_ass + t_me) / n:.2f} s/px (ME {t_me / n * 1e3:.1f} ms/px), "
-          f"median chi2 {ca:.2f}, ok {int((ra.status == 0).sum())}/{n}")
-    print(f"    speed-up {t_ref / (t_ass + t_me):.2f}x (target >= 2x) at median chi2 {(ca / cr - 1) * 100:+.1f} % "
-          "(target within 5 %)")
+class ScratchFolderAt:
+    """An existing folder seen as a scratch folder (the ``path`` that ``SIRBackend._run`` uses)."""
+
+    path: Path
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
+def _throughput(options: dict, st: np.ndarray, wl: np.ndarray, workers: int, chunk: int) -> dict:
+    """Pixels per second of ``workers`` processes over chunks of ``chunk`` pixels, and where the time went.
+
+    The pool is started and its workers import the backend before the clock
+    starts (long-lived workers, as under Dask); ``start_s`` is that cost.
+    Returns the rate (``px_s``), the wall time (``wall``), ``tail_s`` (summed
+    over workers: seconds each sat idle between its last task and the end),
+    ``gap_s`` (summed seconds between a worker's tasks: dispatch), SIR's wall
+    and CPU seconds, the workers' own CPU seconds and the driver's.
+    """
+    chunks = [(options, st[i:i + chunk], wl, None) for i in range(0, st.shape[0], chunk)]
+    t_pool = time.perf_counter()
+    with ProcessPoolExecutor(workers) as ex:
+        list(ex.map(_warm, range(workers)))
+        start_s = time.perf_counter() - t_pool
+        d0 = time.process_time()
+        t0, w0 = time.perf_counter(), time.time()
+        tasks = list(ex.map(_invert_chunk, chunks))
+        wall = time.perf_counter() - t0
+        driver_cpu = time.process_time() - d0
+    end = w0 + wall
+    by_pid: dict[int, list[dict]] = {}
+    for t in tasks:
+        by_pid.setdefault(t["pid"], []).append(t)
+    tail = gap = 0.0
+    for ts in by_pid.values():
+        ts.sort(key=lambda t: t["start"])
+        tail += end - ts[-1]["end"]
+        gap += (ts[0]["start"] - w0) + sum(b["start"] - a["end"] for a, b in zip(ts, ts[1:]))
+    tail += (workers - len(by_pid)) * wall  # a worker that got no task idled throughout
+    return {"px_s": st.shape[0] / wall, "wall": wall, "start_s": start_s, "tail_s": tail, "gap_s": gap,
+            "sir_wall": sum(t["sir_wall"] for t in tasks), "sir_cpu": sum(t["sir_cpu"] for t in tasks),
+            "py_cpu": sum(t["py_cpu"] for t in tasks), "driver_cpu": driver_cpu, "n_tasks": len(tasks),
+            "workers_used": len(by_pid)}
+
+
+def _orchestrated(options: dict, st: np.ndarray, wl: np.ndarray, meta: dict, workers: int, chunk: int,
+                  folder: Path) -> dict:
+    """``stokesflow invert --backend sir --cluster local -w workers --chunk-pixels chunk`` in-process.
+
+    The observation is the pixels ``st`` as one row. Returns the run's wall
+    times per phase (``setup`` holds the Dask cluster's start), its chunk
+    count and the invert phase's pixels per second.
+    """
+    from stokesflow.orchestrator.config import load_config
+    from stokesflow.orchestrator.io import write_observation
+    from stokesflow.orchestrator.run import run_inversion
+
+    obs = folder / "obs.h5"
+    if not obs.exists():
+        write_observation(obs, st[None].astype(np.float32), wl,
+                          {k: meta[k] for k in ("lines", "noise", "instrument") if k in meta})
+    cfg = load_config(overrides={
+        "input": {"path": str(obs)}, "output": {"path": str(folder / f"out{workers}_{chunk}.h5"), "overwrite": True},
+        "run": {"backend": "sir", "chunk_pixels": int(chunk), "progress": "none"},
+        "backend": {"sir": dict(options)}, "cluster": {"kind": "local", "workers": int(workers)},
+    })
+    summary = run_inversion(cfg)
+    return {"times": dict(summary.times), "n_chunks": summary.n_chunks, "chunk_pixels": summary.chunk_pixels,
+            "px_s": summary.pixels_per_s}
+
+
+def sir_benchmark(exe: str, data: Path, n: int, repeat: int, args_chunk: int = 0, parts: str = "abcd") -> None:
+    from stokesflow.backends import get_backend
+    from stokesflow.backends.sir import backend as sb
+    from stokesflow.backends.sir.runner import ScratchFolder, run_code
+
+    load0 = os.getloadavg()[0]
+    st, wl, meta = _sample(data, n)
+    options = {"executable": exe, "lines": ["FeI_6301", "FeI_6302"], "noise": 1e-3}
+    print(f"SIR {exe}; {n} pixels of {data / 'sir_hinode_sample.h5'}")
+
+    if "a" in parts:
+        # (a) wrapper cost
+        code_s: list[float] = []
+        real = sb.run_code
+
+        def timed(*a, **k):
+            out = real(*a, **k)
+            code_s.append(out.seconds)
+            return out
+
+        best = None
+        for _ in range(repeat):
+            code_s.clear()
+            sb.run_code = timed
+            try:
+                b = sb.SIRBackend(options)
+                t0 = time.perf_counter()
+                r = b.invert(st, wl)
+                total = time.perf_counter() - t0
+            finally:
+                sb.run_code = real
+            cand = (total, sum(code_s), r)
+            best = cand if best is None or cand[0] < best[0] else best
+        total, code, r = best
+        with ScratchFolder("bench-") as f:
+            starts = []
+            for _ in range(20):
+                starts.append(run_code(["/bin/true"], f.path, stdin="x\n", timeout=10).seconds)
+        start_s = float(np.median(starts))
+        wrapper = (total - code) / n
+        sir_run = code / n - start_s
+        print(f"(a) per pixel: total {total / n * 1e3:.1f} ms; SIR process {code / n * 1e3:.1f} ms "
+              f"(of which process start {start_s * 1e3:.2f} ms); wrapper Python side {wrapper * 1e3:.2f} ms")
+        print(f"    wrapper cost (Python side + process start) / SIR's run time = "
+              f"{(wrapper + start_s) / sir_run * 100:.2f} %  (target < 5 %)")
+        print(f"    status counts {np.bincount(r.status, minlength=5).tolist()}, median chi2 {np.nanmedian(r.chi2):.2f}")
+
+    if "b" in parts:
+        # (b) 1 and 2 workers
+        chunk = max(1, min(args_chunk, n)) if args_chunk else max(1, n // 8)
+        runs: dict[int, dict] = {}
+        for w in (1, 2):
+            runs[w] = max((_throughput(options, st, wl, w, chunk) for _ in range(repeat)), key=lambda r: r["px_s"])
+            r = runs[w]
+            print(f"(b) {w} worker(s), {r['n_tasks']} tasks of {chunk} pixels: {r['px_s']:.3f} px/s "
+                  f"(wall {r['wall']:.1f} s; pool start and imports {r['start_s']:.2f} s, not counted)")
+            print(f"    SIR processes: {r['sir_wall']:.1f} s wall, {r['sir_cpu']:.1f} s CPU ({r['sir_cpu'] / n * 1e3:.0f} ms "
+                  f"CPU per pixel); workers' Python {r['py_cpu']:.2f} s CPU; driver {r['driver_cpu']:.2f} s CPU; "
+                  f"idle at the end {r['tail_s']:.2f} s, between tasks {r['gap_s']:.2f} s (summed over workers)")
+        nb = min(n, 24)
+        bare = _bare_sir(options, st[:nb], wl)
+        print(f"(b) the machine's ceiling: {nb} pixels of bare SIR (inputs written beforehand, no Python worker): "
+              f"one at a time {bare[1][0]:.1f} s wall ({bare[1][1]:.1f} s CPU), two at a time {bare[2][0]:.1f} s wall "
+              f"({bare[2][1]:.1f} s CPU): {bare[1][0] / (2 * bare[2][0]) * 100:.0f} % efficiency")
+        eff = runs[2]["px_s"] / (2 * runs[1]["px_s"])
+        cpu_ratio = (runs[2]["sir_cpu"] / runs[2]["sir_wall"]) / (runs[1]["sir_cpu"] / runs[1]["sir_wall"])
+        eff_start = (n / (runs[2]["wall"] + runs[2]["start_s"])) / (2 * n / (runs[1]["wall"] + runs[1]["start_s"]))
+        print(f"    parallel efficiency with 2 workers: {eff * 100:.0f} %  (target >= 90 %; {os.cpu_count()} CPUs here, "
+              f"shared; load average before {load0:.2f}); {eff_start * 100:.0f} % counting the pool start")
+        lost = 2 * runs[2]["wall"] - runs[1]["wall"]
+        print(f"    2 x wall(2) - wall(1) = {lost:.1f} s lost: idle at the end {runs[2]['tail_s']:.1f} s, between tasks "
+              f"{runs[2]['gap_s']:.1f} s, SIR running slower {runs[2]['sir_wall'] - runs[1]['sir_wall']:+.1f} s "
+              f"(its CPU/wall {cpu_ratio * 100:.0f} % of the 1-worker run's: CPU contention), "
+              f"SIR CPU {runs[2]['sir_cpu'] - runs[1]['sir_cpu']:+.1f} s")
+
+    if "c" in parts:
+        # (c) assisted from ME vs reference from HSRA
+        me = get_backend("me", {"lines": ["FeI_6301", "FeI_6302"], "noise": 1e-3})
+        me.setup((st[:2], wl))
+        t0 = time.perf_counter()
+        mr = me.invert(st, wl)
+        t_me = time.perf_counter() - t0
+        seed = {name: mr.param(name) for name in ("B", "inclination", "azimuth", "vlos")}
+
+        def timed_invert(strategy: str, seeded: bool) -> tuple[float, float, object]:
+            import resource
+
+            b = sb.SIRBackend({**options, "strategy": strategy})
+            init = None
+            if seeded:
+                init = np.full((n, len(b.parameter_names)), np.nan)
+                for name, v in seed.items():
+                    init[:, b.parameter_names.index(name)] = v
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            res = b.invert(st, wl, init)
+            wall = time.perf_counter() - t0
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return wall, (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime), res
+
+        t_ref, cpu_ref, rr = timed_invert("reference", False)
+        cr = float(np.median(rr.chi2[rr.status == 0]))
+        print(f"(c) reference (3 cycles, HSRA start): {t_ref / n:.2f} s/px wall, SIR CPU {cpu_ref / n:.2f} s/px, "
+              f"median chi2 {cr:.2f}, ok {int((rr.status == 0).sum())}/{n}")
+        for strategy in ("assisted", "assisted_me"):
+            t_ass, cpu_ass, ra = timed_invert(strategy, True)
+            ok = (ra.status == 0) & (rr.status == 0)
+            ca, cr_ok = np.median(ra.chi2[ok]), np.median(rr.chi2[ok])
+            print(f"    {strategy} (1 cycle, ME start): {(t_ass + t_me) / n:.2f} s/px wall with ME "
+                  f"({t_me / n * 1e3:.1f} ms/px), SIR CPU {cpu_ass / n:.2f} s/px, median chi2 {ca:.2f}, "
+                  f"ok {int((ra.status == 0).sum())}/{n}")
+            print(f"      speed-up {t_ref / (t_ass + t_me):.2f}x wall, {cpu_ref / cpu_ass:.2f}x SIR CPU (target >= 2x) "
+                  f"at median chi2 {(ca / cr_ok - 1) * 100:+.1f} % (target within 5 %)")
+
+    if "d" in parts:
+        # (d) the same through the orchestrator: the automatic chunk size with SIR's chunk plan
+        import tempfile
+
+        from stokesflow.orchestrator.plan import auto_chunk_pixels
+
+        print(f"(d) stokesflow invert --backend sir --cluster local ({n} pixels as one row; Dask)")
+        rates: dict[tuple[int, int], float] = {}
+        with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+            for w in (1, 2):
+                plans = [auto_chunk_pixels(n, w, **dict(sb.SIRBackend.chunk_plan)), auto_chunk_pixels(n, w)]
+                for chunk in dict.fromkeys(plans):
+                    r = _orchestrated(options, st, wl, meta, w, chunk, Path(tmp))
+                    rates[w, chunk] = r["px_s"]
+                    label = "SIR's chunk plan" if chunk == plans[0] else "the plan's default (1024-pixel floor)"
+                    print(f"    {w} worker(s), {r['n_chunks']} chunks of {r['chunk_pixels']} pixels ({label}): "
+                          f"invert {r['times']['invert']:.1f} s = {r['px_s']:.3f} px/s; cluster start and setup "
+                          f"{r['times']['setup']:.1f} s, write {r['times']['write']:.2f} s")
+        for chunk in sorted({c for _, c in rates}):
+            if (1, chunk) in rates and (2, chunk) in rates:
+                print(f"    2-worker efficiency with {chunk}-pixel chunks: "
+                      f"{rates[2, chunk] / (2 * rates[1, chunk]) * 100:.0f} %")
+        k1, k2 = (auto_chunk_pixels(n, w, **dict(sb.SIRBackend.chunk_plan)) for w in (1, 2))
+        print(f"    with SIR's chunk plan (1 worker {k1}, 2 workers {k2} pixels per chunk): "
+              f"{rates[2, k2] / (2 * rates[1, k1]) * 100:.0f} %  (target >= 90 %)")
 
 
 def _lw_chunk(args: tuple) -> float:
@@ -186,9 +395,11 @@ def main() -> None:
     ap.add_argument("--sir", default=os.environ.get("STOKESFLOW_SIR", ""))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--chunk", type=int, default=0, help="pixels per task in (b) (default: pixels / 8)")
+    ap.add_argument("--parts", default="abcd", help="which parts to run: any of a, b, c, d (default: abcd)")
     a = ap.parse_args()
     if a.sir:
-        sir_benchmark(a.sir, a.data, a.pixels, a.repeat)
+        sir_benchmark(a.sir, a.data, a.pixels, a.repeat, a.chunk, a.parts)
     else:
         print("no SIR executable (STOKESFLOW_SIR or --sir): measuring Lightweaver synthesis instead", file=sys.stderr)
         lightweaver_benchmark(a.pixels, a.repeat)
