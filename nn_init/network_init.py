@@ -71,6 +71,8 @@ class NetworkInit(InitProvider):
         self.path = str(Path(m).resolve())
         self.threads = int(threads)
         self._checked_grid = False
+        self._index: list[int] | None = None  # the backend's init column of each model column
+        self._ncol = 0
 
     def bind(self, backend: Any) -> "NetworkInit":
         model = loaded_model(self.path)
@@ -78,11 +80,22 @@ class NetworkInit(InitProvider):
             raise InitError(f"[init.{self.name}] {self.path} holds a {model.kind!r} model; use --init {model.kind}")
         opts = getattr(backend, "options", None)
         lines = getattr(opts, "lines", None)
+        columns = list(getattr(backend, "init_columns", backend.parameter_names))
         model.check_compatible(
-            where=f"backend {backend.name!r}", parameters=list(backend.parameter_names),
+            where=f"backend {backend.name!r}", columns=columns,
             lines=list(lines) if lines else None, spectral_instrument=getattr(opts, "instrument", None),
         )
-        return type(self)(self.options)
+        bound = type(self)(self.options)
+        bound._index, bound._ncol = [columns.index(c) for c in model.parameters], len(columns)
+        return bound
+
+    def _to_init_columns(self, pred: np.ndarray) -> np.ndarray:
+        """The model's columns placed at the bound backend's init columns; NaN (not given) elsewhere."""
+        if self._index is None or self._index == list(range(self._ncol)):
+            return pred
+        out = np.full((pred.shape[0], self._ncol), np.nan)
+        out[:, self._index] = pred
+        return out
 
     def initial_guess(self, stokes, wavelength, *, start, stop):  # noqa: D102 - see base
         import torch
@@ -93,7 +106,7 @@ class NetworkInit(InitProvider):
             self._checked_grid = True
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        return model.predict(np.asarray(stokes))
+        return self._to_init_columns(model.predict(np.asarray(stokes)))
 
     def describe(self) -> dict[str, Any]:  # noqa: D102 - see base
         model = loaded_model(self.path)
@@ -101,8 +114,10 @@ class NetworkInit(InitProvider):
                 "model_digest": model.metadata.get("data_digest")}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "path": self.path, "threads": self.threads}
+        return {"options": self.options, "path": self.path, "threads": self.threads, "index": self._index,
+                "ncol": self._ncol}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.options, self.path, self.threads = state["options"], state["path"], state["threads"]
+        self._index, self._ncol = state.get("index"), state.get("ncol", 0)
         self._checked_grid = False

@@ -615,7 +615,7 @@ class UNetInit(NetworkInit):
         off = start - y0 * nx
         band[off:off + s.shape[0]] = s
         vals, _ = predict_field(model, band.reshape(y1 - y0, nx, *s.shape[1:]), intervals=False)
-        return vals.reshape(-1, vals.shape[2])[off:off + s.shape[0]]
+        return self._to_init_columns(vals.reshape(-1, vals.shape[2])[off:off + s.shape[0]])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "shape": self.shape}

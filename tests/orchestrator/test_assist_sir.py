@@ -293,3 +293,32 @@ def test_real_sir_assist_loop_on_a_few_pixels(shared_data, tmp_path):
     assert np.isfinite(data["chi2"]["assisted"]["median"])
     assert json.loads(inspect_result(d / "assisted.h5")["fingerprint_json"])["init"]["options"]["file"] == str(
         d / "guess.h5")
+
+
+def test_cnn_provider_places_a_sir_models_columns_at_the_runs_init_columns(stratified, sir_model, tmp_path):
+    """``--init cnn -I model=sir.pt`` on a SIR run: each model column lands at its init column, the others are
+    NaN (not given); the SIR double then doubles the guessed B, so the result's B at a node is 2 x the guess."""
+    obs, _ = stratified
+    model = load_model(sir_model)
+    sir = get_backend("sir", {"executable": str(DOUBLE)})
+    o = open_observation(obs)
+    stokes = o.read_pixels(0, o.npix)
+    prov = get_provider("cnn", {"model": str(sir_model)}).bind(sir)
+    init = prov.initial_guess(stokes, o.wavelength, start=0, stop=o.npix)
+    cols, pred = sir.init_columns, model.predict(stokes)
+    assert init.shape == (o.npix, len(cols))
+    for j, c in enumerate(model.parameters):
+        np.testing.assert_array_equal(init[:, cols.index(c)], pred[:, j], err_msg=c)
+    for c in set(cols) - set(model.parameters):
+        assert np.isnan(init[:, cols.index(c)]).all(), c
+    small = _observation(tmp_path / "small.h5", 1, 2, seed=5)  # end to end through the CLI on two pixels
+    out = tmp_path / "r.h5"
+    assert main(["invert", "--input", str(small), "--out", str(out), "--cluster", "serial", "--backend", "sir",
+                 "-B", f"executable={DOUBLE}", "-B", "strategy=assisted", "--init", "cnn", "-I",
+                 f"model={sir_model}", "--progress", "none", "-q"]) == 0
+    with h5py.File(out) as h5:
+        lt, b = h5["log_tau"][()], h5["params/B"][()].reshape(2, -1)
+    k = int(np.argmin(np.abs(lt)))
+    assert abs(lt[k]) < 1e-6  # HSRA has the node log tau = 0 on its grid
+    guess_b0 = model.predict(open_observation(small).read_pixels(0, 2))[:, model.parameters.index("B@0")]
+    np.testing.assert_allclose(b[:, k], 2.0 * np.maximum(guess_b0, 10.0), rtol=1e-3)  # float32 file
