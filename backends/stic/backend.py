@@ -54,7 +54,7 @@ from stokesflow.backends.base import (
 from stokesflow.backends.rh import io as rh_io
 from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines
-from stokesflow.backends.sir.backend import B_FLOOR, NODE_SEEDED, builtin_model, from_nodes, node_column
+from stokesflow.backends.sir.backend import B_FLOOR, NODE_SEEDED, SIRBackend, builtin_model, from_nodes, node_column
 from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.stic import io
 from stokesflow.backends.stic.errors import STiCError
@@ -399,6 +399,9 @@ class STiCBackend(Backend):
     options_class: ClassVar[type] = STiCOptions
     depth_stratified: ClassVar[bool] = True
     setup_note: ClassVar[str] = "checking STiC, the MPI launcher and the line data"
+    #: Automatic chunks as for SIR (seconds to a minute per pixel): no 1024-pixel floor, so a field
+    #: of a few hundred pixels reaches every worker.
+    chunk_plan: ClassVar[Mapping[str, int]] = SIRBackend.chunk_plan
     seed_parameters: ClassVar[tuple[str, ...]] = ("B", "inclination", "azimuth", "vlos")
 
     @classmethod

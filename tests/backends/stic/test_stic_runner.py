@@ -55,6 +55,14 @@ def test_registered_and_unavailable_until_configured(tmp_path, monkeypatch):
     assert "not bundled" in list_backends()["stic"][1]
 
 
+def test_automatic_chunks_reach_every_worker():
+    """Seconds per pixel: the plan has no 1024-pixel floor (48 pixels on 2 workers: one pixel per task)."""
+    from stokesflow.orchestrator.plan import auto_chunk_pixels
+
+    assert auto_chunk_pixels(48, 2, **STiCBackend.chunk_plan) == 1
+    assert auto_chunk_pixels(512 * 512, 2, **STiCBackend.chunk_plan) == 64
+
+
 def test_available_with_the_double_and_mpiexec_checked(stic_double, tmp_path):
     ok, why = STiCBackend.is_available({**stic_double, "mpiexec": str(tmp_path / "no-mpiexec")})
     assert not ok and "MPI launcher" in why and "STOKESFLOW_STIC_MPIEXEC" in why
