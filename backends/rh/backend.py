@@ -71,7 +71,8 @@ from stokesflow.backends.rh.runner import (
     run_rh,
     run_timeout,
 )
-from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines
+from stokesflow.backends.sir.atomic import ClassicalLine
+from stokesflow.backends.sir.backend import observation_changes, option_lines
 from stokesflow.backends.sir.errors import SIRError
 
 __all__ = [
@@ -394,19 +395,11 @@ class RHBackend(Backend):
 
     def for_observation(self, meta: Mapping[str, Any]) -> "RHBackend":
         """Lines from the observation unless the options give them (or NLTE atoms alone give them)."""
-        if self.options.lines or self.options.active or not meta.get("lines"):
-            return self
-        lines = meta["lines"]
-        lines = tuple(n.strip() for n in lines.split(",")) if isinstance(lines, str) else tuple(lines)
-        return type(self)(replace(self.options, lines=lines))
+        changes = observation_changes(self.options, meta, lines=not self.options.active, noise=False)
+        return type(self)(replace(self.options, **changes)) if changes else self
 
     def _lines(self) -> tuple[ClassicalLine, ...]:
-        if not self.options.lines:
-            raise RHError("[backend.rh] lines: no spectral lines; give -B lines=[FeI_6301,FeI_6302]")
-        try:
-            return get_classical_lines(self.options.lines, self.options.line_table, self.options.atomic_table)
-        except SIRError as exc:
-            raise RHError(f"[backend.rh] lines: {exc}") from None
+        return option_lines(self.options, "[backend.rh]", RHError, hint="")
 
     def _paths(self) -> tuple[Path, Path, Path, Path]:
         """(executable, data folder, mpiexec, atoms folder)."""

@@ -47,7 +47,7 @@ from stokesflow.backends.sir.runner import (
 )
 
 __all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
-           "from_nodes", "node_column", "STRATIFIED", "SCALARS"]
+           "from_nodes", "node_column", "observation_changes", "option_lines", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
 
@@ -144,6 +144,71 @@ def from_nodes(name: str, nodes: np.ndarray, values: np.ndarray, log_tau: np.nda
     if name == "azimuth":
         out = np.mod(out, 180.0)
     return out
+
+
+def observation_changes(options: Any, meta: Mapping[str, Any], *, lines: bool = True,
+                        noise: bool = True) -> dict[str, Any]:
+    """Option changes that take the lines and the noise from an observation's metadata.
+
+    Shared by the backends of the classical codes (SIR, DeSIRe, STiC, RH).
+
+    Parameters
+    ----------
+    options : dataclass
+        The backend's options (``lines``, and ``noise`` when ``noise``).
+    meta : mapping
+        The observation's attributes: ``lines`` (a comma list or a list of
+        names), ``noise`` (one sigma or four, in units of the continuum).
+    lines, noise : bool
+        Whether the backend takes that from the observation at all.
+
+    Returns
+    -------
+    dict
+        ``lines`` (tuple of names) and ``noise`` (a float or 4 floats) where
+        the options give none and the observation does.
+    """
+    changes: dict[str, Any] = {}
+    if lines and not options.lines and meta.get("lines"):
+        given = meta["lines"]
+        changes["lines"] = tuple(n.strip() for n in given.split(",")) if isinstance(given, str) else tuple(given)
+    if noise and options.noise is None and meta.get("noise") is not None:
+        sigma = np.atleast_1d(np.asarray(meta["noise"], dtype=float))
+        changes["noise"] = float(sigma[0]) if sigma.size == 1 else tuple(float(x) for x in sigma[:4])
+    return changes
+
+
+def option_lines(options: Any, where: str, error: type[Exception] = SIRError,
+                 hint: str = "the observation names none, ") -> tuple[ClassicalLine, ...]:
+    """The spectral lines of the options (``lines``, ``line_table``, ``atomic_table``).
+
+    Shared by the backends of the classical codes (SIR, STiC, RH).
+
+    Parameters
+    ----------
+    options : dataclass
+        The backend's options.
+    where : str
+        The options' table in messages (``"[backend.sir]"``).
+    error : exception class
+        Raised (a :class:`SIRError` from the tables is re-raised as this class
+        with ``where`` in front, unless it is SIRError itself).
+    hint : str
+        Words before the fix in the no-lines message.
+
+    Raises
+    ------
+    error
+        No lines given, or a line or table is wrong.
+    """
+    if not options.lines:
+        raise error(f"{where} lines: no spectral lines; {hint}give -B lines=[FeI_6301,FeI_6302]")
+    try:
+        return get_classical_lines(options.lines, options.line_table, options.atomic_table)
+    except SIRError as exc:
+        if error is SIRError:
+            raise
+        raise error(f"{where} lines: {exc}") from None
 
 
 #: Smallest field [G] given to SIR from an initial guess: SIR perturbs B relatively
@@ -371,23 +436,11 @@ class SIRBackend(Backend):
     # ----------------------------------------------------------- observation
     def for_observation(self, meta: Mapping[str, Any]) -> "SIRBackend":
         """Lines and noise from the observation unless the options give them."""
-        changes: dict[str, Any] = {}
-        if not self.options.lines and meta.get("lines"):
-            lines = meta["lines"]
-            changes["lines"] = tuple(n.strip() for n in lines.split(",")) if isinstance(lines, str) else tuple(lines)
-        if self.options.noise is None and meta.get("noise") is not None:
-            noise = np.atleast_1d(np.asarray(meta["noise"], dtype=float))
-            changes["noise"] = float(noise[0]) if noise.size == 1 else tuple(float(x) for x in noise[:4])
-        if not changes:
-            return self
-        return type(self)(replace(self.options, **changes))
+        changes = observation_changes(self.options, meta)
+        return type(self)(replace(self.options, **changes)) if changes else self
 
     def _lines(self) -> tuple[ClassicalLine, ...]:
-        if not self.options.lines:
-            raise SIRError(
-                "[backend.sir] lines: no spectral lines; the observation names none, give -B lines=[FeI_6301,FeI_6302]"
-            )
-        return get_classical_lines(self.options.lines, self.options.line_table, self.options.atomic_table)
+        return option_lines(self.options, "[backend.sir]")
 
     def _executable(self) -> Path:
         return resolve_executable(self.options.executable, ENV_VAR, "SIR")

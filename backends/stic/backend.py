@@ -53,9 +53,16 @@ from stokesflow.backends.base import (
 )
 from stokesflow.backends.rh import io as rh_io
 from stokesflow.backends.rh.errors import RHError
-from stokesflow.backends.sir.atomic import ClassicalLine, get_classical_lines
-from stokesflow.backends.sir.backend import B_FLOOR, NODE_SEEDED, SIRBackend, builtin_model, from_nodes, node_column
-from stokesflow.backends.sir.errors import SIRError
+from stokesflow.backends.sir.atomic import ClassicalLine
+from stokesflow.backends.sir.backend import (
+    B_FLOOR,
+    NODE_SEEDED,
+    SIRBackend,
+    builtin_model,
+    from_nodes,
+    observation_changes,
+    option_lines,
+)
 from stokesflow.backends.stic import io
 from stokesflow.backends.stic.errors import STiCError
 from stokesflow.backends.stic.runner import (
@@ -428,12 +435,9 @@ class STiCBackend(Backend):
     def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
         return self.parameters
 
-    @property
-    def init_columns(self) -> tuple[str, ...]:
-        """The parameters (constant with height, T at ``reference_log_tau``), then node
-        columns ``NAME@LOGTAU`` of T, vmic, B, vlos, inclination, azimuth at ``seed_nodes``."""
-        return self.parameter_names + tuple(
-            node_column(n, lt) for n in NODE_SEEDED for lt in self.options.seed_nodes)
+    #: The parameters (constant with height, T at ``reference_log_tau``), then node columns
+    #: ``NAME@LOGTAU`` of T, vmic, B, vlos, inclination, azimuth at ``seed_nodes``: SIR's.
+    init_columns = SIRBackend.init_columns
 
     @functools.cached_property
     def guess_model(self) -> io.STiCModel:
@@ -451,33 +455,17 @@ class STiCBackend(Backend):
         """The guess model's log tau_500 grid (top first, increasing)."""
         return np.asarray(self.guess_model.ltau500[0], dtype=float).copy()
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("guess_model", None)
-        return state
+    __getstate__ = SIRBackend.__getstate__  # without the cached guess model
 
     # ----------------------------------------------------------- observation
     def for_observation(self, meta: Mapping[str, Any]) -> "STiCBackend":
         """Lines and noise from the observation unless the options give them."""
-        changes: dict[str, Any] = {}
-        if not self.options.lines and meta.get("lines") and not (self.options.atmosphere == "nlte" and self.options.active):
-            lines = meta["lines"]
-            changes["lines"] = tuple(n.strip() for n in lines.split(",")) if isinstance(lines, str) else tuple(lines)
-        if self.options.noise is None and meta.get("noise") is not None:
-            noise = np.atleast_1d(np.asarray(meta["noise"], dtype=float))
-            changes["noise"] = float(noise[0]) if noise.size == 1 else tuple(float(x) for x in noise[:4])
-        if not changes:
-            return self
-        return type(self)(replace(self.options, **changes))
+        nlte_atoms = self.options.atmosphere == "nlte" and bool(self.options.active)  # the atoms give the lines
+        changes = observation_changes(self.options, meta, lines=not nlte_atoms)
+        return type(self)(replace(self.options, **changes)) if changes else self
 
     def _lines(self) -> tuple[ClassicalLine, ...]:
-        if not self.options.lines:
-            raise STiCError("[backend.stic] lines: no spectral lines; the observation names none, "
-                            "give -B lines=[FeI_6301,FeI_6302]")
-        try:
-            return get_classical_lines(self.options.lines, self.options.line_table, self.options.atomic_table)
-        except SIRError as exc:
-            raise STiCError(f"[backend.stic] lines: {exc}") from None
+        return option_lines(self.options, "[backend.stic]", STiCError)
 
     def _argv(self) -> list[str]:
         exe = resolve_stic(self.options.executable)
