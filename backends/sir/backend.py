@@ -47,7 +47,8 @@ from stokesflow.backends.sir.runner import (
 )
 
 __all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
-           "from_nodes", "node_column", "observation_changes", "option_lines", "STRATIFIED", "SCALARS"]
+           "check_seed_nodes", "from_nodes", "node_column", "node_values", "observation_changes", "option_lines",
+           "SPECS", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
 
@@ -68,7 +69,8 @@ SCALARS: tuple[tuple[str, str, float, str], ...] = (
     ("stray_light", "stray_light", 0.01, ""),
 )
 
-_SPECS = {
+#: Name, unit and bounds of each parameter (shared by the backends of depth-stratified codes).
+SPECS: Mapping[str, ParameterSpec] = MappingProxyType({
     "T": ParameterSpec("T", "K", 2000.0, 20000.0, 1000.0),
     "Pe": ParameterSpec("Pe", "dyn/cm2", 0.0, 1e6, 10.0),
     "vmic": ParameterSpec("vmic", "km/s", 0.0, 10.0, 1.0),
@@ -79,7 +81,7 @@ _SPECS = {
     "vmac": ParameterSpec("vmac", "km/s", 0.0, 10.0, 1.0),
     "filling_factor": ParameterSpec("filling_factor", "", 0.0, 1.0, 0.1),
     "stray_light": ParameterSpec("stray_light", "", 0.0, 1.0, 0.1),
-}
+})
 
 _CONTROL = "sir.trol"
 _OBSERVED = "observed.per"
@@ -211,6 +213,56 @@ def option_lines(options: Any, where: str, error: type[Exception] = SIRError,
         raise error(f"{where} lines: {exc}") from None
 
 
+def check_seed_nodes(seed_nodes: Any, where: str) -> None:
+    """Raise ConfigError unless ``seed_nodes`` are at least two finite, increasing log tau values.
+
+    ``where`` is the options' table in the message (``"[backend.sir]"``).
+    """
+    nodes = np.asarray(seed_nodes, dtype=float)
+    if nodes.ndim != 1 or nodes.size < 2 or not np.all(np.diff(nodes) > 0) or not np.all(np.isfinite(nodes)):
+        raise ConfigError(f"{where} seed_nodes: expected at least two increasing log tau values, "
+                          f"got {seed_nodes!r} (-B seed_nodes=[-3,-2,-1,0])")
+
+
+def node_values(row: np.ndarray, nparams: int, seed_nodes: Any, code: str,
+                error: type[Exception] = SIRError) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The node columns of an initial-guess row (after its ``nparams`` parameter columns).
+
+    Parameters
+    ----------
+    row : ndarray
+        ``nparams`` parameter columns, then ``len(seed_nodes)`` node columns
+        per quantity of :data:`NODE_SEEDED` (:attr:`SIRBackend.init_columns`).
+    nparams : int
+        The backend's number of parameters.
+    seed_nodes : sequence of float
+        log tau_500 of the nodes.
+    code : str
+        The code's name in the message.
+    error : exception class
+        Raised for a row of the wrong length.
+
+    Returns
+    -------
+    nodes : ndarray (nn,)
+        ``seed_nodes``.
+    values : dict
+        quantity -> values at the nodes (nn,), for the quantities with at
+        least one finite value.
+    """
+    nodes = np.asarray(seed_nodes, dtype=float)
+    nn = nodes.size
+    if row.shape[0] != nparams + nn * len(NODE_SEEDED):
+        raise error(f"{code} initial guess: {row.shape[0]} columns, expected {nparams} or "
+                    f"{nparams + nn * len(NODE_SEEDED)} (init_columns)")
+    values = {}
+    for k, name in enumerate(NODE_SEEDED):
+        vals = row[nparams + k * nn: nparams + (k + 1) * nn]
+        if np.isfinite(vals).any():
+            values[name] = vals
+    return nodes, values
+
+
 #: Smallest field [G] given to SIR from an initial guess: SIR perturbs B relatively
 #: and stops ("is zero somewhere") on a zero field, which an ME fit may return.
 B_FLOOR = 10.0
@@ -318,10 +370,7 @@ class SIROptions:
             raise ConfigError(f"[backend.sir] timeout: expected seconds > 0, got {self.timeout!r}")
         if not 0 < self.mu <= 1:
             raise ConfigError(f"[backend.sir] mu: expected 0 < mu <= 1, got {self.mu!r}")
-        nodes = np.asarray(self.seed_nodes, dtype=float)
-        if nodes.ndim != 1 or nodes.size < 2 or not np.all(np.diff(nodes) > 0) or not np.all(np.isfinite(nodes)):
-            raise ConfigError(f"[backend.sir] seed_nodes: expected at least two increasing log tau values, "
-                              f"got {self.seed_nodes!r} (-B seed_nodes=[-3,-2,-1,0])")
+        check_seed_nodes(self.seed_nodes, "[backend.sir]")
 
     def resolved_strategy(self) -> io.Strategy:
         """The strategy with ``cycles`` and ``nodes`` overrides applied."""
@@ -400,11 +449,11 @@ class SIRBackend(Backend):
     # ----------------------------------------------------------------- specs
     @property
     def parameters(self) -> tuple[ParameterSpec, ...]:
-        return tuple(_SPECS[n] for n, *_ in STRATIFIED) + tuple(_SPECS[n] for n, *_ in SCALARS)
+        return tuple(SPECS[n] for n, *_ in STRATIFIED) + tuple(SPECS[n] for n, *_ in SCALARS)
 
     @property
     def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
-        return tuple(_SPECS[n] for n, *_ in STRATIFIED)
+        return tuple(SPECS[n] for n, *_ in STRATIFIED)
 
     @property
     def init_columns(self) -> tuple[str, ...]:
@@ -486,16 +535,9 @@ class SIRBackend(Backend):
             if np.isfinite(v):
                 setattr(m, attr, float(v / fac))
         if init_row.shape[0] > len(names):  # node columns
-            nodes = np.asarray(self.options.seed_nodes, dtype=float)
-            nn = nodes.size
-            if init_row.shape[0] != len(names) + nn * len(NODE_SEEDED):
-                raise SIRError(f"SIR initial guess: {init_row.shape[0]} columns, expected {len(names)} or "
-                               f"{len(names) + nn * len(NODE_SEEDED)} (init_columns)")
+            nodes, node_vals = node_values(init_row, len(names), self.options.seed_nodes, "SIR")
             fac_of = {n: (c, f) for n, c, f, _ in STRATIFIED}
-            for k, name in enumerate(NODE_SEEDED):
-                vals = init_row[len(names) + k * nn: len(names) + (k + 1) * nn]
-                if not np.isfinite(vals).any():
-                    continue
+            for name, vals in node_vals.items():
                 col, fac = fac_of[name]
                 guess = np.asarray(getattr(m, col), dtype=float) * fac
                 strat = from_nodes(name, nodes, vals, m.log_tau, guess)

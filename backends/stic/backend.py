@@ -56,13 +56,16 @@ from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.sir.atomic import ClassicalLine
 from stokesflow.backends.sir.backend import (
     B_FLOOR,
-    NODE_SEEDED,
+    SPECS,
     SIRBackend,
     builtin_model,
+    check_seed_nodes,
     from_nodes,
+    node_values,
     observation_changes,
     option_lines,
 )
+from stokesflow.backends.sir.backend import STRATIFIED as SIR_STRATIFIED
 from stokesflow.backends.stic import io
 from stokesflow.backends.stic.errors import STiCError
 from stokesflow.backends.stic.runner import (
@@ -97,20 +100,8 @@ CONTINUUM_OFFSET = 1.5
 #: Boltzmann constant [erg/K].
 _K_B_CGS = 1.380649e-16
 
-#: Depth-stratified results: (name, unit), on the guess model's log tau grid.
-STRATIFIED: tuple[tuple[str, str], ...] = (
-    ("T", "K"), ("Pe", "dyn/cm2"), ("vmic", "km/s"), ("B", "G"), ("vlos", "km/s"),
-    ("inclination", "deg"), ("azimuth", "deg"),
-)
-_SPECS = {
-    "T": ParameterSpec("T", "K", 2000.0, 20000.0, 1000.0),
-    "Pe": ParameterSpec("Pe", "dyn/cm2", 0.0, 1e6, 10.0),
-    "vmic": ParameterSpec("vmic", "km/s", 0.0, 10.0, 1.0),
-    "B": ParameterSpec("B", "G", 0.0, 6000.0, 500.0),
-    "vlos": ParameterSpec("vlos", "km/s", -20.0, 20.0, 1.0),
-    "inclination": ParameterSpec("inclination", "deg", 0.0, 180.0, 30.0),
-    "azimuth": ParameterSpec("azimuth", "deg", 0.0, 180.0, 30.0, circular=True),
-}
+#: Depth-stratified results: (name, unit), on the guess model's log tau grid (SIR's quantities).
+STRATIFIED: tuple[tuple[str, str], ...] = tuple((n, unit) for n, _, _, unit in SIR_STRATIFIED)
 
 #: The ``nodes`` keys (stokesflow's names and STiC's) -> STiC's input.cfg key.
 NODE_KEYS: dict[str, str] = {
@@ -361,9 +352,7 @@ class STiCOptions:
             raise ConfigError(f"{w} continuum: expected an intensity > 0, got {self.continuum!r}")
         if not all(x > 0 for x in self.weights):
             raise ConfigError(f"{w} weights: expected 4 numbers > 0, got {self.weights!r}")
-        nodes = np.asarray(self.seed_nodes, dtype=float)
-        if nodes.ndim != 1 or nodes.size < 2 or not np.all(np.diff(nodes) > 0) or not np.all(np.isfinite(nodes)):
-            raise ConfigError(f"{w} seed_nodes: expected at least two increasing log tau values, got {self.seed_nodes!r}")
+        check_seed_nodes(self.seed_nodes, w)
         self.resolved_strategy()
 
     def resolved_strategy(self) -> STiCStrategy:
@@ -429,7 +418,7 @@ class STiCBackend(Backend):
     # ----------------------------------------------------------------- specs
     @property
     def parameters(self) -> tuple[ParameterSpec, ...]:
-        return tuple(_SPECS[n] for n, _ in STRATIFIED)
+        return tuple(SPECS[n] for n, _ in STRATIFIED)
 
     @property
     def stratified_parameters(self) -> tuple[ParameterSpec, ...]:
@@ -513,15 +502,9 @@ class STiCBackend(Backend):
             else:
                 cur[name] = np.full_like(lt, float(np.mod(v, 180.0) if name == "azimuth" else v))
         if row.shape[0] > len(names):
-            nodes = np.asarray(self.options.seed_nodes, dtype=float)
-            nn = nodes.size
-            if row.shape[0] != len(names) + nn * len(NODE_SEEDED):
-                raise STiCError(f"STiC initial guess: {row.shape[0]} columns, expected {len(names)} or "
-                                f"{len(names) + nn * len(NODE_SEEDED)} (init_columns)")
-            for k, name in enumerate(NODE_SEEDED):
-                vals = row[len(names) + k * nn: len(names) + (k + 1) * nn]
-                if np.isfinite(vals).any():
-                    cur[name] = from_nodes(name, nodes, vals, lt, cur[name])
+            nodes, node_vals = node_values(row, len(names), self.options.seed_nodes, "STiC", STiCError)
+            for name, vals in node_vals.items():
+                cur[name] = from_nodes(name, nodes, vals, lt, cur[name])
         if inversion:  # a zero field leaves STiC's derivatives for inclination and azimuth zero
             cur["B"] = np.maximum(cur["B"], B_FLOOR)
         return self._with(m, cur)
