@@ -62,16 +62,13 @@ def _inference_rate(model_path: Path, obs_path: Path, n: int = 20000) -> float:
 
 
 def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
-    from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.assist import AssistSettings, run_assist
-    from stokesflow.orchestrator.io import open_observation
 
     cluster = {"kind": args.cluster}
     if args.workers:
         cluster["workers"] = args.workers
-    npix = open_observation(obs).npix
-    share = subset_pixels(npix, args.subset, args.subset_min, args.subset_max) / npix
-    s = AssistSettings(subset=share, clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
+    s = AssistSettings(subset=args.subset, subset_min=args.subset_min, subset_max=args.subset_max,
+                       clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
                        progress="none", report=False, **kw)
     return run_assist(obs, out, s, overwrite=True)
 

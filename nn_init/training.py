@@ -263,7 +263,7 @@ def train_network(
         with torch.inference_mode():
             val = float(loss_fn(net(x_va), y_va))
         entry = {"epoch": epoch + 1, "train_loss": total / perm.shape[0], "val_loss": val,
-                 "samples": int(perm.shape[0]), "seconds": time.perf_counter() - t0}
+                 "samples": int(perm.shape[0]), "planned": n_epochs, "seconds": time.perf_counter() - t0}
         history.append(entry)
         if val < best["loss"] * (1.0 - float(st["min_delta"])):
             best = {"loss": val, "epoch": epoch,

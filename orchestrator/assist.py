@@ -56,7 +56,7 @@ from stokesflow.orchestrator.errors import OrchestratorError
 
 __all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "SUMMARY_LOG_TAU", "AssistSettings",
            "default_reference_options", "default_short_options", "default_baseline_options", "make_subset",
-           "run_assist"]
+           "run_assist", "default_subset_bounds"]
 
 log = logging.getLogger("stokesflow.assist")
 
@@ -139,6 +139,22 @@ def default_short_options(backend: str = "me") -> dict[str, Any]:
     return opts
 
 
+def default_subset_bounds(backend: str = "me", model: str = "cnn") -> tuple[int, int]:
+    """Bounds [pixels] on the training subset of ``backend`` and ``model``: ``(subset_min, subset_max)``.
+
+    The ME backend's CNN: :data:`~stokesflow.nn_init.training.SUBSET_MIN_PIXELS` to
+    :data:`~stokesflow.nn_init.training.SUBSET_MAX_PIXELS` (the guesses depend on the number of
+    training pixels, not on the share of the field; measured in ``benchmarks/assist_loop.py``).
+    Otherwise (a classical code's seconds per pixel, the k-means look-up's cost per database
+    profile, the U-Net's patches) the share alone: ``(64, 2**62)``.
+    """
+    if backend == "me" and model == "cnn":
+        from stokesflow.nn_init.training import SUBSET_MAX_PIXELS, SUBSET_MIN_PIXELS
+
+        return SUBSET_MIN_PIXELS, SUBSET_MAX_PIXELS
+    return 64, 2 ** 62
+
+
 @dataclass(frozen=True)
 class AssistSettings:
     """Settings of the loop (what a rerun must repeat to resume).
@@ -146,7 +162,10 @@ class AssistSettings:
     Attributes
     ----------
     subset : float
-        Share of the field's pixels inverted as the training set (0 < subset <= 1).
+        Share of the field's pixels inverted as the training set (0 < subset <= 1), clamped to
+        [``subset_min``, ``subset_max``] pixels (:func:`stokesflow.nn_init.training.subset_pixels`).
+    subset_min, subset_max : int, optional
+        Bounds on the subset's pixel count. Default (None): :func:`default_subset_bounds`.
     subset_method : str
         ``"clusters"`` (default) or ``"box"`` (a same-size corner box, for comparison).
     clusters : int
@@ -184,6 +203,8 @@ class AssistSettings:
     """
 
     subset: float = 0.05
+    subset_min: int | None = None
+    subset_max: int | None = None
     subset_method: str = "clusters"
     clusters: int = 16
     model: str = "cnn"
@@ -210,6 +231,12 @@ class AssistSettings:
             object.__setattr__(self, "baseline_options", default_baseline_options(self.backend))
         if not 0 < self.subset <= 1:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
+        lo, hi = default_subset_bounds(self.backend, self.model)
+        object.__setattr__(self, "subset_min", lo if self.subset_min is None else int(self.subset_min))
+        object.__setattr__(self, "subset_max", hi if self.subset_max is None else int(self.subset_max))
+        if not 64 <= self.subset_min <= self.subset_max:
+            raise OrchestratorError(f"subset bounds must satisfy 64 <= subset_min <= subset_max, got "
+                                    f"subset_min={self.subset_min}, subset_max={self.subset_max}")
         if self.subset_method not in ("clusters", "box"):
             raise OrchestratorError(f"subset_method must be 'clusters' or 'box', got {self.subset_method!r}")
         if self.model not in ("cnn", "unet", "kmeans"):
@@ -283,10 +310,11 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
 
     from stokesflow.nn_init.features import normalise_spectra
     from stokesflow.nn_init.kmeans import choose_subset, cluster_spectra
+    from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.io import write_observation
 
     stokes = _read_all(obs)
-    n = max(64, int(round(s.subset * obs.npix)))
+    n = subset_pixels(obs.npix, s.subset, s.subset_min, s.subset_max)
     valid = np.isfinite(stokes).all(axis=(1, 2))
     feats, _ = normalise_spectra(stokes)
     k = int(min(s.clusters, max(1, valid.sum() // 4)))

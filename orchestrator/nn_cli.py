@@ -71,7 +71,8 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=None,
                    help="pixels per batch (cnn, default 256) or image crops per batch (unet, default 8)")
     p.add_argument("--crop", type=int, default=None, help="unet: side of the training crops [pixels] (default 64)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (cnn 1e-3, unet 2e-3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (cnn 3e-3, decaying on a cosine over at most 245,760 samples; unet 2e-3)")
     p.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share of the pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -107,7 +108,11 @@ def add_nn_parsers(sub: Any) -> None:
                                    "finished phases and chunks.", formatter_class=fmt)
     p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
-    p.add_argument("--subset", type=float, default=0.05, help="share of the pixels in the training subset")
+    p.add_argument("--subset", type=float, default=0.05,
+                   help="share of the pixels in the training subset, clamped to [--subset-min, --subset-max]")
+    p.add_argument("--subset-min", type=int, default=None,
+                   help="fewest subset pixels (me + cnn: 16000; otherwise 64; a smaller field is used whole)")
+    p.add_argument("--subset-max", type=int, default=None, help="most subset pixels (me + cnn: 32000)")
     p.add_argument("--subset-method", default="clusters", choices=["clusters", "box"],
                    help="clusters: sample every k-means cluster; box: a corner box (for comparison)")
     p.add_argument("--clusters", type=int, default=16, help="k of the k-means")
@@ -186,7 +191,8 @@ def _cmd_assist(args: argparse.Namespace) -> int:
         if given:
             kw[key] = {**(getattr(defaults, key) or {}), **{k: v for k, v, _ in given}}
     s = AssistSettings(
-        subset=args.subset, subset_method=args.subset_method, clusters=args.clusters, model=args.model,
+        subset=args.subset, subset_min=args.subset_min, subset_max=args.subset_max,
+        subset_method=args.subset_method, clusters=args.clusters, model=args.model,
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
         backend_options={k: v for k, v, _ in args.backend_option or []}, cluster=_cluster_table(args),
         chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report, **kw,

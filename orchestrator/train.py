@@ -487,6 +487,6 @@ def _log_new_epochs(path: Path, shown: int, epochs: int, kind: str) -> int:
     except (OSError, ValueError):
         return shown
     for h in hist[shown:]:
-        log.info("epoch %d/%d: train loss %.4g, validation loss %.4g (%.1f s)", h["epoch"], epochs,
+        log.info("epoch %d/%d: train loss %.4g, validation loss %.4g (%.1f s)", h["epoch"], h.get("planned", epochs),
                  h["train_loss"], h["val_loss"], h["seconds"])
     return max(shown, len(hist))

@@ -27,13 +27,13 @@ def test_short_strategy_takes_sigma_tol_exactly_when_the_me_backend_has_it() -> 
     assert AssistSettings().baseline_options == {}
 
 
-def test_sir_loop_compares_the_assisted_strategy_with_the_reference_strategy() -> None:
-    """The issue's comparison: SIR ``assisted`` (one cycle) from the guesses against ``reference`` (three cycles)
-    from the built-in guess model; the subset is inverted with ``reference``."""
+def test_sir_loop_compares_the_one_cycle_strategy_with_the_reference_strategy() -> None:
+    """SIR ``assisted_me`` (one cycle, angles, vmic and vmac free) from the guesses against ``reference`` (three
+    cycles) from the built-in guess model; the subset is inverted with ``reference``."""
     for backend in ("sir", "desire"):
         s = AssistSettings(backend=backend)
         assert s.reference_options == {"strategy": "reference"} == default_reference_options(backend)
-        assert s.short_options == {"strategy": "assisted"} == default_short_options(backend)
+        assert s.short_options == {"strategy": "assisted_me"} == default_short_options(backend)
         assert s.baseline_options == {"strategy": "reference"} == default_baseline_options(backend)
     # a backend without a table entry: its own defaults in every phase
     assert AssistSettings(backend="lightweaver").short_options == {}

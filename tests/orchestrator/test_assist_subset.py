@@ -1,0 +1,48 @@
+"""The training subset's size rule of ``stokesflow assist``: a share of the field clamped to pixel bounds."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from _orchestrator_helpers import write_hmi_observation
+
+from stokesflow.nn_init.training import SUBSET_MAX_PIXELS, SUBSET_MIN_PIXELS, subset_pixels
+from stokesflow.orchestrator.assist import AssistSettings, default_subset_bounds, make_subset
+from stokesflow.orchestrator.errors import OrchestratorError
+from stokesflow.orchestrator.io import open_observation
+
+
+def test_bounds_by_backend_and_model():
+    assert default_subset_bounds("me", "cnn") == (SUBSET_MIN_PIXELS, SUBSET_MAX_PIXELS)
+    # a classical code's seconds per pixel, the k-means look-up and the U-Net's patches keep the plain share
+    for backend, model in (("sir", "cnn"), ("desire", "cnn"), ("me", "kmeans"), ("me", "unet")):
+        assert default_subset_bounds(backend, model) == (64, 2 ** 62)
+    s = AssistSettings(cluster={"kind": "serial"})
+    assert (s.subset_min, s.subset_max) == (SUBSET_MIN_PIXELS, SUBSET_MAX_PIXELS)
+    assert AssistSettings(subset_min=100, subset_max=200).identity()["subset_max"] == 200  # a rerun must match
+    with pytest.raises(OrchestratorError, match="64 <= subset_min <= subset_max, got subset_min=500, subset_max=100"):
+        AssistSettings(subset_min=500, subset_max=100)
+    with pytest.raises(OrchestratorError, match="64 <= subset_min"):
+        AssistSettings(subset_min=10)
+
+
+@pytest.mark.parametrize("bounds, count, expected", [((64, 10_000), 102, 102), ((150, 10_000), 150, 150),
+                                                     ((64, 80), 80, 80),
+                                                     ((SUBSET_MIN_PIXELS, SUBSET_MAX_PIXELS), 1024, 1023)])
+def test_make_subset_takes_the_clamped_count(tmp_path, bounds, count, expected):
+    """32 x 32 field (1,024 pixels, one NaN): 10 % is 102 pixels; the bounds clamp it; a field smaller
+    than the floor is used whole (all 1,023 valid pixels)."""
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 32, 32, seed=3, nan_pixels=(7,)))
+    s = AssistSettings(subset=0.1, subset_min=bounds[0], subset_max=bounds[1], clusters=4,
+                       cluster={"kind": "serial"})
+    assert subset_pixels(obs.npix, 0.1, *bounds) == count
+    info = make_subset(obs, tmp_path / "sub.h5", s)
+    # choose_subset's per-cluster floor and rounding move the count by at most a few pixels per cluster
+    assert abs(info["pixels"] - expected) <= 4 * 2
+    with h5py.File(tmp_path / "sub.h5") as h5:
+        index = h5["assist/index"][()]
+        labels = h5["assist/labels"][()].reshape(-1)
+    assert np.unique(index).size == index.size and 7 not in index
+    assert set(labels[index]) == set(labels[labels >= 0])  # every cluster sampled
