@@ -83,6 +83,8 @@ __all__ = [
     "RHBackend",
     "field_components",
     "atmosphere_from_model",
+    "kept_folder_note",
+    "profiles_or_raise",
 ]
 
 #: Where the continuum is taken: this far blue of the first grid point [A].
@@ -283,6 +285,43 @@ def _data_dir(root: Path, kind: str) -> Path:
         f"RH data folder {root} has no {kind}/ or {kind}_example/; give RH's source folder with -B rh_data=... "
         f"or {DATA_ENV_VAR}"
     )
+
+
+def kept_folder_note(folder: ScratchFolder, label: str, keep: bool, owner: object) -> str:
+    """Keep a copy of a failed run's scratch folder when ``keep``; the note for the pixel's error.
+
+    Shared by the master/worker codes (RH 1.5D, STiC). The copy is named
+    ``failed-<label>-<process id>-<owner>`` (``owner``: the backend, so that
+    two backends in one process keep apart).
+
+    Returns
+    -------
+    str
+        `` (folder kept: PATH)``, or "" when not kept.
+    """
+    if not keep:
+        return ""
+    dest = folder.keep_copy(f"failed-{label}-{os.getpid()}-{id(owner) % 10000}")
+    return f" (folder kept: {dest})"
+
+
+def profiles_or_raise(res: ChunkResult, code: str, error: type[Exception]) -> np.ndarray:
+    """The synthetic profiles (npix, 4, nw) of a synthesis in which every pixel succeeded.
+
+    Shared by the master/worker codes (RH 1.5D, STiC).
+
+    Raises
+    ------
+    error
+        A pixel failed or was not run: the message names ``code``, the
+        number of failed pixels and the first three with their reasons.
+    """
+    bad = np.flatnonzero(res.status != STATUS_OK)
+    if bad.size:
+        shown = "; ".join(f"pixel {i}: {res.errors.get(int(i), 'failed')}" for i in bad[:3])
+        more = f" (and {bad.size - 3} more)" if bad.size > 3 else ""
+        raise error(f"{code} synthesis failed for {bad.size} of {res.npix} pixel(s): {shown}{more}")
+    return np.asarray(res.synthetic, dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=8)
@@ -592,10 +631,7 @@ class RHBackend(Backend):
         return out
 
     def _kept(self, folder: ScratchFolder, label: str) -> str:
-        if not self.options.keep_failed:
-            return ""
-        dest = folder.keep_copy(f"failed-{label}-{os.getpid()}-{id(self) % 10000}")
-        return f" (folder kept: {dest})"
+        return kept_folder_note(folder, label, self.options.keep_failed, self)
 
     def synthesize(self, params: np.ndarray | Mapping[str, np.ndarray], wavelength: np.ndarray) -> np.ndarray:
         """Stokes profiles (npix, 4, nw) in units of the continuum; raises if any pixel failed.
@@ -614,10 +650,4 @@ class RHBackend(Backend):
             NaN parameters: the message lists the pixels and the reasons.
             :meth:`synthesize_chunk` flags such pixels instead.
         """
-        res = self.synthesize_chunk(params, wavelength)
-        bad = np.flatnonzero(res.status != STATUS_OK)
-        if bad.size:
-            shown = "; ".join(f"pixel {i}: {res.errors.get(int(i), 'failed')}" for i in bad[:3])
-            more = f" (and {bad.size - 3} more)" if bad.size > 3 else ""
-            raise RHError(f"RH synthesis failed for {bad.size} of {res.npix} pixel(s): {shown}{more}")
-        return np.asarray(res.synthetic, dtype=np.float64)
+        return profiles_or_raise(self.synthesize_chunk(params, wavelength), "RH", RHError)

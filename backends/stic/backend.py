@@ -52,6 +52,7 @@ from stokesflow.backends.base import (
     one_pixel_trial,
 )
 from stokesflow.backends.rh import io as rh_io
+from stokesflow.backends.rh.backend import DEFAULT_MOLECULES, kept_folder_note, profiles_or_raise
 from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.sir.atomic import ClassicalLine
 from stokesflow.backends.sir.backend import (
@@ -185,7 +186,7 @@ _ATOMS = "atoms.input"
 _MOLECULES = "molecules.input"
 _KURUCZ = "kurucz.input"
 _KURUCZ_LINES = "lines.kurucz"
-_MOLECULES_DEFAULT = ("H2", "H2+", "C2", "N2", "O2", "CH", "CO", "CN", "NH", "NO", "OH", "H2O")
+_MOLECULES_DEFAULT = DEFAULT_MOLECULES  # RH's: the set of RH's own example run
 
 
 def to_stic_field(B: np.ndarray, inclination: np.ndarray, azimuth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -685,10 +686,7 @@ class STiCBackend(Backend):
         return prof, ""
 
     def _kept(self, folder: ScratchFolder, label: str) -> str:
-        if not self.options.keep_failed:
-            return ""
-        dest = folder.keep_copy(f"failed-{label}-{os.getpid()}-{id(self) % 10000}")
-        return f" (folder kept: {dest})"
+        return kept_folder_note(folder, label, self.options.keep_failed, self)
 
     def _synth_pixels(self, folder: ScratchFolder, model: io.STiCModel, regions: list[io.Region],
                       cols: list[int]) -> dict[int, Any]:
@@ -760,13 +758,7 @@ class STiCBackend(Backend):
             A pixel failed or had NaN parameters (the message lists them);
             :meth:`synthesize_chunk` flags such pixels instead.
         """
-        res = self.synthesize_chunk(params, wavelength)
-        bad = np.flatnonzero(res.status != STATUS_OK)
-        if bad.size:
-            shown = "; ".join(f"pixel {i}: {res.errors.get(int(i), 'failed')}" for i in bad[:3])
-            more = f" (and {bad.size - 3} more)" if bad.size > 3 else ""
-            raise STiCError(f"STiC synthesis failed for {bad.size} of {res.npix} pixel(s): {shown}{more}")
-        return np.asarray(res.synthetic, dtype=np.float64)
+        return profiles_or_raise(self.synthesize_chunk(params, wavelength), "STiC", STiCError)
 
     # -------------------------------------------------------------- inversion
     def _sigma(self, nw: int) -> np.ndarray:
