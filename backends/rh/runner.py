@@ -28,7 +28,6 @@ import numpy as np
 
 from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.rh.io import INDATA_FILE, RAY_FILE, RHOutput
-from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.sir.runner import RunOutcome, ScratchFolder, resolve_executable, run_code
 
 __all__ = [
@@ -64,10 +63,7 @@ def resolve_rh(path: str | None) -> Path:
     RHError
         Neither given, not found, or not executable (the message names the option and the variable).
     """
-    try:
-        return resolve_executable(path, ENV_VAR, "RH 1.5D (rh15d_ray_pool)")
-    except SIRError as exc:
-        raise RHError(str(exc)) from None
+    return resolve_executable(path, ENV_VAR, "RH 1.5D (rh15d_ray_pool)", RHError)
 
 
 def resolve_launcher(name: str | None, env_var: str, code: str, error: type[Exception] = RHError) -> Path:

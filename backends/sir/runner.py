@@ -64,28 +64,31 @@ class RunOutcome:
     output: str = ""
 
 
-def resolve_executable(path: str | None, env_var: str, code: str) -> Path:
+def resolve_executable(path: str | None, env_var: str, code: str, error: type[Exception] = SIRError) -> Path:
     """The code's executable from an explicit path or an environment variable.
+
+    Shared by the backends of every external code; ``error`` is the
+    backend's exception class.
 
     Raises
     ------
-    SIRError
+    error
         Neither given, the file is missing, or it is not executable; the
         message names the option and the variable.
     """
     given = path or os.environ.get(env_var, "")
     where = "the option executable" if path else f"{env_var}"
     if not given:
-        raise SIRError(
+        raise error(
             f"no {code} executable: set {env_var}=/path/to/the/executable or the option executable=... "
             f"({code} is not bundled with stokesflow)"
         )
     found = shutil.which(given) if os.sep not in given else given
     p = Path(found or given).expanduser()
     if not p.is_file():
-        raise SIRError(f"{code} executable {given!r} (from {where}) not found; fix the path")
+        raise error(f"{code} executable {given!r} (from {where}) not found; fix the path")
     if not os.access(p, os.X_OK):
-        raise SIRError(f"{code} executable {p} (from {where}) is not executable; chmod +x it or fix the path")
+        raise error(f"{code} executable {p} (from {where}) is not executable; chmod +x it or fix the path")
     return p.resolve()
 
 

@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 
 from stokesflow.backends.rh.runner import mpi_command, resolve_launcher, run_timeout
-from stokesflow.backends.sir.errors import SIRError
 from stokesflow.backends.sir.runner import RunOutcome, ScratchFolder, find_stop_line, resolve_executable, run_code
 from stokesflow.backends.stic.errors import STiCError
 
@@ -65,10 +64,7 @@ def resolve_stic(path: str | None) -> Path:
     STiCError
         Neither given, not found, or not executable (the message names the option and the variable).
     """
-    try:
-        return resolve_executable(path, ENV_VAR, "STiC (STiC.x)")
-    except SIRError as exc:
-        raise STiCError(str(exc)) from None
+    return resolve_executable(path, ENV_VAR, "STiC (STiC.x)", STiCError)
 
 
 def resolve_stic_mpiexec(name: str | None) -> Path:
