@@ -16,21 +16,29 @@ DOUBLES = Path(__file__).parent / "doubles"
 
 
 def _wrapper(path: Path, script: Path) -> Path:
-    """An executable file that runs ``script`` with this interpreter (which has numpy and h5py)."""
+    """An executable file that runs ``script`` with this interpreter (which has numpy, h5py and stokesflow)."""
     path.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({str(script)!r}, run_name='__main__')\n")
     path.chmod(0o755)
     return path
 
 
-@pytest.fixture
-def rh_double(tmp_path: Path) -> dict[str, str]:
-    """Options that point the RH backend at the test doubles and a minimal data folder."""
+def mpi_code_doubles(tmp_path: Path, name: str, script: Path) -> tuple[Path, Path]:
+    """(executable ``name`` running the double ``script``, the mpiexec double) in ``tmp_path/bin``.
+
+    One mpiexec stand-in serves both MPI codes' tests (RH 1.5D, STiC): it runs
+    the program once with RH_DOUBLE_RANKS=K. Skips on Windows.
+    """
     if sys.platform == "win32":  # pragma: no cover
         pytest.skip("the test doubles are POSIX executable scripts")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    exe = _wrapper(bin_dir / "rh15d_ray_pool", DOUBLES / "rh15d_ray_pool_test_double.py")
-    mpiexec = _wrapper(bin_dir / "mpiexec", DOUBLES / "mpiexec_test_double.py")
+    return _wrapper(bin_dir / name, script), _wrapper(bin_dir / "mpiexec", DOUBLES / "mpiexec_test_double.py")
+
+
+@pytest.fixture
+def rh_double(tmp_path: Path) -> dict[str, str]:
+    """Options that point the RH backend at the test doubles and a minimal data folder."""
+    exe, mpiexec = mpi_code_doubles(tmp_path, "rh15d_ray_pool", DOUBLES / "rh15d_ray_pool_test_double.py")
     data = tmp_path / "rh_data"
     atoms = data / "Atoms_example"
     atoms.mkdir(parents=True)

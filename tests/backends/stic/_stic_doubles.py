@@ -10,27 +10,17 @@ from pathlib import Path
 
 import pytest
 
+if str(Path(__file__).parents[1] / "rh") not in sys.path:  # the RH tests' helpers (tests folders are no packages)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "rh"))
+from _rh_doubles import mpi_code_doubles  # noqa: E402
+
 DOUBLES = Path(__file__).parent / "doubles"
-#: One mpiexec stand-in serves both MPI codes' tests (it runs the program once with RH_DOUBLE_RANKS=K).
-MPIEXEC_DOUBLE = Path(__file__).parents[1] / "rh" / "doubles" / "mpiexec_test_double.py"
-
-
-def _wrapper(path: Path, script: Path) -> Path:
-    """An executable file that runs ``script`` with this interpreter (which has numpy, h5py and stokesflow)."""
-    path.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({str(script)!r}, run_name='__main__')\n")
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture
 def stic_double(tmp_path: Path) -> dict[str, object]:
     """Options that point the STiC backend at the test doubles (continuum fixed: no extra run)."""
-    if sys.platform == "win32":  # pragma: no cover
-        pytest.skip("the test doubles are POSIX executable scripts")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = _wrapper(bin_dir / "STiC.x", DOUBLES / "stic_test_double.py")
-    mpiexec = _wrapper(bin_dir / "mpiexec", MPIEXEC_DOUBLE)
+    exe, mpiexec = mpi_code_doubles(tmp_path, "STiC.x", DOUBLES / "stic_test_double.py")
     return {
         "executable": str(exe), "mpiexec": str(mpiexec), "lines": ["FeI_6302"], "continuum": 4.0e-5,
         "scratch": str(tmp_path / "scratch"), "timeout": 20.0,
