@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from stokesflow.orchestrator.config import Config, load_config
 
@@ -15,6 +16,7 @@ __all__ = [
     "write_hmi_observation",
     "make_config",
     "assert_same_result",
+    "assisted_phase_interrupted_and_resumed",
 ]
 
 #: HMI tuning positions about 6173.3433 A (DESIGN.md: +-34.4, +-103.2, +-172.0 mA).
@@ -92,3 +94,44 @@ def assert_same_result(a: Any, b: Any) -> None:
     np.testing.assert_array_equal(a.chi2, b.chi2, err_msg="chi2")
     np.testing.assert_array_equal(a.n_iter, b.n_iter, err_msg="n_iter")
     np.testing.assert_array_equal(a.status, b.status, err_msg="status")
+
+
+def assisted_phase_interrupted_and_resumed(obs: Path, out: Path, settings: Any, nchunks: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_assist`` interrupted in its assisted phase resumes that phase alone.
+
+    The assisted phase (``--init previous``) dies at its 5th chunk, when
+    chunks 0 and 1 are on disk (3 in flight per serial worker); a second run
+    with the same ``settings`` must redo only the ``nchunks`` - done chunks of
+    that phase and leave the reference (``subset.h5``) untouched.
+    """
+    import json
+
+    import stokesflow.orchestrator.run as run_module
+    from stokesflow.orchestrator.assist import run_assist
+    from stokesflow.orchestrator.store import inspect_result, read_result
+
+    calls = {"n": 0}
+    real = run_module.invert_chunk
+
+    def dies_in_assisted(ctx: Any, index: Any, start: int, stop: int) -> Any:
+        if ctx.init.name == "previous":
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+        return real(ctx, index, start, stop)
+
+    monkeypatch.setattr(run_module, "invert_chunk", dies_in_assisted)
+    with pytest.raises(KeyboardInterrupt):
+        run_assist(obs, out, settings)
+    state = json.loads((out / "summary.json").read_text())
+    assert state["done"] == ["subset", "reference", "train", "predict"]
+    info = inspect_result(out / "assisted.h5")
+    assert 0 < info["n_done"] < nchunks and not info["complete"]
+    ref_mtime = (out / "subset.h5").stat().st_mtime_ns
+    monkeypatch.setattr(run_module, "invert_chunk", real)
+    data = run_assist(obs, out, settings)
+    assert data["ran"] == ["assisted"]
+    assert (out / "subset.h5").stat().st_mtime_ns == ref_mtime  # the reference was not redone
+    a = read_result(out / "assisted.h5")
+    assert a.done.all() and a.attrs["runs"] == 2 and a.attrs["chunks_computed"] == nchunks - info["n_done"]

@@ -16,12 +16,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from _orchestrator_helpers import write_hmi_observation  # noqa: E402
+from _orchestrator_helpers import assisted_phase_interrupted_and_resumed, write_hmi_observation  # noqa: E402
 
-import stokesflow.orchestrator.run as run_module  # noqa: E402
 from stokesflow.orchestrator.assist import AssistSettings, run_assist  # noqa: E402
 from stokesflow.orchestrator.errors import OrchestratorError  # noqa: E402
-from stokesflow.orchestrator.store import inspect_result, read_result  # noqa: E402
+from stokesflow.orchestrator.store import read_result  # noqa: E402
 
 FILES = ("subset_obs.h5", "subset.h5", "model.pt", "guess.h5", "assisted.h5", "summary.json")
 
@@ -67,31 +66,8 @@ def test_end_to_end_serial(obs, tmp_path):
 
 
 def test_interrupted_mid_phase_resumes(obs, tmp_path, monkeypatch):
-    d = tmp_path / "loop"
-    calls = {"n": 0}
-    real = run_module.invert_chunk
-
-    def dies_in_assisted(ctx, index, start, stop):
-        if ctx.init.name == "previous":
-            calls["n"] += 1
-            if calls["n"] == 5:  # chunks 0 and 1 are on disk by then (3 in flight per serial worker)
-                raise KeyboardInterrupt
-        return real(ctx, index, start, stop)
-
-    monkeypatch.setattr(run_module, "invert_chunk", dies_in_assisted)
-    with pytest.raises(KeyboardInterrupt):
-        run_assist(obs, d, _settings(chunk_pixels=32))  # 8 chunks of the 16 x 16 field
-    state = json.loads((d / "summary.json").read_text())
-    assert state["done"] == ["subset", "reference", "train", "predict"]
-    info = inspect_result(d / "assisted.h5")
-    assert 0 < info["n_done"] < 8 and not info["complete"]
-    ref_mtime = (d / "subset.h5").stat().st_mtime_ns
-    monkeypatch.setattr(run_module, "invert_chunk", real)
-    data = run_assist(obs, d, _settings(chunk_pixels=32))
-    assert data["ran"] == ["assisted"]
-    assert (d / "subset.h5").stat().st_mtime_ns == ref_mtime  # the reference was not redone
-    a = read_result(d / "assisted.h5")
-    assert a.done.all() and a.attrs["runs"] == 2 and a.attrs["chunks_computed"] == 8 - info["n_done"]
+    assisted_phase_interrupted_and_resumed(obs, tmp_path / "loop", _settings(chunk_pixels=32), 8,  # 16 x 16 field
+                                           monkeypatch)
 
 
 def test_killed_during_training_resumes(obs, tmp_path):

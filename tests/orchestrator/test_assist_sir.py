@@ -116,28 +116,10 @@ def test_assist_sir_with_kmeans_is_refused_before_any_work(obs, tmp_path):
 
 
 def test_assist_sir_interrupted_mid_phase_resumes(obs, tmp_path, monkeypatch):
-    d = tmp_path / "loop"
-    calls = {"n": 0}
-    real = run_module.invert_chunk
+    from _orchestrator_helpers import assisted_phase_interrupted_and_resumed
 
-    def dies_in_assisted(ctx, index, start, stop):
-        if ctx.init.name == "previous":
-            calls["n"] += 1
-            if calls["n"] == 5:  # chunks 0 and 1 are on disk by then (3 in flight per serial worker)
-                raise KeyboardInterrupt
-        return real(ctx, index, start, stop)
-
-    monkeypatch.setattr(run_module, "invert_chunk", dies_in_assisted)
-    with pytest.raises(KeyboardInterrupt):
-        run_assist(obs, d, _settings(chunk_pixels=4))  # 6 chunks of the 4 x 6 field
-    assert json.loads((d / "summary.json").read_text())["done"] == ["subset", "reference", "train", "predict"]
-    info = inspect_result(d / "assisted.h5")
-    assert 0 < info["n_done"] < 6 and not info["complete"]
-    monkeypatch.setattr(run_module, "invert_chunk", real)
-    data = run_assist(obs, d, _settings(chunk_pixels=4))
-    assert data["ran"] == ["assisted"]
-    a = read_result(d / "assisted.h5")
-    assert a.done.all() and a.attrs["runs"] == 2 and a.attrs["chunks_computed"] == 6 - info["n_done"]
+    assisted_phase_interrupted_and_resumed(obs, tmp_path / "loop", _settings(chunk_pixels=4), 6,  # 4 x 6 field
+                                           monkeypatch)
 
 
 @pytest.fixture(scope="module")
