@@ -80,6 +80,9 @@ diagonal (no sensitivity, no regularisation) gets sigma NaN; if the rest is
 singular (a Cholesky pivot below ``COV_PIVOT_REL`` = 1e-13 of its diagonal)
 all sigmas are NaN. If ``scale_covar`` the covariance is multiplied by the
 reduced data chi2 (lmfit's convention), i.e. sigma by its square root.
+A start stopped by the ``sigma_tol`` rule reuses the covariance that rule has
+just computed at the same point (same matrix, same factor; bit-identical),
+instead of factorising the matrix once more (0.7 us of a 9-parameter pixel).
 
 Caching (measured with numba 0.68.1, see tests/lm_solver/test_lm_cache.py)
 -------------------------------------------------------------------------------
@@ -594,6 +597,8 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
             lam = LAMBDA_INIT
             nu = 2.0
             status = STATUS_MAX_ITER
+            # sig holds the covariance of the final a (scaled coordinates) when the sigma rule stopped
+            sig_ready = False
             it = 0
             while it < max_iter:
                 it += 1
@@ -692,6 +697,7 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
                     if sigma_tol > 0.0 and _step_within_sigma(a, de, chi2d / dof if scale_covar else 1.0,
                                                               sigma_tol, unit, m, idx, z, sig):
                         status = STATUS_OK
+                        sig_ready = True
                         break
                 else:
                     lam *= nu
@@ -708,10 +714,16 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
                 redchi = chi2d / dof
                 for k in range(npar):
                     out_p[ip, k] = q[k] * scale[k]
-                sigma_from_normal_impl(a, scale, redchi if scale_covar else 1.0,
-                                       m, idx, z, sig)
-                for k in range(npar):
-                    out_sigma[ip, k] = sig[k]
+                if sig_ready:
+                    # the sigma rule's covariance is this one (same a, same factor) with unit
+                    # scales: scale_k * (1 * s) is bit-identical to what the call below returns
+                    for k in range(npar):
+                        out_sigma[ip, k] = scale[k] * sig[k]
+                else:
+                    sigma_from_normal_impl(a, scale, redchi if scale_covar else 1.0,
+                                           m, idx, z, sig)
+                    for k in range(npar):
+                        out_sigma[ip, k] = sig[k]
                 out_chi2[ip] = redchi
             if good_chi2 > 0.0 and out_chi2[ip] <= good_chi2:
                 break

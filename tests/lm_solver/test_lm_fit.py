@@ -28,7 +28,7 @@ from stokesflow.lm_solver import (
     LMOptions,
     fit,
 )
-from stokesflow.lm_solver._kernels import apply_bounds_impl
+from stokesflow.lm_solver._kernels import apply_bounds_impl, normal_equations_impl, sigma_from_normal_impl
 
 
 def synth(ctx: tuple[np.ndarray, np.ndarray], params: np.ndarray) -> np.ndarray:
@@ -511,3 +511,33 @@ def test_sigma_tol_needs_a_wrapper_that_takes_it() -> None:
     np.testing.assert_allclose(res.params[0], [1.0, 2.0], atol=1e-8)
     with pytest.raises(LMError, match="fit_line_impl.*sigma_tol"):
         fit(None, (x,), obs, np.zeros(2), kernel=fit_line_impl, options=LMOptions(sigma_tol=0.1))
+
+
+@pytest.mark.parametrize("scale_covar", [False, True])
+def test_sigma_tol_stop_reports_the_covariance_at_the_solution(scale_covar: bool) -> None:
+    """A fit stopped by the sigma rule reuses the rule's covariance for its sigma.
+
+    It must be the covariance of the undamped normal matrix at the returned
+    point, times the reduced chi2 when scale_covar: recomputed here from
+    scratch (model, normal matrix, inverse) at ``res.params``. Tolerance
+    1e-12 relative: the same arithmetic, up to the reassociation the
+    normal-matrix kernel allows (fastmath reassoc) where it is inlined; a
+    wrong factor, scale or matrix is off by percents.
+    """
+    ctx, obs, p0, kw = _sloppy_problem(200)
+    scale = np.array([1.0, 2.0, 0.2, 5.0, 2.0])
+    res = fit(toy_model_impl, ctx, obs, p0, scale=scale,
+              options=LMOptions(chi2_rtol=1e-10, max_iter=400, sigma_tol=0.1, scale_covar=scale_covar), **kw)
+    assert res.success.mean() > 0.97
+    nobs, npar = obs.shape[1], p0.shape[1]
+    sw = np.full(nobs, 1.0 / 0.05)
+    zero = np.zeros(npar)
+    y, jac = np.empty(nobs), np.empty((nobs, npar))
+    jw, rs, a, g = np.empty((npar, nobs)), np.empty(nobs), np.empty((npar, npar)), np.empty(npar)
+    work, idx, z, sig = np.empty((npar, npar)), np.empty(npar, dtype=np.int64), np.empty(npar), np.empty(npar)
+    for i in np.flatnonzero(res.success):
+        p = np.ascontiguousarray(res.params[i])
+        toy_model_impl(p, ctx, y, jac)
+        normal_equations_impl(jac, y, obs[i], sw, scale, p / scale, zero, zero, jw, rs, a, g)
+        sigma_from_normal_impl(a, scale, res.chi2[i] if scale_covar else 1.0, work, idx, z, sig)
+        np.testing.assert_allclose(res.sigma[i], sig, rtol=1e-12, err_msg=f"pixel {i}")
