@@ -535,7 +535,8 @@ class MEBackend(Backend):
         return p0
 
     def _classical(self, stokes: np.ndarray, wl: np.ndarray, bad: np.ndarray) -> np.ndarray:
-        """Classical estimates (npix, npar); finite defaults for bad pixels."""
+        """Classical estimates (npix, npar); finite defaults for the rows ``bad`` marks (non-finite
+        data, or a complete initial guess that replaces the estimate), which are not estimated."""
         specs = self.parameters
         npix = stokes.shape[0]
         defaults = {"B": 1000.0, "inclination": 90.0, "azimuth": 90.0, "vlos": 0.0, "doppler_width": 30.0,
@@ -826,13 +827,18 @@ class MEBackend(Backend):
         if noise is None:
             noise = self.estimate_noise(stokes[~bad], wl) if (~bad).any() else np.ones(4)
         weights = self._weights(noise, nw)
-        est = self._classical(stokes, wl, bad)
+        given = np.zeros(npix, dtype=bool)
         if init is not None:
             init = params_to_array(init, names) if not isinstance(init, np.ndarray) else np.asarray(init, float)
             if init.shape != (npix, npar):
                 raise BackendError(f"init has shape {init.shape}; expected ({npix}, {npar}) for {list(names)}")
-            ok = np.all(np.isfinite(init), axis=1)
-            est[ok] = init[ok]
+            given = np.all(np.isfinite(init), axis=1)
+        # classical estimates only for the pixels whose guess does not give every parameter: a
+        # complete guess replaces them entirely (every start derives from it), and they cost
+        # 2.4 us per pixel, 15 % of a fit started from a previous result (6 HMI points)
+        est = self._classical(stokes, wl, bad | given)
+        if init is not None:
+            est[given] = init[given]
         o = self.options
         n_starts = int(o.n_starts)
         poor = self.poor_threshold(nw)
