@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from scipy.stats import chi2 as _chi2
+from scipy.special import chdtri  # chi-square inverse survival function; scipy.stats costs ~0.5 s to import
 
 from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
@@ -82,7 +82,7 @@ def poor_chi2_threshold(dof: int, floor: float = POOR_CHI2_FLOOR, tail: float = 
     Hinode-like), the quantile only for fits of one or two points per
     parameter.
     """
-    return max(float(floor), float(_chi2.isf(tail, max(int(dof), 1)) / max(int(dof), 1)))
+    return max(float(floor), float(chdtri(max(int(dof), 1), tail) / max(int(dof), 1)))
 
 
 def _as_noise(value: Any, where: str) -> float | tuple[float, float, float, float] | None:
