@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from scipy.special import chdtri  # chi-square inverse survival function; scipy.stats costs ~0.5 s to import
 
 from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
@@ -47,42 +46,24 @@ from stokesflow.backends.me.estimates import (
 from stokesflow.backends.me.instrument import HMI_OFFSETS_MA, INSTRUMENT_KINDS
 from stokesflow.backends.me.lines import get_lines
 from stokesflow.backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
-from stokesflow.backends.noise import continuum_noise, continuum_points, noise_from_residuals
+from stokesflow.backends.noise import (
+    POOR_CHI2_FLOOR,
+    POOR_CHI2_TAIL,
+    continuum_noise,
+    continuum_points,
+    noise_from_residuals,
+    poor_chi2_threshold,
+)
 from stokesflow.lm_solver import BOUND_MODES, FitResult, LMOptions, fit
 
 __all__ = ["MEOptions", "MEBackend", "POOR_CHI2_FLOOR", "POOR_CHI2_TAIL", "RETRY_RELATIVE", "poor_chi2_threshold"]
 
 _STOKES_WEIGHT_DEFAULT = (1.0, 1.0, 1.0, 1.0)
 
-#: Tail probability of the automatic poor-fit threshold: a fit is poor when its
-#: reduced chi2 exceeds the (1 - 1e-6) quantile of chi2(dof) / dof, i.e. a value
-#: that noise alone reaches once in a million pixels.
-POOR_CHI2_TAIL = 1e-6
-#: Floor of the automatic poor-fit threshold [reduced chi2], i.e. an rms
-#: residual of 10 noise sigma. Real data carry model error the noise does not
-#: (an ME atmosphere for a stratified one, line data, instrument profiles), so
-#: the noise quantile alone (3.8 for 15 dof, 1.35 for 439) would flag them: ME
-#: fits of the SIR sample (LTE, gradients; noise 1e-3) reach a reduced chi2 of
-#: 66 (median 20) with the field right, while the wrong minima of the HMI
-#: sunspot of issue 6 (B off by > 1000 G) sat at 2,300-13,000.
-POOR_CHI2_FLOOR = 100.0
-
-
 #: A pixel above good_chi2 gets extra starts when its reduced chi2 is also above
 #: this many times the median of the converged pixels fitted with it (or above
 #: the poor-fit threshold).
 RETRY_RELATIVE = 3.0
-
-
-def poor_chi2_threshold(dof: int, floor: float = POOR_CHI2_FLOOR, tail: float = POOR_CHI2_TAIL) -> float:
-    """Automatic poor-fit threshold in reduced chi2 for ``dof`` degrees of freedom.
-
-    ``max(floor, chi2.isf(tail, dof) / dof)``: the floor (100) for every grid
-    in use (the 1e-6 quantile is 3.8 for 15 dof, HMI-like; 1.35 for 439,
-    Hinode-like), the quantile only for fits of one or two points per
-    parameter.
-    """
-    return max(float(floor), float(chdtri(max(int(dof), 1), tail) / max(int(dof), 1)))
 
 
 def _as_noise(value: Any, where: str) -> float | tuple[float, float, float, float] | None:

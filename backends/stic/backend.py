@@ -44,6 +44,7 @@ from stokesflow.backends.base import (
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     STATUS_OK,
+    STATUS_POOR_FIT,
     Backend,
     ChunkResult,
     ConfigError,
@@ -51,6 +52,7 @@ from stokesflow.backends.base import (
     named_params,
     one_pixel_trial,
 )
+from stokesflow.backends.noise import poor_chi2_threshold
 from stokesflow.backends.rh import io as rh_io
 from stokesflow.backends.rh.backend import DEFAULT_MOLECULES, kept_folder_note, profiles_or_raise
 from stokesflow.backends.rh.errors import RHError
@@ -290,6 +292,14 @@ class STiCOptions:
         Depth of the 2-D maps (``/params/<name>``) of the stratified quantities.
     seed_nodes : tuple of float
         log tau_500 of the node columns an initial guess may give (``"T@-2"``, ...).
+    poor_chi2 : float, optional
+        Reduced chi2 (statistical units) above which a fit that ended is flagged
+        ``poor fit`` (status 4, results kept). Default: the ME backend's rule,
+        :func:`stokesflow.backends.noise.poor_chi2_threshold` (100 for every
+        grid in use). STiC reports no convergence of its own: on two umbral
+        pixels of the shared SIR sample, the one-cycle ``assisted`` strategy
+        from HSRA ended at B = 5000 G (the bound) with reduced chi2 5,087 and
+        586, which this flags.
     """
 
     executable: str | None = None
@@ -320,9 +330,12 @@ class STiCOptions:
     isolate_failures: bool = True
     reference_log_tau: float = -1.0
     seed_nodes: tuple[float, ...] = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0)
+    poor_chi2: float | None = None
 
     def __post_init__(self) -> None:
         w = "[backend.stic]"
+        if self.poor_chi2 is not None and not self.poor_chi2 > 0:
+            raise ConfigError(f"{w} poor_chi2 must be > 0 (reduced chi2), got {self.poor_chi2!r}")
         if self.ranks < MIN_RANKS:
             raise ConfigError(f"{w} ranks: STiC needs at least {MIN_RANKS} MPI ranks (with 1 it writes zeros), "
                               f"got {self.ranks} (-B ranks=2)")
@@ -837,6 +850,8 @@ class STiCBackend(Backend):
             cols = [self._model_for(None if init is None else np.asarray(init[i], dtype=float), inversion=True) for i in range(npix)]
             models = io.STiCModel(**{n: np.concatenate([getattr(c, n) for c in cols]) for n in io.STiCModel.REQUIRED})
             nfree = sum(strategy.nodes_of_cycle(strategy.cycles - 1).values())
+            poor = (float(self.options.poor_chi2) if self.options.poor_chi2 is not None
+                    else poor_chi2_threshold(4 * nw - nfree))
             with ScratchFolder("stokesflow-stic-", self.options.scratch) as folder:
                 res = self._invert_pixels(folder, models, stokes, sigma, regions, strategy, idx)
             for i, r in res.items():
@@ -847,7 +862,7 @@ class STiCBackend(Backend):
                 self._fill(i, model, strat, params)
                 synthetic[i] = fit
                 chi2[i] = float(np.sum(((stokes[i] - fit) / sigma.T) ** 2) / max(1, 4 * nw - nfree))
-                status[i] = STATUS_OK
+                status[i] = STATUS_OK if chi2[i] <= poor else STATUS_POOR_FIT
         return ChunkResult(
             names, params, np.full_like(params, np.nan), chi2, np.zeros(npix, dtype=np.int32), status, synthetic,
             errors, log_tau=lt.copy(), stratified=strat,

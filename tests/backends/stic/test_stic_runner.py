@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_unavailable_until_configured
-from stokesflow.backends import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, get_backend, list_backends
+from stokesflow.backends import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_POOR_FIT, get_backend, list_backends
 from stokesflow.backends.base import ConfigError
 from stokesflow.backends.registry import BUILTIN_BACKENDS, PLANNED_BACKENDS
 from stokesflow.backends.stic import io
@@ -29,7 +29,8 @@ from _stic_doubles import stic_double  # noqa: F401 - the fixture
 
 WL = 6302.4931 + 0.02 * np.arange(-10, 11)  # [A, air]
 #: vmic [km/s] that makes the double fail its run or its pixel (its vturb code [cm/s] / 1e5).
-MODES = {"crash": 0.9001, "fatal": 0.9002, "missing": 0.9003, "hang": 0.9004, "nan": 0.9005, "zeros": 0.9006}
+MODES = {"crash": 0.9001, "fatal": 0.9002, "missing": 0.9003, "hang": 0.9004, "nan": 0.9005, "zeros": 0.9006,
+         "misfit": 0.9007}
 
 
 def _params(modes: list[str]) -> dict[str, np.ndarray]:
@@ -175,6 +176,24 @@ def test_inversion_chains_cycles_and_maps_the_results(stic_double):
     assert r.chi2[0] == 0.0 and np.all(np.isnan(r.sigma))
     np.testing.assert_allclose(r.synthetic[0], obs[0], rtol=1e-6)
     assert np.all(np.isnan(r.stratified["Pe"][0]))  # the double writes no nne
+
+
+def test_a_fit_far_above_the_noise_is_flagged_poor(stic_double):
+    """The double's fit of a 'misfit' pixel is 0.02 (20 noise sigma) above the observation: reduced chi2
+    400 x 84 points / (84 - free parameters), above the default threshold (100): status 4, results kept; its
+    neighbour fits exactly (chi2 0)."""
+    b = STiCBackend({**stic_double, "strategy": "assisted", "noise": 1e-3})
+    obs = b.synthesize(_params(["ok", "ok"]), WL)
+    init = _init(b, ["ok", "misfit"])
+    r = b.invert(obs, WL, init)
+    assert r.status.tolist() == [STATUS_OK, STATUS_POOR_FIT] and r.chi2[0] == 0.0
+    nfree = sum(STRATEGIES["assisted"].nodes_of_cycle(0).values())
+    assert r.chi2[1] == pytest.approx(400.0 * 4 * WL.size / (4 * WL.size - nfree), rel=1e-9)
+    assert r.param("B")[1] == pytest.approx(600.0)
+    r2 = STiCBackend({**stic_double, "strategy": "assisted", "noise": 1e-3, "poor_chi2": 1000.0}).invert(obs, WL, init)
+    assert r2.status.tolist() == [STATUS_OK, STATUS_OK]
+    with pytest.raises(ConfigError, match=r"poor_chi2 must be > 0 \(reduced chi2\), got -1"):
+        STiCBackend({**stic_double, "poor_chi2": -1.0})
 
 
 def test_inversion_run_failure_is_isolated(stic_double):

@@ -10,7 +10,8 @@ chosen per pixel by the model's vturb at the top [cm/s]:
 - 90030: exit 0 without writing any output;
 - 90040: hangs (until the runner's time-out kills it);
 - 90050: that pixel's profiles and model are NaN (a diverged fit), the others fine;
-- 90060: that pixel's profiles are all zero (never computed).
+- 90060: that pixel's profiles are all zero (never computed);
+- 90070: that pixel's fit is 0.02 above the observation (a wrong minimum; inversion only).
 
 With 1 rank (``RH_DOUBLE_RANKS=1`` from the mpiexec test double) every pixel
 is zero, as STiC on 1 rank. Synthesis (mode 2): I = 1 - 0.5 exp(-(dl/0.1 A)^2)
@@ -93,6 +94,8 @@ def main():
         model["temp"][i] = np.nan
     for i in np.flatnonzero(codes == 90060):
         prof[i] = 0.0
+    if mode == 1:
+        prof[codes == 90070] += 0.02
     if os.environ.get("RH_DOUBLE_RANKS") == "1":
         prof[:] = 0.0
     out = np.transpose(prof, (0, 2, 1)).reshape(1, 1, npix, wl.size, 4)
