@@ -667,8 +667,11 @@ class STiCBackend(Backend):
                 prof, reason = self._run_once(folder, m, [io.Region(wc, 0.01, 1, 1.0)], self.strategy_nodes(None), 2,
                                               None, None, 1)
             if reason or prof is None or not (np.isfinite(prof[0, 0, 0]) and prof[0, 0, 0] > 0):
+                launcher = resolve_stic_mpiexec(self.options.mpiexec)
                 raise STiCError(f"STiC's continuum of the guess model at {wc} A failed: {reason or 'not positive'}; "
-                                "give the intensity unit with -B continuum=...")
+                                f"if {launcher} is not the mpiexec of the MPI STiC was built with, each rank runs "
+                                "alone: give -B mpiexec=... or STOKESFLOW_STIC_MPIEXEC; otherwise give the intensity "
+                                "unit with -B continuum=...")
             cache[wc] = float(prof[0, 0, 0])
         return cache[wc]
 

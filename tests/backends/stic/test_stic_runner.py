@@ -11,6 +11,7 @@ neighbours are unaffected.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,17 @@ def test_nlte_inputs_are_rh_files_written_by_the_rh_writers(stic_double, tmp_pat
     assert len(rh_io.parse_molecules((kept / "molecules.input").read_text())) == len(_MOLECULES_DEFAULT)
     with pytest.raises(STiCError, match="has no Atoms/"):
         STiCBackend({**stic_double, "atmosphere": "nlte", "atoms": ["H_6.atom"], "stic_data": str(tmp_path)}).setup()
+
+
+def test_a_launcher_of_another_mpi_is_named_in_the_error(stic_double, tmp_path):
+    """Under the mpiexec of another MPI every rank runs alone (STiC on 1 rank writes zeros): the continuum run
+    fails, and the error names the launcher and how to give the right one."""
+    wrong = tmp_path / "other_mpi" / "mpiexec"
+    wrong.parent.mkdir()
+    wrong.write_text('#!/bin/sh\nshift 2\nRH_DOUBLE_RANKS=1 exec "$@"\n')  # drops "-n K", runs one rank alone
+    wrong.chmod(0o755)
+    opts = {k: v for k, v in stic_double.items() if k != "continuum"}  # the continuum run is what fails
+    b = STiCBackend({**opts, "mpiexec": str(wrong), "strategy": "assisted"})
+    with pytest.raises(STiCError, match=rf"continuum of the guess model .* if {re.escape(str(wrong))} is not the "
+                                        r"mpiexec of the MPI STiC was built with, .* -B mpiexec="):
+        b.continuum(WL)
