@@ -22,7 +22,7 @@ finished phases and, inside a phase, the finished chunks or epochs):
 5. ``assisted``: the whole field inverted from those guesses (``--init
    previous -I file=guess.h5``) with the short strategy
    (:func:`default_short_options`: ME one start and the statistical step rule
-   ``sigma_tol``; SIR and DeSIRe ``strategy=assisted``, one cycle) -> ``DIR/assisted.h5``.
+   ``sigma_tol``; SIR and DeSIRe ``strategy=assisted_me``, one cycle) -> ``DIR/assisted.h5``.
 6. ``baseline`` (with ``baseline=True``): the whole field inverted the
    classical way (:func:`default_baseline_options`: ME its defaults; SIR and
    DeSIRe ``strategy=reference`` from the built-in guess model) -> ``DIR/baseline.h5``.
@@ -130,7 +130,7 @@ def default_short_options(backend: str = "me") -> dict[str, Any]:
 
     ME: one start (``n_starts = 1``; the backend's retries of misfit pixels stay
     on, they guard against a guess in a wrong minimum) and the statistical step
-    rule ``sigma_tol = SHORT_SIGMA_TOL``. SIR, DeSIRe: ``strategy=assisted``
+    rule ``sigma_tol = SHORT_SIGMA_TOL``. SIR, DeSIRe: ``strategy=assisted_me``
     (one cycle). See :data:`ASSIST_STRATEGIES`.
     """
     opts = _strategy(backend, "short")
@@ -189,7 +189,7 @@ class AssistSettings:
     short_options : dict, optional
         Added for the assisted inversion. Default (None):
         :func:`default_short_options` of ``backend``: one start and, with the
-        ME backend, the statistical step rule ``sigma_tol``; SIR ``strategy=assisted``.
+        ME backend, the statistical step rule ``sigma_tol``; SIR ``strategy=assisted_me``.
     baseline_options : dict, optional
         Added for the baseline. Default (None): :func:`default_baseline_options`
         of ``backend``. Not part of :meth:`identity` (like ``baseline``).
@@ -459,10 +459,9 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     s = settings or AssistSettings()
     d = Path(out_dir)
     obs = open_observation(input_path)
-    if s.model == "kmeans" and s.backend != "me":
-        if _depth_stratified(s):
-            raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
-                                    "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
+    if s.model == "kmeans" and _depth_stratified(s):
+        raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
+                                "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
     if overwrite and d.exists():
         for f in d.iterdir():
             if f.is_file():
