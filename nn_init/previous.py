@@ -158,12 +158,29 @@ class PreviousInit(InitProvider):
     def initial_guess(self, stokes, wavelength, *, start, stop):  # noqa: D102 - see base
         if self.shape is None or self._names is None:
             raise InitError("PreviousInit.initial_guess called before bind(backend)")
+        if stokes.shape[0] != stop - start:
+            raise InitError(f"[init.previous] got {stokes.shape[0]} spectra for pixels {start}..{stop}")
+        return self.read_columns(start, stop)
+
+    def read_columns(self, start: int, stop: int) -> np.ndarray:
+        """The bound backend's init columns (npix, ncol) for flat pixels ``start..stop`` of the file.
+
+        What :meth:`initial_guess` returns, without the spectra: the parameter maps of the file in
+        their columns, stratified maps interpolated to the node columns, NaN where a column is not
+        given or the pixel's ``/status`` is one of :data:`UNUSABLE_STATUS`. Used by the assist loop
+        to merge an ME result into a network's guesses (:func:`stokesflow.orchestrator.predict.seed_guess`).
+
+        Raises
+        ------
+        InitError
+            Not bound, or a pixel range beyond the file.
+        """
+        if self.shape is None or self._names is None:
+            raise InitError("PreviousInit.read_columns called before bind(backend)")
         ny, nx = self.shape
         if not 0 <= start <= stop <= ny * nx:
             raise InitError(f"[init.previous] {self.path} holds {ny} x {nx} = {ny * nx} pixels, asked for pixels "
                             f"{start}..{stop}: the observation is larger than the file's field")
-        if stokes.shape[0] != stop - start:
-            raise InitError(f"[init.previous] got {stokes.shape[0]} spectra for pixels {start}..{stop}")
         y0, y1 = start // nx, (stop - 1) // nx + 1 if stop > start else start // nx
         off = start - y0 * nx
         columns = self._columns or self._names

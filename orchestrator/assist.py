@@ -16,14 +16,23 @@ finished phases and, inside a phase, the finished chunks or epochs):
    executor -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
    inverted with ``--synthetic`` and its well-fitted pixels become a look-up
    database of representative profiles -> ``DIR/kmeans.h5``.
-4. ``predict``: the network's parameters (or the best-matching
+4. ``me_seed`` (with ``me_seed``, a depth-stratified backend: SIR, DeSIRe): the
+   whole field inverted with the ME backend (its defaults; about 1000x cheaper
+   per pixel than SIR) -> ``DIR/me_seed.h5``.
+5. ``predict``: the network's parameters (or the best-matching
    representative's, with its chi2 as a quality map) for every pixel, as
-   chunk tasks -> ``DIR/guess.h5``.
-5. ``assisted``: the whole field inverted from those guesses (``--init
+   chunk tasks -> ``DIR/guess.h5``. With ``me_seed``: the network's guesses
+   go to ``DIR/network_guess.h5`` and ``DIR/guess.h5`` is that file with the
+   backend's ``seed_parameters`` (B, inclination, azimuth, vlos) taken from
+   the ME result, constant over the nodes, where its fit is usable
+   (:func:`stokesflow.orchestrator.predict.seed_guess`, which reads the ME
+   result as ``--init previous`` does): the short phase starts from the ME
+   field and velocity and the network's T, vmic and vmac.
+6. ``assisted``: the whole field inverted from those guesses (``--init
    previous -I file=guess.h5``) with the short strategy
    (:func:`default_short_options`: ME one start and the statistical step rule
    ``sigma_tol``; SIR and DeSIRe ``strategy=assisted_me``, one cycle) -> ``DIR/assisted.h5``.
-6. ``baseline`` (with ``baseline=True``): the whole field inverted the
+7. ``baseline`` (with ``baseline=True``): the whole field inverted the
    classical way (:func:`default_baseline_options`: ME its defaults; SIR and
    DeSIRe ``strategy=reference`` from the built-in guess model) -> ``DIR/baseline.h5``.
 
@@ -37,7 +46,8 @@ shared SIR sample).
 Then ``DIR/summary.json`` (seconds per phase under ``phases``, the driver
 process's CPU seconds per phase under ``phases_cpu``, total LM
 iterations under ``lm_iterations``, chi2, Pearson correlations against the
-baseline and the truth, speed-ups) and ``DIR/report/``.
+baseline and the truth, speed-ups: ``speedup.wall_assisted`` is the
+baseline's seconds over those of ``assisted`` plus ``me_seed``) and ``DIR/report/``.
 """
 
 from __future__ import annotations
@@ -54,13 +64,13 @@ import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "SUMMARY_LOG_TAU", "AssistSettings",
+__all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "ME_SEED_DEFAULT", "SUMMARY_LOG_TAU", "AssistSettings",
            "default_reference_options", "default_short_options", "default_baseline_options", "make_subset",
-           "run_assist", "default_subset_bounds"]
+           "run_assist", "default_subset_bounds", "default_me_seed"]
 
 log = logging.getLogger("stokesflow.assist")
 
-PHASES = ("subset", "reference", "train", "predict", "assisted", "baseline")
+PHASES = ("subset", "reference", "train", "me_seed", "predict", "assisted", "baseline")
 
 
 #: Statistical step tolerance of the short strategy [sigma]: the assisted
@@ -95,6 +105,11 @@ ASSIST_STRATEGIES: dict[str, dict[str, dict[str, Any]]] = {
     "desire": {"reference": {"strategy": "reference"}, "short": {"strategy": "assisted_me"},
                "baseline": {"strategy": "reference"}},
 }
+
+#: Whether the loop seeds the short phase's field and velocity from an ME inversion of the whole
+#: field (phase ``me_seed``), per backend; a backend not listed: no. Only a backend with
+#: ``seed_parameters`` takes a seed (SIR, DeSIRe).
+ME_SEED_DEFAULT: dict[str, bool] = {"sir": False, "desire": False}
 
 #: Depth [log tau_500] at which the summary compares depth-stratified results (agreement, truth).
 SUMMARY_LOG_TAU = -1.0
@@ -137,6 +152,11 @@ def default_short_options(backend: str = "me") -> dict[str, Any]:
     if _backend_has_option(backend, "sigma_tol"):
         opts["sigma_tol"] = SHORT_SIGMA_TOL
     return opts
+
+
+def default_me_seed(backend: str = "me") -> bool:
+    """Whether the loop of ``backend`` runs the ``me_seed`` phase by default (:data:`ME_SEED_DEFAULT`)."""
+    return bool(ME_SEED_DEFAULT.get(backend, False))
 
 
 def default_subset_bounds(backend: str = "me", model: str = "cnn") -> tuple[int, int]:
@@ -193,6 +213,11 @@ class AssistSettings:
     baseline_options : dict, optional
         Added for the baseline. Default (None): :func:`default_baseline_options`
         of ``backend``. Not part of :meth:`identity` (like ``baseline``).
+    me_seed : bool, optional
+        Invert the whole field with the ME backend (phase ``me_seed``) and start the short phase
+        from the ME result's field and velocity (the backend's ``seed_parameters``) with the
+        network's other columns. Only for a backend with ``seed_parameters`` (SIR, DeSIRe).
+        Default (None): :func:`default_me_seed` of ``backend``.
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
@@ -217,6 +242,7 @@ class AssistSettings:
     reference_options: dict[str, Any] | None = None
     short_options: dict[str, Any] | None = None
     baseline_options: dict[str, Any] | None = None
+    me_seed: bool | None = None
     cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
     chunk_pixels: int = 0
     progress: str = "auto"
@@ -229,6 +255,8 @@ class AssistSettings:
             object.__setattr__(self, "short_options", default_short_options(self.backend))
         if self.baseline_options is None:
             object.__setattr__(self, "baseline_options", default_baseline_options(self.backend))
+        if self.me_seed is None:
+            object.__setattr__(self, "me_seed", default_me_seed(self.backend))
         if not 0 < self.subset <= 1:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         lo, hi = default_subset_bounds(self.backend, self.model)
@@ -414,17 +442,20 @@ def _depth_stratified(s: AssistSettings) -> bool:
 
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
             init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False,
-            executor: Any = None) -> Any:
+            executor: Any = None, backend: str | None = None) -> Any:
+    """Invert ``obs_path`` into ``out`` (resumed when it exists) with the loop's backend and
+    ``backend_options`` plus ``options``; with ``backend`` given, that backend with ``options`` alone."""
     from stokesflow.orchestrator.config import load_config
     from stokesflow.orchestrator.run import run_inversion
 
     resume = out.exists()
+    name, opts = (s.backend, {**s.backend_options, **options}) if backend is None else (backend, dict(options))
     layer: dict[str, Any] = {
         "input": {"path": str(obs_path)},
         "output": {"path": str(out), "resume": resume, "overwrite": False, "synthetic": synthetic},
-        "run": {"backend": s.backend, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
+        "run": {"backend": name, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
         "cluster": dict(s.cluster),
-        "backend": {s.backend: {**s.backend_options, **options}},
+        "backend": {name: opts},
     }
     if noise is not None:
         layer["input"]["noise"] = noise
@@ -462,6 +493,10 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if s.model == "kmeans" and _depth_stratified(s):
         raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
                                 "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
+    if s.me_seed and not _seed_parameters(s):
+        raise OrchestratorError(f"me_seed: backend {s.backend!r} takes no seed from an ME result (no "
+                                "seed_parameters); the ME seed is for a depth-stratified backend (sir, desire): "
+                                "turn it off (me_seed=False)")
     if overwrite and d.exists():
         for f in d.iterdir():
             if f.is_file():
@@ -470,7 +505,8 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     st = _State(d / "summary.json", s.identity(), str(obs.path))
     model_file = "kmeans.h5" if s.model == "kmeans" else "model.pt"
     paths = {"subset_obs": d / "subset_obs.h5", "subset": d / "subset.h5", "model": d / model_file,
-             "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5"}
+             "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5",
+             "me_seed": d / "me_seed.h5", "network_guess": d / "network_guess.h5"}
     ran: list[str] = []
 
     def phase(name: str, fn: Callable[[], Any]) -> Any:
@@ -499,7 +535,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     # initialised once and only the driver rank runs the phases (and writes their files).
     from stokesflow.clusters import ClusterSpec, open_executor
 
-    phases = ["subset", "reference", "train", "predict", "assisted"] + (["baseline"] if s.baseline else [])
+    phases = [p for p in PHASES[:-1] if p != "me_seed" or s.me_seed] + (["baseline"] if s.baseline else [])
     if not all(st.done(p) for p in phases):
         with open_executor(ClusterSpec.from_mapping(dict(s.cluster))) as ex:
             phase("subset", subset)
@@ -540,13 +576,23 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
             st.data["training"]["calibration_curve"] = summary["calibration_curve"]
 
     phase("train", train)
+    if s.me_seed:  # the ME inversion of the whole field, with the ME backend's defaults
+        phase("me_seed", lambda: _invert(s, Path(obs.path), paths["me_seed"], options={}, noise=noise,
+                                         executor=ex, backend="me"))
 
     def predict() -> None:
-        res = predict_observation(obs.path, paths["model"], paths["guess"], cluster=s.cluster,
-                                  chunk_pixels=s.chunk_pixels, resume=paths["guess"].exists(),
+        net = paths["network_guess"] if s.me_seed else paths["guess"]
+        res = predict_observation(obs.path, paths["model"], net, cluster=s.cluster,
+                                  chunk_pixels=s.chunk_pixels, resume=net.exists(),
                                   threads=s.threads or None, executor=ex,
                                   columns=None if s.model == "kmeans" else _init_columns(s))
         st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
+        if s.me_seed:
+            from stokesflow.backends import get_backend
+            from stokesflow.orchestrator.predict import seed_guess
+
+            merged = seed_guess(net, paths["me_seed"], paths["guess"], get_backend(s.backend, dict(s.backend_options)))
+            st.data["predict"]["me_seed"] = {k: merged[k] for k in ("parameters", "pixels")}
 
     phase("predict", predict)
     phase("assisted", lambda: _invert(s, Path(obs.path), paths["assisted"], options=s.short_options,
@@ -555,6 +601,13 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
     if s.baseline:
         phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options=dict(s.baseline_options or {}),
                                           noise=noise, executor=ex))
+
+
+def _seed_parameters(s: AssistSettings) -> tuple[str, ...]:
+    """What the loop's backend takes from an ME seed (``seed_parameters``; empty: no seed)."""
+    from stokesflow.backends import get_backend_class
+
+    return tuple(getattr(get_backend_class(s.backend, dict(s.backend_options)), "seed_parameters", ()) or ())
 
 
 def _init_columns(s: AssistSettings) -> tuple[str, ...]:
@@ -605,24 +658,30 @@ def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) 
     if paths["baseline"].exists() and st.done("baseline"):
         runs["baseline"] = _read_maps(paths["baseline"])
     guess = _read_maps(paths["guess"])
+    network = _read_maps(paths["network_guess"]) if st.done("me_seed") and paths["network_guess"].exists() else None
     out: dict[str, Any] = {
         "lm_iterations": {k: iteration_stats(r)["total"] for k, r in runs.items()},
         "iterations": {k: iteration_stats(r) for k, r in runs.items()},
         "chi2": {k: chi2_stats(r) for k, r in runs.items()},
     }
     ph = st.data["phases"]
-    out["loop_seconds"] = float(sum(ph.get(p, 0.0) for p in PHASES[:5]))
+    out["loop_seconds"] = float(sum(ph.get(p, 0.0) for p in PHASES[:-1]))
     if "baseline" in runs:
         b = runs["baseline"]
         out["agreement_with_baseline"] = {"assisted": agreement(runs["assisted"], b),
                                           "guess": agreement(guess, b)}
+        if network is not None:
+            out["agreement_with_baseline"]["network_guess"] = agreement(network, b)
         out["speedup"] = {
             "iterations": out["lm_iterations"]["baseline"] / max(1, out["lm_iterations"]["assisted"]),
-            "wall_assisted": ph.get("baseline", 0.0) / max(1e-9, ph.get("assisted", 0.0)),
+            # the ME seed is part of what the short phase's start costs
+            "wall_assisted": ph.get("baseline", 0.0) / max(1e-9, ph.get("assisted", 0.0) + ph.get("me_seed", 0.0)),
             "wall_loop": ph.get("baseline", 0.0) / max(1e-9, out["loop_seconds"]),
         }
     truth = obs.read_truth()
     if truth:
         out["truth"] = {k: truth_metrics(r, truth) for k, r in runs.items() if k != "reference"}
         out["truth"]["guess"] = truth_metrics(guess, truth)
+        if network is not None:
+            out["truth"]["network_guess"] = truth_metrics(network, truth)
     return out

@@ -26,6 +26,11 @@ attribute ``columns`` lists the model's columns. ``--init previous -I
 file=guess.h5`` reads those nodes back into the backend's init columns (exactly
 at the nodes, linearly between them for a run with other ``seed_nodes``).
 
+:func:`seed_guess` merges a seed (an ME result) into such a file: the
+backend's ``seed_parameters`` (SIR: B, inclination, azimuth, vlos) from the
+seed, constant over the nodes, the network's other columns kept (``stokesflow
+assist --backend sir``'s ME seed).
+
 The model may also be a k-means database (:mod:`stokesflow.orchestrator.kmeans_db`):
 each pixel then gets the parameters of its best-matching representative, and
 ``/chi2`` holds that match's reduced chi2 (a quality map of the look-up).
@@ -48,7 +53,7 @@ from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.store import ChunkOutput, ResultStore
 
-__all__ = ["UNET_HALO", "GuessLayout", "predict_chunk", "predict_unet_band", "predict_observation"]
+__all__ = ["UNET_HALO", "GuessLayout", "predict_chunk", "predict_unet_band", "predict_observation", "seed_guess"]
 
 #: Rows of context read above and below a unet band [pixels] (twice the network's receptive half-width).
 UNET_HALO = 48
@@ -321,3 +326,82 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         store.finalize({"time_predict_s": t_pred, "time_total_s": time.perf_counter() - t0})
     npix = int(sum(c.npix for c in pending))
     return {"out": str(out), "pixels": npix, "seconds": t_pred, "pixels_per_s": npix / t_pred if t_pred > 0 else 0.0}
+
+
+def seed_guess(guess: str | os.PathLike[str], seed: str | os.PathLike[str], out: str | os.PathLike[str],
+               backend: Any) -> dict[str, Any]:
+    """Write ``out``: the guesses of ``guess`` with ``backend.seed_parameters`` taken from ``seed``.
+
+    The seed is read exactly as ``--init previous -I file=SEED`` reads it for ``backend``
+    (:meth:`stokesflow.nn_init.previous.PreviousInit.read_columns`: an ME result's B,
+    inclination, azimuth and vlos maps in the backend's units, NaN where the seed's fit failed,
+    was skipped or was not run), and each seeded quantity replaces the guess at every node (a
+    stratified map of ``guess``, (ny, nx, nnodes)) or its map ((ny, nx)), so the backend builds
+    the same constant-with-height start as from the seed alone (:meth:`SIRBackend._model_for`:
+    B at least ``B_FLOOR``, the azimuth modulo 180 deg). Where the seed gives no value the
+    guess's own values stay. ``out`` is written whole and then renamed (a rerun rewrites it).
+
+    Parameters
+    ----------
+    guess : path
+        Guesses in the result-file layout (:func:`predict_observation` of a model trained on a
+        depth-stratified backend: ``/log_tau`` = its nodes).
+    seed : path
+        A result file with (ny, nx) maps of the seed parameters (``stokesflow invert --backend me``).
+    out : path
+        The merged guesses (may not be ``guess``).
+    backend : Backend
+        The backend the guesses are for; its ``seed_parameters`` name what the seed gives.
+
+    Returns
+    -------
+    dict
+        ``parameters`` (the seeded quantities), ``pixels`` (pixels with a usable seed),
+        ``seconds``.
+
+    Raises
+    ------
+    InitError
+        A seed that lacks a seed parameter, holds one in other units or has another field size.
+    OrchestratorError
+        A backend without ``seed_parameters``, or ``out`` equal to ``guess``.
+    """
+    import shutil
+
+    import h5py
+
+    from stokesflow.nn_init.previous import PreviousInit
+
+    t0 = time.perf_counter()
+    names = tuple(getattr(backend, "seed_parameters", ()) or ())
+    if not names:
+        raise OrchestratorError(f"backend {backend.name!r} names no seed_parameters: an ME seed applies to a "
+                                "depth-stratified backend (sir, desire)")
+    guess, out = Path(guess), Path(out)
+    if guess.resolve() == out.resolve():
+        raise OrchestratorError(f"seed_guess writes a new file: out {out} is the guess file itself")
+    with h5py.File(guess, "r") as g:
+        ny, nx = g["status"].shape
+    prov = PreviousInit({"file": str(seed)}).bind(backend)
+    prov.check_observation((ny, nx))
+    cols = prov.read_columns(0, ny * nx)
+    columns = tuple(getattr(backend, "init_columns", backend.parameter_names))
+    tmp = out.with_name(out.name + ".partial")
+    shutil.copyfile(guess, tmp)
+    seeded = np.zeros(ny * nx, dtype=bool)
+    with h5py.File(tmp, "r+") as h5:
+        for name in names:
+            if name not in h5["params"]:
+                raise OrchestratorError(f"guess file {guess} has no /params/{name} to seed; its maps are "
+                                        f"{sorted(h5['params'])}")
+            value = cols[:, columns.index(name)]
+            ok = np.isfinite(value)
+            seeded |= ok
+            ds = h5["params"][name]
+            arr = ds[()].reshape(ny * nx, -1)
+            arr[ok] = value[ok, None]  # every node of a stratified map, or the (ny, nx) map
+            ds[...] = arr.reshape(ds.shape)
+        h5.attrs["seed"] = str(Path(seed).resolve())
+        h5.attrs["seeded"] = json.dumps(list(names))
+    tmp.replace(out)
+    return {"parameters": list(names), "pixels": int(seeded.sum()), "seconds": time.perf_counter() - t0}

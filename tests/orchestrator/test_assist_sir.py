@@ -304,3 +304,84 @@ def test_cnn_provider_places_a_sir_models_columns_at_the_runs_init_columns(strat
     assert abs(lt[k]) < 1e-6  # HSRA has the node log tau = 0 on its grid
     guess_b0 = model.predict(open_observation(small).read_pixels(0, 2))[:, model.parameters.index("B@0")]
     np.testing.assert_allclose(b[:, k], 2.0 * np.maximum(guess_b0, 10.0), rtol=1e-3)  # float32 file
+
+
+_SEEDED = ("B", "inclination", "azimuth", "vlos")  # the SIR backend's seed_parameters
+
+
+def test_assist_sir_me_seed_reaches_the_short_phase(obs, tmp_path):
+    """``me_seed=True``: the ME result of the whole field (phase ``me_seed``) replaces the network's B,
+    inclination, azimuth and vlos at every node of ``guess.h5`` (the network's own guesses stay in
+    ``network_guess.h5``, its T and the rest are kept), and the short phase starts from it: the double
+    doubles the guess model's B, so the assisted B is 2 x the ME B at every depth."""
+    from stokesflow.orchestrator.predict import seed_guess
+
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(me_seed=True, baseline=True))
+    assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted", "baseline"]
+    assert data["arguments"]["me_seed"] is True
+    me = read_result(d / "me_seed.h5")
+    assert json.loads(inspect_result(d / "me_seed.h5")["fingerprint_json"])["backend"] == "me"
+    usable = ~np.isin(me.status.reshape(-1), (2, 3, 255))
+    assert usable.sum() == 23 and not usable[5]  # every pixel but the NaN one
+    with h5py.File(d / "guess.h5") as g, h5py.File(d / "network_guess.h5") as n:
+        assert json.loads(g.attrs["seeded"]) == list(_SEEDED)
+        for name in _SEEDED:  # seeded at every node where the ME fit is usable (both float32: exact)
+            got = g[f"params/{name}"][()].reshape(24, -1)
+            want = me.params[name].reshape(-1).astype(np.float32)
+            np.testing.assert_array_equal(got[usable], np.repeat(want[usable, None], got.shape[1], axis=1),
+                                          err_msg=name)
+            np.testing.assert_array_equal(got[~usable], n[f"params/{name}"][()].reshape(24, -1)[~usable])
+        for name in ("T", "vmic", "vmac"):  # the network's, unchanged
+            np.testing.assert_array_equal(g[f"params/{name}"][()], n[f"params/{name}"][()], err_msg=name)
+    with h5py.File(d / "assisted.h5") as a:
+        b = a["params/B"][()].reshape(24, -1)
+        assert (a["status"][()].reshape(-1)[usable] == 0).all()
+    want_b = 2.0 * np.maximum(me.params["B"].reshape(-1)[usable], 10.0)  # SIR's B floor, then the double's 2x
+    np.testing.assert_allclose(b[usable], np.repeat(want_b[:, None], b.shape[1], axis=1), rtol=1e-4)  # .mod text
+    assert json.loads(inspect_result(d / "assisted.h5")["fingerprint_json"])["init"]["options"]["file"] == str(
+        d / "guess.h5")
+    ph = data["phases"]
+    assert ph["me_seed"] > 0 and data["speedup"]["wall_assisted"] == pytest.approx(
+        ph["baseline"] / (ph["assisted"] + ph["me_seed"]), rel=1e-12)
+    assert data["loop_seconds"] == pytest.approx(sum(ph[p] for p in ph if p != "baseline"), rel=1e-12)
+    assert "network_guess" in data["agreement_with_baseline"] and data["predict"]["me_seed"]["pixels"] == 23
+    assert run_assist(obs, d, _settings(me_seed=True, baseline=True))["ran"] == []  # resumed: nothing to redo
+
+    # a pixel whose ME fit failed (status 2) keeps the network's guess; the rest is seeded
+    bad = tmp_path / "me_bad.h5"
+    bad.write_bytes((d / "me_seed.h5").read_bytes())
+    with h5py.File(bad, "r+") as h5:
+        st = h5["status"][()]
+        st.reshape(-1)[0] = 2
+        h5["status"][...] = st
+    sir = get_backend("sir", {"executable": str(DOUBLE)})
+    out = seed_guess(d / "network_guess.h5", bad, tmp_path / "merged.h5", sir)
+    assert out["pixels"] == 22 and out["parameters"] == list(_SEEDED)
+    with h5py.File(tmp_path / "merged.h5") as m, h5py.File(d / "network_guess.h5") as n, h5py.File(d / "guess.h5") as g:
+        np.testing.assert_array_equal(m["params/B"][0, 0], n["params/B"][0, 0])
+        np.testing.assert_array_equal(m["params/B"][0, 1], g["params/B"][0, 1])
+    from stokesflow.orchestrator.errors import OrchestratorError
+
+    with pytest.raises(OrchestratorError, match="is the guess file itself"):
+        seed_guess(d / "network_guess.h5", bad, d / "network_guess.h5", sir)
+
+
+def test_assist_sir_me_seed_off_runs_no_me_phase(obs, tmp_path):
+    """``me_seed=False``: no ME inversion, ``guess.h5`` is the network's own (its B, learned from the double's
+    2 x HSRA = 800 G references, is 800 G: no ME value)."""
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(me_seed=False))
+    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted"] and "me_seed" not in data["phases"]
+    assert not (d / "me_seed.h5").exists() and not (d / "network_guess.h5").exists()
+    with h5py.File(d / "guess.h5") as g:
+        assert "seeded" not in g.attrs
+        np.testing.assert_allclose(np.delete(g["params/B"][()].reshape(24, -1), 5, axis=0), 800.0, rtol=1e-6)
+
+
+def test_me_seed_on_a_backend_without_seed_parameters_is_refused(obs, tmp_path):
+    from stokesflow.orchestrator.errors import OrchestratorError
+
+    with pytest.raises(OrchestratorError, match=r"me_seed: backend 'me' takes no seed .* turn it off"):
+        run_assist(obs, tmp_path / "loop", AssistSettings(me_seed=True, cluster={"kind": "serial"}, report=False))
+    assert not (tmp_path / "loop").exists()
