@@ -110,9 +110,11 @@ class LMOptions:
         Multiply the covariance by the reduced data chi2 (lmfit's default
         convention; use when the weights are relative, not 1/sigma^2).
     sigma_tol : float
-        Converged when an accepted step moved every parameter by less than
-        this many of its own 1-sigma uncertainties (the covariance at the new
-        point, with the ``scale_covar`` convention): a statistical step
+        Converged when the next step, nearly undamped (towards the quadratic
+        model's minimum), would move every parameter by less than this many
+        of its own 1-sigma uncertainties (the covariance at the current
+        point, with the ``scale_covar`` convention); that step is then not
+        evaluated. A statistical step
         tolerance that stops the slow crawl along flat valleys of sloppy
         problems, where each step still lowers chi2 by more than
         ``chi2_rtol`` but no parameter moves by a meaningful amount. Needs

@@ -492,6 +492,30 @@ def test_sigma_tol_stops_the_crawl_with_the_fit_statistically_unchanged() -> Non
     assert np.all(excess > -1e-6)  # the tight fit is the lower one (same basin)
 
 
+def test_sigma_tol_stops_at_a_converged_start_without_evaluating_a_step() -> None:
+    """Started at its own tight solution, a fit under the sigma rule stops before any step.
+
+    The rule tests the step solved at the current point: at a minimum that
+    step moves no parameter by 0.1 sigma, so the fit ends after one solve
+    (n_iter 1) with the starting parameters returned unchanged (to the
+    rounding of the solver's scaled coordinates, p / scale * scale: 1e-15
+    relative; a step, even one of 0.1 sigma, moves them by 1e-4 or more),
+    and its sigma is the covariance there. A rule that looked at the last accepted step instead
+    would take one more step and move the parameters.
+    """
+    ctx, obs, p0, kw = _sloppy_problem(200)
+    tight = fit(toy_model_impl, ctx, obs, p0, options=LMOptions(chi2_rtol=1e-12, max_iter=400), **kw)
+    ok = tight.success
+    again = fit(toy_model_impl, ctx, obs[ok], tight.params[ok],
+                options=LMOptions(chi2_rtol=1e-12, max_iter=400, sigma_tol=0.1), **kw)
+    assert again.success.all()
+    # a few pixels start on a clipped bound, where the damped system differs: >= 95 % stop at once
+    first = again.n_iter == 1
+    assert first.mean() > 0.95, np.bincount(again.n_iter)
+    np.testing.assert_allclose(again.params[first], tight.params[ok][first], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(again.sigma[first], tight.sigma[ok][first], rtol=1e-9)
+
+
 def test_sigma_tol_zero_is_the_previous_rule() -> None:
     """sigma_tol = 0 (default) and a tolerance too small to ever fire give identical fits."""
     ctx, obs, p0, kw = _sloppy_problem(200)
