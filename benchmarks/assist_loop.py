@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from stokesflow.orchestrator.synth import synthesize_observation
+    from stokesflow.orchestrator.assist_metrics import DETERMINED_SIGMA
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()}; cluster {args.cluster}")
@@ -160,6 +161,18 @@ def main(argv: list[str] | None = None) -> None:
         _print_case(f"{name}, subset {args.subset} of the field in [{args.subset_min}, {args.subset_max}] pixels", d,
                     rate)
         figures[inst] = {"clusters": d, "inference_px_s": rate}
+        from stokesflow.orchestrator.assist_metrics import agreement_within_sigma
+        from stokesflow.orchestrator.store import read_result
+
+        loop_dir = root / f"{inst}_{args.size}_loop"
+        within = agreement_within_sigma(read_result(loop_dir / "assisted.h5"), read_result(loop_dir / "baseline.h5"),
+                                        ("B", "inclination", "azimuth", "vlos"))
+        print("assisted vs baseline in their own uncertainties: " + "; ".join(
+            f"{n} within 1 sigma {100 * w['within_1sigma']:.2f} % (99th pct {w['p99_sigma']:.2f} sigma)"
+            + (f", Pearson {w['pearson_determined']:.4f} over the {100 * w['determined']:.1f} % of pixels "
+               f"with sigma < {DETERMINED_SIGMA[n]:g} deg in both" if "pearson_determined" in w else "")
+            for n, w in within.items()))
+        figures[inst]["within_sigma"] = within
         if not args.no_box:
             b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")
             from stokesflow.orchestrator.assist_metrics import agreement
