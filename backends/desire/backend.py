@@ -16,7 +16,9 @@ coordinates file, the NLTE flags of the line list and the outputs' names
 (``desire.chi``, ``desire.log``). A line listed in ``data/nlte.toml`` (Ca II
 8498, 8542, 8662) is treated in NLTE with its RH model atom ACTIVE; the
 others (Fe I 6301/6302, ...) in LTE, where DeSIRe runs its SIR engine alone.
-DeSIRe 5.06 works in the line-of-sight frame only (mu = 1).
+DeSIRe 5.06 works in the line-of-sight frame only (mu = 1). Without the option
+``model``, an inversion with NLTE lines starts from the built-in FAL-C (up to
+log tau -7.5), one with LTE lines only from the HSRA, as SIR.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ _NLTE_TABLE = "data/nlte.toml"
 
 #: Highest layer [log tau_500] a guess model must reach for NLTE lines: the Ca II infrared
 #: triplet cores form near log tau -5 to -6 in quiet-Sun models (DeSIRe's example model
-#: reaches -9.3; the built-in HSRA stops at -4).
+#: reaches -9.3, the built-in FAL-C -7.5, the built-in HSRA only -4).
 NLTE_TOP_LOG_TAU = -6.0
 
 
@@ -134,6 +136,11 @@ class DesireOptions(SIROptions):
     line_table, atomic_table : str, optional
         Default: the packaged ``data/nlte.toml`` (the project's tables plus
         Ca II 8498/8542/8662); a user's table replaces it.
+    model : str, optional
+        Guess model: a SIR ``.mod`` file, ``"hsra"`` or ``"falc"``; default
+        ``"falc"`` (FAL-C, up to log tau -7.5) when a line is treated in
+        NLTE, ``"hsra"`` otherwise. NLTE lines need a model reaching log tau
+        :data:`NLTE_TOP_LOG_TAU` or higher.
     rays : int
         Rays of RH's angle quadrature (DeSIRe's default 3).
     integration : int
@@ -243,6 +250,11 @@ class DesireBackend(SIRBackend):
         return get_classical_lines(self.options.lines, self.options.line_table or table,
                                    self.options.atomic_table or table)
 
+    def default_model(self) -> str:
+        """The built-in model when the option ``model`` is not given: FAL-C (up to log tau -7.5)
+        when a line is treated in NLTE, the HSRA (SIR's) otherwise."""
+        return "falc" if self.nlte_lines() else "hsra"
+
     def nlte_lines(self) -> tuple[str, ...]:
         """Names of the requested lines treated in NLTE.
 
@@ -275,8 +287,8 @@ class DesireBackend(SIRBackend):
             raise DesireError(
                 f"[backend.desire] model: the guess model reaches log tau {top:g}, too low in the atmosphere for "
                 f"the NLTE line(s) {list(nlte)} (their cores form above log tau {NLTE_TOP_LOG_TAU:g}); give "
-                "-B model=/path/to/a/model.mod reaching log tau -7 or higher (e.g. DeSIRe's run/example/guess.mod), "
-                "or -B nlte=[] for LTE"
+                "-B model=falc (the built-in FAL-C, the default for NLTE lines, up to log tau -7.5), "
+                "-B model=/path/to/a/model.mod reaching log tau -7 or higher, or -B nlte=[] for LTE"
             )
         blocks, index, offsets = sir_io.grid_for_observation(wavelength, lines)
         folder.write(_GRID, sir_io.format_grid(blocks))

@@ -144,7 +144,8 @@ class RHOptions:
     abundances : str, optional
         An RH abundance file; default: the one in RH's atoms folder.
     model : str, optional
-        ``"hsra"`` (default), a SIR ``.mod`` file with z, Pg and rho columns,
+        ``"hsra"`` (default), ``"falc"`` (the SIR backend's FAL-C, up to log
+        tau -7.5), a SIR ``.mod`` file with z, Pg and rho columns,
         or an RH atmosphere file (``.hdf5``: its first column, e.g. RH's
         ``Atmos/FALC_82_5x5.hdf5`` for lines that form in the chromosphere).
     mu : float
@@ -384,16 +385,16 @@ class RHBackend(Backend):
         """The model column: a SIR :class:`~stokesflow.backends.sir.io.Model` (deep first) or,
         for an RH atmosphere file, its first column of snapshot 0 (:class:`io.Atmosphere`, top first)."""
         from stokesflow.backends.sir import io as sir_io
-        from stokesflow.backends.sir.backend import builtin_model
+        from stokesflow.backends.sir.backend import builtin_model, is_builtin_model
 
         m = self.options.model
         try:
-            if m is None or m.lower() == "hsra":
-                return builtin_model("hsra", guess=False)
+            if m is None or is_builtin_model(m):
+                return builtin_model(m or "hsra", guess=False)
             p = Path(m)
             if not p.is_file():
                 raise RHError(
-                    f"[backend.rh] model: {m} does not exist; give 'hsra', a SIR .mod file (with z, Pg, rho) "
+                    f"[backend.rh] model: {m} does not exist; give 'hsra', 'falc', a SIR .mod file (with z, Pg, rho) "
                     "or an RH atmosphere file (.hdf5)"
                 )
             if p.suffix.lower() in (".h5", ".hdf5"):

@@ -46,8 +46,8 @@ from stokesflow.backends.sir.runner import (
     run_code,
 )
 
-__all__ = ["B_FLOOR", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
-           "check_seed_nodes", "from_nodes", "node_column", "node_values", "observation_changes", "option_lines",
+__all__ = ["B_FLOOR", "BUILTIN_MODELS", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
+           "check_seed_nodes", "from_nodes", "is_builtin_model", "node_column", "node_values", "observation_changes", "option_lines",
            "SPECS", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
@@ -268,6 +268,14 @@ def node_values(row: np.ndarray, nparams: int, seed_nodes: Any, code: str,
 B_FLOOR = 10.0
 
 
+#: The built-in model atmospheres: name -> (packaged file, what it is).
+BUILTIN_MODELS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "hsra": ("data/hsra.mod", "HSRA (Gingerich et al. 1971), log tau 1.4 to -4.0, 55 points"),
+    "falc": ("data/falc.mod", "FAL-C (Fontenla, Avrett & Loeser 1993), log tau 1.2 to -7.5, 88 points, "
+                              "with the chromosphere"),
+})
+
+
 def builtin_model(name: str = "hsra", guess: bool = True) -> io.Model:
     """A built-in quiet-Sun model atmosphere.
 
@@ -275,19 +283,36 @@ def builtin_model(name: str = "hsra", guess: bool = True) -> io.Model:
     ----------
     name : str
         ``"hsra"``: the Harvard-Smithsonian Reference Atmosphere (Gingerich et
-        al. 1971) on SIR's 55-point log tau grid from 1.4 to -4.0.
+        al. 1971) on SIR's 55-point log tau grid from 1.4 to -4.0 (a
+        photosphere); ``"falc"``: FAL-C (Fontenla, Avrett & Loeser 1993,
+        model C) from its published table (its own tau_500 scale) on an even
+        88-point grid from 1.2 to -7.5 (photosphere and chromosphere, up to
+        12,350 K at the foot of the transition region), for NLTE lines.
     guess : bool
         Give it the field of :data:`GUESS_FIELD` (a usable inversion start);
         False keeps the published model (no field, no velocity).
+
+    Raises
+    ------
+    SIRError
+        ``name`` is not one of :data:`BUILTIN_MODELS`.
     """
-    if name.lower() != "hsra":
-        raise SIRError(f"unknown built-in model {name!r}; the built-in model is 'hsra' (or give a .mod file path)")
-    text = resources.files("stokesflow.backends.sir").joinpath("data/hsra.mod").read_text()
-    m = io.parse_model(text, "the packaged HSRA model")
+    key = name.lower()
+    if key not in BUILTIN_MODELS:
+        raise SIRError(f"unknown built-in model {name!r}; the built-in models are {sorted(BUILTIN_MODELS)} "
+                       "(or give a .mod file path)")
+    path, what = BUILTIN_MODELS[key]
+    text = resources.files("stokesflow.backends.sir").joinpath(path).read_text()
+    m = io.parse_model(text, f"the packaged {what.split(' (')[0]} model ({path})")
     if guess:
         m.B[:], m.gamma[:], m.phi[:] = GUESS_FIELD["B"], GUESS_FIELD["gamma"], GUESS_FIELD["phi"]
         m.vmac = GUESS_FIELD["vmac"]
     return m
+
+
+def is_builtin_model(name: str | None) -> bool:
+    """Whether ``name`` names a built-in model (case-insensitive), not a file."""
+    return name is not None and name.lower() in BUILTIN_MODELS
 
 
 @dataclass(frozen=True)
@@ -316,7 +341,9 @@ class SIROptions:
         A user's line table (ME format), atomic table (``atomic.toml`` form)
         and SIR abundance file replacing the packaged ones.
     model : str, optional
-        Guess model: a SIR ``.mod`` file or ``"hsra"`` (default).
+        Guess model: a SIR ``.mod`` file, ``"hsra"`` (default) or ``"falc"``
+        (FAL-C, up to log tau -7.5: for chromospheric lines), see
+        :data:`BUILTIN_MODELS`.
     weights : 4 numbers
         SIR's weights of I, Q, U, V.
     noise : number or 4 numbers, optional
@@ -464,14 +491,21 @@ class SIRBackend(Backend):
 
     @functools.cached_property
     def guess_model(self) -> io.Model:
-        """The guess model (the option ``model`` or the built-in HSRA)."""
+        """The guess model (the option ``model``, else :meth:`default_model`)."""
         m = self.options.model
-        if m is None or m.lower() == "hsra":
-            return builtin_model("hsra")
+        if m is None:
+            return builtin_model(self.default_model())
+        if is_builtin_model(m):
+            return builtin_model(m)
         p = Path(m)
         if not p.is_file():
-            raise SIRError(f"[backend.sir] model: guess model {m} does not exist; give a SIR .mod file or 'hsra'")
+            raise self.error_class(f"[backend.{self.name}] model: guess model {m} does not exist; give a SIR .mod "
+                                   f"file or one of the built-in models {sorted(BUILTIN_MODELS)}")
         return io.parse_model(p.read_text(), str(p))
+
+    def default_model(self) -> str:
+        """The built-in model used when the option ``model`` is not given (``"hsra"`` for SIR)."""
+        return "hsra"
 
     @property
     def log_tau(self) -> np.ndarray:

@@ -26,8 +26,8 @@ inclination 0 does here), ``azimuth = azi`` [deg] modulo 180 (azi 0 gives Q <
 0 at line centre, as here); STiC's ``vlos`` [cm/s] is positive for a redshift
 like ``vlos`` [km/s] here; ``vturb`` [cm/s] is ``vmic`` [km/s]; ``Pe`` [dyn
 cm^-2] is ``nne k T``. Profiles are in units of the quiet-Sun continuum: the
-continuum intensity that STiC computes for the guess model (HSRA by default,
-no field) 1.5 A blue of the grid, or the option ``continuum``.
+continuum intensity that STiC computes for the guess model (by default HSRA
+in LTE, FAL-C in NLTE; no field) 1.5 A blue of the grid, or the option ``continuum``.
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ from stokesflow.backends.rh.errors import RHError
 from stokesflow.backends.sir.atomic import ClassicalLine
 from stokesflow.backends.sir.backend import (
     B_FLOOR,
+    BUILTIN_MODELS,
     SPECS,
     SIRBackend,
     builtin_model,
     check_seed_nodes,
     from_nodes,
+    is_builtin_model,
     node_values,
     observation_changes,
     option_lines,
@@ -266,8 +268,10 @@ class STiCOptions:
     max_iter : int
         STiC's ``max_inv_iter`` per cycle.
     model : str, optional
-        Guess model: ``"hsra"`` (default; the SIR backend's table with the
-        guess field of its inversions) or a STiC netCDF model file (its first pixel).
+        Guess model: a built-in model of the SIR backend with the guess field
+        of its inversions, ``"hsra"`` (the default in LTE) or ``"falc"``
+        (FAL-C up to log tau -7.5, the default in NLTE: chromospheric lines
+        need a chromosphere), or a STiC netCDF model file (its first pixel).
     noise : number or 4 numbers, optional
         Noise sigma of I, Q, U, V in units of the continuum; default the observation's, else 1e-3.
     weights : 4 numbers
@@ -444,14 +448,20 @@ class STiCBackend(Backend):
 
     @functools.cached_property
     def guess_model(self) -> io.STiCModel:
-        """The guess model, one column, top first (the option ``model`` or the built-in HSRA)."""
+        """The guess model, one column, top first (the option ``model``, else :meth:`default_model`)."""
         m = self.options.model
-        if m is None or m.lower() == "hsra":
-            return model_from_sir(builtin_model("hsra", guess=True))
+        if m is None or is_builtin_model(m):
+            return model_from_sir(builtin_model(m or self.default_model(), guess=True))
         p = Path(m)
         if not p.is_file():
-            raise STiCError(f"[backend.stic] model: guess model {m} does not exist; give a STiC netCDF model or 'hsra'")
+            raise STiCError(f"[backend.stic] model: guess model {m} does not exist; give a STiC netCDF model or "
+                            f"one of the built-in models {sorted(BUILTIN_MODELS)}")
         return io.read_model(p).select([0])
+
+    def default_model(self) -> str:
+        """The built-in model when the option ``model`` is not given: FAL-C (up to log tau -7.5,
+        with a chromosphere) for ``atmosphere = "nlte"``, the HSRA (up to -4) for LTE."""
+        return "falc" if self.options.atmosphere == "nlte" else "hsra"
 
     @property
     def log_tau(self) -> np.ndarray:
@@ -629,7 +639,11 @@ class STiCBackend(Backend):
                 "I_SUM": -1, "N_MAX_ITER": 100, "ITER_LIMIT": 1.0e-4, "NG_DELAY": 15, "NG_ORDER": 2, "NG_PERIOD": 7,
                 "PRD_N_MAX_ITER": 0, "J_FILE": "J.dat", "STARTING_J": "NEW_J", "BACKGROUND_FILE": "background.dat",
                 "KURUCZ_PF_DATA": path_of(atoms_dir, "pf_Kurucz.input"), "HYDROGEN_LTE": True,
-                "VACUUM_TO_AIR": False, "STOKES_MODE": "FULL_STOKES", "MAGNETO_OPTICAL": True,
+                "VACUUM_TO_AIR": False,
+                # populations without the field, then the full Stokes formal solution (STiC's
+                # example/keyword.input): with FULL_STOKES the Ca II 8542 populations of FAL-C with
+                # 1000-2000 G did not converge ("atom populations did not converge"), 500 G did
+                "STOKES_MODE": "FIELD_FREE", "MAGNETO_OPTICAL": True,
                 "B_STRENGTH_CHAR": 0.0, "VMICRO_CHAR": 4.0, "S_INTERPOLATION": "BEZIER3",
                 "S_INTERPOLATION_STOKES": "DELO_BEZIER3", "PRINT_CPU": False, "N_THREADS": 0,
                 # keywords STiC's RH requires although RH 1.5D does not (from STiC's example/keyword.input)
@@ -654,7 +668,10 @@ class STiCBackend(Backend):
 
         The option ``continuum``, else STiC's continuum intensity of the guess
         model (no field, no velocity) :data:`CONTINUUM_OFFSET` A blue of the
-        grid, computed once per grid and kept.
+        grid, computed once per grid and kept. In NLTE that run has the first
+        model atom (hydrogen) alone, passive, and no extra lines: the wings of
+        a broad line reach past the offset (with Ca II 8542's atom active, STiC
+        gives 0.60 of the continuum 1.5 A blue of its centre in FAL-C).
         """
         if self.options.continuum is not None:
             return float(self.options.continuum)
@@ -663,9 +680,12 @@ class STiCBackend(Backend):
         if wc not in cache:
             m = self.guess_model.select([0])
             m.blong[:], m.bhor[:], m.azi[:], m.vlos[:] = 0.0, 0.0, 0.0, 0.0
+            runner = self
+            if self.options.atmosphere == "nlte":  # the continuum without the atoms' lines
+                runner = type(self)(replace(self.options, atoms=self.options.atoms[:1], active=(), lines=()))
             with ScratchFolder("stokesflow-stic-cont-", self.options.scratch) as folder:
-                prof, reason = self._run_once(folder, m, [io.Region(wc, 0.01, 1, 1.0)], self.strategy_nodes(None), 2,
-                                              None, None, 1)
+                prof, reason = runner._run_once(folder, m, [io.Region(wc, 0.01, 1, 1.0)], self.strategy_nodes(None),
+                                                2, None, None, 1)
             if reason or prof is None or not (np.isfinite(prof[0, 0, 0]) and prof[0, 0, 0] > 0):
                 launcher = resolve_stic_mpiexec(self.options.mpiexec)
                 raise STiCError(f"STiC's continuum of the guess model at {wc} A failed: {reason or 'not positive'}; "

@@ -141,7 +141,7 @@ def pixel_failures(profiles: np.ndarray, npix: int, model_columns: Sequence[np.n
     dict
         pixel index -> reason, for a pixel missing from the output, all of
         whose profiles are zero (STiC's output for a pixel never computed, as
-        on 1 rank), or whose profiles or model hold NaN or inf.
+        on 1 rank, or whose fit it aborted), or whose profiles or model hold NaN or inf.
     """
     failed: dict[int, str] = {}
     p = np.asarray(profiles, dtype=float)
@@ -151,7 +151,9 @@ def pixel_failures(profiles: np.ndarray, npix: int, model_columns: Sequence[np.n
         elif not np.all(np.isfinite(p[i])):
             failed[i] = "STiC's profiles for the pixel hold NaN or inf (the fit or the synthesis diverged)"
         elif not np.any(p[i]):
-            failed[i] = "STiC wrote all-zero profiles for the pixel (not computed: as STiC does on 1 MPI rank)"
+            failed[i] = ("STiC wrote all-zero profiles for the pixel (not computed: as STiC does on 1 MPI rank, "
+                         "or for a fit it aborted, e.g. on 'ERROR in the evaluation of FX' when the NLTE "
+                         "populations of a trial model do not converge)")
         else:
             for col in model_columns:
                 c = np.asarray(col, dtype=float)

@@ -68,3 +68,34 @@ def test_real_desire_recovers_a_ca_ii_8542_field_in_nlte(desire_exe):
     assert r.param("B")[0] == pytest.approx(800.0, rel=0.2)
     assert r.param("inclination")[0] == pytest.approx(40.0, abs=10.0)
     assert r.param("vlos")[0] == pytest.approx(0.5, abs=0.5)
+
+
+#: Ca II 8542 grid of the FAL-C tests: 81 points of 30 mA (+-1.2 A).
+CA_WL = 8542.091 + 0.03 * np.arange(-40, 41)
+
+
+def test_real_desire_inverts_ca_ii_8542_from_the_built_in_fal_c(desire_exe):
+    """NLTE without a model option: the guess is the built-in FAL-C (up to log tau -7.5, the chromosphere).
+
+    DeSIRe synthesises two pixels from FAL-C with constant fields (1000 G, 40 deg, azimuth 30 deg, 0.5
+    km/s; 1500 G, 120 deg, 150 deg, 0 km/s), noise 1e-3 is added, and DeSIRe inverts them (reference
+    strategy) from FAL-C with the guess field (400 G, 60 deg, 30 deg, 0 km/s).
+    """
+    b = DesireBackend({"lines": ["CaII_8542"], "noise": 1e-3, "timeout": 900.0})
+    assert b.options.model is None and b.nlte_lines() == ("CaII_8542",)
+    assert b.guess_model.log_tau.min() == pytest.approx(-7.5)
+    truth = {"B": np.array([1000.0, 1500.0]), "inclination": np.array([40.0, 120.0]),
+             "azimuth": np.array([30.0, 150.0]), "vlos": np.array([0.5, 0.0])}
+    prof = b.synthesize(truth, CA_WL)
+    rng = np.random.default_rng(8)
+    r = b.invert(prof + rng.normal(0.0, 1e-3, prof.shape), CA_WL)
+    assert r.status.tolist() == [STATUS_OK, STATUS_OK], r.errors
+    assert r.log_tau.shape == (88,) and r.stratified["B"].shape == (2, 88)
+    assert np.all(np.isfinite(r.chi2)) and np.all(r.chi2 > 0)
+    # Measured with DeSIRe 5.06 (commit 2e6d608), at log tau -1: B 995 / 1580 G (-0.5 %, +5.3 %),
+    # inclination 41.5 / 118.6 deg, azimuth 28.3 / 151.5 deg, vlos 0.45 / -0.12 km/s, chi2 141 / 64,
+    # 19 s of DeSIRe's CPU for both. Tolerances about 3x the largest error: 15 %, 5 deg, 0.35 km/s.
+    np.testing.assert_allclose(r.param("B"), truth["B"], rtol=0.15)
+    np.testing.assert_allclose(r.param("inclination"), truth["inclination"], atol=5.0)
+    np.testing.assert_allclose(r.param("azimuth"), truth["azimuth"], atol=5.0)
+    np.testing.assert_allclose(r.param("vlos"), truth["vlos"], atol=0.35)

@@ -159,11 +159,29 @@ def test_missing_rh_data_fails_the_pixel_with_rhs_message(tmp_path, var):
 
 
 def test_nlte_lines_need_a_model_reaching_high_layers(tmp_path, var):
-    b = _backend(tmp_path, var, lines=["CaII_8542"])  # the built-in HSRA stops at log tau -4
-    with pytest.raises(DesireError, match=r"reaches log tau -4, too low .*CaII_8542.*-B model=.*-B nlte=\[\]"):
+    b = _backend(tmp_path, var, lines=["CaII_8542"], model="hsra")  # the built-in HSRA stops at log tau -4
+    with pytest.raises(DesireError, match=r"reaches log tau -4, too low .*CaII_8542.*-B model=falc.*-B nlte=\[\]"):
         b.invert(_pixels(["ok"]), 8542.091 + 0.03 * np.arange(-20, 21))
     lte = _backend(tmp_path, var, lines=["CaII_8542"], nlte=[])
     assert lte.invert(_pixels(["ok"])[:, :, :41], 8542.091 + 0.03 * np.arange(-20, 21)).status.tolist() == [STATUS_OK]
+
+
+def test_nlte_lines_start_from_fal_c_by_default(tmp_path, var):
+    """Without ``model``, NLTE lines get the built-in FAL-C (up to log tau -7.5), LTE lines the HSRA."""
+    wl = 8542.091 + 0.03 * np.arange(-20, 21)
+    b = _backend(tmp_path, var, lines=["CaII_8542"])
+    assert b.nlte_lines() == ("CaII_8542",) and b.default_model() == "falc"
+    assert b.guess_model.log_tau.min() == pytest.approx(-7.5) and b.guess_model.ndepth == 88
+    r = b.invert(_pixels(["ok"])[:, :, :41], wl)
+    assert r.status.tolist() == [STATUS_OK], r.errors
+    np.testing.assert_array_equal(r.log_tau, b.guess_model.log_tau)
+    assert r.stratified["T"].shape == (1, 88)
+    # the double doubles B: the guess it received was FAL-C with the guess field (400 G)
+    np.testing.assert_allclose(r.stratified["B"][0], 800.0)
+    assert _backend(tmp_path, var, lines=["CaII_8542"], nlte=[]).guess_model.ndepth == 55  # LTE: HSRA
+    assert _backend(tmp_path, var).guess_model.ndepth == 55  # Fe I: HSRA
+    given = _backend(tmp_path, var, lines=["CaII_8542"], model=_deep_model(tmp_path))
+    assert given.guess_model.log_tau.min() == pytest.approx(-7.0)  # a user's model still wins
 
 
 def test_data_folder_is_checked_before_running(tmp_path, var):

@@ -307,3 +307,13 @@ def test_synth_with_rh_through_the_command_line(rh_double, tmp_path):
     with h5py.File(out) as f:
         assert f["stokes"].shape == (2, 2, 4, 112) and np.all(np.isfinite(f["stokes"][...]))
         assert f.attrs["generator"] == "stokesflow synth (backend 'rh', no spectral PSF)"
+
+
+def test_built_in_fal_c_as_model(rh_double):
+    """``model = "falc"``: the SIR backend's FAL-C (log tau 1.2 to -7.5) on its own log tau grid."""
+    b = _backend(rh_double, model="falc")
+    assert b.ndepth == 88 and b.log_tau.min() == pytest.approx(-7.5)
+    r = b.synthesize_chunk({"B": np.array([1000.0])}, WL)
+    assert r.status.tolist() == [STATUS_OK], r.errors
+    with pytest.raises(RHError, match=r"nowhere.mod does not exist; give 'hsra', 'falc'"):
+        _backend(rh_double, model="nowhere.mod").ndepth

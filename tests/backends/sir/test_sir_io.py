@@ -7,7 +7,7 @@ import pytest
 
 from stokesflow.backends.sir import io
 from stokesflow.backends.sir.atomic import A0_SQUARED_CM2, get_classical_lines, load_abundances
-from stokesflow.backends.sir.backend import builtin_model
+from stokesflow.backends.sir.backend import BUILTIN_MODELS, GUESS_FIELD, builtin_model, is_builtin_model
 from stokesflow.backends.sir.errors import SIRError
 
 # The control file SIR's own test case ships (BasilioRuiz/SIR-code, test/SIR_input_files/sir.trol,
@@ -129,6 +129,55 @@ def test_model_round_trip_builtin_hsra():
     eight = io.Model(*(getattr(m, c) for c in io.Model.COLUMNS[:8]))
     assert len(io.format_model(eight).splitlines()[1].split()) == 8
     assert io.parse_model(io.format_model(eight)).z is None
+
+
+def test_builtin_fal_c_reaches_the_chromosphere():
+    """FAL-C (Fontenla, Avrett & Loeser 1993) on its even 0.1 grid: published values where the grid
+    meets the table, the chromosphere above log tau -6, positive pressures, heights rising upwards."""
+    m = builtin_model("falc", guess=False)
+    assert m.ndepth == 88 and m.log_tau[0] == pytest.approx(1.2) and m.log_tau[-1] == pytest.approx(-7.5)
+    np.testing.assert_allclose(np.diff(m.log_tau), -0.1, atol=1e-6)  # deep to high, monotonic, even
+    k0 = int(np.argmin(np.abs(m.log_tau)))
+    # the table at tau_500 = 0.9999: T 6520 K, n_e 7.697e13 cm^-3 (Pe = n_e k T = 69.3 dyn/cm2), height 0 km;
+    # tolerances: the 1e-4 in tau between the table's point and the grid's
+    assert m.T[k0] == pytest.approx(6520.0, abs=1.0)
+    assert m.Pe[k0] == pytest.approx(7.697e13 * 1.380649e-16 * 6520.0, rel=1e-3)
+    assert abs(m.z[k0]) < 0.1
+    # temperature minimum 4400 K near log tau -3.6, then the chromospheric rise: above 9000 K from log tau
+    # -6.5 (the table: 9450 K at tau 3.3e-7) and 12,350 K at the top (between 12,000 and 13,000 K in the table)
+    assert 4400.0 <= m.T.min() <= 4410.0 and m.log_tau[np.argmin(m.T)] == pytest.approx(-3.6)
+    assert np.all(m.T[m.log_tau <= -6.5] > 9000.0) and 12000.0 < m.T[-1] < 13000.0
+    for col in ("Pe", "Pg", "rho"):
+        v = getattr(m, col)
+        assert np.all(np.isfinite(v)) and np.all(v > 0), col
+    # gas pressure and density fall upwards; at the top (above log tau -7.3) the table's P_gas rises by 0.2 %
+    # (P_gas / P_total grows from 0.785 to 0.801 there), which the grid keeps
+    below = m.log_tau >= -7.3
+    assert np.all(np.diff(m.Pg[below]) < 0) and np.all(np.diff(m.rho) < 0)
+    assert np.all(np.diff(m.z) > 0) and m.z[-1] == pytest.approx(2190.0, abs=5.0)  # km above tau_500 = 1
+    assert np.all(m.B == 0) and np.all(m.vlos == 0) and np.all(m.vmic > 0)
+    back = io.parse_model(io.format_model(m))
+    for c in io.Model.COLUMNS:
+        np.testing.assert_allclose(getattr(back, c), getattr(m, c), rtol=1e-5, atol=1e-6)
+    g = builtin_model("FALC")  # case-insensitive; the guess field as for the HSRA
+    assert g.B[0] == GUESS_FIELD["B"] and g.gamma[0] == GUESS_FIELD["gamma"] and g.vmac == GUESS_FIELD["vmac"]
+    with pytest.raises(SIRError, match=r"unknown built-in model 'valc'.*\['falc', 'hsra'\].*\.mod file"):
+        builtin_model("valc")
+    assert is_builtin_model("falc") and is_builtin_model("HSRA") and not is_builtin_model("guess.mod")
+    assert not is_builtin_model(None)
+    assert sorted(BUILTIN_MODELS) == ["falc", "hsra"]
+
+
+def test_the_model_option_names_a_built_in_model_or_a_file(tmp_path):
+    from stokesflow.backends.sir.backend import SIRBackend
+
+    assert SIRBackend({}).guess_model.ndepth == 55 and SIRBackend({}).default_model() == "hsra"  # LTE: HSRA
+    assert SIRBackend({"model": "falc"}).log_tau.min() == pytest.approx(-7.5)
+    path = tmp_path / "guess.mod"
+    path.write_text(io.format_model(builtin_model("hsra")))
+    assert SIRBackend({"model": str(path)}).guess_model.ndepth == 55
+    with pytest.raises(SIRError, match=r"\[backend.sir\] model: guess model nowhere.mod does not exist; .*'falc'"):
+        SIRBackend({"model": "nowhere.mod"}).guess_model
 
 
 def test_model_parser_errors():

@@ -73,3 +73,43 @@ def test_inversion_recovers_a_known_field(stic):
     assert r.param("azimuth")[0] == pytest.approx(20.0, abs=5.0)
     assert r.param("vlos")[0] == pytest.approx(0.5, abs=0.15)
     assert np.isfinite(r.chi2[0]) and np.all(np.isfinite(r.stratified["Pe"][0]))
+
+
+#: Ca II 8542 grid of the NLTE test: 81 points of 30 mA (+-1.2 A).
+CA_WL = 8542.091 + 0.03 * np.arange(-40, 41)
+
+
+def test_nlte_ca_ii_8542_inversion_from_the_built_in_fal_c():
+    """NLTE (STiC's RH module, Ca II from STiC's ``CaII_bklm.atom``) without a model option: the guess is
+    the built-in FAL-C (up to log tau -7.5). STiC synthesises one pixel from FAL-C (1000 G, 40 deg,
+    azimuth 30 deg, 0.5 km/s), noise 1e-3 is added, and STiC inverts it from FAL-C with the guess field
+    (400 G, 60 deg, 30 deg, 0 km/s): one cycle of 3 iterations, T on 7 nodes with linear
+    interpolation (with the default cubic Bezier, 4, 5 and 7 nodes overshot to 20,000-37,000 K at the
+    top and STiC aborted the fit, 'ERROR in the evaluation of FX'; linear with 5 nodes too).
+
+    Measured here (STiC HEAD of 2026-11-30, 2 ranks): B 830 G (-17 %), inclination 30.7 deg (-9.3),
+    azimuth 33.1 deg (+3.1), vlos 0.43 km/s (-0.07), reduced chi2 78; 88 s of CPU. Three iterations
+    do not converge: tolerances 25 %, 15 deg, 10 deg, 0.25 km/s.
+    """
+    require_external_code(ENV_VAR, STiCBackend, "STiC")
+    b = STiCBackend({"atmosphere": "nlte", "atoms": ["H_6.atom", "CaII_bklm.atom"], "active": ["CaII_bklm.atom"],
+                     "noise": 1e-3, "timeout": 900.0, "strategy": "assisted", "max_iter": 3,
+                     "nodes": {"T": 7, "vlos": 1, "vmic": 1, "blong": 1, "bhor": 1, "azimuth": 1},
+                     "config": {"depth_interpolation": 1}})
+    assert b.options.model is None and b.log_tau[0] == pytest.approx(-7.5) and b.log_tau.size == 88
+    truth = {"B": np.array([1000.0]), "inclination": np.array([40.0]), "azimuth": np.array([30.0]),
+             "vlos": np.array([0.5])}
+    syn = b.synthesize_chunk(truth, CA_WL)
+    assert syn.status.tolist() == [STATUS_OK], syn.errors
+    s = syn.synthetic.astype(float)
+    # units of FAL-C's continuum at 8540.6 A (STiC's, without the Ca II atom): the core about 0.2, the
+    # wing at -1.2 A about 0.56 (DeSIRe's FAL-C profile in its HSRA units: 0.21 and 0.58)
+    assert 0.15 < s[0, 0, 40] < 0.25 and 0.5 < s[0, 0, 0] < 0.62
+    rng = np.random.default_rng(5)
+    r = b.invert(s + rng.normal(0.0, 1e-3, s.shape), CA_WL)
+    assert r.status.tolist() == [STATUS_OK], r.errors
+    assert r.param("B")[0] == pytest.approx(1000.0, rel=0.25)
+    assert r.param("inclination")[0] == pytest.approx(40.0, abs=15.0)
+    assert r.param("azimuth")[0] == pytest.approx(30.0, abs=10.0)
+    assert r.param("vlos")[0] == pytest.approx(0.5, abs=0.25)
+    assert np.isfinite(r.chi2[0]) and np.all(np.isfinite(r.stratified["T"][0]))

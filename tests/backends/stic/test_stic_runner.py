@@ -24,7 +24,7 @@ from stokesflow.backends.registry import BUILTIN_BACKENDS, PLANNED_BACKENDS
 from stokesflow.backends.stic import io
 from stokesflow.backends.stic.backend import STRATEGIES, STiCBackend, from_stic_field, to_stic_field
 from stokesflow.backends.stic.errors import STiCError
-from stokesflow.backends.stic.runner import ENV_VAR, pixel_failures, run_stic, stic_command
+from stokesflow.backends.stic.runner import ENV_VAR, ScratchFolder, pixel_failures, run_stic, stic_command
 
 from _stic_doubles import stic_double  # noqa: F401 - the fixture
 
@@ -260,7 +260,7 @@ def test_nlte_inputs_are_rh_files_written_by_the_rh_writers(stic_double, tmp_pat
     values, _ = io.parse_input_cfg((kept / io.INPUT_CFG).read_text())
     assert values["atmosphere_type"] == "rh" and "lines" not in values
     kw = rh_io.parse_keywords((kept / "keyword.input").read_text())
-    assert kw["ATOMS_FILE"] == "atoms.input" and kw["STOKES_MODE"] == "FULL_STOKES" and "KURUCZ_DATA" not in kw
+    assert kw["ATOMS_FILE"] == "atoms.input" and kw["STOKES_MODE"] == "FIELD_FREE" and "KURUCZ_DATA" not in kw
     atoms = rh_io.parse_atoms((kept / "atoms.input").read_text())
     assert [(Path(a.path).name, a.active) for a in atoms] == [("H_6.atom", False), ("CaII.atom", True)]
     assert len(rh_io.parse_molecules((kept / "molecules.input").read_text())) == len(_MOLECULES_DEFAULT)
@@ -280,3 +280,37 @@ def test_a_launcher_of_another_mpi_is_named_in_the_error(stic_double, tmp_path):
     with pytest.raises(STiCError, match=rf"continuum of the guess model .* if {re.escape(str(wrong))} is not the "
                                         r"mpiexec of the MPI STiC was built with, .* -B mpiexec="):
         b.continuum(WL)
+
+
+def _stic_data(tmp_path: Path) -> Path:
+    """A stand-in for STiC's input/ folder: the files the NLTE inputs name, never read by the double."""
+    from stokesflow.backends.stic.backend import _MOLECULES_DEFAULT
+
+    data = tmp_path / "stic_input"
+    (data / "Atoms").mkdir(parents=True)
+    for name in ("H_6.atom", "CaII_bklm.atom", "pf_Kurucz.input", "abundance.input"):
+        (data / "Atoms" / name).write_text("# stand-in\n")
+    (data / "Molecules").mkdir()
+    for m in _MOLECULES_DEFAULT:
+        (data / "Molecules" / f"{m}.molecule").write_text("# stand-in\n")
+    return data
+
+
+def test_nlte_starts_from_fal_c_and_takes_the_continuum_without_the_atoms_lines(stic_double, tmp_path):
+    """NLTE without ``model``: the built-in FAL-C (chromosphere up to log tau -7.5), LTE the HSRA; the
+    continuum run leaves out the active atom, whose broad wings (in the double: 40 % deep, 3 A wide) reach
+    the continuum point 1.5 A blue of the grid."""
+    opts = {k: v for k, v in stic_double.items() if k != "continuum"}
+    nlte = {**opts, "atmosphere": "nlte", "atoms": ["H_6.atom", "CaII_bklm.atom"], "active": ["CaII_bklm.atom"],
+            "lines": [], "stic_data": str(_stic_data(tmp_path))}
+    b = STiCBackend(nlte)
+    assert b.default_model() == "falc" and b.log_tau.size == 88
+    assert b.log_tau[0] == pytest.approx(-7.5) and b.log_tau[-1] == pytest.approx(1.2)  # top first
+    assert STiCBackend(opts).log_tau.size == 55 and STiCBackend(opts).default_model() == "hsra"
+    assert STiCBackend({**nlte, "model": "hsra"}).log_tau[0] == pytest.approx(-4.0)  # a given model wins
+    # the double's continuum is 4e-5; with the active atom the point 1.5 A blue of the grid is in the wing
+    assert b.continuum(WL) == pytest.approx(4.0e-5, rel=1e-6)
+    m = b.guess_model.select([0])
+    with ScratchFolder("wing-", str(tmp_path)) as folder:
+        prof, reason = b._run_once(folder, m, [io.Region(float(WL[0]) - 1.5, 0.01, 1, 1.0)], {}, 2, None, None, 1)
+    assert reason == "" and prof[0, 0, 0] < 0.9 * 4.0e-5  # what the continuum would have been with the atom

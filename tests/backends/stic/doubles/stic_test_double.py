@@ -15,7 +15,9 @@ chosen per pixel by the model's vturb at the top [cm/s]:
 
 With 1 rank (``RH_DOUBLE_RANKS=1`` from the mpiexec test double) every pixel
 is zero, as STiC on 1 rank. Synthesis (mode 2): I = 1 - 0.5 exp(-(dl/0.1 A)^2)
-times 4e-5 / cscal (the region's intensity unit), V = 1e-4 blong x dI/dl.
+times 4e-5 / cscal (the region's intensity unit), V = 1e-4 blong x dI/dl; in
+NLTE with an ACTIVE atom in ``atoms.input`` also times 1 - 0.4 exp(-(dl/3 A)^2),
+the broad wings of a chromospheric line (Ca II 8542's reach 1.5 A and further).
 Inversion (mode 1): the fit equals the observation and the model is the input
 with blong + 100 G (so each cycle can be told from the last).
 """
@@ -58,6 +60,14 @@ def read_cfg(path):
     return values, regions
 
 
+def active_atom():
+    """Whether ``atoms.input`` (NLTE runs) lists an ACTIVE atom."""
+    if not os.path.isfile("atoms.input"):
+        return False
+    rows = [r.split() for r in open("atoms.input") if r.strip() and not r.lstrip().startswith("#")]
+    return any(len(r) > 1 and r[1].upper() == "ACTIVE" for r in rows)
+
+
 def main():
     values, regions = read_cfg("input.cfg")
     m = read_nc3(values["input_model"])
@@ -85,6 +95,8 @@ def main():
         line = 6302.4931
         dl = wl - line
         intensity = 1.0 - 0.5 * np.exp(-(dl / 0.1) ** 2)
+        if active_atom():
+            intensity = intensity * (1.0 - 0.4 * np.exp(-(dl / 3.0) ** 2))
         didl = np.gradient(intensity, wl) if wl.size > 1 else np.zeros_like(wl)
         prof = np.zeros((npix, 4, wl.size))
         prof[:, 0] = 4.0e-5 * intensity / cscal
