@@ -21,6 +21,18 @@ With SIR (``STOKESFLOW_SIR`` or ``--sir PATH``), on pixels of the SIR Hinode sam
     Dask cluster): the automatic chunk size with SIR's ``chunk_plan`` against
     the plan's default (1024-pixel floor: one task for a small field).
 
+(e) ``stokesflow assist --backend sir``'s short phase from three starts, on a crop of the
+    sample (``--crop``, default rows and columns 4-19): the loop is run once with
+    ``me_seed="merge"`` and no baseline (reference of the subset, network, ME seed,
+    guesses; resumed when ``--work`` holds it), then each start is inverted with
+    ``-B strategy=assisted_me`` as its own ``stokesflow invert`` command on
+    ``--workers`` local workers, timed whole (wall, and CPU of the command and
+    every process under it: Dask workers, SIR): (a) the network's guesses
+    (``network_guess.h5``), (b) the ME seed merged into them (``guess.h5``),
+    (c) the ME result alone (``me_seed.h5``: T, vmic, vmac from HSRA); against
+    ``stokesflow invert -B strategy=reference`` from HSRA (the baseline), with
+    the ME inversion (its own command) counted for (b) and (c).
+
 Without SIR, (a) and (b) are measured for Lightweaver synthesis (per pixel) instead.
 The machine is shared: run it on an idle one for figures to quote; every timing is
 the best of ``--repeat`` runs.
@@ -28,7 +40,9 @@ the best of ``--repeat`` runs.
 Usage::
 
     python benchmarks/classical_scaling.py [--pixels 24] [--sir PATH] [--repeat 2] [--data DIR]
-                                           [--chunk K] [--parts abcd]
+                                           [--chunk K] [--parts abcde]
+    python benchmarks/classical_scaling.py --parts e [--crop 4:20,4:20] [--subset 0.5] [--workers 2]
+                                           [--work DIR] [--variants me,a,b,c,base] [--prepare-only]
 """
 
 from __future__ import annotations
@@ -356,6 +370,87 @@ def sir_benchmark(exe: str, data: Path, n: int, repeat: int, args_chunk: int = 0
               f"{rates[2, k2] / (2 * rates[1, k1]) * 100:.0f} %  (target >= 90 %)")
 
 
+def _timed_command(argv: list[str]) -> tuple[float, float]:
+    """Run ``argv``; return (wall s, CPU s of it and every process under it that was waited for)."""
+    import resource
+    import subprocess
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def assist_seed_benchmark(exe: str, data: Path, crop: str, subset: float, workers: int, work: Path,
+                          variants: str, prepare_only: bool) -> None:
+    """Part (e): the short phase from the network's guesses, the ME-seeded guesses and the ME result alone."""
+    import json
+
+    import h5py
+
+    from stokesflow.orchestrator.assist import AssistSettings, run_assist
+    from stokesflow.orchestrator.io import write_observation
+    from stokesflow.orchestrator.store import read_result
+
+    (r0, r1), (c0, c1) = ([int(v) for v in part.split(":")] for part in crop.split(","))
+    work.mkdir(parents=True, exist_ok=True)
+    obs = work / "obs.h5"
+    if not obs.exists():
+        with h5py.File(data / "sir_hinode_sample.h5") as f:
+            attrs = {k: f.attrs[k] for k in ("lines", "noise", "instrument")}
+            truth = {k: f["truth"][k][r0:r1, c0:c1] for k in f["truth"]}
+            write_observation(obs, f["stokes"][r0:r1, c0:c1], f["wavelength"][:], attrs, truth)
+    loop = work / "loop"
+    cluster = {"kind": "local", "workers": workers}
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    summ = run_assist(obs, loop, AssistSettings(subset=subset, backend="sir", backend_options={"executable": exe},
+                                                me_seed="merge", cluster=cluster, progress="none", report=False))
+    print(f"(e) {obs} (rows {r0}:{r1}, columns {c0}:{c1}), {workers} local workers; the loop (me_seed=merge, "
+          f"subset {summ['subset']['pixels']} px): {time.perf_counter() - t0:.1f} s now; its phases "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in summ["phases"].items()))
+    if prepare_only:
+        return
+    sf = [sys.executable, "-m", "stokesflow.orchestrator.cli"]
+    common = ["--cluster", "local", "-w", str(workers), "--progress", "none", "-q", "--overwrite"]
+    sir = ["--backend", "sir", "-B", f"executable={exe}"]
+    starts = {"a": loop / "network_guess.h5", "b": loop / "guess.h5", "c": loop / "me_seed.h5"}
+    runs: dict[str, tuple[float, float, float, Path]] = {}
+    for v in variants.split(","):
+        out = work / f"{v}.h5"
+        if v == "me":
+            argv = sf + ["invert", "--input", str(obs), "--out", str(out), "--backend", "me"] + common
+        elif v == "base":
+            argv = sf + ["invert", "--input", str(obs), "--out", str(out)] + sir + ["-B", "strategy=reference"] + common
+        else:
+            argv = sf + ["invert", "--input", str(obs), "--out", str(out)] + sir + [
+                "-B", "strategy=assisted_me", "--init", "previous", "-I", f"file={starts[v]}"] + common
+        load = os.getloadavg()[0]
+        wall, cpu = _timed_command(argv)
+        runs[v] = (wall, cpu, load, out)
+        print(f"    {v}: {wall:.1f} s wall, {cpu:.1f} s CPU (load before {load:.1f}): {' '.join(argv[2:])}")
+    if "base" not in runs:
+        return
+    bw, bc, _, bout = runs["base"]
+    bchi = float(np.nanmedian(np.where(read_result(bout).status == 0, read_result(bout).chi2, np.nan)))
+    me_w, me_c = runs.get("me", (0.0, 0.0))[:2]
+    print(f"    baseline (reference from HSRA): {bw:.1f} s wall, {bc:.1f} s CPU, median chi2 {bchi:.2f}")
+    for v, label in (("a", "network alone"), ("b", "ME seed + network"), ("c", "ME seed alone")):
+        if v not in runs:
+            continue
+        w, c, _, out = runs[v]
+        if v in "bc":
+            w, c = w + me_w, c + me_c
+        r = read_result(out)
+        chi = float(np.nanmedian(np.where(r.status == 0, r.chi2, np.nan)))
+        print(f"    ({v}) {label}: {w:.1f} s wall ({bw / w:.2f}x), {c:.1f} s CPU ({bc / c:.2f}x), median chi2 "
+              f"{chi:.2f} ({(chi / bchi - 1) * 100:+.1f} %), failed {int((r.status == 2).sum())}"
+              + (" (ME counted)" if v in "bc" else ""))
+    print("    " + json.dumps({k: [round(x, 2) for x in t[:3]] for k, t in runs.items()}))
+
+
 def _lw_chunk(args: tuple) -> float:
     from stokesflow.backends.lightweaver.backend import LightweaverBackend
 
@@ -396,11 +491,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--chunk", type=int, default=0, help="pixels per task in (b) (default: pixels / 8)")
-    ap.add_argument("--parts", default="abcd", help="which parts to run: any of a, b, c, d (default: abcd)")
+    ap.add_argument("--parts", default="abcd", help="which parts to run: any of a, b, c, d, e (default: abcd)")
+    ap.add_argument("--crop", default="4:20,4:20", help="(e) rows,columns of the SIR sample")
+    ap.add_argument("--subset", type=float, default=0.05, help="(e) the loop's --subset")
+    ap.add_argument("--workers", type=int, default=2, help="(e) local workers")
+    ap.add_argument("--work", type=Path, default=Path("bench-assist-seed"), help="(e) working folder (resumed)")
+    ap.add_argument("--variants", default="me,a,b,c,base", help="(e) which commands to time")
+    ap.add_argument("--prepare-only", action="store_true", help="(e) run the loop only")
     a = ap.parse_args()
-    if a.sir:
+    if a.sir and "e" in a.parts:
+        assist_seed_benchmark(a.sir, a.data, a.crop, a.subset, a.workers, a.work, a.variants, a.prepare_only)
+    if a.sir and a.parts.replace("e", ""):
         sir_benchmark(a.sir, a.data, a.pixels, a.repeat, a.chunk, a.parts)
-    else:
+    elif not a.sir:
         print("no SIR executable (STOKESFLOW_SIR or --sir): measuring Lightweaver synthesis instead", file=sys.stderr)
         lightweaver_benchmark(a.pixels, a.repeat)
 

@@ -16,20 +16,23 @@ finished phases and, inside a phase, the finished chunks or epochs):
    executor -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
    inverted with ``--synthetic`` and its well-fitted pixels become a look-up
    database of representative profiles -> ``DIR/kmeans.h5``.
-4. ``me_seed`` (with ``me_seed``, a depth-stratified backend: SIR, DeSIRe): the
+4. ``me_seed`` (``me_seed`` ``"merge"`` or ``"alone"``; a backend with
+   ``seed_parameters``: SIR, DeSIRe): the
    whole field inverted with the ME backend (its defaults; about 1000x cheaper
    per pixel than SIR) -> ``DIR/me_seed.h5``.
 5. ``predict``: the network's parameters (or the best-matching
    representative's, with its chi2 as a quality map) for every pixel, as
-   chunk tasks -> ``DIR/guess.h5``. With ``me_seed``: the network's guesses
+   chunk tasks -> ``DIR/guess.h5``. With ``me_seed="merge"``: the network's guesses
    go to ``DIR/network_guess.h5`` and ``DIR/guess.h5`` is that file with the
    backend's ``seed_parameters`` (B, inclination, azimuth, vlos) taken from
    the ME result, constant over the nodes, where its fit is usable
    (:func:`stokesflow.orchestrator.predict.seed_guess`, which reads the ME
    result as ``--init previous`` does): the short phase starts from the ME
-   field and velocity and the network's T, vmic and vmac.
+   field and velocity and the network's T, vmic and vmac. With
+   ``me_seed="alone"`` the short phase starts from ``DIR/me_seed.h5`` itself
+   (the ME field and velocity, the guess model's T, vmic and vmac).
 6. ``assisted``: the whole field inverted from those guesses (``--init
-   previous -I file=guess.h5``) with the short strategy
+   previous -I file=guess.h5``, or ``me_seed.h5``) with the short strategy
    (:func:`default_short_options`: ME one start and the statistical step rule
    ``sigma_tol``; SIR and DeSIRe ``strategy=assisted_me``, one cycle) -> ``DIR/assisted.h5``.
 7. ``baseline`` (with ``baseline=True``): the whole field inverted the
@@ -64,7 +67,8 @@ import numpy as np
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "ME_SEED_DEFAULT", "SUMMARY_LOG_TAU", "AssistSettings",
+__all__ = ["PHASES", "SHORT_SIGMA_TOL", "ASSIST_STRATEGIES", "ME_SEED_MODES", "ME_SEED_DEFAULT", "SUMMARY_LOG_TAU",
+           "AssistSettings",
            "default_reference_options", "default_short_options", "default_baseline_options", "make_subset",
            "run_assist", "default_subset_bounds", "default_me_seed"]
 
@@ -106,10 +110,15 @@ ASSIST_STRATEGIES: dict[str, dict[str, dict[str, Any]]] = {
                "baseline": {"strategy": "reference"}},
 }
 
-#: Whether the loop seeds the short phase's field and velocity from an ME inversion of the whole
-#: field (phase ``me_seed``), per backend; a backend not listed: no. Only a backend with
-#: ``seed_parameters`` takes a seed (SIR, DeSIRe).
-ME_SEED_DEFAULT: dict[str, bool] = {"sir": False, "desire": False}
+#: How the short phase may be seeded from an ME inversion of the whole field (phase ``me_seed``):
+#: ``"off"`` (the network's guesses alone), ``"merge"`` (the ME field and velocity, the backend's
+#: ``seed_parameters``, with the network's other columns) or ``"alone"`` (the ME result alone: the
+#: guess model's T, vmic and vmac; the network's guesses are not used by the short phase).
+ME_SEED_MODES = ("off", "merge", "alone")
+
+#: The loop's ME seed per backend (:data:`ME_SEED_MODES`); a backend not listed: ``"off"``. Only a
+#: backend with ``seed_parameters`` takes a seed (SIR, DeSIRe).
+ME_SEED_DEFAULT: dict[str, str] = {"sir": "off", "desire": "off"}
 
 #: Depth [log tau_500] at which the summary compares depth-stratified results (agreement, truth).
 SUMMARY_LOG_TAU = -1.0
@@ -154,9 +163,9 @@ def default_short_options(backend: str = "me") -> dict[str, Any]:
     return opts
 
 
-def default_me_seed(backend: str = "me") -> bool:
-    """Whether the loop of ``backend`` runs the ``me_seed`` phase by default (:data:`ME_SEED_DEFAULT`)."""
-    return bool(ME_SEED_DEFAULT.get(backend, False))
+def default_me_seed(backend: str = "me") -> str:
+    """The loop's ME seed for ``backend`` (:data:`ME_SEED_DEFAULT`, one of :data:`ME_SEED_MODES`)."""
+    return ME_SEED_DEFAULT.get(backend, "off")
 
 
 def default_subset_bounds(backend: str = "me", model: str = "cnn") -> tuple[int, int]:
@@ -213,11 +222,13 @@ class AssistSettings:
     baseline_options : dict, optional
         Added for the baseline. Default (None): :func:`default_baseline_options`
         of ``backend``. Not part of :meth:`identity` (like ``baseline``).
-    me_seed : bool, optional
-        Invert the whole field with the ME backend (phase ``me_seed``) and start the short phase
-        from the ME result's field and velocity (the backend's ``seed_parameters``) with the
-        network's other columns. Only for a backend with ``seed_parameters`` (SIR, DeSIRe).
-        Default (None): :func:`default_me_seed` of ``backend``.
+    me_seed : str, optional
+        One of :data:`ME_SEED_MODES`: ``"merge"`` or ``"alone"`` invert the whole field with the
+        ME backend (phase ``me_seed``) and start the short phase from the ME result's field and
+        velocity (the backend's ``seed_parameters``), with the network's other columns
+        (``"merge"``) or the guess model's (``"alone"``); ``"off"``: the network's guesses alone.
+        Not ``"off"`` only for a backend with ``seed_parameters`` (SIR, DeSIRe). Default (None):
+        :func:`default_me_seed` of ``backend``.
     cluster : dict
         The ``[cluster]`` table.
     chunk_pixels : int
@@ -242,7 +253,7 @@ class AssistSettings:
     reference_options: dict[str, Any] | None = None
     short_options: dict[str, Any] | None = None
     baseline_options: dict[str, Any] | None = None
-    me_seed: bool | None = None
+    me_seed: str | None = None
     cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
     chunk_pixels: int = 0
     progress: str = "auto"
@@ -257,6 +268,8 @@ class AssistSettings:
             object.__setattr__(self, "baseline_options", default_baseline_options(self.backend))
         if self.me_seed is None:
             object.__setattr__(self, "me_seed", default_me_seed(self.backend))
+        if self.me_seed not in ME_SEED_MODES:
+            raise OrchestratorError(f"me_seed must be one of {', '.join(ME_SEED_MODES)}, got {self.me_seed!r}")
         if not 0 < self.subset <= 1:
             raise OrchestratorError(f"--subset must be a share of the pixels in (0, 1], got {self.subset}")
         lo, hi = default_subset_bounds(self.backend, self.model)
@@ -493,10 +506,10 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if s.model == "kmeans" and _depth_stratified(s):
         raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
                                 "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
-    if s.me_seed and not _seed_parameters(s):
-        raise OrchestratorError(f"me_seed: backend {s.backend!r} takes no seed from an ME result (no "
+    if s.me_seed != "off" and not _seed_parameters(s):
+        raise OrchestratorError(f"me_seed={s.me_seed!r}: backend {s.backend!r} takes no seed from an ME result (no "
                                 "seed_parameters); the ME seed is for a depth-stratified backend (sir, desire): "
-                                "turn it off (me_seed=False)")
+                                "use me_seed='off'")
     if overwrite and d.exists():
         for f in d.iterdir():
             if f.is_file():
@@ -535,7 +548,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     # initialised once and only the driver rank runs the phases (and writes their files).
     from stokesflow.clusters import ClusterSpec, open_executor
 
-    phases = [p for p in PHASES[:-1] if p != "me_seed" or s.me_seed] + (["baseline"] if s.baseline else [])
+    phases = [p for p in PHASES[:-1] if p != "me_seed" or s.me_seed != "off"] + (["baseline"] if s.baseline else [])
     if not all(st.done(p) for p in phases):
         with open_executor(ClusterSpec.from_mapping(dict(s.cluster))) as ex:
             phase("subset", subset)
@@ -576,18 +589,19 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
             st.data["training"]["calibration_curve"] = summary["calibration_curve"]
 
     phase("train", train)
-    if s.me_seed:  # the ME inversion of the whole field, with the ME backend's defaults
+    if s.me_seed != "off":  # the ME inversion of the whole field, with the ME backend's defaults
         phase("me_seed", lambda: _invert(s, Path(obs.path), paths["me_seed"], options={}, noise=noise,
                                          executor=ex, backend="me"))
 
     def predict() -> None:
-        net = paths["network_guess"] if s.me_seed else paths["guess"]
+        merge = s.me_seed == "merge"
+        net = paths["network_guess"] if merge else paths["guess"]
         res = predict_observation(obs.path, paths["model"], net, cluster=s.cluster,
                                   chunk_pixels=s.chunk_pixels, resume=net.exists(),
                                   threads=s.threads or None, executor=ex,
                                   columns=None if s.model == "kmeans" else _init_columns(s))
         st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
-        if s.me_seed:
+        if merge:
             from stokesflow.backends import get_backend
             from stokesflow.orchestrator.predict import seed_guess
 
@@ -595,8 +609,9 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
             st.data["predict"]["me_seed"] = {k: merged[k] for k in ("parameters", "pixels")}
 
     phase("predict", predict)
+    start = paths["me_seed"] if s.me_seed == "alone" else paths["guess"]
     phase("assisted", lambda: _invert(s, Path(obs.path), paths["assisted"], options=s.short_options,
-                                      init="previous", init_options={"file": str(paths["guess"])}, noise=noise,
+                                      init="previous", init_options={"file": str(start)}, noise=noise,
                                       executor=ex))
     if s.baseline:
         phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options=dict(s.baseline_options or {}),
@@ -658,7 +673,8 @@ def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) 
     if paths["baseline"].exists() and st.done("baseline"):
         runs["baseline"] = _read_maps(paths["baseline"])
     guess = _read_maps(paths["guess"])
-    network = _read_maps(paths["network_guess"]) if st.done("me_seed") and paths["network_guess"].exists() else None
+    merged = s.me_seed == "merge" and paths["network_guess"].exists()
+    network = _read_maps(paths["network_guess"]) if merged else None
     out: dict[str, Any] = {
         "lm_iterations": {k: iteration_stats(r)["total"] for k, r in runs.items()},
         "iterations": {k: iteration_stats(r) for k, r in runs.items()},

@@ -310,16 +310,16 @@ _SEEDED = ("B", "inclination", "azimuth", "vlos")  # the SIR backend's seed_para
 
 
 def test_assist_sir_me_seed_reaches_the_short_phase(obs, tmp_path):
-    """``me_seed=True``: the ME result of the whole field (phase ``me_seed``) replaces the network's B,
+    """``me_seed="merge"``: the ME result of the whole field (phase ``me_seed``) replaces the network's B,
     inclination, azimuth and vlos at every node of ``guess.h5`` (the network's own guesses stay in
     ``network_guess.h5``, its T and the rest are kept), and the short phase starts from it: the double
     doubles the guess model's B, so the assisted B is 2 x the ME B at every depth."""
     from stokesflow.orchestrator.predict import seed_guess
 
     d = tmp_path / "loop"
-    data = run_assist(obs, d, _settings(me_seed=True, baseline=True))
+    data = run_assist(obs, d, _settings(me_seed="merge", baseline=True))
     assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted", "baseline"]
-    assert data["arguments"]["me_seed"] is True
+    assert data["arguments"]["me_seed"] == "merge"
     me = read_result(d / "me_seed.h5")
     assert json.loads(inspect_result(d / "me_seed.h5")["fingerprint_json"])["backend"] == "me"
     usable = ~np.isin(me.status.reshape(-1), (2, 3, 255))
@@ -346,7 +346,7 @@ def test_assist_sir_me_seed_reaches_the_short_phase(obs, tmp_path):
         ph["baseline"] / (ph["assisted"] + ph["me_seed"]), rel=1e-12)
     assert data["loop_seconds"] == pytest.approx(sum(ph[p] for p in ph if p != "baseline"), rel=1e-12)
     assert "network_guess" in data["agreement_with_baseline"] and data["predict"]["me_seed"]["pixels"] == 23
-    assert run_assist(obs, d, _settings(me_seed=True, baseline=True))["ran"] == []  # resumed: nothing to redo
+    assert run_assist(obs, d, _settings(me_seed="merge", baseline=True))["ran"] == []  # resumed: nothing to redo
 
     # a pixel whose ME fit failed (status 2) keeps the network's guess; the rest is seeded
     bad = tmp_path / "me_bad.h5"
@@ -367,11 +367,30 @@ def test_assist_sir_me_seed_reaches_the_short_phase(obs, tmp_path):
         seed_guess(d / "network_guess.h5", bad, d / "network_guess.h5", sir)
 
 
+def test_assist_sir_me_seed_alone_starts_the_short_phase_from_the_me_result(obs, tmp_path):
+    """``me_seed="alone"``: the short phase starts from ``me_seed.h5`` itself (T, vmic, vmac from the guess
+    model); ``guess.h5`` is the network's own."""
+    d = tmp_path / "loop"
+    data = run_assist(obs, d, _settings(me_seed="alone"))
+    assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted"]
+    assert json.loads(inspect_result(d / "assisted.h5")["fingerprint_json"])["init"]["options"]["file"] == str(
+        d / "me_seed.h5")
+    assert not (d / "network_guess.h5").exists() and "network_guess" not in data.get("truth", {})
+    me = read_result(d / "me_seed.h5")
+    usable = ~np.isin(me.status.reshape(-1), (2, 3, 255))
+    with h5py.File(d / "assisted.h5") as a:
+        b = a["params/B"][()].reshape(24, -1)
+    want_b = 2.0 * np.maximum(me.params["B"].reshape(-1)[usable], 10.0)
+    np.testing.assert_allclose(b[usable], np.repeat(want_b[:, None], b.shape[1], axis=1), rtol=1e-4)
+    with h5py.File(d / "guess.h5") as g:
+        assert "seeded" not in g.attrs
+
+
 def test_assist_sir_me_seed_off_runs_no_me_phase(obs, tmp_path):
-    """``me_seed=False``: no ME inversion, ``guess.h5`` is the network's own (its B, learned from the double's
+    """``me_seed="off"``: no ME inversion, ``guess.h5`` is the network's own (its B, learned from the double's
     2 x HSRA = 800 G references, is 800 G: no ME value)."""
     d = tmp_path / "loop"
-    data = run_assist(obs, d, _settings(me_seed=False))
+    data = run_assist(obs, d, _settings(me_seed="off"))
     assert data["ran"] == ["subset", "reference", "train", "predict", "assisted"] and "me_seed" not in data["phases"]
     assert not (d / "me_seed.h5").exists() and not (d / "network_guess.h5").exists()
     with h5py.File(d / "guess.h5") as g:
@@ -382,6 +401,8 @@ def test_assist_sir_me_seed_off_runs_no_me_phase(obs, tmp_path):
 def test_me_seed_on_a_backend_without_seed_parameters_is_refused(obs, tmp_path):
     from stokesflow.orchestrator.errors import OrchestratorError
 
-    with pytest.raises(OrchestratorError, match=r"me_seed: backend 'me' takes no seed .* turn it off"):
-        run_assist(obs, tmp_path / "loop", AssistSettings(me_seed=True, cluster={"kind": "serial"}, report=False))
+    with pytest.raises(OrchestratorError, match=r"me_seed='merge': backend 'me' takes no seed .* use me_seed='off'"):
+        run_assist(obs, tmp_path / "loop", AssistSettings(me_seed="merge", cluster={"kind": "serial"}, report=False))
     assert not (tmp_path / "loop").exists()
+    with pytest.raises(OrchestratorError, match=r"me_seed must be one of off, merge, alone, got True"):
+        AssistSettings(backend="sir", me_seed=True)
