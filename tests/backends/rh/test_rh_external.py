@@ -97,3 +97,23 @@ def test_real_rh_ca_8542_nlte_in_rhs_falc(rh_available):
     assert 0.1 < i.min() < 0.35 and abs(wl[np.argmin(i)] - 8542.09) <= 0.1
     k = np.argmin(np.abs(wl - (8542.09 - 0.2)))
     assert r.synthetic[1, 3, k] > 0  # V > 0 in the blue wing for a vertical field towards the observer
+
+
+def test_real_rh_ca_8542_nlte_in_the_built_in_falc(rh_available):
+    """The built-in FAL-C (``model = "falc"``, the published table on log tau 1.2 to -7.5) against RH's
+    own FAL-C file: the same Ca II 8542 profile but for the core, which the built-in grid's top (12,350 K,
+    no transition region) makes deeper. Measured with RH 1.5D: core 0.211 against 0.243, within 0.005
+    beyond 0.4 A from the centre and 0.0005 beyond 0.8 A, the whole profile within 0.035. Tolerance 0.06."""
+    exe = Path(os.environ[ENV_VAR]).resolve()
+    data = Path(os.environ.get("STOKESFLOW_RH_DATA") or exe.parent.parent)
+    falc = data / "Atmos" / "FALC_82_5x5.hdf5"
+    if not falc.is_file():
+        pytest.skip(f"{falc} not found (RH's source tree ships it)")
+    wl = 8542.09 + 0.05 * np.arange(-20, 21)
+    opts = {"atoms": ["H_6.atom", "CaII.atom"], "active": ["CaII.atom"], "lines": []}
+    ours = RHBackend({**opts, "model": "falc"}).synthesize_chunk({"B": np.array([0.0])}, wl)
+    theirs = RHBackend({**opts, "model": str(falc)}).synthesize_chunk({"B": np.array([0.0])}, wl)
+    assert ours.status.tolist() == [STATUS_OK] and theirs.status.tolist() == [STATUS_OK], (ours.errors, theirs.errors)
+    i, j = ours.synthetic[0, 0].astype(float), theirs.synthetic[0, 0].astype(float)
+    assert 0.15 < i.min() < 0.3 and abs(wl[np.argmin(i)] - 8542.09) <= 0.1
+    np.testing.assert_allclose(i, j, atol=0.06)
