@@ -109,3 +109,23 @@ def test_a_sir_result_seeds_an_assisted_sir_run_at_its_nodes(sir_backend, shared
                                    np.median(r["params/B"][:][..., band], axis=-1), rtol=0.15)
         # chi2 of the seeded one-cycle run within 30 % of the reference's (measured: 3-11 % lower)
         np.testing.assert_allclose(np.median(s["chi2"][:]), np.median(r["chi2"][:]), rtol=0.3)
+
+
+def test_real_sir_runs_in_the_built_in_falc(sir_backend):
+    """``model = "falc"`` in LTE: SIR synthesises Fe I 6301/6302 in FAL-C (88 points up to log tau -7.5)
+    and inverts it from FAL-C with the guess field. Measured with SIR 2017 (commit 8c3d60d), truth 1000 G,
+    40 deg, 30 deg, 0.5 km/s, seed 1: 1000 G, 39.9 deg, 29.9 deg, 0.50 km/s, chi2 14; the continuum
+    1.029 (FAL-C is 3 % brighter than SIR's HSRA unit at 6301 A). Tolerances as above."""
+    wl = 6300.89 + 0.021549 * np.arange(112)
+    b = SIRBackend({"lines": ["FeI_6301", "FeI_6302"], "noise": 1e-3, "model": "falc"})
+    truth = {"B": np.array([1000.0]), "inclination": np.array([40.0]), "azimuth": np.array([30.0]),
+             "vlos": np.array([0.5])}
+    prof = b.synthesize(truth, wl)
+    assert 1.0 < prof[0, 0].max() < 1.06  # FAL-C's continuum in HSRA units
+    r = b.invert(prof + np.random.default_rng(1).normal(0, 1e-3, prof.shape), wl)
+    assert r.status[0] == STATUS_OK, r.errors
+    assert r.log_tau.shape == (88,) and r.log_tau.min() == pytest.approx(-7.5)
+    assert r.param("B")[0] == pytest.approx(1000.0, rel=0.05)
+    assert r.param("inclination")[0] == pytest.approx(40.0, abs=3.0)
+    assert r.param("azimuth")[0] == pytest.approx(30.0, abs=4.0)
+    assert r.param("vlos")[0] == pytest.approx(0.5, abs=0.1)
