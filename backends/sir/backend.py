@@ -5,7 +5,8 @@ bundled: the executable comes from the option ``executable`` or the environment
 variable ``STOKESFLOW_SIR``. Each call of :meth:`SIRBackend.invert` works in its
 own scratch folder, writes the line list, abundances and wavelength grid from the
 project's tables and the observation, and runs one SIR process per pixel
-(``echo sir.trol | sir.x``) from the built-in HSRA model or a given guess.
+(``echo sir.trol | sir.x``) from a built-in model (the HSRA by default, or
+FAL-C with its chromosphere: :data:`BUILTIN_MODELS`) or a given guess.
 
 Units and sign conventions (checked by synthesising with SIR itself): SIR's
 gamma and phi are stokesflow's ``inclination`` and ``azimuth`` (B > 0, gamma 0

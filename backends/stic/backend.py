@@ -241,7 +241,10 @@ class STiCOptions:
         MPI ranks per run (>= 2: rank 0 hands out pixels, the others compute).
     atmosphere : str
         ``"lte"`` (STiC's LTE module, lines from the project's tables) or
-        ``"nlte"`` (STiC's RH module with model atoms from ``stic_data``).
+        ``"nlte"`` (STiC's RH module with model atoms from ``stic_data``;
+        the guess model defaults to FAL-C, populations are solved without
+        the field (RH's ``FIELD_FREE``, then the full Stokes solution), and
+        quantities are interpolated linearly between nodes, cubic Bezier in LTE).
     lines : list of str
         Line names (default: the observation's ``lines``).
     line_table, atomic_table : str, optional
@@ -585,9 +588,12 @@ class STiCBackend(Backend):
             "mu": self.options.mu, "mode": mode, "atmosphere_type": "lte" if lte else "rh",
             "instrument": "none", "verbose": 0, "mpi_pack": 1, "use_eos": 1, "recompute_hydro": 1,
             "max_inv_iter": self.options.max_iter, "depth_model": 0, "depth_t": 0,
-            # cubic Bezier between nodes (STiC's example setting): linear nodes bias the field by
-            # ~6 deg in an inversion of STiC's own HSRA profiles (tests/backends/stic/test_stic_external.py)
-            "depth_interpolation": 2,
+            # LTE: cubic Bezier between nodes (STiC's example setting): linear nodes bias the field by
+            # ~6 deg in an inversion of STiC's own HSRA profiles (tests/backends/stic/test_stic_external.py).
+            # NLTE: linear. From FAL-C, cubic T through 4, 5 or 7 nodes overshot at the top (20,000-37,000 K
+            # with 7) and STiC aborted the fit ('ERROR in the evaluation of FX', zero profiles) or ran past
+            # 600 s (the assisted strategy, one Ca II 8542 pixel); linear gave results (see the NLTE test)
+            "depth_interpolation": 2 if lte else 1,
             "marquardt_damping": 3.162277, "svd_thres": 1.0e-14, "svd_split_singular": 0,
             "chi2_threshold": 1.0, "randomize_inversions": 1, "parameter_perturbation": 0.01,
             "centered_derivatives": 0, "regularize": 0,

@@ -212,6 +212,7 @@ def test_keep_failed_keeps_the_folder(stic_double):
     assert (kept / io.INPUT_CFG).is_file() and (kept / io.LINES_CFG).is_file() and (kept / io.PROFILES_OUT).is_file()
     values, regions = io.parse_input_cfg((kept / io.INPUT_CFG).read_text())
     assert values["mode"] == "2" and values["atmosphere_type"] == "lte" and values["lines"] == "FeI_6302"
+    assert values["depth_interpolation"] == "2"  # cubic Bezier in LTE
     np.testing.assert_allclose(io.region_wavelengths(regions), WL, atol=1e-9)
     scratch = Path(stic_double["scratch"])
     assert sorted(p.name for p in scratch.iterdir()) == [kept.name]  # the working folder itself is cleaned up
@@ -259,6 +260,7 @@ def test_nlte_inputs_are_rh_files_written_by_the_rh_writers(stic_double, tmp_pat
     kept = Path(r.errors[1].split("(folder kept: ")[1].rstrip(")"))
     values, _ = io.parse_input_cfg((kept / io.INPUT_CFG).read_text())
     assert values["atmosphere_type"] == "rh" and "lines" not in values
+    assert values["depth_interpolation"] == "1"  # linear in NLTE (cubic overshoots FAL-C's top)
     kw = rh_io.parse_keywords((kept / "keyword.input").read_text())
     assert kw["ATOMS_FILE"] == "atoms.input" and kw["STOKES_MODE"] == "FIELD_FREE" and "KURUCZ_DATA" not in kw
     atoms = rh_io.parse_atoms((kept / "atoms.input").read_text())
