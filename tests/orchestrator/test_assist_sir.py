@@ -49,8 +49,10 @@ def _observation(path: Path, ny: int, nx: int, *, seed: int = 3, nan_pixel: int 
 
 
 def _settings(**kw):
+    """The loop's settings for the double; the network's guesses alone unless ``me_seed`` is given."""
     base = dict(subset=0.3, clusters=3, epochs=2, threads=1, cluster={"kind": "serial"}, progress="none",
-                chunk_pixels=8, report=False, backend="sir", backend_options={"executable": str(DOUBLE)})
+                chunk_pixels=8, report=False, backend="sir", backend_options={"executable": str(DOUBLE)},
+                me_seed="off")
     base.update(kw)
     return AssistSettings(**base)
 
@@ -71,7 +73,9 @@ def test_assist_sir_end_to_end_serial(obs, tmp_path):
                "--chunk-pixels", "8", "--progress", "none", "--no-report", "-q"])
     assert rc == 0
     data = json.loads((d / "summary.json").read_text())
-    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted", "baseline"]
+    # SIR's default ME seed: "alone" (the short phase starts from the ME result, DIR/me_seed.h5)
+    assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted", "baseline"]
+    assert data["arguments"]["me_seed"] == "alone"
     # reference strategy for the subset and the baseline, one cycle (assisted_me) for the field
     assert [_strategy(d / f) for f in ("subset.h5", "assisted.h5", "baseline.h5")] == ["reference", "assisted_me",
                                                                                        "reference"]
@@ -86,7 +90,7 @@ def test_assist_sir_end_to_end_serial(obs, tmp_path):
     cols = load_model(d / "model.pt").parameters
     assert set(cols) <= set(sir.init_columns) and "B@-1" in cols and "azimuth@-4" in cols
     assert not {"B", "T", "Pe"} & set(cols) and "vmac" in cols
-    # guess.h5: the predictions as a stratified file on the nodes, which --init previous read
+    # guess.h5: the predictions as a stratified file on the nodes (which --init previous reads)
     with h5py.File(d / "guess.h5") as g:
         np.testing.assert_array_equal(g["log_tau"][:], NODES)
         assert g["params/B"].shape == (4, 6, 6) and g["params/vmac"].shape == (4, 6)
@@ -98,12 +102,14 @@ def test_assist_sir_end_to_end_serial(obs, tmp_path):
         b = a["params/B"][:, :, k].reshape(-1)
         status = a["status"][:].reshape(-1)
     assert status[5] == 3 and (np.delete(status, 5) == 0).all()
-    # each pixel started from its guess: the double doubles the guess model's field (float32 store: rtol 1e-6)
-    np.testing.assert_allclose(np.delete(b, 5), 2 * np.delete(guess_b, 5), rtol=1e-6)
+    # each pixel started from the ME result: the double doubles the guess model's field (SIR's .mod text: rtol 1e-4)
+    me_b = read_result(d / "me_seed.h5").params["B"].reshape(-1)
+    np.testing.assert_allclose(np.delete(b, 5), 2 * np.maximum(np.delete(me_b, 5), 10.0), rtol=1e-4)
     # the reference B (the double: 2 x HSRA's 400 G everywhere) is one value: the network gives it exactly
     np.testing.assert_allclose(np.delete(guess_b, 5), 800.0, rtol=1e-6)
     assert np.isfinite(data["chi2"]["assisted"]["median"])
-    assert run_assist(obs, d, _settings(baseline=True))["ran"] == []  # the CLI's defaults are the library's
+    # the CLI's defaults are the library's
+    assert run_assist(obs, d, _settings(baseline=True, me_seed=None))["ran"] == []
 
 
 def test_assist_sir_with_kmeans_is_refused_before_any_work(obs, tmp_path):
@@ -250,7 +256,8 @@ def test_cli_train_and_predict_on_a_sir_result(stratified, tmp_path):
 def test_real_sir_assist_loop_on_a_few_pixels(shared_data, tmp_path):
     """The real SIR (``STOKESFLOW_SIR``): the loop on a 4 x 5 crop of the shared SIR sample (penumbra and
     plage, rows 4-7, columns 10-14), every pixel in the subset (the CNN needs 20 good fits): every phase runs
-    with the real code, every pixel is fitted, each pixel's SIR run starts from its guess. No accuracy
+    with the real code (the ME seed merged into the network's guesses), every pixel is fitted, each pixel's SIR
+    run starts from its guess. No accuracy
     figure: a 3-epoch network on 20 pixels is a rough start (measured: assisted median chi2 466 against the
     reference's 26); the loop's accuracy is measured on a 16 x 16 field (README)."""
     from conftest import require_external_code
@@ -266,8 +273,8 @@ def test_real_sir_assist_loop_on_a_few_pixels(shared_data, tmp_path):
     d = tmp_path / "loop"
     data = run_assist(tmp_path / "obs.h5", d, AssistSettings(
         subset=1.0, clusters=2, epochs=3, threads=1, cluster={"kind": "serial"}, progress="none", report=False,
-        backend="sir"))
-    assert data["ran"] == ["subset", "reference", "train", "predict", "assisted"]
+        backend="sir", me_seed="merge"))
+    assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted"]
     for f in ("subset.h5", "assisted.h5"):
         assert (read_result(d / f).status == 0).all(), f
     assert _strategy(d / "assisted.h5") == "assisted_me"
@@ -371,7 +378,7 @@ def test_assist_sir_me_seed_alone_starts_the_short_phase_from_the_me_result(obs,
     """``me_seed="alone"``: the short phase starts from ``me_seed.h5`` itself (T, vmic, vmac from the guess
     model); ``guess.h5`` is the network's own."""
     d = tmp_path / "loop"
-    data = run_assist(obs, d, _settings(me_seed="alone"))
+    data = run_assist(obs, d, _settings(me_seed="alone", chunk_pixels=4))
     assert data["ran"] == ["subset", "reference", "train", "me_seed", "predict", "assisted"]
     assert json.loads(inspect_result(d / "assisted.h5")["fingerprint_json"])["init"]["options"]["file"] == str(
         d / "me_seed.h5")
@@ -406,3 +413,32 @@ def test_me_seed_on_a_backend_without_seed_parameters_is_refused(obs, tmp_path):
     assert not (tmp_path / "loop").exists()
     with pytest.raises(OrchestratorError, match=r"me_seed must be one of off, merge, alone, got True"):
         AssistSettings(backend="sir", me_seed=True)
+
+
+def test_assist_sir_interrupted_in_the_me_seed_phase_resumes_it(obs, tmp_path, monkeypatch):
+    """The ``me_seed`` phase dies at its 5th chunk (6 chunks of 4 pixels; up to 3 in flight per serial worker):
+    a rerun finishes that phase's missing chunks only, without redoing the reference, and goes on."""
+    calls = {"n": 0}
+    real = run_module.invert_chunk
+
+    def dies_in_me_seed(ctx, index, start, stop):
+        if ctx.backend.name == "me":
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+        return real(ctx, index, start, stop)
+
+    d = tmp_path / "loop"
+    monkeypatch.setattr(run_module, "invert_chunk", dies_in_me_seed)
+    with pytest.raises(KeyboardInterrupt):
+        run_assist(obs, d, _settings(me_seed="alone", chunk_pixels=4))
+    assert json.loads((d / "summary.json").read_text())["done"] == ["subset", "reference", "train"]
+    info = inspect_result(d / "me_seed.h5")
+    assert 0 < info["n_done"] < 6 and not info["complete"]
+    ref_mtime = (d / "subset.h5").stat().st_mtime_ns
+    monkeypatch.setattr(run_module, "invert_chunk", real)
+    data = run_assist(obs, d, _settings(me_seed="alone", chunk_pixels=4))
+    assert data["ran"] == ["me_seed", "predict", "assisted"]
+    assert (d / "subset.h5").stat().st_mtime_ns == ref_mtime
+    me = read_result(d / "me_seed.h5")
+    assert me.done.all() and me.attrs["runs"] == 2 and me.attrs["chunks_computed"] == 6 - info["n_done"]
