@@ -119,10 +119,11 @@ ME_SEED_MODES = ("off", "merge", "alone")
 
 #: The loop's ME seed per backend (:data:`ME_SEED_MODES`); a backend not listed: ``"off"``. Only a
 #: backend with ``seed_parameters`` takes a seed (SIR, DeSIRe). SIR: ``"alone"``, measured with
-#: SIR2017 (``benchmarks/classical_scaling.py --parts e``, 2 local workers, load 1-4) against the
+#: SIR2017 (``benchmarks/classical_scaling.py --parts e``, 2 local workers, load 1-6) against the
 #: ``reference`` baseline, ME inversion counted: on a 16 x 16 crop of the shared SIR sample
 #: (256 px) ``off`` 2.68x less wall time at median chi2 +33.7 % with 13 failed pixels, ``merge``
-#: 2.42x at +29.9 % (11 failed), ``alone`` 2.91x at +0.0 % (none failed); on the whole 24 x 24
+#: 2.42x at +29.9 % (11 failed), ``alone`` 2.91x (2.25x at load 6) at +0.0 % (none failed; the
+#: whole ``stokesflow assist --backend sir --baseline`` loop: 3.21x, 1.65x counting every phase); on the whole 24 x 24
 #: sample (576 px) 3.19x at +0.8 % (20 failed), 3.12x at +0.5 % (20 failed), 2.87x at -1.2 %
 #: (none failed). The failures start from the network's vmic of exactly 0 (SIR stops: "the
 #: microturbulence is zero somewhere"). DeSIRe: not measured, ``"off"``.
