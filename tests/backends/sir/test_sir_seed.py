@@ -277,3 +277,33 @@ def test_a_provider_of_parameters_only_still_starts_sir(tmp_path):
     with h5py.File(out) as f:
         assert np.all(f["status"][:] == 0)
         np.testing.assert_allclose(f["params/B"][:], 1600.0, rtol=1e-6)  # the double doubles the guess field
+
+
+def test_a_guess_with_zero_vmic_or_field_starts_sir_at_the_floors() -> None:
+    """A zero vmic or B in a guess (a SIR reference fit returns vmic ~1e-8 km/s) is raised to its floor.
+
+    SIR stops ("microturbulence is zero somewhere") on such a start, so an
+    inversion's guess model gets vmic >= VMIC_FLOOR [km/s] (5000 cm/s in the
+    .mod) and B >= B_FLOOR [G], through the parameter columns and the node
+    columns alike; a synthesis keeps the values given. Other quantities are
+    untouched (T, the guess's). Exact: the floors are copied, not computed.
+    """
+    from stokesflow.backends.sir.backend import VMIC_FLOOR
+
+    sir = get_backend("sir", {"executable": str(DOUBLE), "lines": ["FeI_6301", "FeI_6302"]})
+    cols = sir.init_columns
+    hsra = builtin_model("hsra")
+    row = np.full(len(cols), np.nan)
+    row[cols.index("vmic")] = 1e-8
+    row[cols.index("B")] = 0.0
+    m = sir._model_for(row, inversion=True)
+    np.testing.assert_array_equal(m.vmic, VMIC_FLOOR * 1e5)
+    np.testing.assert_array_equal(m.B, B_FLOOR)
+    np.testing.assert_array_equal(m.T, hsra.T)
+    assert np.all(sir._model_for(row, inversion=False).vmic == 1e-8 * 1e5)
+    nodes = [c for c in cols if c.startswith("vmic@")]
+    assert nodes, cols  # vmic is node-seeded
+    row = np.full(len(cols), np.nan)
+    for c in nodes:
+        row[cols.index(c)] = 0.0
+    np.testing.assert_array_equal(sir._model_for(row, inversion=True).vmic, VMIC_FLOOR * 1e5)
