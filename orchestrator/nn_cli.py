@@ -121,6 +121,10 @@ def add_nn_parsers(sub: Any) -> None:
                         "sample every cluster (guess.h5 also holds /interval/<name>); kmeans: look-up in the "
                         "inverted subset")
     p.add_argument("--baseline", action="store_true", help="also invert the field the classical way")
+    p.add_argument("--me-seed", dest="me_seed", default=None, choices=["off", "merge", "alone"],
+                   help="sir, desire: start the short phase from an ME inversion of the whole field: alone (sir's "
+                        "default) = the ME field and velocity with the guess model's T, vmic, vmac; merge = with "
+                        "the network's; off (desire's default) = the network's guesses")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
@@ -195,7 +199,8 @@ def _cmd_assist(args: argparse.Namespace) -> int:
         subset_method=args.subset_method, clusters=args.clusters, model=args.model,
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
         backend_options={k: v for k, v, _ in args.backend_option or []}, cluster=_cluster_table(args),
-        chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report, **kw,
+        chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report,
+        me_seed=args.me_seed, **kw,
     )
     data = run_assist(args.input, args.out, s, overwrite=args.overwrite)
     brief = {k: data[k] for k in ("phases", "lm_iterations", "speedup") if k in data}

@@ -66,6 +66,20 @@ def obs(tmp_path_factory):
     return _observation(tmp_path_factory.mktemp("sir_assist") / "obs.h5", 4, 6, nan_pixel=5)
 
 
+def test_assist_me_seed_flag(obs, tmp_path):
+    """``--me-seed off`` reaches the loop (no ME phase, no me_seed.h5); a value outside the choices is a usage error."""
+    d = tmp_path / "loop"
+    rc = main(["assist", "-i", str(obs), "-o", str(d), "--backend", "sir", "-B", f"executable={DOUBLE}",
+               "--me-seed", "off", "--subset", "0.3", "--clusters", "3", "--epochs", "1", "--threads", "1",
+               "--cluster", "serial", "--chunk-pixels", "8", "--progress", "none", "--no-report", "-q"])
+    assert rc == 0
+    data = json.loads((d / "summary.json").read_text())
+    assert data["arguments"]["me_seed"] == "off" and "me_seed" not in data["ran"]
+    assert not (d / "me_seed.h5").exists()
+    assert main(["assist", "-i", str(obs), "-o", str(tmp_path / "x"), "--backend", "sir", "--me-seed", "always"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 def test_assist_sir_end_to_end_serial(obs, tmp_path):
     d = tmp_path / "loop"
     rc = main(["assist", "-i", str(obs), "-o", str(d), "--backend", "sir", "-B", f"executable={DOUBLE}", "--baseline",
