@@ -81,13 +81,19 @@ def test_real_rh_ca_8542_nlte_converges_or_is_failed(rh_available):
     assert np.all(np.isnan(r.synthetic))
 
 
-def test_real_rh_ca_8542_nlte_in_rhs_falc(rh_available):
-    """With a chromosphere (RH's own FAL-C file) the Ca II 8542 core is as deep as observed."""
+def _rh_falc() -> Path:
+    """RH's own FAL-C atmosphere file (its source tree's Atmos/), or skip."""
     exe = Path(os.environ[ENV_VAR]).resolve()
     data = Path(os.environ.get("STOKESFLOW_RH_DATA") or exe.parent.parent)
     falc = data / "Atmos" / "FALC_82_5x5.hdf5"
     if not falc.is_file():
         pytest.skip(f"{falc} not found (RH's source tree ships it)")
+    return falc
+
+
+def test_real_rh_ca_8542_nlte_in_rhs_falc(rh_available):
+    """With a chromosphere (RH's own FAL-C file) the Ca II 8542 core is as deep as observed."""
+    falc = _rh_falc()
     wl = 8542.09 + 0.05 * np.arange(-20, 21)
     b = RHBackend({"atoms": ["H_6.atom", "CaII.atom"], "active": ["CaII.atom"], "lines": [], "model": str(falc)})
     r = b.synthesize_chunk({"B": np.array([0.0, 1000.0])}, wl)
@@ -104,11 +110,7 @@ def test_real_rh_ca_8542_nlte_in_the_built_in_falc(rh_available):
     own FAL-C file: the same Ca II 8542 profile but for the core, which the built-in grid's top (12,350 K,
     no transition region) makes deeper. Measured with RH 1.5D: core 0.211 against 0.243, within 0.005
     beyond 0.4 A from the centre and 0.0005 beyond 0.8 A, the whole profile within 0.035. Tolerance 0.06."""
-    exe = Path(os.environ[ENV_VAR]).resolve()
-    data = Path(os.environ.get("STOKESFLOW_RH_DATA") or exe.parent.parent)
-    falc = data / "Atmos" / "FALC_82_5x5.hdf5"
-    if not falc.is_file():
-        pytest.skip(f"{falc} not found (RH's source tree ships it)")
+    falc = _rh_falc()
     wl = 8542.09 + 0.05 * np.arange(-20, 21)
     opts = {"atoms": ["H_6.atom", "CaII.atom"], "active": ["CaII.atom"], "lines": []}
     ours = RHBackend({**opts, "model": "falc"}).synthesize_chunk({"B": np.array([0.0])}, wl)

@@ -246,13 +246,7 @@ def test_nlte_inputs_are_rh_files_written_by_the_rh_writers(stic_double, tmp_pat
     from stokesflow.backends.rh import io as rh_io
     from stokesflow.backends.stic.backend import _MOLECULES_DEFAULT
 
-    data = tmp_path / "stic_input"
-    (data / "Atoms").mkdir(parents=True)
-    for name in ("H_6.atom", "CaII.atom", "pf_Kurucz.input", "abundance.input"):
-        (data / "Atoms" / name).write_text("# stand-in, never read by the test double\n")
-    (data / "Molecules").mkdir()
-    for m in _MOLECULES_DEFAULT:
-        (data / "Molecules" / f"{m}.molecule").write_text("# stand-in\n")
+    data = _stic_data(tmp_path, ("H_6.atom", "CaII.atom"))
     b = STiCBackend({**stic_double, "atmosphere": "nlte", "atoms": ["H_6.atom", "CaII.atom"], "active": ["CaII.atom"],
                      "lines": [], "stic_data": str(data), "keep_failed": True})
     r = b.synthesize_chunk(_params(["ok", "zeros"]), WL)
@@ -284,13 +278,13 @@ def test_a_launcher_of_another_mpi_is_named_in_the_error(stic_double, tmp_path):
         b.continuum(WL)
 
 
-def _stic_data(tmp_path: Path) -> Path:
+def _stic_data(tmp_path: Path, atoms: tuple[str, ...] = ("H_6.atom", "CaII_bklm.atom")) -> Path:
     """A stand-in for STiC's input/ folder: the files the NLTE inputs name, never read by the double."""
     from stokesflow.backends.stic.backend import _MOLECULES_DEFAULT
 
     data = tmp_path / "stic_input"
     (data / "Atoms").mkdir(parents=True)
-    for name in ("H_6.atom", "CaII_bklm.atom", "pf_Kurucz.input", "abundance.input"):
+    for name in (*atoms, "pf_Kurucz.input", "abundance.input"):
         (data / "Atoms" / name).write_text("# stand-in\n")
     (data / "Molecules").mkdir()
     for m in _MOLECULES_DEFAULT:
