@@ -122,9 +122,9 @@ def add_nn_parsers(sub: Any) -> None:
                         "inverted subset")
     p.add_argument("--baseline", action="store_true", help="also invert the field the classical way")
     p.add_argument("--me-seed", dest="me_seed", default=None, choices=["off", "merge", "alone"],
-                   help="sir, desire: start the short phase from an ME inversion of the whole field: alone (sir's "
+                   help="sir, desire: start the short phase from an ME inversion of the whole field: alone (their "
                         "default) = the ME field and velocity with the guess model's T, vmic, vmac; merge = with "
-                        "the network's; off (desire's default) = the network's guesses")
+                        "the network's; off = the network's guesses")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
