@@ -57,7 +57,8 @@ Convergence and status codes
   the next step instead of the last one saves the model evaluation of a step
   that could not move any parameter by a statistically meaningful amount:
   11 % of the CPU time of ME fits of HMI-like filtergrams started from a
-  network's guesses (6.4 LM iterations per pixel). This is the rule that stops the slow crawl along the flat, curved
+  network's guesses (6.4 LM iterations per pixel). This is the rule that
+  stops the slow crawl along the flat, curved
   valleys of sloppy problems (an ME fit of six HMI filtergrams: eta0, the
   source function and the damping trade off), where each step still lowers
   chi2 by more than ``chi2_rtol`` while the parameters move by a small
@@ -504,8 +505,9 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
     sigma_tol : float, optional
         Converged when the next, nearly undamped step would move every
         parameter by less than this many of its 1-sigma uncertainties at the
-        current point (0, the default: rule off; see the module docstring). Trailing and defaulted, so a caller's cached
-        wrapper written without it still compiles.
+        current point (0, the default: rule off; see the module docstring).
+        Trailing and defaulted, so a caller's cached wrapper written without
+        it still compiles.
     """
     npix, nobs = obs.shape
     nstart = p0.shape[1]
@@ -602,7 +604,6 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
             status = STATUS_MAX_ITER
             # sig holds the sigmas of the current a (scaled coordinates) once the sigma rule computed them
             sig_ready = False
-            factor = chi2d / dof if scale_covar else 1.0
             it = 0
             while it < max_iter:
                 it += 1
@@ -659,6 +660,8 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
                 if smax < step_tol:
                     status = STATUS_OK
                     break
+                # the covariance factor of the current point (sigma_from_normal_impl's convention)
+                factor = chi2d / dof if scale_covar else 1.0
                 if sigma_tol > 0.0 and lam <= PRESTEP_LAMBDA and _predicted_decrease(a, g, de) < factor:
                     # the nearly undamped step towards the quadratic model's minimum: when it
                     # moves no parameter by sigma_tol of its uncertainty here, this point is
@@ -711,7 +714,6 @@ def fit_pixels_impl(model, ctx, obs, weights, p0, lower, upper, bound_mode, scal
                         lam = LAMBDA_MIN
                     nu = 2.0
                     sig_ready = False
-                    factor = chi2d / dof if scale_covar else 1.0
                     if rel < chi2_rtol or obj == 0.0:
                         status = STATUS_OK
                         break
