@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from stokesflow.orchestrator.synth import synthesize_observation
-    from stokesflow.orchestrator.assist_metrics import DETERMINED_SIGMA
+    from stokesflow.orchestrator.assist_metrics import DETERMINED_SIGMA, agreement, agreement_within_sigma
+    from stokesflow.orchestrator.store import read_result
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()}; cluster {args.cluster}")
@@ -161,9 +162,6 @@ def main(argv: list[str] | None = None) -> None:
         _print_case(f"{name}, subset {args.subset} of the field in [{args.subset_min}, {args.subset_max}] pixels", d,
                     rate)
         figures[inst] = {"clusters": d, "inference_px_s": rate}
-        from stokesflow.orchestrator.assist_metrics import agreement_within_sigma
-        from stokesflow.orchestrator.store import read_result
-
         loop_dir = root / f"{inst}_{args.size}_loop"
         within = agreement_within_sigma(read_result(loop_dir / "assisted.h5"), read_result(loop_dir / "baseline.h5"),
                                         ("B", "inclination", "azimuth", "vlos"))
@@ -175,9 +173,6 @@ def main(argv: list[str] | None = None) -> None:
         figures[inst]["within_sigma"] = within
         if not args.no_box:
             b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")
-            from stokesflow.orchestrator.assist_metrics import agreement
-            from stokesflow.orchestrator.store import read_result
-
             base = read_result(root / f"{inst}_{args.size}_loop" / "baseline.h5")
             guess_box = agreement(read_result(root / f"{inst}_{args.size}_box" / "guess.h5"), base)
             guess_clu = d["agreement_with_baseline"]["guess"]

@@ -48,10 +48,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,26 @@ def _sample(data: Path, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return st[idx], wl, meta
 
 
+@contextlib.contextmanager
+def _code_seconds() -> Iterator[list[float]]:
+    """Record the seconds of every external-code run (``run_code``) made by the SIR backend meanwhile."""
+    from stokesflow.backends.sir import backend as sb
+
+    seconds: list[float] = []
+    real = sb.run_code
+
+    def timed(*a, **k):
+        out = real(*a, **k)
+        seconds.append(out.seconds)
+        return out
+
+    sb.run_code = timed
+    try:
+        yield seconds
+    finally:
+        sb.run_code = real
+
+
 def _invert_chunk(args: tuple) -> dict:
     """Worker task: invert a chunk with a fresh backend; returns where its time went.
 
@@ -85,19 +107,8 @@ def _invert_chunk(args: tuple) -> dict:
     options, stokes, wl, init = args
     start = time.time()
     c0, p0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-    walls: list[float] = []
-    real = sb.run_code
-
-    def timed(*a, **k):
-        out = real(*a, **k)
-        walls.append(out.seconds)
-        return out
-
-    sb.run_code = timed
-    try:
+    with _code_seconds() as walls:
         sb.SIRBackend(options).invert(stokes, wl, init)
-    finally:
-        sb.run_code = real
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"pid": os.getpid(), "start": start, "end": time.time(), "sir_wall": sum(walls),
             "sir_cpu": (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime),
@@ -241,25 +252,13 @@ def sir_benchmark(exe: str, data: Path, n: int, repeat: int, args_chunk: int = 0
 
     if "a" in parts:
         # (a) wrapper cost
-        code_s: list[float] = []
-        real = sb.run_code
-
-        def timed(*a, **k):
-            out = real(*a, **k)
-            code_s.append(out.seconds)
-            return out
-
         best = None
         for _ in range(repeat):
-            code_s.clear()
-            sb.run_code = timed
-            try:
+            with _code_seconds() as code_s:
                 b = sb.SIRBackend(options)
                 t0 = time.perf_counter()
                 r = b.invert(st, wl)
                 total = time.perf_counter() - t0
-            finally:
-                sb.run_code = real
             cand = (total, sum(code_s), r)
             best = cand if best is None or cand[0] < best[0] else best
         total, code, r = best
