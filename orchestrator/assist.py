@@ -123,8 +123,8 @@ ME_SEED_MODES = ("off", "merge", "alone")
 #: ``reference`` baseline, ME inversion counted: on a 16 x 16 crop of the shared SIR sample
 #: (256 px) ``off`` 2.68x less wall time at median chi2 +33.7 % with 13 failed pixels, ``merge``
 #: 2.42x at +29.9 % (11 failed), ``alone`` 2.91x (2.25x at load 6) at +0.0 % (none failed; the
-#: whole ``stokesflow assist --backend sir --baseline`` loop: 3.21x, 1.65x counting every phase); on the whole 24 x 24
-#: sample (576 px) 3.19x at +0.8 % (20 failed), 3.12x at +0.5 % (20 failed), 2.87x at -1.2 %
+#: whole ``stokesflow assist --backend sir --baseline`` loop: 3.21x, 1.65x counting every phase);
+#: on the whole 24 x 24 sample (576 px) 3.19x at +0.8 % (20 failed), 3.12x at +0.5 % (20 failed), 2.87x at -1.2 %
 #: (none failed). The failures start from the network's vmic of exactly 0 (SIR stops: "the
 #: microturbulence is zero somewhere"; now raised to ``VMIC_FLOOR``: with it ``off`` 2.44x at +8.5 %,
 #: ``merge`` 2.41x at +0.5 %, ``alone`` 2.61x at +0.0 % on the 16 x 16 crop). DeSIRe 5.06 (Fe I,

@@ -47,9 +47,9 @@ from stokesflow.backends.sir.runner import (
     run_code,
 )
 
-__all__ = ["B_FLOOR", "VMIC_FLOOR", "INVERSION_FLOORS", "BUILTIN_MODELS", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED", "SIROptions", "SIRBackend", "builtin_model",
-           "check_seed_nodes", "from_nodes", "is_builtin_model", "node_column", "node_values", "observation_changes", "option_lines",
-           "SPECS", "STRATIFIED", "SCALARS"]
+__all__ = ["B_FLOOR", "VMIC_FLOOR", "INVERSION_FLOORS", "BUILTIN_MODELS", "ENV_VAR", "GUESS_FIELD", "NODE_SEEDED",
+           "SIROptions", "SIRBackend", "builtin_model", "check_seed_nodes", "from_nodes", "is_builtin_model",
+           "node_column", "node_values", "observation_changes", "option_lines", "SPECS", "STRATIFIED", "SCALARS"]
 
 ENV_VAR = "STOKESFLOW_SIR"
 
@@ -504,10 +504,8 @@ class SIRBackend(Backend):
     def guess_model(self) -> io.Model:
         """The guess model (the option ``model``, else :meth:`default_model`)."""
         m = self.options.model
-        if m is None:
-            return builtin_model(self.default_model())
-        if is_builtin_model(m):
-            return builtin_model(m)
+        if m is None or is_builtin_model(m):
+            return builtin_model(m or self.default_model())
         p = Path(m)
         if not p.is_file():
             raise self.error_class(f"[backend.{self.name}] model: guess model {m} does not exist; give a SIR .mod "
