@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -255,6 +256,7 @@ def _default_scale(p0: np.ndarray) -> np.ndarray:
     return scale
 
 
+@functools.cache
 def _takes_sigma_tol(kernel: Dispatcher) -> bool:
     """Whether a caller's kernel wrapper accepts the trailing ``sigma_tol`` argument."""
     try:
@@ -410,11 +412,13 @@ def fit(model: Callable[..., None] | None, ctx: Any, obs: np.ndarray, p0: np.nda
     out_status = np.zeros(npix, dtype=np.uint8)
     scalars = (int(options.max_iter), float(options.chi2_rtol), float(options.step_tol),
                float(options.good_chi2), bool(options.scale_covar))
-    # always to the engine itself (one compiled specialisation); to a caller's
-    # wrapper only when used, so a wrapper written without it keeps working
-    extra: tuple[float, ...] = ((float(options.sigma_tol),) if kernel is None or options.sigma_tol > 0
-                                else ())
-    if extra and kernel is not None and not _takes_sigma_tol(kernel):
+    # always to the engine itself and to a caller's wrapper that takes it, even when 0, so that
+    # one compiled specialisation serves every call (an omitted default is another numba
+    # signature: a second compilation of the whole engine, ~4 s, the first time a process
+    # switches the rule on); a wrapper written without it keeps working with the rule off
+    takes = kernel is None or _takes_sigma_tol(kernel)
+    extra: tuple[float, ...] = (float(options.sigma_tol),) if takes else ()
+    if options.sigma_tol > 0 and not takes:
         raise LMError(f"LMOptions.sigma_tol = {options.sigma_tol!r} but the kernel wrapper "
                       f"{getattr(kernel, '__name__', kernel)!r} has no trailing sigma_tol parameter; add "
                       f"'sigma_tol=0.0' to its signature and pass it on to fit_pixels_impl (see "

@@ -16,7 +16,7 @@ from numba import njit
 
 from stokesflow.lm_solver._kernels import fit_pixels_impl
 
-__all__ = ["fit_line_impl", "line_model_impl", "main"]
+__all__ = ["fit_line_impl", "fit_line_sigma_impl", "line_model_impl", "main"]
 
 
 @njit(cache=True, nogil=True)
@@ -37,6 +37,16 @@ def fit_line_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, reg_ta
     fit_pixels_impl(line_model_impl, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
                     reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
                     out_p, out_sigma, out_chi2, out_niter, out_status)
+
+
+@njit(cache=False, nogil=True)
+def fit_line_sigma_impl(ctx, obs, weights, p0, lower, upper, bound_mode, scale, reg_target, reg_weight,
+                        max_iter, chi2_rtol, step_tol, good_chi2, scale_covar, out_p, out_sigma,
+                        out_chi2, out_niter, out_status, sigma_tol=0.0):
+    """As :func:`fit_line_impl`, with the trailing ``sigma_tol`` (not cached: its signatures are counted)."""
+    fit_pixels_impl(line_model_impl, ctx, obs, weights, p0, lower, upper, bound_mode, scale,
+                    reg_target, reg_weight, max_iter, chi2_rtol, step_tol, good_chi2, scale_covar,
+                    out_p, out_sigma, out_chi2, out_niter, out_status, sigma_tol)
 
 
 def main() -> dict:

@@ -565,3 +565,23 @@ def test_sigma_tol_stop_reports_the_covariance_at_the_solution(scale_covar: bool
         normal_equations_impl(jac, y, obs[i], sw, scale, p / scale, zero, zero, jw, rs, a, g)
         sigma_from_normal_impl(a, scale, res.chi2[i] if scale_covar else 1.0, work, idx, z, sig)
         np.testing.assert_allclose(res.sigma[i], sig, rtol=1e-12, err_msg=f"pixel {i}")
+
+
+def test_sigma_tol_on_and_off_share_one_compiled_wrapper() -> None:
+    """A caller's wrapper that takes sigma_tol gets it on every call, 0 included.
+
+    An omitted defaulted argument is another numba signature, so a wrapper
+    called once with the rule off and once with it on compiled (or loaded)
+    the whole inlined engine twice: ~4 s the first time a process switched
+    the rule on. Both calls must use one specialisation.
+    """
+    from _lm_cached_wrapper import fit_line_sigma_impl
+
+    x = np.linspace(0.0, 1.0, 7)
+    obs = (1.0 + 2.0 * x)[None, :]
+    for tol in (0.0, 0.1, 0.0):
+        res = fit(None, (x,), obs, np.zeros(2), weights=np.full(x.size, 1e6), kernel=fit_line_sigma_impl,
+                  options=LMOptions(sigma_tol=tol))
+        # statistical weights (sigma of the data 1e-3): the rule stops within 0.1 sigma ~ 1e-4
+        np.testing.assert_allclose(res.params[0], [1.0, 2.0], atol=1e-3)
+    assert len(fit_line_sigma_impl.signatures) == 1, fit_line_sigma_impl.signatures
