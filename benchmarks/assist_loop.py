@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from stokesflow.orchestrator.synth import synthesize_observation
-    from stokesflow.orchestrator.assist_metrics import DETERMINED_SIGMA, agreement, agreement_within_sigma
+    from stokesflow.orchestrator.assist_metrics import DETERMINED_SIGMA, DISAGREE, agreement, agreement_within_sigma
     from stokesflow.orchestrator.store import read_result
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; "
@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
                f"with sigma < {DETERMINED_SIGMA[n]:g} deg in both" if "pearson_determined" in w else "")
             for n, w in within.items()))
         figures[inst]["within_sigma"] = within
+        dis = d.get("disagreement_with_baseline", {})
+        print("where assisted and baseline disagree: " + "; ".join(
+            f"{n} {w['pixels']} pixels ({100 * w['share']:.2f} %) differ by > {DISAGREE[n]:g}, the assisted fit has "
+            f"the lower chi2 in {100 * w['a_lower_chi2']:.0f} % of them (median reduced chi2 difference "
+            f"{w['median_chi2_diff']:+.3f}); Pearson with the better fit of the two per pixel: assisted "
+            f"{w['pearson_a_best']:.4f}, baseline {w['pearson_b_best']:.4f}" for n, w in dis.items() if w["pixels"]))
         if not args.no_box:
             b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")
             base = read_result(root / f"{inst}_{args.size}_loop" / "baseline.h5")

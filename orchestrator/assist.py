@@ -680,7 +680,8 @@ def _noise_of(result: Path) -> Any:
 
 
 def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) -> dict[str, Any]:
-    from stokesflow.orchestrator.assist_metrics import agreement, chi2_stats, iteration_stats, truth_metrics
+    from stokesflow.orchestrator.assist_metrics import (agreement, chi2_stats, disagreement, iteration_stats,
+                                                        truth_metrics)
 
     runs = {"reference": _read_maps(paths["subset"]), "assisted": _read_maps(paths["assisted"])}
     if paths["baseline"].exists() and st.done("baseline"):
@@ -701,6 +702,8 @@ def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) 
                                           "guess": agreement(guess, b)}
         if network is not None:
             out["agreement_with_baseline"]["network_guess"] = agreement(network, b)
+        # where the two disagree, which fits better ("a" is the assisted run)
+        out["disagreement_with_baseline"] = disagreement(runs["assisted"], b)
         out["speedup"] = {
             "iterations": out["lm_iterations"]["baseline"] / max(1, out["lm_iterations"]["assisted"]),
             # the ME seed is part of what the short phase's start costs

@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["iteration_stats", "chi2_stats", "pearson", "agreement", "agreement_within_sigma", "truth_metrics",
-           "B_OFF_G", "DETERMINED_SIGMA"]
+__all__ = ["iteration_stats", "chi2_stats", "pearson", "agreement", "agreement_within_sigma", "disagreement",
+           "truth_metrics", "B_OFF_G", "DETERMINED_SIGMA", "DISAGREE"]
 
 #: Threshold [G] of "pixels off by more than 100 G" (the issue's accuracy figure).
 B_OFF_G = 100.0
@@ -24,6 +24,10 @@ B_OFF_G = 100.0
 #: of the pixels above 30 deg): their angle is whatever start an inversion came from, and a
 #: Pearson correlation over all pixels measures those starts, not the fits.
 DETERMINED_SIGMA = {"inclination": 10.0, "azimuth": 10.0}
+
+#: Difference between two runs' values of a parameter above which :func:`disagreement` counts a
+#: pixel as a disagreement (the angles in deg, the azimuth modulo 180 deg; B in G; vlos in km/s).
+DISAGREE = {"B": 100.0, "inclination": 20.0, "azimuth": 20.0, "vlos": 0.5}
 
 _FITTED = (0, 1, 4)  # statuses with parameters (ok, max-iterations, poor fit)
 
@@ -112,6 +116,46 @@ def agreement_within_sigma(a: Any, b: Any, names: tuple[str, ...] | None = None)
             d["determined"] = float(det.sum() / max(ok.sum(), 1))
             d["pearson_determined"] = pearson(np.where(det, pa, np.nan), pb, period=period)
         out[n] = d
+    return out
+
+
+def disagreement(a: Any, b: Any, names: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """Where two runs disagree, which one fits the data better.
+
+    Two inversions of the same pixels that land in different minima of a
+    flat chi2 landscape (a weak-field pixel's angles) lower a Pearson
+    correlation between their maps whichever of them found the better
+    minimum; this tells the two cases apart. For each parameter of
+    :data:`DISAGREE` and the pixels fitted in both: ``pixels`` and ``share``
+    whose values differ by more than the threshold (circular for the
+    azimuth), ``a_lower_chi2`` the share of those where ``a`` has the lower
+    reduced chi2 (the same degrees of freedom in both), ``median_chi2_diff``
+    the median of ``chi2_a - chi2_b`` there (reduced), and the Pearson
+    correlation of each run with the better fit of the two per pixel
+    (``pearson_a_best``, ``pearson_b_best``: the map of the lower chi2 at
+    every pixel, a reference that does not favour either run's starts).
+    """
+    both = np.isin(a.status, _FITTED) & np.isin(b.status, _FITTED) & np.isfinite(a.chi2) & np.isfinite(b.chi2)
+    a_better = a.chi2 < b.chi2
+    out: dict[str, dict[str, float]] = {}
+    for n in names or tuple(DISAGREE):
+        if n not in DISAGREE or n not in a.params or n not in b.params:
+            continue
+        pa = np.asarray(a.params[n], dtype=np.float64)
+        pb = np.asarray(b.params[n], dtype=np.float64)
+        if pa.shape != both.shape:  # depth-stratified
+            continue
+        period = _period(a, n)
+        ok = both & np.isfinite(pa) & np.isfinite(pb)
+        pb_al = pb if period is None else np.where(ok, _align_circular(pa, pb, period), np.nan)
+        far = ok & (np.abs(pa - pb_al) > DISAGREE[n])
+        best = np.where(ok, np.where(a_better, pa, pb_al), np.nan)
+        d = np.asarray(a.chi2, dtype=np.float64)[far] - np.asarray(b.chi2, dtype=np.float64)[far]
+        out[n] = {"pixels": int(far.sum()), "share": float(far.sum() / max(ok.sum(), 1)),
+                  "a_lower_chi2": float(np.mean(d < 0)) if d.size else float("nan"),
+                  "median_chi2_diff": float(np.median(d)) if d.size else float("nan"),
+                  "pearson_a_best": pearson(np.where(ok, pa, np.nan), best, period=period),
+                  "pearson_b_best": pearson(np.where(ok, pb_al, np.nan), best, period=period)}
     return out
 
 
