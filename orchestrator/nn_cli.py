@@ -137,7 +137,7 @@ def add_nn_parsers(sub: Any) -> None:
                                              "(me: n_starts=4, max_iter=100; sir, desire: strategy=reference)")
     p.add_argument("--short-option", dest="short_option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="backend option of the assisted inversion, added to the backend's (me: n_starts=1, "
-                        "sigma_tol=0.04; sir, desire: strategy=assisted_me)")
+                        "sigma_tol=0.05; sir, desire: strategy=assisted_me)")
     p.add_argument("--baseline-option", dest="baseline_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option of the baseline, added to the backend's (me: none; "
                                              "sir, desire: strategy=reference)")

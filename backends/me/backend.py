@@ -143,9 +143,10 @@ class MEOptions:
         above it after ``n_starts`` may get extra starts (``max_starts``).
     sigma_tol : float
         Statistical step rule of the LM engine (``LMOptions.sigma_tol``): a
-        fit has also converged once an accepted step moved every parameter by
-        less than this fraction of its own 1-sigma uncertainty. 0 (default)
-        turns it off. ``stokesflow assist`` uses 0.04 for its short strategy:
+        fit has also converged once the next, nearly undamped step would move
+        every parameter by less than this fraction of its own 1-sigma
+        uncertainty at the current point. 0 (default) turns it off.
+        ``stokesflow assist`` uses 0.05 for its short strategy:
         on HMI's six points eta0, the source function and the damping trade
         off along flat valleys where LM otherwise keeps crawling.
     max_starts : int
