@@ -531,6 +531,24 @@ def _quiet_unraisable(default: Callable[[Any], None]) -> Callable[[Any], None]:
     return hook
 
 
+class _SyncCancelRace(logging.Filter):
+    """Drops one known upstream error that a Ctrl-C can trigger inside Dask's client.
+
+    ``distributed.utils.sync`` (checked in distributed 2026.8.0) declares its
+    ``future`` without assigning it until the coroutine it runs has started;
+    a Ctrl-C that arrives before then schedules ``cancel()``, which raises
+    ``NameError: cannot access free variable 'future'`` on the event loop,
+    and tornado logs it with a traceback ("Exception in callback
+    ... sync.<locals>.cancel"). Nothing was started, so nothing is lost; the
+    interruption itself is handled and reported in one line. Only that record
+    is dropped: any other error of the ``tornado.application`` logger passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The command-line flags the user gave, as (keyword, flag text) pairs.
 
@@ -591,6 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     request_stop(None)
     old_handlers: dict[int, Any] = {}
     old_hook = sys.unraisablehook
+    race = _SyncCancelRace()
+    tornado_log = logging.getLogger("tornado.application")
+    tornado_log.addFilter(race)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             old_handlers[signum] = signal.signal(signum, _on_signal)
@@ -613,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for signum, old in old_handlers.items():
             signal.signal(signum, old)
         sys.unraisablehook = old_hook
+        tornado_log.removeFilter(race)
         request_stop(None)
         logger.removeHandler(handler)
         logger.setLevel(old_level)

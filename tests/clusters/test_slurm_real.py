@@ -147,10 +147,14 @@ def test_cancelled_worker_job_is_replaced_and_the_run_completes(
 
 @pytest.fixture(scope="session")
 def huge_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 384 x 384 synthetic sunspot (about 15 s of fitting for one idle worker) and its serial result."""
+    """A 512 x 512 synthetic sunspot (about 22 s of fitting for one idle worker) and its serial result.
+
+    384 x 384 took 12.5 s on an idle CI machine: a worker drawing the full
+    stagger (8 + 4 s) then outlived the run and the test saw no replacement.
+    """
     folder = tmp_path_factory.mktemp("slurm-huge")
     obs, ref = folder / "huge.h5", folder / "huge-serial.h5"
-    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "384", "384",
+    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "sunspot", "--size", "512", "512",
                     "--seed", "3", "--out", str(obs)], check=True, capture_output=True, timeout=300)
     subprocess.run([*CLI, "invert", "-i", str(obs), "-o", str(ref), "--cluster", "serial", "-q",
                     "--chunk-pixels", "2048"], check=True, capture_output=True, timeout=300)
@@ -162,7 +166,7 @@ def huge_observation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 def test_short_lifetime_retires_and_replaces_workers(
     slurm: str, huge_observation: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    # Walltime 1 min, lifetime 8 s (+/- 4 s stagger) against ~15 s of fitting: the worker retires
+    # Walltime 1 min, lifetime 8 s (+/- 4 s stagger) against ~22 s of fitting: the worker retires
     # mid-run, its job ends and adapt submits a replacement that goes on.  A shorter lifetime
     # retires workers while they still start up (seconds on a loaded 2-CPU machine): job churn.
     obs, ref = huge_observation
