@@ -14,6 +14,9 @@
 - :func:`node_column` / :func:`split_column` name a depth-stratified quantity at
   one log tau_500 (``"T@-2"``, the node columns of a backend's ``init_columns``),
   and :func:`sample_depth` reads such a value out of a stratified map.
+- :func:`polarity_mirror` gives each training pixel its mirror image under the
+  exact symmetry of polarised radiative transfer, field reversal along the line
+  of sight with the azimuth mirrored, so that a network sees both polarities.
 """
 
 from __future__ import annotations
@@ -23,12 +26,64 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["normalise_spectra", "InputScaling", "TargetEncoding", "node_column", "split_column", "sample_depth"]
+__all__ = ["normalise_spectra", "InputScaling", "TargetEncoding", "node_column", "split_column", "sample_depth",
+           "polarity_mirror", "MIRRORED"]
+
+#: Quantities that change under :func:`polarity_mirror` (inclination -> 180 deg - inclination,
+#: azimuth -> -azimuth), also as depth columns (``"inclination@-1"``).
+MIRRORED = ("inclination", "azimuth")
 
 
 def node_column(name: str, log_tau: float) -> str:
     """The column of quantity ``name`` at ``log_tau`` (``"T@-2"``; the form of ``Backend.init_columns``)."""
     return f"{name}@{float(log_tau):g}"
+
+
+def polarity_mirror(stokes: np.ndarray, params: np.ndarray, specs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mirror images of training pixels: (I, Q, -U, -V) with inclination -> 180 - inclination, azimuth -> -azimuth.
+
+    Reversing the field's line-of-sight component (gamma -> 180 deg - gamma)
+    and mirroring its azimuth (phi -> -phi) flips the signs of eta_U, rho_U,
+    eta_V and rho_V in the transfer equation and leaves every other
+    coefficient as it is; the solution then has the same I and Q and the
+    opposite U and V, in a Milne-Eddington atmosphere and in a stratified one
+    alike (every depth mirrored), and through any instrument that acts on each
+    Stokes parameter separately (filters, PSF) and noise of either sign. A
+    network trained on one field learns the polarities that field happens to
+    have (a sunspot's umbra has one); with the mirror images it sees both.
+
+    Parameters
+    ----------
+    stokes : ndarray (n, 4, nw)
+        I, Q, U, V.
+    params : ndarray (n, ncol)
+        Their parameters, columns in the order of ``specs``.
+    specs : sequence of ParameterSpec
+        Names (``inclination``, ``azimuth``, and depth columns of them), bounds, circular flags.
+
+    Returns
+    -------
+    (stokes, params) or None
+        The mirrored copies, with each mirrored column reflected about the
+        middle of its range (``lower + upper - x``: 180 - x for an
+        inclination in [0, 180], -x modulo the period for an azimuth), a
+        circular one wrapped back into [lower, upper); None when no column is
+        an inclination (the targets do not say which polarity a pixel has).
+    """
+    bases = [split_column(s.name)[0] for s in specs]
+    if "inclination" not in bases:
+        return None
+    x = np.array(stokes, copy=True)
+    x[:, 2:, :] = -x[:, 2:, :]
+    p = np.array(params, dtype=np.float64, copy=True)
+    for k, (base, s) in enumerate(zip(bases, specs)):
+        if base not in MIRRORED:
+            continue
+        lo, up = float(s.lower), float(s.upper)
+        p[:, k] = lo + up - p[:, k]
+        if s.circular:
+            p[:, k] = lo + np.mod(p[:, k] - lo, up - lo)
+    return x, p
 
 
 def split_column(column: str) -> tuple[str, float | None]:

@@ -59,7 +59,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from stokesflow.nn_init.checkpoint import load_checkpoint, save_checkpoint
-from stokesflow.nn_init.features import InputScaling, TargetEncoding
+from stokesflow.nn_init.features import InputScaling, TargetEncoding, polarity_mirror
 from stokesflow.nn_init.model_file import NetworkModel
 from stokesflow.nn_init.network import build_network, cnn_architecture, torch_or_error
 from stokesflow.nn_init.providers import InitError
@@ -117,12 +117,14 @@ class TrainSettings(dict):
     ``samples_per_epoch`` (8,192 random training pixels per epoch; 0: every one once),
     ``max_samples`` (245,760 pixels drawn in all, which ends the training before ``epochs``;
     0: no cap), ``lr_schedule`` (``"cosine"``: the rate decays to 0 over the planned epochs;
-    ``"constant"``). See the module docstring for the measurements behind them.
+    ``"constant"``), ``mirror`` (True: the training pixels and their polarity mirror images,
+    :func:`stokesflow.nn_init.features.polarity_mirror`; the validation pixels as they are).
+    See the module docstring for the measurements behind them.
     """
 
     DEFAULTS: Mapping[str, Any] = {"epochs": 200, "batch": 256, "lr": 3e-3, "val_fraction": 0.15,
                                    "patience": 10, "seed": 0, "min_delta": 1e-3, "samples_per_epoch": 8192,
-                                   "max_samples": 245_760, "lr_schedule": "cosine"}
+                                   "max_samples": 245_760, "lr_schedule": "cosine", "mirror": True}
 
     def __init__(self, **kw: Any) -> None:
         unknown = sorted(set(kw) - set(self.DEFAULTS))
@@ -131,9 +133,10 @@ class TrainSettings(dict):
         super().__init__({**self.DEFAULTS, **{k: v for k, v in kw.items() if v is not None}})
         if (int(self["epochs"]) < 1 or int(self["batch"]) < 1 or not 0 < float(self["val_fraction"]) < 0.9
                 or int(self["samples_per_epoch"]) < 0 or int(self["max_samples"]) < 0
-                or self["lr_schedule"] not in ("constant", "cosine")):
+                or self["lr_schedule"] not in ("constant", "cosine") or not isinstance(self["mirror"], bool)):
             raise InitError(f"training settings out of range: epochs >= 1, batch >= 1, 0 < val_fraction < 0.9, "
-                            f"samples_per_epoch >= 0, max_samples >= 0, lr_schedule 'cosine' or 'constant'; "
+                            f"samples_per_epoch >= 0, max_samples >= 0, lr_schedule 'cosine' or 'constant', "
+                            f"mirror true or false; "
                             f"got {dict(self)}")
 
 
@@ -219,16 +222,20 @@ def train_network(
     order = rng.permutation(n)
     n_val = max(1, int(round(float(st["val_fraction"]) * n)))
     val_idx, tr_idx = order[:n_val], order[n_val:]
-    scaling = InputScaling.fit(x_all[tr_idx])
-    encoding = TargetEncoding.fit(specs, p_all[tr_idx])
+    x_fit, p_fit = x_all[tr_idx], p_all[tr_idx]
+    mirrored = polarity_mirror(x_fit, p_fit, specs) if st["mirror"] else None
+    if mirrored is not None:  # both polarities in training; validation stays the field's own pixels
+        x_fit, p_fit = np.concatenate([x_fit, mirrored[0]]), np.concatenate([p_fit, mirrored[1]])
+    scaling = InputScaling.fit(x_fit)
+    encoding = TargetEncoding.fit(specs, p_fit)
     arch = cnn_architecture(wavelength, encoding.n_outputs)
     digest = data_digest(x_all, p_all, st)
 
     torch.manual_seed(int(st["seed"]))
     net = build_network(arch).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(st["lr"]))
-    x_tr = torch.from_numpy(scaling.apply(x_all[tr_idx])).to(device)
-    y_tr = torch.from_numpy(encoding.encode(p_all[tr_idx])).to(device)
+    x_tr = torch.from_numpy(scaling.apply(x_fit)).to(device)
+    y_tr = torch.from_numpy(encoding.encode(p_fit)).to(device)
     x_va = torch.from_numpy(scaling.apply(x_all[val_idx])).to(device)
     y_va = torch.from_numpy(encoding.encode(p_all[val_idx])).to(device)
     progress = load_checkpoint(torch, checkpoint, digest, net, opt)

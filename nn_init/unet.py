@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from stokesflow.nn_init.bins import Bins, calibrate, coverage, softmax
-from stokesflow.nn_init.features import InputScaling, TargetEncoding
+from stokesflow.nn_init.features import InputScaling, TargetEncoding, polarity_mirror
 from stokesflow.nn_init.network import torch_or_error
 from stokesflow.nn_init.network_init import NetworkInit, loaded_model
 from stokesflow.nn_init.providers import InitError
@@ -335,20 +335,24 @@ class UNetSettings(dict):
     Keys: ``epochs`` (60), ``crop`` (64 pixels, tile side of the training crops), ``batch``
     (8 crops), ``lr`` (2e-3, Adam), ``val_fraction`` (0.15 of the pixels, held out in 8 x 8
     blocks), ``patience`` (10 epochs), ``seed`` (0), ``channels`` (16), ``min_delta`` (1e-3),
-    ``min_steps`` (10 optimiser steps per epoch at least: a small field still gets trained).
+    ``min_steps`` (10 optimiser steps per epoch at least: a small field still gets trained),
+    ``mirror`` (True: each map's polarity mirror image is trained on as well,
+    :func:`stokesflow.nn_init.features.polarity_mirror`; its held-out blocks stay out).
     """
 
     DEFAULTS: Mapping[str, Any] = {"epochs": 60, "crop": 64, "batch": 8, "lr": 2e-3, "val_fraction": 0.15,
-                                   "patience": 10, "seed": 0, "channels": 16, "min_delta": 1e-3, "min_steps": 10}
+                                   "patience": 10, "seed": 0, "channels": 16, "min_delta": 1e-3, "min_steps": 10,
+                                   "mirror": True}
 
     def __init__(self, **kw: Any) -> None:
         unknown = sorted(set(kw) - set(self.DEFAULTS))
         if unknown:
             raise InitError(f"unknown unet training setting(s) {unknown}; valid: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **{k: v for k, v in kw.items() if v is not None}})
-        if int(self["epochs"]) < 1 or int(self["crop"]) < 8 or not 0 < float(self["val_fraction"]) < 0.9:
-            raise InitError(f"unet training settings out of range: epochs >= 1, crop >= 8, 0 < val_fraction < 0.9; "
-                            f"got {dict(self)}")
+        if (int(self["epochs"]) < 1 or int(self["crop"]) < 8 or not 0 < float(self["val_fraction"]) < 0.9
+                or not isinstance(self["mirror"], bool)):
+            raise InitError(f"unet training settings out of range: epochs >= 1, crop >= 8, 0 < val_fraction < 0.9, "
+                            f"mirror true or false; got {dict(self)}")
 
 
 def _digest(params: Sequence[np.ndarray], masks: Sequence[np.ndarray], st: Mapping[str, Any]) -> str:
@@ -450,6 +454,18 @@ def train_unet(
     if n_tr < 50 or n_va < 20:
         raise InitError(f"unet training needs at least 50 good pixels to train on and 20 held out, got {n_tr} and "
                         f"{n_va}; invert a larger field")
+    if st["mirror"]:
+        # both polarities in training: each map's mirror image, trained on its training pixels only
+        # (the mirror of a held-out block is neither trained on nor validated)
+        for c, p, m in list(zip(cubes, params, tr_masks)):
+            ny, nx = p.shape[:2]
+            mir = polarity_mirror(c.reshape(ny * nx, 4, -1), p.reshape(ny * nx, -1), specs)
+            if mir is None:
+                break
+            cubes.append(mir[0].reshape(c.shape).astype(np.float32))
+            params.append(mir[1].reshape(p.shape))
+            tr_masks.append(m)
+            va_masks.append(np.zeros_like(m))
     good_x = np.concatenate([c[m] for c, m in zip(cubes, tr_masks)])
     good_p = np.concatenate([p[m] for p, m in zip(params, tr_masks)])
     scaling = InputScaling.fit(good_x)

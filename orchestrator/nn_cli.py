@@ -77,6 +77,11 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share of the pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chi2", type=float, default=None, help="leave out pixels with a reduced chi2 above it")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false",
+                   help="train on the pixels alone, without their polarity mirror images ((I, Q, -U, -V) with "
+                        "inclination -> 180 - inclination, azimuth -> -azimuth: an exact symmetry of the "
+                        "transfer equation, so a network learns both polarities from a field that shows one; "
+                        "turn it off for data whose instrument breaks it, e.g. uncorrected I -> V crosstalk)")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _cluster_flags(p, "serial")
@@ -154,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.train import train_model
 
     settings = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "patience": args.patience,
-                "val_fraction": args.val_fraction, "seed": args.seed}
+                "val_fraction": args.val_fraction, "seed": args.seed, "mirror": args.mirror}
     if args.model == "unet":
         settings["crop"] = args.crop
     elif args.crop is not None:

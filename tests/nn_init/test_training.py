@@ -112,7 +112,8 @@ def test_checkpoint_resumes_where_it_stopped(pairs, tmp_path):
 
 def test_samples_per_epoch_bounds_the_work_of_an_epoch(pairs, tmp_path):
     me, stokes, params = pairs
-    n_train = 400 - round(0.15 * 400)  # 340 training pixels after the held-out 15 %
+    # 340 training pixels after the held-out 15 %, and their 340 polarity mirror images (setting mirror)
+    n_train = 2 * (400 - round(0.15 * 400))
 
     def run(per_epoch, **kw):
         return train_network(stokes, params, me.parameters, HMI, metadata=META, threads=1,
@@ -175,3 +176,38 @@ def test_subset_pixels_clamps_the_share_of_the_field():
         subset_pixels(100, 1.5)
     with pytest.raises(InitError, match="64 <= min_pixels <= max_pixels, got min_pixels=500, max_pixels=100"):
         subset_pixels(10_000, 0.1, 500, 100)
+
+
+def test_mirror_lets_a_network_trained_on_one_polarity_invert_the_other():
+    """Trained on pixels of one polarity only (inclination < 70 deg, as a field with one sunspot
+    gives), a CNN with the polarity mirror images predicts the other polarity's inclination
+    (> 110 deg); without them it cannot (it has never seen negative V).
+
+    1,500 training pixels, 40 epochs of 1,024 samples. Expected: with the mirror the median
+    inclination error on 300 opposite-polarity pixels is within 8 deg (measured 3.5), and B
+    correlates at r > 0.95; without it the median error exceeds 15 deg and 3 times the
+    mirrored one (measured 24.8: the network extrapolates into a polarity it never saw).
+    """
+    me = get_backend("me", {"lines": ["FeI_6173"]})
+    rng = np.random.default_rng(8)
+
+    def draw(n, inc_lo, inc_hi):
+        p = np.column_stack([
+            rng.uniform(300, 2500, n), rng.uniform(inc_lo, inc_hi, n), rng.uniform(5, 175, n),
+            rng.uniform(-2, 2, n), rng.uniform(25, 40, n), rng.uniform(4, 15, n), rng.uniform(0.05, 0.4, n),
+            rng.uniform(0.2, 0.4, n), rng.uniform(0.6, 0.8, n)])
+        return (me.synthesize(p, HMI) + 1e-3 * rng.standard_normal((n, 4, HMI.size))).astype(np.float32), p
+
+    x_tr, p_tr = draw(1500, 10, 70)
+    x_te, p_te = draw(300, 110, 170)
+    err = {}
+    for mirror in (True, False):
+        model = train_network(x_tr, p_tr, me.parameters, HMI, metadata=META, threads=1,
+                              settings={"epochs": 40, "batch": 64, "patience": 100, "lr": 3e-3,
+                                        "samples_per_epoch": 1024, "max_samples": 0, "mirror": mirror})
+        pred = model.predict(x_te)
+        err[mirror] = float(np.median(np.abs(pred[:, 1] - p_te[:, 1])))
+        if mirror:
+            assert np.corrcoef(pred[:, 0], p_te[:, 0])[0, 1] > 0.95
+        assert model.metadata["settings"]["mirror"] is mirror
+    assert err[True] < 8.0 and err[False] > max(15.0, 3.0 * err[True]), err

@@ -58,6 +58,11 @@ def test_end_to_end_serial(obs, tmp_path):
     assert a.attrs["init"] == "previous" and a.status.reshape(-1)[5] == 3 and a.attrs["complete"]
     assert json.loads((d / "summary.json").read_text())["speedup"]["iterations"] > 0
     assert "B" in data["agreement_with_baseline"]["assisted"] and "truth" in data
+    assert set(data["disagreement_with_baseline"]) == {"B", "inclination", "azimuth", "vlos"}
+    # the loop's network learns the field it predicts: no polarity mirror images
+    from stokesflow.nn_init.model_file import load_model
+
+    assert load_model(d / "model.pt").metadata["settings"]["mirror"] is False
     # nothing left to do: a rerun skips every phase
     again = run_assist(obs, d, _settings(baseline=True))
     assert again["ran"] == []

@@ -83,6 +83,13 @@ def test_cli_train_then_predict(inverted, tmp_path):
                "--threads", "1", "-q"])
     assert rc == 0 and (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.ckpt").exists()
     assert main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "m.pt"), "-q"]) == 2  # exists
+    # the polarity mirror images are on by default; --no-mirror records its choice in the model file
+    from stokesflow.nn_init.model_file import load_model
+
+    assert load_model(tmp_path / "m.pt").metadata["settings"]["mirror"] is True
+    rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "n.pt"), "--epochs", "1",
+               "--threads", "1", "--no-mirror", "-q"])
+    assert rc == 0 and load_model(tmp_path / "n.pt").metadata["settings"]["mirror"] is False
     rc = main(["predict", "-i", str(obs), "-m", str(tmp_path / "m.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
     assert rc == 0
     with h5py.File(tmp_path / "g.h5") as h5:
