@@ -52,17 +52,17 @@ def test_polarity_mirror_is_an_exact_symmetry_of_the_me_model():
     azimuth rule (keeping it, the plain field reversal) leaves Q and U off by
     the Faraday rotation, about 1e-3 and more; checked below as well.
     """
-    from stokesflow.backends import get_backend
+    from _me_pixels import random_me_params
+
     from stokesflow.nn_init.features import polarity_mirror
 
     rng = np.random.default_rng(3)
     n = 200
-    params = np.column_stack([
-        rng.uniform(100, 3000, n), rng.uniform(0, 180, n), rng.uniform(0, 180, n), rng.uniform(-3, 3, n),
-        rng.uniform(25, 40, n), rng.uniform(2, 30, n), rng.uniform(0.05, 0.6, n), rng.uniform(0.1, 0.4, n),
-        rng.uniform(0.5, 0.9, n)])
+    params = random_me_params(rng, n, B=(100, 3000), inclination=(0, 180), azimuth=(0, 180), vlos=(-3, 3),
+                              eta0=(2, 30), damping=(0.05, 0.6), S0=(0.1, 0.4), S1=(0.5, 0.9))
     grids = {"hmi": (["FeI_6173"], {}, 6173.3433 + 1e-3 * np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0])),
-             "hinode": (["FeI_6301", "FeI_6302"], {"instrument": "psf", "psf_fwhm": 25.0}, 6300.884 + 0.021549 * np.arange(112))}
+             "hinode": (["FeI_6301", "FeI_6302"], {"instrument": "psf", "psf_fwhm": 25.0},
+                        6300.884 + 0.021549 * np.arange(112))}
     for lines, opts, wl in grids.values():
         me = get_backend("me", {"lines": lines, **opts})
         stokes = me.synthesize(params, wl)

@@ -7,6 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _me_pixels import random_me_params  # noqa: E402
+
 from stokesflow.backends import get_backend  # noqa: E402
 from stokesflow.nn_init.model_file import ModelFileError, ModelMismatchError, load_model  # noqa: E402
 from stokesflow.nn_init.network import cnn_architecture  # noqa: E402
@@ -23,10 +25,7 @@ def pairs():
     me = get_backend("me", {"lines": ["FeI_6173"]})
     rng = np.random.default_rng(5)
     n = 400
-    params = np.column_stack([
-        rng.uniform(100, 2500, n), rng.uniform(10, 170, n), rng.uniform(5, 175, n), rng.uniform(-2, 2, n),
-        rng.uniform(25, 40, n), rng.uniform(4, 15, n), rng.uniform(0.05, 0.4, n), rng.uniform(0.2, 0.4, n),
-        rng.uniform(0.6, 0.8, n)])
+    params = random_me_params(rng, n)
     stokes = me.synthesize(params, HMI) + 1e-3 * rng.standard_normal((n, 4, HMI.size))
     torch.set_num_threads(1)
     return me, stokes.astype(np.float32), params
@@ -192,10 +191,7 @@ def test_mirror_lets_a_network_trained_on_one_polarity_invert_the_other():
     rng = np.random.default_rng(8)
 
     def draw(n, inc_lo, inc_hi):
-        p = np.column_stack([
-            rng.uniform(300, 2500, n), rng.uniform(inc_lo, inc_hi, n), rng.uniform(5, 175, n),
-            rng.uniform(-2, 2, n), rng.uniform(25, 40, n), rng.uniform(4, 15, n), rng.uniform(0.05, 0.4, n),
-            rng.uniform(0.2, 0.4, n), rng.uniform(0.6, 0.8, n)])
+        p = random_me_params(rng, n, B=(300, 2500), inclination=(inc_lo, inc_hi))
         return (me.synthesize(p, HMI) + 1e-3 * rng.standard_normal((n, 4, HMI.size))).astype(np.float32), p
 
     x_tr, p_tr = draw(1500, 10, 70)
