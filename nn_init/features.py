@@ -39,7 +39,8 @@ def node_column(name: str, log_tau: float) -> str:
     return f"{name}@{float(log_tau):g}"
 
 
-def polarity_mirror(stokes: np.ndarray, params: np.ndarray, specs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def polarity_mirror(stokes: np.ndarray, params: np.ndarray,
+                    specs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """The mirror images of training pixels: (I, Q, -U, -V) with inclination -> 180 - inclination, azimuth -> -azimuth.
 
     Reversing the field's line-of-sight component (gamma -> 180 deg - gamma)
