@@ -138,6 +138,17 @@ class Executor(abc.ABC):
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
         """Yield the given futures as they finish (successfully or not)."""
 
+    def outcome(self, future: Future) -> tuple[BaseException | None, Any]:
+        """``(exception, None)`` if the finished ``future``'s task raised, else ``(None, result)``.
+
+        For futures that :meth:`as_completed` yielded. Executors whose results
+        can be lost after the task finished (Dask: a result lives on the worker
+        that computed it) wait for its recomputation watching the cluster,
+        so that a cluster that cannot deliver raises instead of hanging.
+        """
+        exc = future.exception()
+        return (exc, None) if exc is not None else (None, future.result())
+
     @abc.abstractmethod
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process.

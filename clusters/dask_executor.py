@@ -215,6 +215,29 @@ class DaskExecutor(Executor):
             with ac.thread_condition:
                 ac.thread_condition.wait(timeout=_WATCH_INTERVAL_S)
 
+    def outcome(self, future: Future) -> tuple[BaseException | None, Any]:
+        """The task's exception or result, fetched in slices of the watch interval.
+
+        A finished task's result lives on the worker that computed it. If that
+        worker is lost before the driver fetches it (a cancelled batch job, a
+        retired worker), the scheduler computes it again, and a plain
+        ``result()`` waits for that; with no worker left and none coming
+        (``adapt=false``) it would wait for ever (seen on CI: "Couldn't gather
+        keys ... rescheduling", then no line). Between the slices the watch
+        runs, as in :meth:`as_completed`, and raises when the cluster cannot
+        deliver.
+        """
+        while True:
+            try:
+                exc = future.exception(timeout=_WATCH_INTERVAL_S)
+                if exc is not None:
+                    return exc, None
+                return None, future.result(timeout=_WATCH_INTERVAL_S)
+            except TimeoutError:
+                if self._watch is not None:
+                    self._watch()
+                self._call_idle()
+
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process, now and in workers that start later.
 

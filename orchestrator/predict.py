@@ -316,12 +316,15 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
             futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind, layout): c
                        for c in pending}
         for fut in ex.as_completed(list(futures)):
+            exc, got = ex.outcome(fut)
+            if exc is not None:
+                raise exc
             if unet:
-                chunk_out, iv = fut.result()
+                chunk_out, iv = got
                 _write_intervals(store, layout.columns, chunk_out.start, chunk_out.stop, obs.nx, iv)
                 store.write_chunk(chunk_out)
             else:
-                store.write_chunk(fut.result())
+                store.write_chunk(got)
         t_pred = time.perf_counter() - t1
         store.finalize({"time_predict_s": t_pred, "time_total_s": time.perf_counter() - t0})
     npix = int(sum(c.npix for c in pending))

@@ -1014,14 +1014,13 @@ def drive_chunks(
     while inflight:
         for fut in ex.as_completed(list(inflight)):
             chunk = inflight.pop(fut)
-            exc = fut.exception()
+            exc, out = ex.outcome(fut)
             if exc is not None:
                 text = _error_text(exc)
                 store.record_error(chunk.index, text)
                 log.warning("chunk %d (pixels %d..%d) failed: %s", chunk.index, chunk.start, chunk.stop, text)
                 progress.update(chunk.npix, failed=True)
             else:
-                out: ChunkOutput = fut.result()
                 store.write_chunk(out)
                 _log_pixel_errors(out)
                 for k, v in out.seconds.items():

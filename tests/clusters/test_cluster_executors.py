@@ -294,3 +294,52 @@ def test_executor_for_lends_an_open_executor_and_leaves_it_open(serial_ex: Execu
         assert ex is not serial_ex and ex.submit(pow, 3, 2).result() == 9
     with pytest.raises(RuntimeError, match="closed"):
         ex.submit(pow, 1, 1)
+
+
+class _LostResult:
+    """A finished Dask future whose result is being recomputed: fetching it times out ``slices`` times."""
+
+    def __init__(self, slices: int, value: object = "chunk", error: BaseException | None = None) -> None:
+        self.slices, self.value, self.error, self.calls = slices, value, error, 0
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self.calls += 1
+        if self.calls <= self.slices:
+            raise TimeoutError(f"timed out after {timeout} s.")
+        return self.error
+
+    def result(self, timeout: float | None = None) -> object:
+        return self.value
+
+
+def test_dask_outcome_watches_the_cluster_while_a_lost_result_is_recomputed() -> None:
+    """A result lost with its worker is waited for in slices, the watch running between them.
+
+    The driver once hung for ever in ``result()`` after the only worker's job
+    was cancelled just as its chunk finished (``adapt=false``: nothing would
+    recompute it). Now: the value once it comes, the task's own exception as
+    an outcome, and the watch's error raised when the cluster cannot deliver.
+    """
+    from stokesflow.clusters import ClusterError
+    from stokesflow.clusters.dask_executor import DaskExecutor
+
+    watched = []
+    ex = DaskExecutor(None, kind="slurm", planned_workers=1, retries=0, watch=lambda: watched.append(1))
+    assert ex.outcome(_LostResult(3)) == (None, "chunk") and len(watched) == 3
+    boom = ValueError("bad chunk")
+    assert ex.outcome(_LostResult(1, error=boom)) == (boom, None)
+
+    def no_workers() -> None:
+        raise ClusterError("no worker connected within connect_timeout")
+
+    ex = DaskExecutor(None, kind="slurm", planned_workers=1, retries=0, watch=no_workers)
+    with pytest.raises(ClusterError, match="connect_timeout"):
+        ex.outcome(_LostResult(10))
+
+
+@pytest.mark.parametrize("which", ["serial_ex", "local_ex"])
+def test_outcome_is_the_exception_or_the_result(which: str, request: pytest.FixtureRequest) -> None:
+    ex = request.getfixturevalue(which)
+    assert ex.outcome(ex.submit(abs, -3)) == (None, 3)
+    exc, value = ex.outcome(ex.submit(int, "x"))
+    assert isinstance(exc, ValueError) and value is None
