@@ -149,6 +149,13 @@ class Executor(abc.ABC):
         exc = future.exception()
         return (exc, None) if exc is not None else (None, future.result())
 
+    def result(self, future: Future) -> Any:
+        """The finished ``future``'s result, or its task's exception raised (fetched as :meth:`outcome` does)."""
+        exc, value = self.outcome(future)
+        if exc is not None:
+            raise exc
+        return value
+
     @abc.abstractmethod
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process.

@@ -208,9 +208,7 @@ class DaskExecutor(Executor):
                 continue
             if ac.is_empty():
                 return
-            if self._watch is not None:
-                self._watch()
-            self._call_idle()
+            self._tick()
             # Woken early when a future finishes.
             with ac.thread_condition:
                 ac.thread_condition.wait(timeout=_WATCH_INTERVAL_S)
@@ -234,9 +232,13 @@ class DaskExecutor(Executor):
                     return exc, None
                 return None, future.result(timeout=_WATCH_INTERVAL_S)
             except TimeoutError:
-                if self._watch is not None:
-                    self._watch()
-                self._call_idle()
+                self._tick()
+
+    def _tick(self) -> None:
+        """While the driver waits: the watch (which may raise) and the idle callback."""
+        if self._watch is not None:
+            self._watch()
+        self._call_idle()
 
     def run_on_workers(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Run ``fn(*args)`` once in every worker process, now and in workers that start later.

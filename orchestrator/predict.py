@@ -316,9 +316,7 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
             futures = {ex.submit(predict_chunk, obs, model_path, threads, c.index, c.start, c.stop, kind, layout): c
                        for c in pending}
         for fut in ex.as_completed(list(futures)):
-            exc, got = ex.outcome(fut)
-            if exc is not None:
-                raise exc
+            got = ex.result(fut)
             if unet:
                 chunk_out, iv = got
                 _write_intervals(store, layout.columns, chunk_out.start, chunk_out.stop, obs.nx, iv)

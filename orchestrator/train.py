@@ -468,9 +468,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         while not fut.done():
             time.sleep(0.5)
             shown = _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
-        exc, summary = ex.outcome(fut)
-        if exc is not None:
-            raise exc
+        summary = ex.result(fut)
     if spec.kind != "serial":
         _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
     history_path.unlink(missing_ok=True)

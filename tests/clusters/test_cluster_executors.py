@@ -343,3 +343,6 @@ def test_outcome_is_the_exception_or_the_result(which: str, request: pytest.Fixt
     assert ex.outcome(ex.submit(abs, -3)) == (None, 3)
     exc, value = ex.outcome(ex.submit(int, "x"))
     assert isinstance(exc, ValueError) and value is None
+    assert ex.result(ex.submit(abs, -4)) == 4
+    with pytest.raises(ValueError):
+        ex.result(ex.submit(int, "x"))
