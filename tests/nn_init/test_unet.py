@@ -59,7 +59,7 @@ def trained():
     m1[3, 4] = False
     model = train_unet([c1, c2], [p1, p2], [m1, m2], me.parameters, HMI, metadata=META,
                        settings={"epochs": 25, "crop": 32, "batch": 4, "patience": 100, "lr": 3e-3, "channels": 8,
-                                 "val_fraction": 0.3},
+                                 "val_fraction": 0.3, "min_steps": 5},  # x2 with the mirror images: 10 per epoch
                        threads=1)
     return me, model
 
@@ -215,3 +215,18 @@ def test_killed_training_resumes_to_the_same_model(tmp_path):
     other = dict(kw, settings={**kw["settings"], "lr": 1e-2})
     with pytest.raises(InitError, match="other training data or settings"):
         train_unet([cube], [params], [mask], me.parameters, HMI, checkpoint=ckpt, **other)
+
+
+def test_an_epoch_with_the_mirror_images_takes_twice_the_steps():
+    """An epoch is a pass over the training maps: with their polarity mirror images it takes twice the
+    optimiser steps, ``min_steps`` included (each polarity gets what one polarity gets without them)."""
+    torch.set_num_threads(1)
+    me, cube, params = _scene(4, 24, 24)
+    mask = np.ones(cube.shape[:2], bool)
+    steps = {}
+    for mirror in (False, True):
+        model = train_unet([cube], [params], [mask], me.parameters, HMI, metadata=META,
+                           settings={"epochs": 1, "crop": 16, "batch": 2, "channels": 4, "val_fraction": 0.3,
+                                     "min_steps": 3, "mirror": mirror}, threads=1)
+        steps[mirror] = [h["steps"] for h in model.metadata["history"]]
+    assert steps == {False: [3], True: [6]}
