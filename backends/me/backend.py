@@ -11,6 +11,7 @@ Usable without any cluster::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,25 @@ from stokesflow.lm_solver import BOUND_MODES, FitResult, LMOptions, fit
 __all__ = ["MEOptions", "MEBackend", "POOR_CHI2_FLOOR", "POOR_CHI2_TAIL", "RETRY_RELATIVE", "poor_chi2_threshold"]
 
 _STOKES_WEIGHT_DEFAULT = (1.0, 1.0, 1.0, 1.0)
+
+#: The filter instrument's estimate tables per process (:meth:`MEBackend._filter_tables`), keyed by
+#: what they are computed from, so that every backend instance of a process computes them once: each
+#: run builds its own instance (the phases of ``stokesflow assist``, a worker serving several runs),
+#: and the tables cost 0.12 s per instance on HMI filter profiles. At most this many are kept.
+_TABLES_PER_PROCESS = 8
+_FILTER_TABLES: dict[str, dict[str, Any]] = {}
+
+
+def _tables_key(model: MEModel, wl: np.ndarray, lines: Any, mu: float, npar: int) -> str:
+    """A digest of everything the filter tables depend on: the model's kernel context (lines,
+    instrument matrix, model grid, mu), the observed grid, the lines and the number of parameters."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in tuple(model.ctx) + (wl,):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(repr((tuple(lines), float(mu), int(npar), int(model.n_observed))).encode())
+    return h.hexdigest()
 
 #: A pixel above good_chi2 gets extra starts when its reduced chi2 is also above
 #: this many times the median of the converged pixels fitted with it (or above
@@ -577,21 +597,28 @@ class MEBackend(Backend):
             est[good, col["azimuth"]] = template_azimuth(stokes[good, 1, :], stokes[good, 2, :], q_template)
 
     def _filter_tables(self, wl: np.ndarray) -> dict[str, Any]:
-        """The (cached) tables and calibrations of the instrument on ``wl``.
+        """The tables and calibrations of the instrument on ``wl``, computed once per process.
 
         ``depth`` (:func:`depth_table`), ``f_los`` and ``f_t``
         (:func:`field_calibration`), ``field_depth``
         (:func:`field_depth_table`), ``doppler`` (:func:`doppler_calibration`).
         """
-        key = np.ascontiguousarray(wl, dtype=np.float64).tobytes()
+        wl = np.ascontiguousarray(wl, dtype=np.float64)
+        key = wl.tobytes()
         tables = self._depth_tables.get(key)
         if tables is None:
             model = self.model_for(wl)
             npar, mu, lam0 = len(self.parameters), float(self.options.mu), self.lines[0].wavelength
-            f_los, f_t = field_calibration(model.synthesize, wl, self.lines, mu, npar)
-            tables = {"depth": depth_table(model.synthesize, lam0, mu, npar), "f_los": f_los, "f_t": f_t,
-                      "field_depth": field_depth_table(model.synthesize, lam0, mu, npar),
-                      "doppler": doppler_calibration(model.synthesize, wl, self.lines, mu, npar)}
+            shared = _tables_key(model, wl, self.lines, mu, npar)
+            tables = _FILTER_TABLES.get(shared)
+            if tables is None:
+                f_los, f_t = field_calibration(model.synthesize, wl, self.lines, mu, npar)
+                tables = {"depth": depth_table(model.synthesize, lam0, mu, npar), "f_los": f_los, "f_t": f_t,
+                          "field_depth": field_depth_table(model.synthesize, lam0, mu, npar),
+                          "doppler": doppler_calibration(model.synthesize, wl, self.lines, mu, npar)}
+                while len(_FILTER_TABLES) >= _TABLES_PER_PROCESS:
+                    _FILTER_TABLES.pop(next(iter(_FILTER_TABLES)))
+                _FILTER_TABLES[shared] = tables
             self._depth_tables[key] = tables
         return tables
 

@@ -180,3 +180,29 @@ def test_hmi_starting_values_need_fewer_iterations_with_the_same_result(shared_d
 def test_filter_estimates_option_is_checked():
     with pytest.raises(ConfigError, match="filter_estimates"):
         get_backend("me", {"lines": ["FeI_6173"], "filter_estimates": "mdi"})
+
+
+def test_filter_tables_are_computed_once_per_process(monkeypatch):
+    """Backend instances of one instrument and grid share the filter tables (each run of a process
+    builds its own instance, e.g. the phases of stokesflow assist); another mu, filter sampling or
+    grid gets its own, and the shared tables are those a fresh computation gives."""
+    from stokesflow.backends.me import backend as mb
+
+    calls = []
+    real = mb.depth_table
+    monkeypatch.setattr(mb, "depth_table", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(mb, "_FILTER_TABLES", {})
+    opts = {"lines": ["FeI_6173"], "instrument": "hmi_filters"}
+    first = get_backend("me", opts)._filter_tables(HMI_WAVE)
+    again = get_backend("me", {**opts, "n_starts": 1, "sigma_tol": 0.05})._filter_tables(HMI_WAVE)
+    assert len(calls) == 1 and again is first
+    get_backend("me", {**opts, "mu": 0.8})._filter_tables(HMI_WAVE)
+    get_backend("me", {**opts, "filter_step": 5.0})._filter_tables(HMI_WAVE)
+    get_backend("me", opts)._filter_tables(HMI_WAVE + 0.01)
+    assert len(calls) == 4
+    monkeypatch.setattr(mb, "_FILTER_TABLES", {})
+    fresh = get_backend("me", opts)._filter_tables(HMI_WAVE)
+    assert fresh is not first and len(calls) == 5
+    for name in ("f_los", "f_t"):
+        np.testing.assert_array_equal(fresh[name], first[name])
+    np.testing.assert_array_equal(fresh["doppler"].raw, first["doppler"].raw)
