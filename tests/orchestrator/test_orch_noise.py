@@ -200,3 +200,23 @@ def test_a_file_without_noise_inverts_as_well_as_the_same_file_with_it(tmp_path)
     print(f"converged {ok_a.sum()} vs {ok_b.sum()}, median |dB| {err_a:.2f} vs {err_b:.2f} G, "
           f"median chi2 {np.median(a.chi2[ok_a]):.3f} vs {np.median(b.chi2[ok_b]):.3f}, noise {b.attrs['noise']}")
     assert 0.6 < np.median(b.chi2[ok_b]) < 1.6 and 0.6 < np.median(a.chi2[ok_a]) < 1.6
+
+
+def test_a_stated_noise_reads_a_few_rows_for_the_trial_pixel_only(tmp_path, monkeypatch):
+    """With the noise stated no estimate is made, so validation reads about four rows for its trial
+    pixel instead of the ~45 of a noise sample; the trial is the first valid pixel of the map's first
+    sampled row either way. Without the noise the full sample is read."""
+    from stokesflow.orchestrator.io.observation import Observation
+
+    rows = []
+    real = Observation.read_rows
+    monkeypatch.setattr(Observation, "read_rows", lambda self, y0, y1: rows.append((y0, y1)) or real(self, y0, y1))
+    valid = np.ones((200, 200), dtype=bool)
+    valid[0, :7] = False
+    obs = _cube(tmp_path / "obs.h5", 200, 200, valid)
+    stated = validate_run(make_config(obs, tmp_path / "r.h5", input={"noise": 1e-3}))
+    assert len(rows) <= 4 and stated.trial[0][0, 0, 0] == 7.0  # pixel (0, 7)
+    rows.clear()
+    estimated = validate_run(make_config(obs, tmp_path / "r.h5"), backend=NoiseDouble({"sigma": list(SIGMA)}))
+    assert len(rows) >= 40 and estimated.noise.source == "estimated"
+    assert estimated.trial[0][0, 0, 0] == 7.0
