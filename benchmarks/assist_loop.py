@@ -173,13 +173,14 @@ def main(argv: list[str] | None = None) -> None:
         obs = Path(args.input) if args.input else root / f"{inst}_{args.size}.h5"
         if not obs.exists():
             synthesize_observation(obs, instrument=inst, scene="mixed", size=(args.size, args.size), seed=1)
-        d = _loop(obs, root / f"{inst}_{args.size}_loop", args, baseline=True)
-        rate = _inference_rate(root / f"{inst}_{args.size}_loop" / "model.pt", obs)
+        tag = inst if args.input else f"{inst}_{args.size}"  # a given observation has its own size
+        loop_dir = root / f"{tag}_loop"
+        d = _loop(obs, loop_dir, args, baseline=True)
+        rate = _inference_rate(loop_dir / "model.pt", obs)
         name = str(obs) if args.input else f"{inst}-like, {args.size} x {args.size}"
         _print_case(f"{name}, subset {args.subset} of the field in [{args.subset_min}, {args.subset_max}] pixels", d,
                     rate)
         figures[inst] = {"clusters": d, "inference_px_s": rate}
-        loop_dir = root / f"{inst}_{args.size}_loop"
         within = agreement_within_sigma(read_result(loop_dir / "assisted.h5"), read_result(loop_dir / "baseline.h5"),
                                         ("B", "inclination", "azimuth", "vlos"))
         print("assisted vs baseline in their own uncertainties: " + "; ".join(
@@ -195,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{w['median_chi2_diff']:+.3f}); Pearson with the better fit of the two per pixel: assisted "
             f"{w['pearson_a_best']:.4f}, baseline {w['pearson_b_best']:.4f}" for n, w in dis.items() if w["pixels"]))
         if not args.no_box:
-            b = _loop(obs, root / f"{inst}_{args.size}_box", args, subset_method="box")
-            base = read_result(root / f"{inst}_{args.size}_loop" / "baseline.h5")
-            guess_box = agreement(read_result(root / f"{inst}_{args.size}_box" / "guess.h5"), base)
+            b = _loop(obs, root / f"{tag}_box", args, subset_method="box")
+            base = read_result(loop_dir / "baseline.h5")
+            guess_box = agreement(read_result(root / f"{tag}_box" / "guess.h5"), base)
             guess_clu = d["agreement_with_baseline"]["guess"]
             print(f"subset by clusters vs corner box (same size): guesses' Pearson with the baseline B "
                   f"{guess_clu['B']:.4f} vs {guess_box['B']:.4f}, azimuth {guess_clu['azimuth']:.4f} vs "
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             figures[inst]["box"] = {"guess_pearson": guess_box, "lm_iterations": b["lm_iterations"],
                                     "truth": b.get("truth")}
         if args.kmeans:
-            k = _loop(obs, root / f"{inst}_{args.size}_kmeans", args, model="kmeans", baseline=False)
+            k = _loop(obs, root / f"{tag}_kmeans", args, model="kmeans", baseline=False)
             bi = d["lm_iterations"]["baseline"]
             bc = d["phases_cpu"]["baseline"]
             print(f"k-means look-up loop: LM iterations {k['lm_iterations']['assisted']} ({bi / k['lm_iterations']['assisted']:.2f}x "
