@@ -249,6 +249,10 @@ class AssistSettings:
         :func:`default_me_seed` of ``backend``.
     cluster : dict
         The ``[cluster]`` table.
+    input_options : dict
+        How to read the observation: keys of ``invert``'s ``[input]`` table (``format``, ``axes``,
+        ``wavelength``, ``lines``, ``instrument``, ``noise``, ``continuum``, ``reader_options``),
+        used by every phase that reads it (subset, predict, the whole-field inversions).
     chunk_pixels : int
         0: automatic (the run's, with the backend's ``chunk_plan``: SIR a few pixels per chunk).
     progress : str
@@ -273,6 +277,7 @@ class AssistSettings:
     baseline_options: dict[str, Any] | None = None
     me_seed: str | None = None
     cluster: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    input_options: dict[str, Any] = field(default_factory=dict)
     chunk_pixels: int = 0
     progress: str = "auto"
     report: bool = True
@@ -308,6 +313,8 @@ class AssistSettings:
         d = asdict(self)
         for k in ("progress", "report", "baseline", "baseline_options", "cluster", "threads"):
             d.pop(k)
+        if not d["input_options"]:  # a loop folder of a version without them still resumes
+            d.pop("input_options")
         return d
 
 
@@ -473,16 +480,18 @@ def _depth_stratified(s: AssistSettings) -> bool:
 
 def _invert(s: AssistSettings, obs_path: Path, out: Path, *, options: dict[str, Any], init: str = "default",
             init_options: dict[str, Any] | None = None, noise: Any = None, synthetic: bool = False,
-            executor: Any = None, backend: str | None = None) -> Any:
+            executor: Any = None, backend: str | None = None, whole_field: bool = False) -> Any:
     """Invert ``obs_path`` into ``out`` (resumed when it exists) with the loop's backend and
-    ``backend_options`` plus ``options``; with ``backend`` given, that backend with ``options`` alone."""
+    ``backend_options`` plus ``options``; with ``backend`` given, that backend with ``options`` alone.
+    ``whole_field``: ``obs_path`` is the loop's observation, read with ``input_options`` (the subset
+    file is written by the loop in the HDF5 contract and needs none)."""
     from stokesflow.orchestrator.config import load_config
     from stokesflow.orchestrator.run import run_inversion
 
     resume = out.exists()
     name, opts = (s.backend, {**s.backend_options, **options}) if backend is None else (backend, dict(options))
     layer: dict[str, Any] = {
-        "input": {"path": str(obs_path)},
+        "input": {**(dict(s.input_options) if whole_field else {}), "path": str(obs_path)},
         "output": {"path": str(out), "resume": resume, "overwrite": False, "synthetic": synthetic},
         "run": {"backend": name, "init": init, "progress": s.progress, "chunk_pixels": s.chunk_pixels},
         "cluster": dict(s.cluster),
@@ -516,11 +525,11 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     OrchestratorError, BackendError, InitError, ClusterError
         Bad input or configuration, before the phase that meets it.
     """
-    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.run import open_input
 
     s = settings or AssistSettings()
     d = Path(out_dir)
-    obs = open_observation(input_path)
+    obs = open_input(input_path, s.input_options)
     if s.model == "kmeans" and _depth_stratified(s):
         raise OrchestratorError(f"--model kmeans looks up (ny, nx) parameter maps; backend {s.backend!r} gives "
                                 "depth-stratified results: use --model cnn (it learns the backend's log-tau nodes)")
@@ -613,14 +622,14 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
     phase("train", train)
     if s.me_seed != "off":  # the ME inversion of the whole field, with the ME backend's defaults
         phase("me_seed", lambda: _invert(s, Path(obs.path), paths["me_seed"], options={}, noise=noise,
-                                         executor=ex, backend="me"))
+                                         executor=ex, backend="me", whole_field=True))
 
     def predict() -> None:
         merge = s.me_seed == "merge"
         net = paths["network_guess"] if merge else paths["guess"]
         res = predict_observation(obs.path, paths["model"], net, cluster=s.cluster,
                                   chunk_pixels=s.chunk_pixels, resume=net.exists(),
-                                  threads=s.threads or None, executor=ex,
+                                  threads=s.threads or None, executor=ex, input_options=s.input_options,
                                   columns=None if s.model == "kmeans" else _init_columns(s))
         st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
         if merge:
@@ -634,10 +643,11 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
     start = paths["me_seed"] if s.me_seed == "alone" else paths["guess"]
     phase("assisted", lambda: _invert(s, Path(obs.path), paths["assisted"], options=s.short_options,
                                       init="previous", init_options={"file": str(start)}, noise=noise,
-                                      executor=ex))
+                                      executor=ex, whole_field=True))
     if s.baseline:
         phase("baseline", lambda: _invert(s, Path(obs.path), paths["baseline"], options=dict(s.baseline_options or {}),
-                                          noise=noise, executor=ex))
+                                          noise=noise, executor=ex,
+                                          whole_field=True))
 
 
 def _seed_parameters(s: AssistSettings) -> tuple[str, ...]:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 __all__ = [
-    "main", "build_parser", "invert_overrides", "effective_config_toml", "Terminated", "KeyValue",
+    "main", "build_parser", "invert_overrides", "add_input_flags", "input_table", "effective_config_toml",
+    "Terminated", "KeyValue",
     "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
 ]
 
@@ -171,26 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("input")
     g.add_argument("-i", "--input", dest="input.path", metavar="PATH",
                    help="observation: HDF5 (DESIGN.md contract), FITS or .npy")
-    g.add_argument("--format", dest="input.format", choices=list(_formats()),
-                   help="input format: hdf5 (DESIGN.md contract), fits, npy, hmi (24 SDO/HMI segment "
-                        "files), hinode_sp (folder of Hinode SP level-1 files); default: detected")
-    g.add_argument("--axes", dest="input.axes", metavar="AXES",
-                   help="axis order of a FITS/.npy cube, e.g. 'y,x,stokes,wave' or 'stokes,wave,y,x'")
-    g.add_argument("--wavelength", dest="input.wavelength", metavar="SOURCE",
-                   help="wavelengths for FITS/.npy input: a .npy or text file with one value per point, "
-                        "or 'start:step', in A (default: the file's own: FITS WCS or a WAVELENGTH HDU, "
-                        "<name>.wavelength.npy beside a .npy)")
-    g.add_argument("--lines", dest="input.lines", metavar="NAMES",
-                   help="comma-separated line names, e.g. FeI_6301,FeI_6302 (default: the file's 'lines')")
-    g.add_argument("--instrument", dest="input.instrument", metavar="NAME",
-                   help="instrument name (default: the file's 'instrument')")
-    g.add_argument("--noise", dest="input.noise", type=_noise, metavar="SIGMA",
-                   help="noise sigma in continuum units, one value or four comma-separated (I,Q,U,V) "
-                        "(default: the file's 'noise', else estimated from a sample of pixels)")
-    g.add_argument("-R", "--reader-option", dest="reader_option", action="append", type=_key_value,
-                   metavar="KEY=VALUE",
-                   help="reader option (repeatable): continuum=local|disc_centre|NUMBER for the hmi and "
-                        "hinode_sp layouts, order=blue_to_red (hmi), hdu=NAME (fits), ...")
+    add_input_flags(g)
     g = p.add_argument_group("inversion")
     g.add_argument("--backend", dest="run.backend", metavar="NAME",
                    help="backend name; `stokesflow backends` lists them")
@@ -306,6 +288,46 @@ def _version() -> str:
     return __version__
 
 
+def add_input_flags(g: Any) -> None:
+    """How to read the observation (``invert``, ``predict``, ``assist``): ``--format``, ``--axes``,
+    ``--wavelength``, ``--lines``, ``--instrument``, ``--noise``, ``-R``; only given flags reach the
+    namespace (``input.<key>``, ``reader_option``), collected by :func:`input_table`."""
+    g.add_argument("--format", dest="input.format", choices=list(_formats()), default=argparse.SUPPRESS,
+                   help="input format: hdf5 (DESIGN.md contract), fits, npy, hmi (24 SDO/HMI segment "
+                        "files), hinode_sp (folder of Hinode SP level-1 files); default: detected")
+    g.add_argument("--axes", dest="input.axes", metavar="AXES", default=argparse.SUPPRESS,
+                   help="axis order of a FITS/.npy cube, e.g. 'y,x,stokes,wave' or 'stokes,wave,y,x'")
+    g.add_argument("--wavelength", dest="input.wavelength", metavar="SOURCE", default=argparse.SUPPRESS,
+                   help="wavelengths for FITS/.npy input: a .npy or text file with one value per point, "
+                        "or 'start:step', in A (default: the file's own: FITS WCS or a WAVELENGTH HDU, "
+                        "<name>.wavelength.npy beside a .npy)")
+    g.add_argument("--lines", dest="input.lines", metavar="NAMES", default=argparse.SUPPRESS,
+                   help="comma-separated line names, e.g. FeI_6301,FeI_6302 (default: the file's 'lines')")
+    g.add_argument("--instrument", dest="input.instrument", metavar="NAME", default=argparse.SUPPRESS,
+                   help="instrument name (default: the file's 'instrument')")
+    g.add_argument("--noise", dest="input.noise", type=_noise, metavar="SIGMA", default=argparse.SUPPRESS,
+                   help="noise sigma in continuum units, one value or four comma-separated (I,Q,U,V) "
+                        "(default: the file's 'noise', else estimated from a sample of pixels)")
+    g.add_argument("-R", "--reader-option", dest="reader_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                   help="reader option (repeatable): continuum=local|disc_centre|NUMBER for the hmi and "
+                        "hinode_sp layouts, order=blue_to_red (hmi), hdu=NAME (fits), ...")
+
+
+def input_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[input]`` keys of the flags of :func:`add_input_flags` that were given (not the path)."""
+    out: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("input.") and dest != "input.path" and value is not None:
+            out[dest.split(".", 1)[1]] = value
+    for key, value, _ in getattr(args, "reader_option", None) or []:
+        if key == "continuum":  # a key of [input] itself
+            out["continuum"] = value
+        else:
+            out.setdefault("reader_options", {})[key] = value
+    return out
+
+
 def _formats() -> tuple[str, ...]:
     from stokesflow.orchestrator.io import FORMATS
 
@@ -359,11 +381,9 @@ def invert_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.setdefault("init", {}).setdefault(out.get("run", {}).get("init") or "__selected__", {})[key] = value
     for key, value, _ in getattr(args, "cluster_option", None) or []:
         out.setdefault("cluster", {})[key] = value
-    for key, value, _ in getattr(args, "reader_option", None) or []:
-        if key == "continuum":  # a key of [input] itself
-            out.setdefault("input", {})["continuum"] = value
-        else:
-            out.setdefault("input", {}).setdefault("reader_options", {})[key] = value
+    given = input_table(args)
+    if given:
+        out.setdefault("input", {}).update(given)
     return out
 
 

@@ -46,6 +46,20 @@ def _cluster_table(args: argparse.Namespace) -> dict[str, Any]:
     return t
 
 
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    """``invert``'s flags for reading the observation (``--format``, ``--axes``, ``--wavelength``,
+    ``--lines``, ``--instrument``, ``--noise``, ``-R``)."""
+    from stokesflow.orchestrator.cli import add_input_flags
+
+    add_input_flags(p.add_argument_group("input (as for invert)"))
+
+
+def _input_options(args: argparse.Namespace) -> dict[str, Any]:
+    from stokesflow.orchestrator.cli import input_table
+
+    return input_table(args)
+
+
 def _log_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     p.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings and errors only")
@@ -61,8 +75,8 @@ def add_nn_parsers(sub: Any) -> None:
                                    "the unet's interval calibration), a checkpoint beside --out that a rerun "
                                    "resumes. Runs as one task on --cluster.",
                        formatter_class=fmt)
-    p.add_argument("-i", "--input", action="append", required=True, metavar="OBS.h5",
-                   help="observation (repeat, in the order of --results)")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="OBS",
+                   help="observation (repeat, in the order of --results; all read with the input flags)")
     p.add_argument("-r", "--results", action="append", required=True, metavar="RESULT.h5",
                    help="result file of that observation (repeat)")
     p.add_argument("--model", default="cnn", choices=["cnn", "unet"], help="network kind")
@@ -84,6 +98,7 @@ def add_nn_parsers(sub: Any) -> None:
                         "turn it off for data whose instrument breaks it, e.g. uncorrected I -> V crosstalk)")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _input_flags(p)
     _cluster_flags(p, "serial")
     _log_flags(p)
     p.set_defaults(func=_cmd_train)
@@ -92,7 +107,8 @@ def add_nn_parsers(sub: Any) -> None:
                        description="Apply a model file to every pixel of an observation, as chunk tasks, and "
                                    "write /params/<name> in the result-file layout (usable as --init previous "
                                    "-I file=OUT).", formatter_class=fmt)
-    p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
+    p.add_argument("-i", "--input", required=True, metavar="OBS",
+                   help="observation: HDF5, FITS, .npy, or an hmi / hinode_sp folder (see the input flags)")
     p.add_argument("-m", "--model", required=True, metavar="MODEL.pt",
                    help="model file of stokesflow train, or a k-means database (DIR/kmeans.h5 of assist --model kmeans)")
     p.add_argument("-o", "--out", required=True, metavar="GUESS.h5")
@@ -100,6 +116,7 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per task; 0 = the worker's share")
     p.add_argument("--resume", action="store_true", help="finish an interrupted prediction")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _input_flags(p)
     _cluster_flags(p, "serial")
     _log_flags(p)
     p.set_defaults(func=_cmd_predict)
@@ -111,7 +128,8 @@ def add_nn_parsers(sub: Any) -> None:
                                    "classical way). Writes DIR/assisted.h5, subset.h5, model.pt, guess.h5, "
                                    "baseline.h5, summary.json, report/. A rerun with the same arguments skips "
                                    "finished phases and chunks.", formatter_class=fmt)
-    p.add_argument("-i", "--input", required=True, metavar="OBS.h5")
+    p.add_argument("-i", "--input", required=True, metavar="OBS",
+                   help="observation: HDF5, FITS, .npy, or an hmi / hinode_sp folder (see the input flags)")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
     p.add_argument("--subset", type=float, default=0.05,
                    help="share of the pixels in the training subset, clamped to [--subset-min, --subset-max]")
@@ -150,6 +168,7 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
     p.add_argument("--overwrite", action="store_true", help="empty DIR of a run with other arguments first")
+    _input_flags(p)
     _cluster_flags(p, "local")
     _log_flags(p)
     p.set_defaults(func=_cmd_assist)
@@ -168,7 +187,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise OrchestratorError("--crop is a unet setting; drop it or pass --model unet")
     summary = train_model(args.input, args.results, args.out, model=args.model, cluster=_cluster_table(args),
                           settings={k: v for k, v in settings.items() if v is not None},
-                          max_chi2=args.max_chi2, overwrite=args.overwrite, threads=args.threads or None)
+                          max_chi2=args.max_chi2, overwrite=args.overwrite, threads=args.threads or None,
+                          input_options=_input_options(args))
     sys.stdout.write(f"model: {summary['model']} ({summary['pixels']} pixels: {summary['n_train']} train, "
                      f"{summary['n_val']} validation; {summary['epochs']} epochs, best {summary['best_epoch']}, "
                      f"validation loss {summary['val_loss']:.4g}; {summary['seconds']:.1f} s on {summary['device']})\n")
@@ -183,7 +203,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     res = predict_observation(args.input, args.model, args.out, cluster=_cluster_table(args),
                               chunk_pixels=args.chunk_pixels, resume=args.resume, overwrite=args.overwrite,
-                              threads=args.threads or None)
+                              threads=args.threads or None, input_options=_input_options(args))
     sys.stdout.write(f"wrote {res['out']}: {res['pixels']} pixels in {res['seconds']:.2f} s "
                      f"({res['pixels_per_s']:.0f} px/s)\n")
     return 0
@@ -205,7 +225,7 @@ def _cmd_assist(args: argparse.Namespace) -> int:
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
         backend_options={k: v for k, v, _ in args.backend_option or []}, cluster=_cluster_table(args),
         chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report,
-        me_seed=args.me_seed, **kw,
+        me_seed=args.me_seed, input_options=_input_options(args), **kw,
     )
     data = run_assist(args.input, args.out, s, overwrite=args.overwrite)
     brief = {k: data[k] for k in ("phases", "lm_iterations", "speedup") if k in data}

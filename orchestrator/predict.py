@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -210,7 +210,8 @@ def _write_intervals(store: ResultStore, names: tuple[str, ...], start: int, sto
 def predict_observation(input_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
                         out: str | os.PathLike[str], *, cluster: Any = None, chunk_pixels: int = 0,
                         resume: bool = False, overwrite: bool = False, threads: int | None = None,
-                        executor: Any = None, columns: Sequence[str] | None = None) -> dict[str, Any]:
+                        executor: Any = None, columns: Sequence[str] | None = None,
+                        input_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Apply the model in ``model_path`` to every pixel of ``input_path``; write ``out``.
 
     Parameters
@@ -238,6 +239,10 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         a network predicting a column the backend does not take is refused
         (:meth:`~stokesflow.nn_init.model_file.NetworkModel.check_compatible`).
 
+    input_options : mapping, optional
+        How to read ``input_path``: keys of the ``[input]`` table (``format``, ``axes``,
+        ``wavelength``, ``lines``, ``instrument``, ``noise``, ``continuum``, ``reader_options``),
+        as ``invert`` takes them.
     Returns
     -------
     dict
@@ -252,14 +257,13 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     """
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network_init import loaded_model
-    from stokesflow.orchestrator.io import open_observation
     from stokesflow.orchestrator.plan import plan_chunks
-    from stokesflow.orchestrator.run import package_versions
+    from stokesflow.orchestrator.run import open_input, package_versions
 
     from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
 
     t0 = time.perf_counter()
-    obs = open_observation(input_path)
+    obs = open_input(input_path, input_options)
     model_path = str(Path(model_path).resolve())
     kind = "kmeans" if is_kmeans_database(model_path) else "network"
     if kind == "kmeans":

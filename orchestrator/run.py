@@ -96,6 +96,7 @@ __all__ = [
     "resolve_noise",
     "stated_noise",
     "package_versions",
+    "open_input",
     "invert_chunk",
 ]
 
@@ -709,6 +710,16 @@ def _open_observation(config: Config) -> Any:
         continuum=i.continuum if i.continuum != "" else None,
         reader_options=dict(i.reader_options) or None,
     )
+
+
+def open_input(path: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> Any:
+    """The observation at ``path``, read with ``options``: keys of the ``[input]`` table (``format``,
+    ``axes``, ``wavelength``, ``lines``, ``instrument``, ``noise``, ``continuum``,
+    ``reader_options``), checked as in a configuration file (``predict`` and ``assist`` read their
+    observation as ``invert`` does)."""
+    from stokesflow.orchestrator.config import load_config
+
+    return _open_observation(load_config(None, {"input": {**dict(options or {}), "path": str(path)}}))
 
 
 def _build_backend(config: Config) -> Backend:

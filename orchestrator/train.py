@@ -170,14 +170,15 @@ def _target_values(r: Any, targets: Sequence[_Target], log_tau: np.ndarray | Non
     return np.stack(cols, axis=2)
 
 
-def _paired(inputs: Sequence[str], results: Sequence[str],
-            columns: Sequence[str] | None = None) -> Iterator[tuple[str, str, Any, Any, tuple, np.ndarray]]:
+def _paired(inputs: Sequence[str], results: Sequence[str], columns: Sequence[str] | None = None,
+            input_options: Mapping[str, Any] | None = None) -> Iterator[tuple[str, str, Any, Any, tuple, np.ndarray]]:
     """Open each (observation, result) pair; check counts, map sizes and that every pair is one kind of data.
 
     Yields ``(input, result, observation, result file, target specs, targets (ny, nx, ncol))``; every
     pair has the first pair's columns, lines and wavelength grid (a model is trained for one kind of data).
+    ``input_options``: how to read every observation (``[input]`` keys, as ``invert`` takes them).
     """
-    from stokesflow.orchestrator.io import open_observation
+    from stokesflow.orchestrator.run import open_input
     from stokesflow.orchestrator.store import read_result
 
     if len(inputs) != len(results) or not inputs:
@@ -185,7 +186,7 @@ def _paired(inputs: Sequence[str], results: Sequence[str],
                                 f"{len(results)} result file(s)")
     first = None
     for inp, res in zip(inputs, results):
-        obs = open_observation(inp)
+        obs = open_input(inp, input_options)
         r = read_result(res)
         if r.status.shape != (obs.ny, obs.nx):
             raise OrchestratorError(f"result file {res} holds a {r.status.shape[0]} x {r.status.shape[1]} map, "
@@ -221,8 +222,8 @@ def _data_metadata(obs: Any) -> dict[str, Any]:
 
 
 def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_chi2: float | None = None,
-                        max_pixels: int = 500_000, seed: int = 0,
-                        columns: Sequence[str] | None = None) -> TrainingData:
+                        max_pixels: int = 500_000, seed: int = 0, columns: Sequence[str] | None = None,
+                        input_options: Mapping[str, Any] | None = None) -> TrainingData:
     """Read the good pixels of each (observation, result) pair.
 
     ``columns``: what the model learns (``TrainingData.specs`` are named after
@@ -242,7 +243,7 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
     xs, ps, prov = [], [], []
     specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res, obs, r, s, values in _paired(inputs, results, columns):
+    for inp, res, obs, r, s, values in _paired(inputs, results, columns, input_options):
         if specs is None:
             specs, wl = s, np.asarray(obs.wavelength)
             meta = _data_metadata(obs)
@@ -296,8 +297,9 @@ class TrainingMaps:
     metadata: dict[str, Any]
 
 
-def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
-                       max_chi2: float | None = None, columns: Sequence[str] | None = None) -> TrainingMaps:
+def read_training_maps(inputs: Sequence[str], results: Sequence[str], *, max_chi2: float | None = None,
+                       columns: Sequence[str] | None = None,
+                       input_options: Mapping[str, Any] | None = None) -> TrainingMaps:
     """Read each (observation, result) pair as whole maps for the unet; bad pixels are masked, not dropped.
 
     Raises
@@ -308,7 +310,7 @@ def read_training_maps(inputs: Sequence[str], results: Sequence[str], *,
     cubes, params, masks, prov = [], [], [], []
     specs = wl = None
     meta: dict[str, Any] = {}
-    for inp, res, obs, r, s, par in _paired(inputs, results, columns):
+    for inp, res, obs, r, s, par in _paired(inputs, results, columns, input_options):
         if specs is None:
             specs, wl = s, np.asarray(obs.wavelength)
             meta = _data_metadata(obs)
@@ -333,7 +335,7 @@ def worker_threads(n_workers: int) -> int:
 
 def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings: Mapping[str, Any],
                threads: int, max_chi2: float | None = None, model: str = "cnn",
-               columns: Sequence[str] | None = None) -> dict[str, Any]:
+               columns: Sequence[str] | None = None, input_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The training task (runs on a worker): read the pairs, train, write ``out``; returns a summary.
 
     ``columns``: what the model learns (:func:`read_training_pairs`); None: the files' parameters.
@@ -361,7 +363,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
     if model == "unet":
         from stokesflow.nn_init.unet import train_unet
 
-        maps = read_training_maps(inputs, results, max_chi2=max_chi2, columns=columns)
+        maps = read_training_maps(inputs, results, max_chi2=max_chi2, columns=columns, input_options=input_options)
         meta = dict(maps.metadata)
         meta["provenance"]["versions"] = package_versions()
         net = train_unet(maps.cubes, maps.params, maps.masks, maps.specs, maps.wavelength, metadata=meta,
@@ -372,7 +374,8 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
             log.info("unet %s: 90 %% interval temperature %.3g, scale %.3g, held-out coverage %.1f %%", c["name"],
                      c["temperature"], c["scale"], 100 * c["coverage"])
     else:
-        data = read_training_pairs(inputs, results, max_chi2=max_chi2, columns=columns)
+        data = read_training_pairs(inputs, results, max_chi2=max_chi2, columns=columns,
+                                   input_options=input_options)
         meta = dict(data.metadata)
         meta["provenance"]["versions"] = package_versions()
         net = train_network(data.stokes, data.params, data.specs, data.wavelength, metadata=meta,
@@ -403,7 +406,8 @@ def _submit(ex: Any, fn: Any, *args: Any) -> Any:
 def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.PathLike[str], *,
                 model: str = "cnn", settings: Mapping[str, Any] | None = None, cluster: Any = None,
                 max_chi2: float | None = None, overwrite: bool = False, threads: int | None = None,
-                executor: Any = None, columns: Sequence[str] | None = None) -> dict[str, Any]:
+                executor: Any = None, columns: Sequence[str] | None = None,
+                input_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train a model on the pairs as one task on the executor of ``cluster``; return the task's summary.
 
     Parameters
@@ -432,6 +436,10 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         What the model learns (:func:`read_training_pairs`). Default: the
         result files' parameters, or for a depth-stratified result its
         backend's init columns (:func:`training_columns` of the first result file).
+    input_options : mapping, optional
+        How to read every observation: keys of the ``[input]`` table (``format``, ``axes``,
+        ``wavelength``, ``lines``, ``instrument``, ``noise``, ``continuum``, ``reader_options``),
+        as ``invert`` takes them.
     """
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network import torch_or_error
@@ -463,7 +471,8 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         threads = int(threads or worker_threads(ex.n_workers))
         log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
         fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),
-                      threads, max_chi2, model, None if columns is None else list(columns))
+                      threads, max_chi2, model, None if columns is None else list(columns),
+                      dict(input_options or {}))
         shown = 0
         while not fut.done():
             time.sleep(0.5)

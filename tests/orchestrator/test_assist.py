@@ -150,3 +150,46 @@ def test_end_to_end_local_on_one_executor(obs, tmp_path, monkeypatch):
     assert read_result(d / "assisted.h5").attrs["complete"]
     assert run_assist(obs, d, _settings(baseline=True, cluster={"kind": "local", "workers": 2}))["ran"] == []
     assert opened == ["local"]  # nothing left to do: no cluster started
+
+
+def test_assist_reads_the_observation_as_invert_does(obs, tmp_path):
+    """A .npy cube in another axis order, without wavelengths, lines or noise in it, read with invert's
+    input flags (--axes, --wavelength, --lines, --instrument, --noise): every phase reads it so (subset,
+    predict, the whole-field inversions), and the loop gives what it gives on the same data as HDF5;
+    the input flags are part of the loop's arguments (another value is refused), predict takes them too,
+    and without them the cube cannot be read."""
+    from stokesflow.orchestrator.cli import main
+    from stokesflow.orchestrator.io import open_observation
+
+    o = open_observation(obs)
+    cube = np.ascontiguousarray(o.read_rows(0, o.ny).transpose(2, 3, 0, 1))  # (stokes, wave, y, x)
+    npy = tmp_path / "cube.npy"
+    np.save(npy, cube)
+    wl = tmp_path / "wl.txt"
+    np.savetxt(wl, o.wavelength, fmt="%.6f")
+    flags = ["--axes", "stokes,wave,y,x", "--wavelength", str(wl), "--lines", "FeI_6173", "--instrument", "hmi",
+             "--noise", "1e-3"]
+    common = ["--subset", "0.3", "--clusters", "4", "--epochs", "3", "--threads", "1", "--cluster", "serial",
+              "--chunk-pixels", "64", "--progress", "none", "--no-report", "--baseline", "-q"]
+    assert main(["assist", "-i", str(obs), "-o", str(tmp_path / "h5"), *common]) == 0
+    assert main(["assist", "-i", str(npy), "-o", str(tmp_path / "npy"), *common, *flags]) == 0
+    for name in ("guess", "assisted", "baseline"):
+        a, b = read_result(tmp_path / "h5" / f"{name}.h5"), read_result(tmp_path / "npy" / f"{name}.h5")
+        for p in ("B", "inclination", "vlos"):
+            np.testing.assert_allclose(b.params[p], a.params[p], rtol=1e-6, atol=1e-9, equal_nan=True,
+                                       err_msg=f"{name} {p}")
+    data = json.loads((tmp_path / "npy" / "summary.json").read_text())
+    assert data["arguments"]["input_options"]["axes"] == "stokes,wave,y,x"
+    # other input options are other arguments
+    assert main(["assist", "-i", str(npy), "-o", str(tmp_path / "npy"), *common, *flags[:-2], "--noise", "2e-3"]) == 2
+    # predict reads the cube the same way
+    assert main(["predict", "-i", str(npy), "-m", str(tmp_path / "npy" / "model.pt"), "-o",
+                 str(tmp_path / "g.h5"), "-q", *flags]) == 0
+    np.testing.assert_allclose(read_result(tmp_path / "g.h5").params["B"],
+                               read_result(tmp_path / "npy" / "guess.h5").params["B"], rtol=1e-6, equal_nan=True)
+    # and so does train (with the loop's result files of the subset: here the whole-field baseline)
+    assert main(["train", "-i", str(npy), "-r", str(tmp_path / "npy" / "baseline.h5"), "-o", str(tmp_path / "m.pt"),
+                 "--epochs", "1", "--threads", "1", "-q", *flags]) == 0
+    # without the flags the .npy cube is not readable as an HMI observation: a clear error, no loop folder
+    assert main(["assist", "-i", str(npy), "-o", str(tmp_path / "bare"), *common]) == 2
+    assert not (tmp_path / "bare" / "summary.json").exists()
