@@ -138,3 +138,35 @@ def test_layouts_state_no_noise(tmp_path, layout):
     else:
         write_sp_scan(tmp_path, np.full((2, 4, NY, 112), 20000.0), spbshft=[1, 1])
     assert open_observation(tmp_path).meta["noise"] is None
+
+
+def test_hmi_segment_files_through_the_assisted_loop(tmp_path):
+    """The same JSOC cut-out through `stokesflow assist` with the reader's options (-R continuum=local):
+    every phase reads the segment files (no noise in them: the reference phase estimates it and the
+    whole-field phases take it), and the assisted map recovers the field as the plain inversion does."""
+    pytest.importorskip("torch")
+    maps = _maps(seed=11, doppler_width=30.0)
+    tunings = HMI_LINE_CENTRE + np.asarray(HMI_OFFSETS_MA) / 1000.0
+    stokes = _synthesise({"lines": ["FeI_6173"], "instrument": "hmi_filters"}, maps, tunings, seed=11)
+    values = {}
+    for seg in HMI_SEGMENTS:
+        j = int(np.flatnonzero(np.isclose(HMI_OFFSETS_MA, JSOC_SEGMENT_OFFSETS_MA[int(seg[1])]))[0])
+        values[seg] = 52000.0 * stokes[:, :, "IQUV".index(seg[0]), j]
+    record = tmp_path / "hmi"
+    write_hmi_record(record, values, compressed=True, header=hmi_header(NY, NX, rsun_px=1900.0, crval=(450.0, -400.0)),
+                     bscale=0.01)
+    loop = tmp_path / "loop"
+    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "assist", "-i", str(record), "-o", str(loop),
+           "--format", "hmi", "-R", "continuum=local", "--epochs", "3", "--threads", "1", "--cluster", "serial",
+           "--progress", "none", "--no-report", "--baseline", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in ("assisted", "baseline"):
+        result = read_result(loop / f"{name}.h5")
+        assert np.all(np.isin(result.status, (0, 1))), name
+        assert result.attrs.get("noise_source") == "configuration"  # the reference phase's estimate, passed on
+        np.testing.assert_allclose(np.ravel(result.attrs["noise"]), NOISE, rtol=0.5)
+        b = np.asarray(result.params["B"]).reshape(NY, NX)
+        strong = maps["strong"]
+        rel = np.abs(b[strong] - maps["B"][strong]) / maps["B"][strong]
+        assert np.median(rel) < 0.01 and rel.max() < 0.03, f"{name}: B relative errors {np.round(rel, 3)}"
