@@ -118,13 +118,17 @@ class TrainSettings(dict):
     ``max_samples`` (245,760 pixels drawn in all, which ends the training before ``epochs``;
     0: no cap), ``lr_schedule`` (``"cosine"``: the rate decays to 0 over the planned epochs;
     ``"constant"``), ``mirror`` (True: the training pixels and their polarity mirror images,
-    :func:`stokesflow.nn_init.features.polarity_mirror`; the validation pixels as they are).
+    :func:`stokesflow.nn_init.features.polarity_mirror`; the validation pixels as they are),
+    ``val_pixels`` (2,048: the held-out pixels whose loss each epoch is judged by, a fixed random
+    draw of them; 0: all. A pass over 5,000 held-out pixels cost a fifth of the training of a
+    1024^2 field's subset, and 2,048 give the mean loss to about 2 %).
     See the module docstring for the measurements behind them.
     """
 
     DEFAULTS: Mapping[str, Any] = {"epochs": 200, "batch": 256, "lr": 3e-3, "val_fraction": 0.15,
                                    "patience": 10, "seed": 0, "min_delta": 1e-3, "samples_per_epoch": 8192,
-                                   "max_samples": 245_760, "lr_schedule": "cosine", "mirror": True}
+                                   "max_samples": 245_760, "lr_schedule": "cosine", "mirror": True,
+                                   "val_pixels": 2048}
 
     def __init__(self, **kw: Any) -> None:
         unknown = sorted(set(kw) - set(self.DEFAULTS))
@@ -132,10 +136,11 @@ class TrainSettings(dict):
             raise InitError(f"unknown training setting(s) {unknown}; valid: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **{k: v for k, v in kw.items() if v is not None}})
         if (int(self["epochs"]) < 1 or int(self["batch"]) < 1 or not 0 < float(self["val_fraction"]) < 0.9
-                or int(self["samples_per_epoch"]) < 0 or int(self["max_samples"]) < 0
+                or int(self["samples_per_epoch"]) < 0 or int(self["max_samples"]) < 0 or int(self["val_pixels"]) < 0
                 or self["lr_schedule"] not in ("constant", "cosine") or not isinstance(self["mirror"], bool)):
             raise InitError(f"training settings out of range: epochs >= 1, batch >= 1, 0 < val_fraction < 0.9, "
-                            f"samples_per_epoch >= 0, max_samples >= 0, lr_schedule 'cosine' or 'constant', "
+                            f"samples_per_epoch >= 0, max_samples >= 0, val_pixels >= 0, lr_schedule 'cosine' or "
+                            f"'constant', "
                             f"mirror true or false; "
                             f"got {dict(self)}")
 
@@ -222,6 +227,8 @@ def train_network(
     order = rng.permutation(n)
     n_val = max(1, int(round(float(st["val_fraction"]) * n)))
     val_idx, tr_idx = order[:n_val], order[n_val:]
+    n_judge = int(st["val_pixels"])
+    judged = val_idx[:n_judge] if n_judge and n_judge < val_idx.size else val_idx  # random: order is a permutation
     x_fit, p_fit = x_all[tr_idx], p_all[tr_idx]
     mirrored = polarity_mirror(x_fit, p_fit, specs) if st["mirror"] else None
     if mirrored is not None:  # both polarities in training; validation stays the field's own pixels
@@ -233,11 +240,12 @@ def train_network(
 
     torch.manual_seed(int(st["seed"]))
     net = build_network(arch).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(st["lr"]))
+    # the fused kernel: one update of every tensor per step (0.64 -> 0.25 ms a step on one CPU core)
+    opt = torch.optim.Adam(net.parameters(), lr=float(st["lr"]), fused=torch.device(device).type in ("cpu", "cuda"))
     x_tr = torch.from_numpy(scaling.apply(x_fit)).to(device)
     y_tr = torch.from_numpy(encoding.encode(p_fit)).to(device)
-    x_va = torch.from_numpy(scaling.apply(x_all[val_idx])).to(device)
-    y_va = torch.from_numpy(encoding.encode(p_all[val_idx])).to(device)
+    x_va = torch.from_numpy(scaling.apply(x_all[judged])).to(device)
+    y_va = torch.from_numpy(encoding.encode(p_all[judged])).to(device)
     progress = load_checkpoint(torch, checkpoint, digest, net, opt)
     net.to(device)
     history: list[dict[str, Any]] = progress["history"]

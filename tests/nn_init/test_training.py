@@ -141,6 +141,25 @@ def test_samples_per_epoch_bounds_the_work_of_an_epoch(pairs, tmp_path):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)  # float32 CPU, same order of operations
 
 
+def test_val_pixels_bounds_the_held_out_pixels_judged_each_epoch(pairs):
+    """Each epoch's validation loss is the mean over a fixed random draw of ``val_pixels`` held-out
+    pixels (0 or more than there are: all of them); the training itself does not depend on it."""
+    me, stokes, params = pairs
+
+    def run(val_pixels):
+        return train_network(stokes, params, me.parameters, HMI, metadata=META, threads=1,
+                             settings={"epochs": 1, "batch": 64, "patience": 100, "val_pixels": val_pixels})
+
+    every, more, few = run(0), run(10_000), run(7)
+    loss = [[h["val_loss"] for h in m.metadata["history"]] for m in (every, more, few)]
+    assert loss[0] == loss[1] and loss[2] != loss[0]  # 60 held out; 7 of them judge `few`
+    for name, w in every.state_dict.items():  # one epoch: the kept state is that epoch's, judged or not
+        assert torch.equal(w, few.state_dict[name]), name
+    assert few.metadata["n_val"] == 60 and few.metadata["settings"]["val_pixels"] == 7
+    with pytest.raises(InitError, match="val_pixels >= 0"):
+        run(-1)
+
+
 def test_training_settings_are_checked():
     from stokesflow.nn_init.training import TrainSettings
 
