@@ -929,7 +929,7 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     stated = stated_noise(config, obs, base)
     sample, sample_index = sample_valid_pixels(obs, TRIAL_SAMPLE_PIXELS if stated else NOISE_SAMPLE_PIXELS)
     meta = dict(obs.meta)
-    noise = resolve_noise(config, obs, base, sample, wavelength, log_it=driver)
+    noise = stated if stated is not None else resolve_noise(config, obs, base, sample, wavelength, log_it=driver)
     if noise.source == "estimated":
         meta["noise"] = list(noise.sigma)  # four floats (I, Q, U, V), interface of for_observation
     backend = base.for_observation(meta)
