@@ -71,27 +71,44 @@ def _synthesise(options: dict, maps: dict, wavelength: np.ndarray, seed: int) ->
     return stokes + NOISE * np.random.default_rng(seed + 1).standard_normal(stokes.shape)
 
 
-def _invert(observation: Path, out: Path, *options: str) -> dict:
-    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "invert", "--input", str(observation),
-           "--out", str(out), "--cluster", "serial", *options]
+def _cli(*args: str) -> None:
+    """``stokesflow ARGS`` in a subprocess, as a user runs it; fails the test on a non-zero exit."""
+    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _invert(observation: Path, out: Path, *options: str) -> dict:
+    _cli("invert", "--input", str(observation), "--out", str(out), "--cluster", "serial", *options)
     return read_result(out)
 
 
-def _check(result, maps: dict, *, b_rel_median: float, b_rel_max: float) -> None:
+def _assist(observation: Path, loop: Path, *options: str) -> None:
+    """The assisted loop, small and with the baseline, on the serial executor."""
+    pytest.importorskip("torch")
+    _cli("assist", "-i", str(observation), "-o", str(loop), "--epochs", "3", "--threads", "1", "--cluster",
+         "serial", "--progress", "none", "--no-report", "--baseline", "-q", *options)
+
+
+def _check_field(result, maps: dict, *, b_rel_median: float, b_rel_max: float) -> None:
+    """Every pixel fitted, and B of the strong pixels within the relative bounds."""
+    assert np.all(np.isin(result.status, (0, 1)))
     b = np.asarray(result.params["B"]).reshape(NY, NX)
-    vlos = np.asarray(result.params["vlos"]).reshape(NY, NX)
     strong = maps["strong"]
     rel = np.abs(b[strong] - maps["B"][strong]) / maps["B"][strong]
     assert np.median(rel) < b_rel_median and rel.max() < b_rel_max, f"B relative errors {np.round(rel, 3)}"
+
+
+def _check(result, maps: dict, *, b_rel_median: float, b_rel_max: float) -> None:
+    _check_field(result, maps, b_rel_median=b_rel_median, b_rel_max=b_rel_max)
+    vlos = np.asarray(result.params["vlos"]).reshape(NY, NX)
     assert np.all(np.sign(vlos) == np.sign(maps["vlos"])), f"vlos {np.round(vlos, 2)}"
     assert result.attrs.get("noise_source") == "estimated"
     np.testing.assert_allclose(np.ravel(result.attrs["noise"]), NOISE, rtol=0.5)  # from the data alone
 
 
-def test_hmi_segment_files_cutout(tmp_path):
-    """A 8 x 8 cut-out of a JSOC hmi.S_720s record, off disc centre: -R continuum=local."""
+def _hmi_record(tmp_path: Path) -> tuple[Path, dict]:
+    """A 8 x 8 cut-out of a JSOC hmi.S_720s record, off disc centre, and its maps."""
     maps = _maps(seed=11, doppler_width=30.0)
     tunings = HMI_LINE_CENTRE + np.asarray(HMI_OFFSETS_MA) / 1000.0  # blue to red
     stokes = _synthesise({"lines": ["FeI_6173"], "instrument": "hmi_filters"}, maps, tunings, seed=11)
@@ -104,17 +121,15 @@ def test_hmi_segment_files_cutout(tmp_path):
     # disc centre 600" away: the cut-out of an active region, as JSOC exports deliver them
     write_hmi_record(record, values, compressed=True, header=hmi_header(NY, NX, rsun_px=1900.0, crval=(450.0, -400.0)),
                      bscale=0.01)
-    result = _invert(record, tmp_path / "hmi_result.h5", "-R", "continuum=local")
-    assert np.all(np.isin(result.status, (0, 1)))
-    _check(result, maps, b_rel_median=0.01, b_rel_max=0.03)
+    return record, maps
 
 
 def _even(x: np.ndarray) -> np.ndarray:
     return 2.0 * np.round(x / 2.0)
 
 
-def test_hinode_sp_level1_scan_folder(tmp_path):
-    """A level-1 scan of 8 slit files (16-bit, SPBSHFT 0-3, I above 32767): default options."""
+def _sp_scan(tmp_path: Path) -> tuple[Path, dict]:
+    """A Hinode SP level-1 scan of 8 slit files (16-bit, SPBSHFT 0-3, I above 32767), and its maps."""
     maps = _maps(seed=12, doppler_width=25.0)
     wl = sp_wavelength()
     stokes = _synthesise({"lines": ["FeI_6301", "FeI_6302"], "instrument": "grid"}, maps, wl, seed=12)
@@ -122,9 +137,20 @@ def test_hinode_sp_level1_scan_folder(tmp_path):
     counts = _even(continuum_dn * stokes).transpose(1, 2, 0, 3)  # (nx = slit, 4, ny along the slit, nw)
     scan = tmp_path / "SP_20070101"
     write_sp_scan(scan, counts, spbshft=[0, 1, 2, 3] * (NX // 4), file_order=list(range(NX))[::-1])
-    result = _invert(scan, tmp_path / "sp_result.h5")
-    assert np.all(np.isin(result.status, (0, 1)))
-    _check(result, maps, b_rel_median=0.01, b_rel_max=0.02)
+    return scan, maps
+
+
+def test_hmi_segment_files_cutout(tmp_path):
+    """The JSOC cut-out through `stokesflow invert`: -R continuum=local."""
+    record, maps = _hmi_record(tmp_path)
+    _check(_invert(record, tmp_path / "hmi_result.h5", "-R", "continuum=local"), maps,
+           b_rel_median=0.01, b_rel_max=0.03)
+
+
+def test_hinode_sp_level1_scan_folder(tmp_path):
+    """The SP scan folder through `stokesflow invert`: default options."""
+    scan, maps = _sp_scan(tmp_path)
+    _check(_invert(scan, tmp_path / "sp_result.h5"), maps, b_rel_median=0.01, b_rel_max=0.02)
 
 
 @pytest.mark.parametrize("layout", ["hmi", "hinode_sp"])
@@ -141,56 +167,22 @@ def test_layouts_state_no_noise(tmp_path, layout):
 
 
 def test_hmi_segment_files_through_the_assisted_loop(tmp_path):
-    """The same JSOC cut-out through `stokesflow assist` with the reader's options (-R continuum=local):
+    """The JSOC cut-out through `stokesflow assist` with the reader's options (-R continuum=local):
     every phase reads the segment files (no noise in them: the reference phase estimates it and the
     whole-field phases take it), and the assisted map recovers the field as the plain inversion does."""
-    pytest.importorskip("torch")
-    maps = _maps(seed=11, doppler_width=30.0)
-    tunings = HMI_LINE_CENTRE + np.asarray(HMI_OFFSETS_MA) / 1000.0
-    stokes = _synthesise({"lines": ["FeI_6173"], "instrument": "hmi_filters"}, maps, tunings, seed=11)
-    values = {}
-    for seg in HMI_SEGMENTS:
-        j = int(np.flatnonzero(np.isclose(HMI_OFFSETS_MA, JSOC_SEGMENT_OFFSETS_MA[int(seg[1])]))[0])
-        values[seg] = 52000.0 * stokes[:, :, "IQUV".index(seg[0]), j]
-    record = tmp_path / "hmi"
-    write_hmi_record(record, values, compressed=True, header=hmi_header(NY, NX, rsun_px=1900.0, crval=(450.0, -400.0)),
-                     bscale=0.01)
-    loop = tmp_path / "loop"
-    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "assist", "-i", str(record), "-o", str(loop),
-           "--format", "hmi", "-R", "continuum=local", "--epochs", "3", "--threads", "1", "--cluster", "serial",
-           "--progress", "none", "--no-report", "--baseline", "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    record, maps = _hmi_record(tmp_path)
+    _assist(record, tmp_path / "loop", "--format", "hmi", "-R", "continuum=local")
     for name in ("assisted", "baseline"):
-        result = read_result(loop / f"{name}.h5")
-        assert np.all(np.isin(result.status, (0, 1))), name
+        result = read_result(tmp_path / "loop" / f"{name}.h5")
         assert result.attrs.get("noise_source") == "configuration"  # the reference phase's estimate, passed on
         np.testing.assert_allclose(np.ravel(result.attrs["noise"]), NOISE, rtol=0.5)
-        b = np.asarray(result.params["B"]).reshape(NY, NX)
-        strong = maps["strong"]
-        rel = np.abs(b[strong] - maps["B"][strong]) / maps["B"][strong]
-        assert np.median(rel) < 0.01 and rel.max() < 0.03, f"{name}: B relative errors {np.round(rel, 3)}"
+        _check_field(result, maps, b_rel_median=0.01, b_rel_max=0.03)
 
 
 def test_hinode_sp_scan_folder_through_the_assisted_loop(tmp_path):
-    """A Hinode SP level-1 scan folder through `stokesflow assist` (detected, default options): the
-    loop reads the 16-bit slit files in every phase and its maps recover the field as `invert` does."""
-    pytest.importorskip("torch")
-    maps = _maps(seed=12, doppler_width=25.0)
-    stokes = _synthesise({"lines": ["FeI_6301", "FeI_6302"], "instrument": "grid"}, maps, sp_wavelength(), seed=12)
-    scan = tmp_path / "SP_20070101"
-    write_sp_scan(scan, _even(40000.0 * stokes).transpose(1, 2, 0, 3), spbshft=[0, 1, 2, 3] * (NX // 4),
-                  file_order=list(range(NX))[::-1])
-    loop = tmp_path / "loop"
-    cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "assist", "-i", str(scan), "-o", str(loop),
-           "--epochs", "3", "--threads", "1", "--cluster", "serial", "--progress", "none", "--no-report",
-           "--baseline", "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    """The SP scan folder through `stokesflow assist` (detected, default options): the loop reads the
+    16-bit slit files in every phase and its maps recover the field as `invert` does."""
+    scan, maps = _sp_scan(tmp_path)
+    _assist(scan, tmp_path / "loop")
     for name in ("assisted", "baseline"):
-        result = read_result(loop / f"{name}.h5")
-        assert np.all(np.isin(result.status, (0, 1))), name
-        b = np.asarray(result.params["B"]).reshape(NY, NX)
-        strong = maps["strong"]
-        rel = np.abs(b[strong] - maps["B"][strong]) / maps["B"][strong]
-        assert np.median(rel) < 0.01 and rel.max() < 0.02, f"{name}: B relative errors {np.round(rel, 3)}"
+        _check_field(read_result(tmp_path / "loop" / f"{name}.h5"), maps, b_rel_median=0.01, b_rel_max=0.02)
