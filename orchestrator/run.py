@@ -927,7 +927,7 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     # the sample is for a noise estimate; with the noise stated only its first pixel is used (the
     # trial inversion), so a few rows do (on a 256^2 HDF5 map 4 row reads instead of 45)
     stated = stated_noise(config, obs, base)
-    sample, sample_index = sample_valid_pixels(obs, TRIAL_SAMPLE_PIXELS if stated else NOISE_SAMPLE_PIXELS)
+    sample, sample_index = sample_valid_pixels(obs, NOISE_SAMPLE_PIXELS if stated is None else TRIAL_SAMPLE_PIXELS)
     meta = dict(obs.meta)
     noise = stated if stated is not None else resolve_noise(config, obs, base, sample, wavelength, log_it=driver)
     if noise.source == "estimated":
