@@ -470,6 +470,8 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     with executor_for(spec, executor) as ex:
         threads = int(threads or worker_threads(ex.n_workers))
         log.info("training a %s on %d pair(s), %d thread(s), on the %s executor", model, len(inputs), threads, spec.kind)
+        if Path(out + ".ckpt").exists():  # said here: the task's own log line stays on a remote worker
+            log.info("%s.ckpt holds the finished epochs of an interrupted training: it goes on from there", out)
         fut = _submit(ex, train_task, [str(i) for i in inputs], [str(r) for r in results], out, dict(st),
                       threads, max_chi2, model, None if columns is None else list(columns),
                       dict(input_options or {}))

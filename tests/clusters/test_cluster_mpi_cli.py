@@ -1,4 +1,5 @@
-"""A successful ``mpiexec ... stokesflow invert --cluster mpi`` leaves a clean log: no traceback.
+"""A successful ``mpiexec ... stokesflow invert --cluster mpi`` leaves a clean log: no traceback; and
+``stokesflow assist`` under ``mpiexec``, whole and killed mid-training, gives the serial loop's results.
 
 Before the fix in :mod:`stokesflow.clusters._mpi_worker`, runs of
 ``mpi_mode="dask"`` could end with a Nanny ``Worker process died unexpectedly``
@@ -10,12 +11,18 @@ on every run, so the filter itself is also tested directly.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from _assist_loop import LOOP_ARGS, assert_same_loop, serial_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "stokesflow.orchestrator.cli"]
@@ -44,6 +51,66 @@ def test_successful_mpi_run_output_holds_no_traceback(observation: Path, tmp_pat
     assert "result: " in proc.stdout and "(complete: 4/4 chunks" in proc.stdout
     assert "Traceback" not in proc.stdout, proc.stdout[-4000:]
     assert "died unexpectedly" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def serial(observation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The assist loop on the observation with the serial executor."""
+    pytest.importorskip("torch")
+    return serial_loop(observation, tmp_path_factory.mktemp("assist"))
+
+
+def _assist(observation: Path, out: Path, ranks: int, mode: str) -> list[str]:
+    return ["mpiexec", "-n", str(ranks), *CLI, "assist", "-i", str(observation), "-o", str(out), *LOOP_ARGS,
+            "--cluster", "mpi", "-C", f"mpi_mode={mode}", "--progress", "log"]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_assist_under_mpiexec_equals_the_serial_loop(observation: Path, serial: Path, tmp_path: Path) -> None:
+    # mpi4py.futures: rank 0 drives the phases, rank 1 runs every task, the training included
+    proc = subprocess.run(_assist(observation, tmp_path / "loop", 2, "futures"), cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-4000:]
+    assert "training a cnn on 1 pair(s), 1 thread(s), on the mpi executor" in proc.stdout
+    assert_same_loop(tmp_path / "loop", serial)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_assist_killed_under_mpiexec_during_training_resumes(observation: Path, serial: Path,
+                                                             tmp_path: Path) -> None:
+    # dask-mpi (scheduler, driver, one worker): every rank killed at once, as when a batch job ends,
+    # once the training's first checkpoint is on disk; the same command again finishes the loop
+    out = tmp_path / "loop"
+    cmd = _assist(observation, out, 3, "dask")
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as stream:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "model.pt.ckpt").exists():
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the training did not start in 240 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    state = json.loads((out / "summary.json").read_text())
+    assert state["done"] == ["subset", "reference"] and not (out / "model.pt").exists()
+    again = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "Traceback" not in again.stdout, again.stdout[-4000:]
+    assert "phase reference: already done" in again.stdout
+    # the training goes on from its checkpoint (said by the driver; the worker's own log stays on its rank)
+    assert "model.pt.ckpt holds the finished epochs of an interrupted training" in again.stdout
+    epochs = [int(e) for e in re.findall(r"INFO stokesflow\.train: epoch (\d+)/", again.stdout)]
+    assert epochs and min(epochs) > 1, epochs
+    assert_same_loop(out, serial, ran=["train", "predict", "assisted", "baseline"])
 
 
 def _record(exc: BaseException) -> logging.LogRecord:

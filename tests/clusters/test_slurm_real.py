@@ -25,6 +25,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from _assist_loop import LOOP_ARGS, assert_same_loop, serial_loop
 from _slurm import (  # noqa: F401 - slurm_conf is a fixture
     CLI,
     assert_same_parameters,
@@ -143,6 +144,23 @@ def test_cancelled_worker_job_is_replaced_and_the_run_completes(
     assert_same_parameters(tmp_path / "out.h5", ref)
     # The only worker was cancelled: the run finished on its replacement.
     assert len(_worker_outputs(tmp_path)) >= 2, text[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_assist_on_slurm_equals_the_serial_loop(slurm: str, observations: dict[str, Path], tmp_path: Path) -> None:
+    # Every phase on two SLURM worker jobs: the reference, the training (a task on a worker job), the
+    # prediction, the assisted and the baseline inversion, in chunks of 48 pixels spread over both.
+    pytest.importorskip("torch")
+    chunks = ["--chunk-pixels", "48"]
+    serial = serial_loop(observations["small"], tmp_path, *chunks)
+    proc = run_cli(["assist", "-i", str(observations["small"]), "-o", "loop", *LOOP_ARGS, *chunks, "--cluster",
+                    "slurm", "-w", "2", "-C", "memory_per_job=1GiB", "--progress", "log"], tmp_path, slurm,
+                   timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _no_traceback(proc.stdout)
+    assert "on the slurm executor" in proc.stdout
+    assert_same_loop(tmp_path / "loop", serial)
+    assert 1 <= len(_worker_outputs(tmp_path)) <= 2
 
 
 @pytest.fixture(scope="session")
