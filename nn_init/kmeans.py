@@ -4,6 +4,8 @@
   seeding) of normalised spectra (:func:`~stokesflow.nn_init.features.normalise_spectra`)
   fitted on a seeded sample of at most ``sample`` pixels, then every pixel
   assigned to its nearest centroid (``scipy.cluster.vq.vq``, by blocks).
+- :func:`cluster_field`: the same for a field read by blocks of pixels, from
+  their spectra: memory bounded by the sample, not by the field.
 - :func:`choose_subset`: a training subset that represents the whole field:
   every cluster sampled in proportion to its size, with a floor per cluster so
   that rare kinds of pixels (umbra, strong plage) are present.
@@ -21,40 +23,144 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
 
 from stokesflow.nn_init.providers import InitError, InitProvider
 
-__all__ = ["cluster_spectra", "choose_subset", "medoids", "best_match", "KMeansInit"]
+__all__ = ["cluster_spectra", "cluster_field", "choose_subset", "medoids", "best_match", "KMeansInit"]
+
+
+def _sample_index(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat indices of the rows the centroids are fitted on: all ``n`` rows, or a seeded draw of ``sample``."""
+    if n <= sample:
+        return np.arange(n)
+    return np.sort(rng.choice(n, sample, replace=False))
+
+
+def _fit_centroids(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means (scipy's ``kmeans2``, k-means++ seeding, 20 iterations) of the finite rows ``x``."""
+    from scipy.cluster.vq import kmeans2
+
+    if x.shape[0] < k:
+        raise InitError(f"k-means with k={k} needs at least {k} valid pixels, got {x.shape[0]}")
+    centroids, _ = kmeans2(np.asarray(x, dtype=np.float64), int(k), minit="++", seed=rng, iter=20)
+    return centroids
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> None:
+    """Nearest centroid of every finite row of ``x`` into ``labels`` (the others keep -1)."""
+    from scipy.cluster.vq import vq
+
+    good = np.isfinite(x).all(axis=1)
+    if good.any():
+        labels[good], _ = vq(np.asarray(x[good], dtype=np.float64), centroids, check_finite=False)
+
+
+def _drop_empty(centroids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids without members dropped, labels renumbered (in place) to 0..k'-1."""
+    used = np.unique(labels[labels >= 0])
+    remap = np.full(centroids.shape[0], -1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    labels[labels >= 0] = remap[labels[labels >= 0]]
+    return centroids[used], labels
 
 
 def cluster_spectra(features: np.ndarray, k: int, *, seed: int = 0, sample: int = 50_000,
                     block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """k-means of feature rows; returns (centroids (k', nf), labels (n,) int, -1 for non-finite rows).
 
-    ``k'`` <= ``k``: empty clusters are dropped and labels renumbered.
+    The centroids are fitted on at most ``sample`` rows (a seeded draw; the
+    non-finite rows of the draw are left out), then every row is assigned to
+    its nearest centroid by blocks of ``block`` rows. ``k'`` <= ``k``: empty
+    clusters are dropped and labels renumbered.
     """
-    from scipy.cluster.vq import kmeans2, vq
-
-    f = np.asarray(features, dtype=np.float64)
-    good = np.flatnonzero(np.isfinite(f).all(axis=1))
-    if good.size < k:
-        raise InitError(f"k-means with k={k} needs at least {k} valid pixels, got {good.size}")
+    f = np.asarray(features)
     rng = np.random.default_rng(seed)
-    fit_idx = good if good.size <= sample else np.sort(rng.choice(good, sample, replace=False))
-    centroids, _ = kmeans2(f[fit_idx], int(k), minit="++", seed=rng, iter=20)
+    fit = f[_sample_index(f.shape[0], sample, rng)]
+    centroids = _fit_centroids(fit[np.isfinite(fit).all(axis=1)], k, rng)
     labels = np.full(f.shape[0], -1, dtype=np.int64)
-    for i in range(0, good.size, block):
-        idx = good[i:i + block]
-        labels[idx], _ = vq(f[idx], centroids, check_finite=False)
-    used = np.unique(labels[labels >= 0])
-    remap = np.full(centroids.shape[0], -1, dtype=np.int64)
-    remap[used] = np.arange(used.size)
-    labels[labels >= 0] = remap[labels[labels >= 0]]
-    return centroids[used], labels
+    for i in range(0, f.shape[0], block):
+        _assign(f[i:i + block], centroids, labels[i:i + block])
+    return _drop_empty(centroids, labels)
+
+
+def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, seed: int = 0,
+                  sample: int = 50_000, block: int = 65_536,
+                  per_cluster: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of a field's normalised spectra, read by blocks: memory bounded by the sample, not the field.
+
+    The streaming form of :func:`~stokesflow.nn_init.features.normalise_spectra` followed by
+    :func:`cluster_spectra`, for fields larger than memory (a DKIST or Hinode SP map of thousands of
+    wavelengths, an HMI full disk): two passes over the field, one block in memory at a time.
+    The first collects the valid pixels, the per-Stokes sums that give the feature scale (the
+    standard deviation over every valid pixel, as ``normalise_spectra`` computes it) and the
+    sample's features; the centroids are fitted on the sample; the second assigns every pixel.
+    Memory: the sample's features, one block, and the labels (8 bytes per pixel).
+
+    Parameters
+    ----------
+    read : callable
+        ``read(start, stop)`` -> Stokes profiles (stop - start, 4, nw) of flat pixels ``start..stop``
+        in continuum units (non-finite rows are invalid pixels).
+    npix : int
+        Pixels in the field.
+    k : int
+        Clusters wanted; lowered to ``n_valid // per_cluster`` (at least 1) on a field of few valid pixels.
+    seed, sample : int
+        Seed of the sample draw and the k-means++ seeding; most pixels the centroids are fitted on.
+    block : int
+        Pixels per ``read`` call at most.
+    per_cluster : int
+        Fewest valid pixels per cluster.
+
+    Returns
+    -------
+    centroids : ndarray (k', 4 nw)
+    labels : ndarray (npix,) int64
+        Cluster of each pixel, -1 for invalid pixels; empty clusters dropped and labels renumbered.
+
+    Raises
+    ------
+    InitError
+        No valid pixel.
+    """
+    from stokesflow.nn_init.features import normalise_spectra
+
+    rng = np.random.default_rng(seed)
+    fit_idx = _sample_index(npix, sample, rng)
+    ones = np.ones(4)
+    valid = np.zeros(npix, dtype=bool)
+    s1, s2, count = np.zeros(4), np.zeros(4), 0
+    fit_rows = []
+    for start in range(0, npix, block):
+        stop = min(npix, start + block)
+        f0, _ = normalise_spectra(read(start, stop), ones)  # unscaled: I / <I> - 1, Q / <I>, ...
+        f0 = f0.reshape(stop - start, 4, -1)
+        ok = np.isfinite(f0).all(axis=(1, 2))
+        valid[start:stop] = ok
+        good = f0[ok].astype(np.float64)
+        s1 += good.sum(axis=(0, 2))
+        s2 += (good * good).sum(axis=(0, 2))
+        count += good.shape[0] * good.shape[2]
+        lo, hi = np.searchsorted(fit_idx, (start, stop))
+        picked = fit_idx[lo:hi] - start
+        fit_rows.append(f0[picked[ok[picked]]])
+    if count == 0:
+        raise InitError("no valid pixel to cluster: every pixel of the field has NaN or infinite values")
+    scale = np.sqrt(np.maximum(s2 / count - (s1 / count) ** 2, 0.0))
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    nf = fit_rows[0].shape[1] * fit_rows[0].shape[2]
+    fit = np.concatenate(fit_rows).reshape(-1, nf) / np.repeat(scale, nf // 4).astype(np.float32)
+    centroids = _fit_centroids(fit, min(int(k), max(1, int(valid.sum()) // per_cluster)), rng)
+    labels = np.full(npix, -1, dtype=np.int64)
+    for start in range(0, npix, block):
+        stop = min(npix, start + block)
+        f, _ = normalise_spectra(read(start, stop), scale)
+        _assign(f, centroids, labels[start:stop])
+    return _drop_empty(centroids, labels)
 
 
 def choose_subset(labels: np.ndarray, n: int, *, seed: int = 0, floor: int | None = None) -> np.ndarray:

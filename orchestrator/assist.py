@@ -321,12 +321,26 @@ class AssistSettings:
 # ---------------------------------------------------------------------------
 # phase 1: the subset
 # ---------------------------------------------------------------------------
-def _read_all(obs: Any) -> np.ndarray:
-    out = np.empty((obs.npix, 4, obs.nw), dtype=np.float32)
-    rows = max(1, (1 << 24) // max(1, obs.nx * 4 * obs.nw * 4))
-    for y0 in range(0, obs.ny, rows):
-        y1 = min(obs.ny, y0 + rows)
-        out[y0 * obs.nx:y1 * obs.nx] = obs.read_rows(y0, y1).reshape(-1, 4, obs.nw)
+#: Bytes of Stokes profiles the subset phase reads at a time: it never holds the whole field (k-means
+#: by blocks, :func:`stokesflow.nn_init.kmeans.cluster_field`), so a field larger than memory works.
+SUBSET_BLOCK_BYTES = 1 << 24
+
+
+def _block_pixels(obs: Any) -> int:
+    """Pixels per read of the subset phase: whole rows of about :data:`SUBSET_BLOCK_BYTES` (one row at least)."""
+    return max(1, SUBSET_BLOCK_BYTES // max(1, obs.nx * 4 * obs.nw * 4)) * obs.nx
+
+
+def _gather(obs: Any, index: np.ndarray) -> np.ndarray:
+    """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks;
+    blocks holding none of them are not read."""
+    out = np.full((index.size, 4, obs.nw), np.nan, dtype=np.float32)
+    block = _block_pixels(obs)
+    for start in range(0, obs.npix, block):
+        stop = min(obs.npix, start + block)
+        sel = np.flatnonzero((index >= start) & (index < stop))
+        if sel.size:
+            out[sel] = obs.read_pixels(start, stop)[index[sel] - start]
     return out
 
 
@@ -374,17 +388,13 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
     """
     import h5py
 
-    from stokesflow.nn_init.features import normalise_spectra
-    from stokesflow.nn_init.kmeans import choose_subset, cluster_spectra
+    from stokesflow.nn_init.kmeans import choose_subset, cluster_field
     from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.io import write_observation
 
-    stokes = _read_all(obs)
     n = subset_pixels(obs.npix, s.subset, s.subset_min, s.subset_max)
-    valid = np.isfinite(stokes).all(axis=(1, 2))
-    feats, _ = normalise_spectra(stokes)
-    k = int(min(s.clusters, max(1, valid.sum() // 4)))
-    _, labels = cluster_spectra(feats, k, seed=s.seed)
+    _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=_block_pixels(obs))
+    valid = labels >= 0
     shape2d: tuple[int, int] | None = None
     if s.model == "unet" and s.subset_method == "clusters":
         patches = _patch_subset(labels, valid, obs.ny, obs.nx, n, s.seed)
@@ -407,7 +417,7 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
     truth = obs.read_truth()
     filters = meta.get("filters")
     shape = shape2d or (1, index.size)
-    picked = np.where((index >= 0)[:, None, None], stokes[np.maximum(index, 0)], np.nan).astype(np.float32)
+    picked = _gather(obs, index)
 
     def take(v: Any) -> np.ndarray:
         a = np.asarray(v, dtype=np.float64).reshape(-1)

@@ -1,4 +1,5 @@
-"""k-means (scipy) on planted clusters, subsets that cover every cluster, the best-match look-up."""
+"""k-means (scipy) on planted clusters, in memory and by blocks of a field; subsets that cover every cluster;
+the best-match look-up."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stokesflow.nn_init.kmeans import best_match, choose_subset, cluster_spectra, medoids
+from stokesflow.nn_init.features import normalise_spectra
+from stokesflow.nn_init.kmeans import best_match, choose_subset, cluster_field, cluster_spectra, medoids
 from stokesflow.nn_init.providers import InitError, get_provider
 
 
@@ -33,6 +35,46 @@ def test_recovers_planted_clusters_and_subset_covers_them():
     assert 5 not in sub and np.all(np.diff(sub) > 0)
     # proportional share for the large cluster (300 of 474 pixels -> ~25 of 40), floor for the small ones
     assert 20 <= int(np.sum(truth[sub] == 0)) <= 30
+
+
+def _planted_spectra(rng, sizes=(700, 300, 150, 60), nw=6):
+    """Stokes profiles (n, 4, nw) around four kinds of spectra, in a shuffled order, and the kind of each."""
+    kinds = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+    rng.shuffle(kinds)
+    base = np.stack([np.stack([1 - 0.5 * rng.random(nw), *(0.01 * rng.standard_normal((3, nw)))])
+                     for _ in sizes])
+    return base[kinds] + 1e-3 * rng.standard_normal((kinds.size, 4, nw)), kinds
+
+
+@pytest.mark.parametrize("block", [97, 1000, 5000])
+def test_cluster_field_by_blocks_equals_clustering_in_memory(block):
+    rng = np.random.default_rng(4)
+    stokes, kinds = _planted_spectra(rng)
+    stokes[[3, 500]] = np.nan  # invalid pixels: label -1
+    reads = []
+
+    def read(start, stop):
+        reads.append(stop - start)
+        return stokes[start:stop]
+
+    # fitted on a sample of 600 of the 1,210 pixels, as a field larger than the sample would be
+    centroids, labels = cluster_field(read, stokes.shape[0], 4, seed=2, sample=600, block=block)
+    assert max(reads) <= block and sum(reads) == 2 * stokes.shape[0]  # two passes, one block at a time
+    feats, _ = normalise_spectra(stokes)
+    ref_centroids, ref_labels = cluster_spectra(feats, 4, seed=2, sample=600)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(centroids, ref_centroids, rtol=1e-5, atol=1e-6)
+    assert labels[3] == labels[500] == -1
+    ok = labels >= 0
+    assert len(set(zip(kinds[ok].tolist(), labels[ok].tolist()))) == 4  # the planted kinds, one label each
+
+
+def test_cluster_field_lowers_k_on_few_pixels_and_refuses_an_all_nan_field():
+    stokes, _ = _planted_spectra(np.random.default_rng(5), sizes=(5, 4))
+    _, labels = cluster_field(lambda a, b: stokes[a:b], 9, 16, block=4)
+    assert labels.max() + 1 <= 9 // 4  # at least 4 valid pixels per cluster
+    with pytest.raises(InitError, match="no valid pixel"):
+        cluster_field(lambda a, b: np.full((b - a, 4, 6), np.nan), 10, 4, block=3)
 
 
 def test_best_match_and_provider(tmp_path):

@@ -46,3 +46,29 @@ def test_make_subset_takes_the_clamped_count(tmp_path, bounds, count, expected):
         labels = h5["assist/labels"][()].reshape(-1)
     assert np.unique(index).size == index.size and 7 not in index
     assert set(labels[index]) == set(labels[labels >= 0])  # every cluster sampled
+
+
+def test_make_subset_reads_the_field_by_blocks(tmp_path, monkeypatch):
+    """The subset phase holds a block of rows at a time, never the whole field (a field larger than
+    memory), and chooses the same subset with blocks of 3 rows as with the whole field in one block."""
+    import stokesflow.orchestrator.assist as assist
+
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 24, 20, seed=5, nan_pixels=(9, 300)))
+    s = AssistSettings(subset=0.2, subset_min=64, subset_max=10_000, clusters=5, cluster={"kind": "serial"})
+    whole = make_subset(obs, tmp_path / "whole.h5", s)
+    monkeypatch.setattr(assist, "SUBSET_BLOCK_BYTES", 3 * obs.nx * 4 * obs.nw * 4)  # three rows
+    reads = []
+    real = type(obs).read_pixels
+
+    def counting(self, start, stop):
+        reads.append(stop - start)
+        return real(self, start, stop)
+
+    monkeypatch.setattr(type(obs), "read_pixels", counting)
+    blocks = make_subset(obs, tmp_path / "blocks.h5", s)
+    assert reads and max(reads) <= 3 * obs.nx
+    assert blocks == whole
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "blocks.h5") as b:
+        for name in ("assist/index", "assist/labels", "stokes"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert 9 not in b["assist/index"][()] and 300 not in b["assist/index"][()]
