@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from stokesflow.clusters.base import IDLE_INTERVAL_S, Executor, Future, usable_cpus
+from stokesflow.clusters.environ import worker_environ
 from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
 
 __all__ = ["DaskExecutor", "open_address", "open_local"]
@@ -383,20 +384,21 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
     # Ctrl-C is the driver's: the worker processes ignore SIGINT (see the
     # preload module), keeping any preload the site configured.
     preload = list(dask.config.get("distributed.worker.preload", None) or [])
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=spec.threads_per_worker,
-        processes=True,
-        memory_limit=spec.memory_limit or "auto",
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address=dash["dashboard_address"],
-        scheduler_kwargs={"dashboard": dash["dashboard"]},
-        silence_logs=_LOG_LEVEL,
-        preload=[*preload, _WORKER_PRELOAD],
-        resources=spec.resources() or None,
-        **kwargs,
-    )
+    with worker_environ():  # the Nannies read it when they are made (clusters.environ)
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            memory_limit=spec.memory_limit or "auto",
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=dash["dashboard_address"],
+            scheduler_kwargs={"dashboard": dash["dashboard"]},
+            silence_logs=_LOG_LEVEL,
+            preload=[*preload, _WORKER_PRELOAD],
+            resources=spec.resources() or None,
+            **kwargs,
+        )
     try:
         client = Client(cluster, set_as_default=False)
     except BaseException:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from stokesflow.clusters.base import require, require_program
 from stokesflow.clusters.dask_executor import DaskExecutor, _dashboard_kwargs
+from stokesflow.clusters.environ import worker_exports
 from stokesflow.clusters.spec import (
     ClusterError,
     ClusterSpec,
@@ -107,14 +108,19 @@ def total_workers(spec: ClusterSpec) -> int:
 def job_kwargs(spec: ClusterSpec, *, job_name: str = JOB_NAME) -> dict[str, Any]:
     """Keyword arguments for ``SLURMCluster`` / ``PBSCluster`` (the per-job part).
 
-    ``None`` values (and empty directive/prologue lists) leave the site's
+    ``None`` values (and empty directive lists) leave the site's
     dask-jobqueue configuration (``~/.config/dask/jobqueue.yaml``) in charge;
-    the lifetime flags are appended to the configured worker arguments.
+    the lifetime flags are appended to the configured worker arguments, and the
+    worker environment's ``export`` lines (:func:`stokesflow.clusters.environ.worker_exports`)
+    come before the given prologue, or else the configured one.
     """
     import dask
 
     lifetime, stagger = worker_lifetime(spec.walltime, spec.lifetime)
     site_args = list(dask.config.get(f"jobqueue.{spec.kind}.worker-extra-args", None) or [])
+    # the worker processes' environment (clusters.environ) before the given or configured prologue
+    prologue = worker_exports() + (list(spec.job_script_prologue)
+                                   or list(dask.config.get(f"jobqueue.{spec.kind}.job-script-prologue", None) or []))
     return {
         "queue": spec.queue,
         "account": spec.account,
@@ -124,7 +130,7 @@ def job_kwargs(spec: ClusterSpec, *, job_name: str = JOB_NAME) -> dict[str, Any]
         "memory": spec.memory_per_job,
         # Empty: keep the site's configured directives / prologue.
         "job_extra_directives": list(spec.job_extra_directives) or None,
-        "job_script_prologue": list(spec.job_script_prologue) or None,
+        "job_script_prologue": prologue or None,
         "worker_extra_args": site_args + ["--lifetime", lifetime, "--lifetime-stagger", stagger]
         + (["--resources", " ".join(f"{k}={v:g}" for k, v in spec.resources().items())] if spec.worker_resources else []),
         "local_directory": spec.local_directory,

@@ -59,6 +59,7 @@ from stokesflow.clusters.base import (
     require_program,
 )
 from stokesflow.clusters.dask_executor import DaskExecutor, _connected_workers, _dashboard_kwargs
+from stokesflow.clusters.environ import worker_environ
 from stokesflow.clusters.spec import ClusterError, ClusterSpec
 
 __all__ = ["MPIFuturesExecutor", "check_launch", "client_rank", "open_mpi"]
@@ -209,18 +210,20 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
     # client rank exits; there dask-mpi calls sys.exit() (SystemExit leaves
     # through the caller's `with`).  Rank 1 returns here, with the scheduler
     # address in dask's config and an exit hook that shuts the cluster down.
-    dask_mpi.initialize(
-        interface=spec.interface,
-        nthreads=spec.threads_per_worker,
-        local_directory=spec.local_directory,
-        memory_limit=spec.memory_limit or "auto",
-        dashboard=spec.dashboard,
-        dashboard_address=dash["dashboard_address"],
-        worker_class="distributed.Nanny",
-        # The worker processes drop the Nanny's close-race traceback at exit.
-        worker_options={"preload": [*preload, _WORKER_PRELOAD], **({"resources": spec.resources()} if spec.worker_resources else {})},
-        exit=True,
-    )
+    with worker_environ():  # the Nanny of a worker rank reads it when it is made (clusters.environ)
+        dask_mpi.initialize(
+            interface=spec.interface,
+            nthreads=spec.threads_per_worker,
+            local_directory=spec.local_directory,
+            memory_limit=spec.memory_limit or "auto",
+            dashboard=spec.dashboard,
+            dashboard_address=dash["dashboard_address"],
+            worker_class="distributed.Nanny",
+            # The worker processes drop the Nanny's close-race traceback at exit.
+            worker_options={"preload": [*preload, _WORKER_PRELOAD],
+                            **({"resources": spec.resources()} if spec.worker_resources else {})},
+            exit=True,
+        )
     from distributed import Client
 
     n_workers = size - 2

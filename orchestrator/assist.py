@@ -225,7 +225,9 @@ class AssistSettings:
     epochs : int
         Most training epochs (early stopping ends sooner).
     threads : int
-        torch threads of the training and prediction tasks; 0: the worker's share of the cores.
+        torch threads of the training and prediction tasks; 0: the training every core of its
+        worker (it runs alone, :func:`stokesflow.orchestrator.train.task_threads`), each prediction
+        task the worker's share of the cores.
     seed : int
     backend : str
     backend_options : dict

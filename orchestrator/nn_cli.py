@@ -96,7 +96,7 @@ def add_nn_parsers(sub: Any) -> None:
                         "inclination -> 180 - inclination, azimuth -> -azimuth: an exact symmetry of the "
                         "transfer equation, so a network learns both polarities from a field that shows one; "
                         "turn it off for data whose instrument breaks it, e.g. uncorrected I -> V crosstalk)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = every core of the worker that trains (the training runs alone)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _input_flags(p)
     _cluster_flags(p, "serial")
@@ -150,7 +150,9 @@ def add_nn_parsers(sub: Any) -> None:
                         "the network's; off = the network's guesses")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the worker's share of the cores")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads; 0 = every core of the worker for the training (it runs alone), the "
+                        "worker's share for each prediction task")
     p.add_argument("--backend", default="me", help="me, or a classical code: sir, desire (the network then learns "
                                                     "the code's log-tau node columns)")
     p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,

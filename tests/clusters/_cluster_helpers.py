@@ -23,12 +23,18 @@ __all__ = [
     "slow_once",
     "square_with_pid",
     "total_length",
+    "environ",
 ]
 
 
 def square_with_pid(x: int) -> tuple[int, int]:
     """Return ``(x * x, pid of the process that ran it)``."""
     return x * x, os.getpid()
+
+
+def environ(name: str) -> str | None:
+    """The value of the environment variable ``name`` in the process that runs this (None: unset)."""
+    return os.environ.get(name)
 
 
 def add(a: float, b: float = 0.0, *, scale: float = 1.0) -> float:

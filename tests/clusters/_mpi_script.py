@@ -72,6 +72,9 @@ def main(mode: str, outdir: str) -> None:
                 time.sleep(0.2)
             result["pids_before_crash"] = sorted(before.values())
             result["pids_after_crash"] = sorted(ex.info()["worker_pids"].values())
+            # the worker environment of clusters.environ, in the restarted worker process too
+            result["worker_environ"] = sorted({ex.submit(h.environ, "MALLOC_MMAP_THRESHOLD_").result()
+                                               for _ in range(8)}, key=str)
         info = ex.info()
         result["info"] = {k: v for k, v in info.items() if k != "worker_pids"}
         (out / "result.json").write_text(json.dumps(result))

@@ -86,6 +86,13 @@ def test_local_runs_tasks_in_worker_processes(local_ex: Executor) -> None:
     assert len(info["worker_pids"]) == 2
 
 
+def test_local_workers_get_the_worker_environment(local_ex: Executor) -> None:
+    # clusters.environ: glibc's mmap threshold fixed at 32 MiB beside Dask's MALLOC_TRIM_THRESHOLD_
+    futures = [local_ex.submit(h.environ, "MALLOC_MMAP_THRESHOLD_") for _ in range(8)]  # both workers
+    assert {f.result() for f in futures} == {str(32 << 20)}
+    assert local_ex.submit(h.environ, "MALLOC_TRIM_THRESHOLD_").result() == "65536"  # Dask's own, kept
+
+
 def test_as_completed_yields_all_in_completion_order(local_ex: Executor) -> None:
     futs = [local_ex.submit(time.sleep, d) for d in (1.0, 0.0)]
     order = list(local_ex.as_completed(futs))

@@ -89,6 +89,7 @@ def test_dask_mpi_runs_tasks_and_survives_a_worker_crash(tmp_path: Path) -> None
     new_pids = set(res["pids_after_crash"]) - set(res["pids_before_crash"])
     setup_pids = {int(p.name.split("-")[0]) for p in (tmp_path / "setup").iterdir()}
     assert new_pids <= setup_pids
+    assert res["worker_environ"] == [str(32 << 20)]
 
 
 @pytest.mark.mpi
