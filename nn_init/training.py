@@ -203,7 +203,7 @@ def train_network(
     checkpoint : path, optional
         Where the state is saved after every epoch, and resumed from.
     threads : int, optional
-        ``torch.set_num_threads`` (the worker's share of the cores).
+        ``torch.set_num_threads`` (``stokesflow train`` gives every core of the worker that trains).
     device : str
         ``"cpu"`` or ``"cuda"`` (a worker that offers a GPU).
     on_epoch : callable, optional

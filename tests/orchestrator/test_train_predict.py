@@ -94,3 +94,21 @@ def test_cli_train_then_predict(inverted, tmp_path):
     assert rc == 0
     with h5py.File(tmp_path / "g.h5") as h5:
         assert h5["params/azimuth"].shape == (12, 16) and h5.attrs["complete"]
+
+
+def test_training_threads_are_resolved_on_the_worker(inverted, tmp_path, monkeypatch):
+    """threads=0: the training task takes every core its process may run on (it runs alone), counted
+    where it runs, not the driver's share of its own machine; a number given is kept."""
+    import os
+
+    import stokesflow.orchestrator.train as train
+
+    assert train.task_threads(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
+    assert train.task_threads(0) == train.task_threads(None) == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a driver's count must not matter
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    _, obs, res = inverted
+    summary = train_model([str(obs)], [str(res)], tmp_path / "model.pt", settings={"epochs": 1},
+                          cluster={"kind": "serial"})
+    assert summary["threads"] == 1
