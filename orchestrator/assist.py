@@ -60,6 +60,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -676,30 +677,84 @@ def _init_columns(s: AssistSettings) -> tuple[str, ...]:
     return tuple(get_backend(s.backend, dict(s.backend_options)).init_columns)
 
 
-def _read_maps(path: Path) -> Any:
-    """A result file read with :func:`~stokesflow.orchestrator.store.read_result`, its depth-stratified
-    maps (ny, nx, ndepth) taken at :data:`SUMMARY_LOG_TAU` (NaN where the file's depths do not reach it)."""
-    import dataclasses
+class _Maps(Mapping):
+    """The ``/params`` or ``/sigma`` maps of a result file, each read when it is asked for (not kept)."""
 
-    import h5py
+    def __init__(self, owner: "_SummaryMaps", group: str) -> None:
+        self._owner, self._group = owner, group
 
-    from stokesflow.nn_init.features import sample_depth
-    from stokesflow.orchestrator.store import read_result
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._owner.names:
+            raise KeyError(name)
+        return self._owner.read(self._group, name)
 
-    r = read_result(path)
-    with h5py.File(path, "r") as h5:
-        if "log_tau" not in h5:
-            return r
-        lt = h5["log_tau"][:]
-        circular = {n: (float(h5["params"][n].attrs["upper"]) - float(h5["params"][n].attrs["lower"]))
-                    for n in r.params if bool(h5["params"][n].attrs.get("circular", False))}
-    flat = {}
-    for n, v in r.params.items():
-        if v.ndim == 3:
-            got = sample_depth(v, lt, SUMMARY_LOG_TAU, period=circular.get(n))
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner.names)
+
+    def __len__(self) -> int:
+        return len(self._owner.names)
+
+
+class _SummaryMaps:
+    """A result file as the summary's metrics read it (:mod:`stokesflow.orchestrator.assist_metrics`),
+    with what they use of :class:`~stokesflow.orchestrator.store.ResultFile`.
+
+    ``params`` and ``sigma`` read one map per access, a depth-stratified parameter (ny, nx, ndepth)
+    taken at :data:`SUMMARY_LOG_TAU` (NaN where the file's depths do not reach it); ``chi2``,
+    ``status`` and ``n_iter`` are read once. The metrics hold a few maps at a time, so the summary's
+    memory does not grow with the number of parameters and runs (an HMI full disk: 64 MB a map).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        from stokesflow.orchestrator.store import StoreError
+
+        self.path = Path(path)
+        try:
+            with h5py.File(self.path, "r") as h5:
+                self.names = tuple(json.loads(h5.attrs["parameters"]))
+                self._log_tau = h5["log_tau"][:] if "log_tau" in h5 else None
+                self._circular = {n: float(h5["params"][n].attrs["upper"]) - float(h5["params"][n].attrs["lower"])
+                                  for n in self.names if bool(h5["params"][n].attrs.get("circular", False))}
+        except (OSError, KeyError) as exc:
+            raise StoreError(f"cannot read result file {str(self.path)!r}: {exc}") from exc
+        self.params: Mapping[str, np.ndarray] = _Maps(self, "params")
+        self.sigma: Mapping[str, np.ndarray] = _Maps(self, "sigma")
+        self._small: dict[str, np.ndarray] = {}
+
+    def read(self, group: str, name: str) -> np.ndarray:
+        """Map ``/<group>/<name>``; a stratified parameter at :data:`SUMMARY_LOG_TAU`."""
+        import h5py
+
+        from stokesflow.nn_init.features import sample_depth
+
+        with h5py.File(self.path, "r") as h5:
+            v = h5[group][name][()]
+        if group == "params" and v.ndim == 3 and self._log_tau is not None:
+            got = sample_depth(v, self._log_tau, SUMMARY_LOG_TAU, period=self._circular.get(name))
             v = np.full(v.shape[:2], np.nan) if got is None else got
-        flat[n] = v
-    return dataclasses.replace(r, params=flat)
+        return v
+
+    def _once(self, name: str) -> np.ndarray:
+        if name not in self._small:
+            import h5py
+
+            with h5py.File(self.path, "r") as h5:
+                self._small[name] = h5[name][()]
+        return self._small[name]
+
+    @property
+    def chi2(self) -> np.ndarray:
+        return self._once("chi2")
+
+    @property
+    def status(self) -> np.ndarray:
+        return self._once("status")
+
+    @property
+    def n_iter(self) -> np.ndarray:
+        return self._once("n_iter")
 
 
 def _noise_of(result: Path) -> Any:
@@ -714,12 +769,12 @@ def _summarise(st: _State, paths: dict[str, Path], obs: Any, s: AssistSettings) 
     from stokesflow.orchestrator.assist_metrics import (agreement, chi2_stats, disagreement, iteration_stats,
                                                         truth_metrics)
 
-    runs = {"reference": _read_maps(paths["subset"]), "assisted": _read_maps(paths["assisted"])}
+    runs = {"reference": _SummaryMaps(paths["subset"]), "assisted": _SummaryMaps(paths["assisted"])}
     if paths["baseline"].exists() and st.done("baseline"):
-        runs["baseline"] = _read_maps(paths["baseline"])
-    guess = _read_maps(paths["guess"])
+        runs["baseline"] = _SummaryMaps(paths["baseline"])
+    guess = _SummaryMaps(paths["guess"])
     merged = s.me_seed == "merge" and paths["network_guess"].exists()
-    network = _read_maps(paths["network_guess"]) if merged else None
+    network = _SummaryMaps(paths["network_guess"]) if merged else None
     out: dict[str, Any] = {
         "lm_iterations": {k: iteration_stats(r)["total"] for k, r in runs.items()},
         "iterations": {k: iteration_stats(r) for k, r in runs.items()},

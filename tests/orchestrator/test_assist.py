@@ -193,3 +193,24 @@ def test_assist_reads_the_observation_as_invert_does(obs, tmp_path):
     # without the flags the .npy cube is not readable as an HMI observation: a clear error, no loop folder
     assert main(["assist", "-i", str(npy), "-o", str(tmp_path / "bare"), *common]) == 2
     assert not (tmp_path / "bare" / "summary.json").exists()
+
+
+def test_the_summary_reads_a_result_map_by_map(obs, tmp_path):
+    """The summary's view of a result file gives read_result's maps, one read per access, none kept
+    (an HMI full disk: 64 MB a map); chi2, status and n_iter are read once."""
+    from stokesflow.orchestrator.assist import _SummaryMaps
+
+    d = tmp_path / "loop"
+    run_assist(obs, d, _settings())
+    ref = read_result(d / "assisted.h5")
+    view = _SummaryMaps(d / "assisted.h5")
+    assert list(view.params) == list(ref.params) and len(view.sigma) == len(ref.sigma)
+    for name in ref.params:
+        np.testing.assert_array_equal(view.params[name], ref.params[name])
+        np.testing.assert_array_equal(view.sigma[name], ref.sigma[name])
+        assert view.params[name] is not view.params[name]  # read again, not kept
+    for name in ("chi2", "status", "n_iter"):
+        np.testing.assert_array_equal(getattr(view, name), getattr(ref, name))
+        assert getattr(view, name) is getattr(view, name)
+    with pytest.raises(KeyError):
+        view.params["nosuch"]
