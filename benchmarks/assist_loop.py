@@ -85,7 +85,8 @@ def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
         cluster["workers"] = args.workers
     s = AssistSettings(subset=args.subset, subset_min=args.subset_min, subset_max=args.subset_max,
                        clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
-                       progress="none", report=False, **kw)
+                       progress="none", report=False,
+                       train_options={k: v for k, v, _ in args.train_option or []}, **kw)
     return run_assist(obs, out, s, overwrite=True)
 
 
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kmeans", action="store_true", help="also run the loop with the k-means look-up")
     p.add_argument("--dir", default="bench_assist")
     p.add_argument("--json", default=None, help="write every figure to this file")
+    from stokesflow.orchestrator.cli import _key_value
+
+    p.add_argument("--train-option", dest="train_option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="training setting of the loop's network, as for stokesflow assist (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from stokesflow.orchestrator.synth import synthesize_observation

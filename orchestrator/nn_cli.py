@@ -166,6 +166,9 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--baseline-option", dest="baseline_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option of the baseline, added to the backend's (me: none; "
                                              "sir, desire: strategy=reference)")
+    p.add_argument("--train-option", dest="train_option", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="training setting of the network, over the loop's own (cnn: max_samples, lr, batch, "
+                        "samples_per_epoch, patience, ...; unet: crop, channels, ...) (repeatable)")
     p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = automatic")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
@@ -227,7 +230,8 @@ def _cmd_assist(args: argparse.Namespace) -> int:
         baseline=args.baseline, epochs=args.epochs, seed=args.seed, threads=args.threads, backend=args.backend,
         backend_options={k: v for k, v, _ in args.backend_option or []}, cluster=_cluster_table(args),
         chunk_pixels=args.chunk_pixels, progress=args.progress, report=not args.no_report,
-        me_seed=args.me_seed, input_options=_input_options(args), **kw,
+        me_seed=args.me_seed, input_options=_input_options(args),
+        train_options={k: v for k, v, _ in args.train_option or []}, **kw,
     )
     data = run_assist(args.input, args.out, s, overwrite=args.overwrite)
     brief = {k: data[k] for k in ("phases", "lm_iterations", "speedup") if k in data}

@@ -214,3 +214,33 @@ def test_the_summary_reads_a_result_map_by_map(obs, tmp_path):
         assert getattr(view, name) is getattr(view, name)
     with pytest.raises(KeyError):
         view.params["nosuch"]
+
+
+def test_training_budget_grows_with_the_field_and_train_options_reach_the_model(obs, tmp_path):
+    from stokesflow.nn_init.model_file import load_model
+    from stokesflow.orchestrator.assist import LARGE_FIELD_PIXELS, LARGE_FIELD_SAMPLES, loop_training_settings
+    from stokesflow.orchestrator.cli import main
+
+    s = _settings()
+    small, large = loop_training_settings(s, LARGE_FIELD_PIXELS - 1), loop_training_settings(s, LARGE_FIELD_PIXELS)
+    assert "max_samples" not in small and large["max_samples"] == LARGE_FIELD_SAMPLES
+    assert small["mirror"] is False and small["epochs"] == s.epochs
+    assert "max_samples" not in loop_training_settings(_settings(model="unet"), LARGE_FIELD_PIXELS)
+    # --train-option: over the loop's own settings, into the model file, part of the loop's arguments
+    d = tmp_path / "loop"
+    rc = main(["assist", "-i", str(obs), "-o", str(d), "--subset", "0.3", "--clusters", "4", "--epochs", "3",
+               "--threads", "1", "--cluster", "serial", "--progress", "none", "--chunk-pixels", "64", "--no-report",
+               "--train-option", "max_samples=512", "--train-option", "batch=32", "-q"])
+    assert rc == 0
+    settings = load_model(d / "model.pt").metadata["settings"]
+    assert (settings["max_samples"], settings["batch"], settings["mirror"]) == (512, 32, False)
+    assert json.loads((d / "summary.json").read_text())["arguments"]["train_options"] == {"max_samples": 512,
+                                                                                         "batch": 32}
+    with pytest.raises(OrchestratorError, match=r"other arguments \(differences: \['train_options'\]\)"):
+        run_assist(obs, d, _settings(subset=0.3, train_options={"max_samples": 1024}))
+    # an unknown setting is refused before anything runs
+    with pytest.raises(OrchestratorError, match=r"--train-option: unknown training setting\(s\) \['nosuch'\]"):
+        _settings(train_options={"nosuch": 1})
+    rc = main(["assist", "-i", str(obs), "-o", str(tmp_path / "other"), "--train-option", "nosuch=1",
+               "--cluster", "serial", "-q"])
+    assert rc == 2 and not (tmp_path / "other").exists()
