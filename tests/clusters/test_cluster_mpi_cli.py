@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from _assist_loop import LOOP_ARGS, assert_same_loop, serial_loop
+from _processes import kill_during_training
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "stokesflow.orchestrator.cli"]
@@ -87,18 +85,7 @@ def test_assist_killed_under_mpiexec_during_training_resumes(observation: Path, 
     # once the training's first checkpoint is on disk; the same command again finishes the loop
     out = tmp_path / "loop"
     cmd = _assist(observation, out, 3, "dask")
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as stream:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "model.pt.ckpt").exists():
-            assert proc.poll() is None, log.read_text()[-4000:]
-            assert time.monotonic() < deadline, "the training did not start in 240 s"
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_during_training(cmd, out / "model.pt.ckpt", tmp_path / "killed.log", cwd=tmp_path)
     state = json.loads((out / "summary.json").read_text())
     assert state["done"] == ["subset", "reference"] and not (out / "model.pt").exists()
     again = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

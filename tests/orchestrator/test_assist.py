@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -17,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from _orchestrator_helpers import assisted_phase_interrupted_and_resumed, write_hmi_observation  # noqa: E402
+from _processes import kill_during_training  # noqa: E402
 
 from stokesflow.orchestrator.assist import AssistSettings, run_assist  # noqa: E402
 from stokesflow.orchestrator.errors import OrchestratorError  # noqa: E402
@@ -80,18 +78,7 @@ def test_killed_during_training_resumes(obs, tmp_path):
     cmd = [sys.executable, "-m", "stokesflow.orchestrator.cli", "assist", "-i", str(obs), "-o", str(d),
            "--subset", "0.5", "--clusters", "4", "--epochs", "400", "--threads", "1", "--cluster", "serial",
            "--progress", "none", "--chunk-pixels", "64", "--no-report", "-q"]
-    err = tmp_path / "stderr.txt"
-    with open(err, "wb") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (d / "model.pt.ckpt").exists():  # the first epoch of the training is on disk
-            assert proc.poll() is None, err.read_text()[-2000:]
-            assert time.monotonic() < deadline, "training did not start in 240 s"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_during_training(cmd, d / "model.pt.ckpt", tmp_path / "output.txt")
     state = json.loads((d / "summary.json").read_text())
     assert state["done"] == ["subset", "reference"] and not (d / "model.pt").exists()
     fast = cmd[:cmd.index("--epochs") + 1] + ["2"] + cmd[cmd.index("--epochs") + 2:]
