@@ -4,7 +4,8 @@ Phases (each one resumable; a rerun with the same arguments skips the
 finished phases and, inside a phase, the finished chunks or epochs):
 
 1. ``subset``: k-means (scipy's ``kmeans2``) of the normalised spectra of the
-   whole field into ``clusters`` groups, then a subset of ``subset`` x npix
+   whole field into ``clusters`` groups (the field read by blocks:
+   :func:`stokesflow.nn_init.kmeans.cluster_field`), then a subset of ``subset`` x npix
    pixels drawn from every cluster (in proportion, with a floor per cluster),
    written as a 1 x n observation ``DIR/subset_obs.h5`` (with the flat indices
    in ``/assist/index`` and the cluster map in ``/assist/labels``).
@@ -13,7 +14,8 @@ finished phases and, inside a phase, the finished chunks or epochs):
    (:func:`default_reference_options`: ME ``n_starts=4, max_iter=100``; SIR and
    DeSIRe ``strategy=reference``) -> ``DIR/subset.h5``.
 3. ``train``: the network trained on those results, as a task on the
-   executor -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
+   executor (:func:`loop_training_settings`: the budget grows with the field;
+   ``train_options`` over it) -> ``DIR/model.pt``. With ``model="kmeans"`` the subset is
    inverted with ``--synthetic`` and its well-fitted pixels become a look-up
    database of representative profiles -> ``DIR/kmeans.h5``.
 4. ``me_seed`` (``me_seed`` ``"merge"`` or ``"alone"``; a backend with
