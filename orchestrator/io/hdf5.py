@@ -30,6 +30,7 @@ Every other attribute is passed through into ``Observation.meta``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import h5py
@@ -47,7 +48,7 @@ from stokesflow.orchestrator.io.checks import (
 )
 from stokesflow.orchestrator.io.observation import Observation, OpenRequest
 
-__all__ = ["OPTIONS", "SIGNATURE", "detect", "open", "open_h5", "read_rows", "read_truth"]
+__all__ = ["OPTIONS", "SIGNATURE", "detect", "open", "open_h5", "read_rows", "read_truth", "TruthMaps"]
 
 #: Reader options of HDF5 files: none.
 OPTIONS: tuple[str, ...] = ()
@@ -137,21 +138,52 @@ def read_rows(obs: Observation, y0: int, y1: int) -> np.ndarray:
     return to_canonical(block, obs._layout)
 
 
-def read_truth(obs: Observation) -> dict[str, np.ndarray] | None:
-    """The ``/truth/<param>`` maps of shape ``(ny, nx)`` (others are left out), or None."""
+class TruthMaps(Mapping):
+    """The ``/truth/<param>`` maps of an HDF5 observation, each read from the file when it is asked for.
+
+    Holds no map: a caller that compares or subsets them one at a time needs memory for one map,
+    not for all of them (an HMI full disk: 64 MB a map). Names are the datasets of ``/truth`` whose
+    shape is the map's, ``(ny, nx)`` in the contract's order (stored transposed when the file's
+    axes put x before y).
+    """
+
+    def __init__(self, path: str, names: dict[str, bool], ny: int, nx: int) -> None:
+        self.path, self._transpose, self.shape = path, dict(names), (int(ny), int(nx))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._transpose:
+            raise KeyError(name)
+        try:
+            with open_h5(self.path) as f:
+                data = f["truth"][name][()]
+        except (OSError, KeyError) as exc:
+            raise ObservationError(f"{self.path}: cannot read /truth/{name}: {exc}") from exc
+        out = data.T.copy() if self._transpose[name] else data
+        if out.shape != self.shape:  # the file was replaced after it was opened
+            raise ObservationError(f"{self.path}: /truth/{name} has shape {out.shape}, expected {self.shape}")
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._transpose)
+
+    def __len__(self) -> int:
+        return len(self._transpose)
+
+
+def read_truth(obs: Observation) -> TruthMaps | None:
+    """The ``/truth/<param>`` maps of shape ``(ny, nx)`` (others are left out), read one per access; or None."""
     with open_h5(obs.path) as f:
         group = f.get("truth")
         if not isinstance(group, h5py.Group):
             return None
         axes = tuple(obs._layout.get("axes", CANONICAL_AXES))
         y_first = axes.index("y") < axes.index("x")
-        out: dict[str, np.ndarray] = {}
+        names: dict[str, bool] = {}
         for name, ds in group.items():
             if not isinstance(ds, h5py.Dataset):
                 continue
-            data = ds[()]
-            if data.shape == (obs.ny, obs.nx) and y_first:
-                out[name] = data
-            elif data.shape == (obs.nx, obs.ny) and not y_first:
-                out[name] = data.T.copy()
-        return out or None
+            if ds.shape == (obs.ny, obs.nx) and y_first:
+                names[name] = False
+            elif ds.shape == (obs.nx, obs.ny) and not y_first:
+                names[name] = True
+    return TruthMaps(obs.path, names, obs.ny, obs.nx) if names else None

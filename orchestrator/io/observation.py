@@ -185,14 +185,15 @@ class Observation:
         # A copy only when partial rows were read, so no hidden extra rows stay alive.
         return out if out.shape[0] == flat.shape[0] else out.copy()
 
-    def read_truth(self) -> dict[str, np.ndarray] | None:
+    def read_truth(self) -> Mapping[str, np.ndarray] | None:
         """Return the true parameter maps of a synthetic scene, if the file has them.
 
         Returns
         -------
-        dict[str, numpy.ndarray] or None
+        Mapping[str, numpy.ndarray] or None
             ``(ny, nx)`` maps (stokesflow names and units: ``B`` G,
-            ``inclination`` and ``azimuth`` deg, ``vlos`` km/s, ...), or None
+            ``inclination`` and ``azimuth`` deg, ``vlos`` km/s, ...), each
+            read from the file when it is asked for (none is kept), or None
             when the format or the file carries none.
         """
         reader = getattr(format_module(self.format), "read_truth", None)

@@ -201,6 +201,13 @@ def test_the_summary_reads_a_result_map_by_map(obs, tmp_path):
         assert getattr(view, name) is getattr(view, name)
     with pytest.raises(KeyError):
         view.params["nosuch"]
+    # the truth is read map by map too (Observation.read_truth), with the figures of whole maps in memory
+    from stokesflow.orchestrator.assist_metrics import truth_metrics
+    from stokesflow.orchestrator.io import open_observation
+
+    truth = open_observation(obs).read_truth()
+    assert not isinstance(truth, dict) and truth["B"] is not truth["B"]
+    assert truth_metrics(view, truth) == truth_metrics(ref, {k: np.array(v) for k, v in truth.items()})
 
 
 def test_training_budget_grows_with_the_field_and_train_options_reach_the_model(obs, tmp_path):

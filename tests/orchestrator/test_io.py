@@ -64,6 +64,39 @@ def test_hdf5_roundtrip_and_pixel_ranges(h5file):
     np.testing.assert_array_equal(got_truth["vlos"], truth["vlos"])
 
 
+def test_truth_maps_are_read_on_access_and_not_kept(h5file, tmp_path):
+    path, _, truth = h5file
+    got = open_observation(path).read_truth()
+    assert len(got) == 2 and "B" in got and "azimuth" not in got
+    with pytest.raises(KeyError):
+        got["azimuth"]
+    with h5py.File(path, "r+") as f:  # a map is read when asked for, from the file as it is then
+        f["truth/B"][0, 0] = 123.0
+    assert got["B"][0, 0] == 123.0 and got["B"] is not got["B"]
+    np.testing.assert_array_equal(got["vlos"], truth["vlos"])
+    # stored with x before y: each map comes back (ny, nx)
+    with h5py.File(tmp_path / "xy.h5", "w") as f:
+        f["stokes"] = np.transpose(_cube(), (1, 0, 2, 3))
+        f["wavelength"] = WL
+        f.attrs.update(ATTRS)
+        f["truth/B"] = truth["B"].T
+        f["truth/other"] = np.zeros(4)  # not a map: left out
+    got = open_observation(tmp_path / "xy.h5", axes="x,y,stokes,wave").read_truth()
+    assert list(got) == ["B"]
+    np.testing.assert_array_equal(got["B"], truth["B"])
+    got = open_observation(path).read_truth()
+    with h5py.File(path, "r+") as f:  # the file changed under a reader: a clear error, not a wrong map
+        del f["truth/vlos"]
+        f["truth/vlos"] = np.zeros((2, 2))
+    with pytest.raises(ObservationError, match=r"/truth/vlos has shape \(2, 2\), expected \(5, 6\)"):
+        got["vlos"]
+    with h5py.File(path, "r+") as f:
+        del f["truth/vlos"]
+    with pytest.raises(ObservationError, match="cannot read /truth/vlos"):
+        got["vlos"]
+    assert sorted(open_observation(path).read_truth()) == ["B"]
+
+
 def test_read_pixels_rejects_out_of_range(h5file):
     obs = open_observation(h5file[0])
     for start, stop in [(-1, 3), (3, 2), (0, 31)]:
