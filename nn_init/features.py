@@ -8,7 +8,8 @@
   wavelength mean, per Stokes sigma), fitted on the training spectra and
   stored in the model file.
 - :class:`TargetEncoding` turns parameter vectors into network targets and
-  back: each parameter is normalised by its training mean and sigma, and a
+  back: each parameter is normalised by its training mean and sigma (a
+  positive, long-tailed one, such as the field strength, after a log), and a
   circular parameter (the azimuth, defined modulo 180 deg) is learned through
   cos 2phi and sin 2phi, so the 180 deg ambiguity does not tear the target.
 - :func:`node_column` / :func:`split_column` name a depth-stratified quantity at
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["normalise_spectra", "InputScaling", "TargetEncoding", "node_column", "split_column", "sample_depth",
-           "polarity_mirror", "MIRRORED"]
+           "polarity_mirror", "MIRRORED", "LOG_OFFSET_FLOOR"]
 
 #: Quantities that change under :func:`polarity_mirror` (inclination -> 180 deg - inclination,
 #: azimuth -> -azimuth), also as depth columns (``"inclination@-1"``).
@@ -195,6 +196,34 @@ class InputScaling:
         return cls(mean=np.asarray(d["mean"], dtype=np.float64), sigma=np.asarray(d["sigma"], dtype=np.float64))
 
 
+#: Share of the training values' median [1] below which a log-encoded parameter's offset may not
+#: fall (:meth:`TargetEncoding.fit`): keeps log(p + offset) finite where the lowest percentile is 0.
+LOG_OFFSET_FLOOR = 1e-3
+
+
+def _log_offset(values: np.ndarray) -> float:
+    """The offset c [units] under which ``log(values + c)`` is the more symmetric target, or NaN (linear).
+
+    Only for values that are all >= 0 with a positive median: c is their first percentile (at least
+    :data:`LOG_OFFSET_FLOOR` times the median), and the log is taken when it brings the sample's
+    skewness nearer to zero than the values themselves have it (a field strength, an opacity ratio:
+    most pixels low, a long tail of strong ones). A symmetric parameter (a Doppler width around its
+    mean, the inclination, the source function) stays linear.
+    """
+    from scipy.stats import skew
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 3 or v.min() < 0.0:
+        return float("nan")
+    p1, p50 = np.percentile(v, [1.0, 50.0])
+    if not p50 > 0.0:
+        return float("nan")
+    c = float(max(p1, LOG_OFFSET_FLOOR * p50))
+    lin, log = abs(float(skew(v))), abs(float(skew(np.log(v + c))))
+    return c if np.isfinite(log) and (not np.isfinite(lin) or log < lin) else float("nan")
+
+
 @dataclass(frozen=True)
 class TargetEncoding:
     """Parameters <-> network outputs.
@@ -210,9 +239,16 @@ class TargetEncoding:
         Angles modulo ``upper - lower`` (the azimuth: 180 deg), encoded as cos and sin of
         ``2 pi (phi - lower) / (upper - lower)``.
     mean, sigma : ndarray (npar,)
-        Training mean and sigma of each non-circular parameter [units] (0 and 1 for circular ones).
-        A parameter with one value over all training pixels (SIR's filling factor when it is not
+        Training mean and sigma of each non-circular parameter's target value (0 and 1 for circular
+        ones): of the parameter [units], or of ``log(p + log_offset)`` for a log-encoded one. A
+        parameter with one value over all training pixels (SIR's filling factor when it is not
         inverted) has sigma 0: its target is 0 and it decodes to that value exactly.
+    log_offset : ndarray (npar,)
+        NaN for a parameter learned as it is; else the offset c [units] of a parameter learned as
+        ``log(p + c)`` (:func:`_log_offset`: chosen in :meth:`fit` when it makes the training values
+        more symmetric, so that the squared-error loss weighs a weak field's 20 G as it weighs a
+        strong field's relative error, instead of being ruled by the tail). Model files written
+        before it have none: every parameter linear, as they were trained.
     """
 
     names: tuple[str, ...]
@@ -222,21 +258,34 @@ class TargetEncoding:
     circular: tuple[bool, ...]
     mean: np.ndarray
     sigma: np.ndarray
+    log_offset: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        off = np.full(len(self.names), np.nan) if self.log_offset is None else np.asarray(self.log_offset, float)
+        object.__setattr__(self, "log_offset", off)
 
     @classmethod
-    def fit(cls, specs: Sequence[Any], params: np.ndarray) -> "TargetEncoding":
-        """From the backend's ParameterSpecs and the training parameters (n, npar)."""
+    def fit(cls, specs: Sequence[Any], params: np.ndarray, *, log: bool = True) -> "TargetEncoding":
+        """From the backend's ParameterSpecs and the training parameters (n, npar).
+
+        ``log=False`` learns every parameter linearly (no :attr:`log_offset`).
+        """
         p = np.asarray(params, dtype=np.float64)
         circ = tuple(bool(getattr(s, "circular", False)) for s in specs)
         const = np.ptp(p, axis=0) == 0 if p.shape[0] else np.zeros(p.shape[1], dtype=bool)
-        mean = np.where(circ, 0.0, np.where(const, p[0] if p.shape[0] else 0.0, p.mean(axis=0)))
-        sigma = p.std(axis=0)
+        off = np.array([_log_offset(p[:, j]) if log and not circ[j] and not const[j] and float(specs[j].lower) >= 0.0
+                        else np.nan for j in range(p.shape[1])])
+        t = p.copy()
+        for j in np.flatnonzero(np.isfinite(off)):
+            t[:, j] = np.log(np.maximum(p[:, j] + off[j], np.finfo(float).tiny))
+        mean = np.where(circ, 0.0, np.where(const, p[0] if p.shape[0] else 0.0, t.mean(axis=0)))
+        sigma = t.std(axis=0)
         sigma = np.where(circ, 1.0, np.where(const, 0.0, np.where(sigma > 1e-12, sigma, 1.0)))
         return cls(
             names=tuple(s.name for s in specs), units=tuple(s.unit for s in specs),
             lower=np.array([s.lower for s in specs], dtype=np.float64),
             upper=np.array([s.upper for s in specs], dtype=np.float64),
-            circular=circ, mean=mean, sigma=sigma,
+            circular=circ, mean=mean, sigma=sigma, log_offset=off,
         )
 
     @property
@@ -249,11 +298,14 @@ class TargetEncoding:
         p = np.asarray(params, dtype=np.float64)
         cols = []
         for j, circ in enumerate(self.circular):
+            c = self.log_offset[j]
             if circ:
                 ang = 2.0 * np.pi * (p[:, j] - self.lower[j]) / (self.upper[j] - self.lower[j])
                 cols += [np.cos(ang), np.sin(ang)]
             elif self.sigma[j] == 0:  # one value in training: nothing to learn
                 cols.append(np.zeros(p.shape[0]))
+            elif np.isfinite(c):
+                cols.append((np.log(np.maximum(p[:, j] + c, np.finfo(float).tiny)) - self.mean[j]) / self.sigma[j])
             else:
                 cols.append((p[:, j] - self.mean[j]) / self.sigma[j])
         return np.column_stack(cols).astype(np.float32)
@@ -270,20 +322,28 @@ class TargetEncoding:
                 res[:, j] = self.lower[j] + np.mod(ang, 2.0 * np.pi) * period / (2.0 * np.pi)
                 k += 2
             else:
-                res[:, j] = np.clip(o[:, k] * self.sigma[j] + self.mean[j], self.lower[j], self.upper[j])
+                v = o[:, k] * self.sigma[j] + self.mean[j]
+                c = self.log_offset[j]
+                if np.isfinite(c) and self.sigma[j] != 0:
+                    # bounded exponent: a wild output decodes to the upper bound, not to inf
+                    v = np.exp(np.minimum(v, np.log(self.upper[j] + c))) - c
+                res[:, j] = np.clip(v, self.lower[j], self.upper[j])
                 k += 1
         return res
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain lists, for the model file."""
+        """Plain lists, for the model file (``log_offset``: None for a linear parameter)."""
         return {"names": list(self.names), "units": list(self.units), "lower": self.lower.tolist(),
                 "upper": self.upper.tolist(), "circular": list(self.circular), "mean": self.mean.tolist(),
-                "sigma": self.sigma.tolist()}
+                "sigma": self.sigma.tolist(),
+                "log_offset": [None if not np.isfinite(c) else float(c) for c in self.log_offset]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TargetEncoding":
+        off = d.get("log_offset")
         return cls(
             names=tuple(d["names"]), units=tuple(d["units"]), lower=np.asarray(d["lower"], dtype=np.float64),
             upper=np.asarray(d["upper"], dtype=np.float64), circular=tuple(bool(c) for c in d["circular"]),
             mean=np.asarray(d["mean"], dtype=np.float64), sigma=np.asarray(d["sigma"], dtype=np.float64),
+            log_offset=None if off is None else np.array([np.nan if c is None else c for c in off], dtype=np.float64),
         )

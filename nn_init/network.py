@@ -25,11 +25,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REFERENCE_STEP_MA", "BATCH_BYTES", "cnn_architecture", "build_network", "torch_or_error",
+__all__ = ["REFERENCE_STEP_MA", "COARSE_STEP_FACTOR", "BATCH_BYTES", "cnn_architecture", "sampling_step_ma",
+           "coarse_sampling", "build_network", "torch_or_error",
            "inference_batch", "run_network"]
 
 #: Sampling step [mA] the nominal kernels 7, 5, 3 are meant for (Hinode/SP).
 REFERENCE_STEP_MA = 21.5
+
+#: A grid whose median step is more than this many times :data:`REFERENCE_STEP_MA` is *coarse*
+#: (filtergrams: HMI's six points are 69 mA apart), and the CNN then learns the positive, long-tailed
+#: parameters through their log (``TrainSettings`` ``log_targets = "auto"``; see
+#: :mod:`stokesflow.nn_init.training` for the measurements on both kinds of grid).
+COARSE_STEP_FACTOR = 2.0
 
 #: Bytes of one layer's float32 activations per inference batch [B]: about the L2 cache of a core
 #: (2 MiB per core here; 4 MiB measured best: 128 Hinode/SP pixels, see benchmarks/nn_inference.py).
@@ -55,12 +62,23 @@ def _odd(x: float) -> int:
     return k if k % 2 else k + 1
 
 
+def sampling_step_ma(wavelength: np.ndarray) -> float:
+    """Median step [mA] of a wavelength grid [A] (:data:`REFERENCE_STEP_MA` for a single point)."""
+    wl = np.asarray(wavelength, dtype=np.float64)
+    return float(np.median(np.diff(wl))) * 1e3 if wl.size > 1 else REFERENCE_STEP_MA
+
+
+def coarse_sampling(wavelength: np.ndarray) -> bool:
+    """Whether a grid [A] samples the line more coarsely than :data:`COARSE_STEP_FACTOR` x the reference step."""
+    return sampling_step_ma(wavelength) > COARSE_STEP_FACTOR * REFERENCE_STEP_MA
+
+
 def cnn_architecture(wavelength: np.ndarray, n_outputs: int, *, channels: int = 64, hidden: int = 128,
                      dropout: float = 0.1) -> dict[str, Any]:
     """The architecture description (plain numbers) of the CNN for a wavelength grid [A]."""
     wl = np.asarray(wavelength, dtype=np.float64)
     nw = int(wl.size)
-    step_ma = float(np.median(np.diff(wl))) * 1e3 if nw > 1 else REFERENCE_STEP_MA
+    step_ma = sampling_step_ma(wl)
     factor = REFERENCE_STEP_MA / max(step_ma, 1e-6)
     kernels = [min(_odd(k * factor), nw if nw % 2 else max(1, nw - 1)) for k in (7, 5, 3)]
     pool = nw >= 24

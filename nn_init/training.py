@@ -61,10 +61,10 @@ import numpy as np
 from stokesflow.nn_init.checkpoint import load_checkpoint, save_checkpoint
 from stokesflow.nn_init.features import InputScaling, TargetEncoding, polarity_mirror
 from stokesflow.nn_init.model_file import NetworkModel
-from stokesflow.nn_init.network import build_network, cnn_architecture, torch_or_error
+from stokesflow.nn_init.network import build_network, cnn_architecture, coarse_sampling, torch_or_error
 from stokesflow.nn_init.providers import InitError
 
-__all__ = ["SUBSET_MIN_PIXELS", "SUBSET_MAX_PIXELS", "TrainSettings", "train_network", "planned_epochs",
+__all__ = ["SUBSET_MIN_PIXELS", "SUBSET_MAX_PIXELS", "TrainSettings", "train_network", "planned_epochs", "log_targets",
            "subset_pixels", "data_digest"]
 
 log = logging.getLogger("stokesflow.train")
@@ -121,14 +121,18 @@ class TrainSettings(dict):
     :func:`stokesflow.nn_init.features.polarity_mirror`; the validation pixels as they are),
     ``val_pixels`` (2,048: the held-out pixels whose loss each epoch is judged by, a fixed random
     draw of them; 0: all. A pass over 5,000 held-out pixels cost a fifth of the training of a
-    1024^2 field's subset, and 2,048 give the mean loss to about 2 %).
+    1024^2 field's subset, and 2,048 give the mean loss to about 2 %), ``log_targets`` (True: a
+    positive, long-tailed parameter is learned as its log, :class:`~stokesflow.nn_init.features.TargetEncoding`;
+    False: every parameter linearly, as before 2026-12-01; ``"auto"``: True on a coarse grid,
+    :func:`~stokesflow.nn_init.network.coarse_sampling`, such as HMI's filtergrams, False on a
+    spectrograph's, see :func:`log_targets`).
     See the module docstring for the measurements behind them.
     """
 
     DEFAULTS: Mapping[str, Any] = {"epochs": 200, "batch": 256, "lr": 3e-3, "val_fraction": 0.15,
                                    "patience": 10, "seed": 0, "min_delta": 1e-3, "samples_per_epoch": 8192,
                                    "max_samples": 245_760, "lr_schedule": "cosine", "mirror": True,
-                                   "val_pixels": 2048}
+                                   "val_pixels": 2048, "log_targets": "auto"}
 
     def __init__(self, **kw: Any) -> None:
         unknown = sorted(set(kw) - set(self.DEFAULTS))
@@ -137,11 +141,12 @@ class TrainSettings(dict):
         super().__init__({**self.DEFAULTS, **{k: v for k, v in kw.items() if v is not None}})
         if (int(self["epochs"]) < 1 or int(self["batch"]) < 1 or not 0 < float(self["val_fraction"]) < 0.9
                 or int(self["samples_per_epoch"]) < 0 or int(self["max_samples"]) < 0 or int(self["val_pixels"]) < 0
-                or self["lr_schedule"] not in ("constant", "cosine") or not isinstance(self["mirror"], bool)):
+                or self["lr_schedule"] not in ("constant", "cosine") or not isinstance(self["mirror"], bool)
+                or not (isinstance(self["log_targets"], bool) or self["log_targets"] == "auto")):
             raise InitError(f"training settings out of range: epochs >= 1, batch >= 1, 0 < val_fraction < 0.9, "
                             f"samples_per_epoch >= 0, max_samples >= 0, val_pixels >= 0, lr_schedule 'cosine' or "
                             f"'constant', "
-                            f"mirror true or false; "
+                            f"mirror true or false, log_targets true, false or 'auto'; "
                             f"got {dict(self)}")
 
 
@@ -158,6 +163,17 @@ def planned_epochs(settings: Mapping[str, Any], n_train: int) -> int:
     if int(st["max_samples"]) > 0:
         epochs = min(epochs, max(1, -(-int(st["max_samples"]) // max(1, per_epoch))))
     return epochs
+
+
+def log_targets(settings: Mapping[str, Any], wavelength: np.ndarray) -> bool:
+    """Whether a training with ``settings`` learns long-tailed parameters through their log.
+
+    ``log_targets`` true or false as given; ``"auto"``: on a coarse grid
+    (:func:`~stokesflow.nn_init.network.coarse_sampling`), where the log's guesses were the better
+    ones, and not on a finely sampled one, where they were worse (module docstring).
+    """
+    v = TrainSettings(**dict(settings))["log_targets"]
+    return coarse_sampling(wavelength) if v == "auto" else bool(v)
 
 
 def data_digest(stokes: np.ndarray, params: np.ndarray, settings: Mapping[str, Any]) -> str:
@@ -234,7 +250,7 @@ def train_network(
     if mirrored is not None:  # both polarities in training; validation stays the field's own pixels
         x_fit, p_fit = np.concatenate([x_fit, mirrored[0]]), np.concatenate([p_fit, mirrored[1]])
     scaling = InputScaling.fit(x_fit)
-    encoding = TargetEncoding.fit(specs, p_fit)
+    encoding = TargetEncoding.fit(specs, p_fit, log=log_targets(st, wavelength))
     arch = cnn_architecture(wavelength, encoding.n_outputs)
     digest = data_digest(x_all, p_all, st)
 

@@ -473,7 +473,7 @@ def train_unet(
     good_x = np.concatenate([c[m] for c, m in zip(cubes, tr_masks)])
     good_p = np.concatenate([p[m] for p, m in zip(params, tr_masks)])
     scaling = InputScaling.fit(good_x)
-    encoding = TargetEncoding.fit(specs, good_p)
+    encoding = TargetEncoding.fit(specs, good_p, log=False)  # the metadata's record: the bins are what it learns
     bins = _fit_bins(specs, good_p, N_BINS)
     arch = unet_architecture(cubes[0].shape[-1], len(specs), channels=int(st["channels"]))
     xs = [image_inputs(c, scaling) for c in cubes]

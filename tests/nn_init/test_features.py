@@ -30,6 +30,51 @@ def test_target_round_trip_and_azimuth_wrap():
     np.testing.assert_array_equal(again.encode(params), enc.encode(params))
 
 
+def test_long_tailed_parameters_are_learned_through_their_log():
+    """A positive parameter whose values have a long tail (B, eta0) is encoded as log(p + c), a
+    symmetric one or one with negative values linearly; the encoding round-trips and old model
+    files (no ``log_offset``) decode as they were trained."""
+    import json
+
+    from stokesflow.nn_init.features import LOG_OFFSET_FLOOR
+
+    me = get_backend("me", {"lines": ["FeI_6173"]})
+    specs = me.parameters
+    names = [p.name for p in specs]
+    rng = np.random.default_rng(4)
+    n = 2000
+    cols = {"B": np.minimum(20.0 * rng.lognormal(0.0, 1.5, n), 5900.0),  # most weak, a tail of kG
+            "inclination": rng.uniform(10, 170, n), "azimuth": rng.uniform(0, 180, n),
+            "vlos": rng.normal(0, 1, n),  # negative values: never a log
+            "doppler_width": rng.normal(30, 3, n),  # symmetric: linear
+            "eta0": rng.lognormal(2.0, 0.8, n), "damping": np.full(n, 0.2),  # one value: nothing to learn
+            "S0": rng.normal(0.3, 0.03, n), "S1": rng.normal(0.7, 0.05, n)}
+    cols["B"][:5] = 0.0  # exact zeros: the offset keeps the log finite
+    params = np.column_stack([cols[k] for k in names])
+    enc = TargetEncoding.fit(specs, params)
+    logged = {k for k, c in zip(names, enc.log_offset) if np.isfinite(c)}
+    assert logged == {"B", "eta0"}
+    jb = names.index("B")
+    assert enc.log_offset[jb] == max(np.percentile(cols["B"], 1), LOG_OFFSET_FLOOR * np.median(cols["B"]))
+    t = enc.encode(params)
+    assert np.isfinite(t).all()
+    k_b = names.index("B")  # outputs before the azimuth's pair: one per parameter
+    np.testing.assert_allclose([t[:, k_b].mean(), t[:, k_b].std()], [0.0, 1.0], atol=1e-4)
+    np.testing.assert_allclose(enc.decode(t), params, rtol=2e-5, atol=2e-4)
+    # a wild output decodes to the upper bound, not to inf
+    wild = t[:3].copy()
+    wild[:, k_b] = 1e4
+    np.testing.assert_allclose(enc.decode(wild)[:, jb], specs[jb].upper, rtol=1e-12)
+    # the model file's record is plain JSON; a record without log_offset (older files) is linear
+    d = json.loads(json.dumps(enc.to_dict()))
+    np.testing.assert_array_equal(TargetEncoding.from_dict(d).encode(params), t)
+    linear = TargetEncoding.fit(specs, params, log=False)
+    assert not np.isfinite(linear.log_offset).any()
+    old = {k: v for k, v in linear.to_dict().items() if k != "log_offset"}
+    np.testing.assert_array_equal(TargetEncoding.from_dict(old).encode(params), linear.encode(params))
+    assert not np.allclose(linear.encode(params)[:, k_b], t[:, k_b])
+
+
 def test_input_scaling_and_features():
     rng = np.random.default_rng(0)
     s = rng.normal(0, 1e-2, (300, 4, 6))

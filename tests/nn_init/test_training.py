@@ -168,6 +168,29 @@ def test_training_settings_are_checked():
     with pytest.raises(InitError, match=r"unknown training setting\(s\) \['samples'\]"):
         TrainSettings(samples=100)
     assert TrainSettings(samples_per_epoch=None)["samples_per_epoch"] == TrainSettings.DEFAULTS["samples_per_epoch"]
+    with pytest.raises(InitError, match="log_targets true, false or 'auto'"):
+        TrainSettings(log_targets="yes")
+
+
+def test_log_targets_auto_follows_the_sampling(pairs):
+    """``log_targets = "auto"``: the log on a coarse grid (HMI's filtergrams), not on a spectrograph's;
+    true and false as given; the model file records what was learned."""
+    from stokesflow.nn_init.training import log_targets
+
+    hinode = 6300.884 + 0.021549 * np.arange(112)
+    assert log_targets({}, HMI) and not log_targets({}, hinode)
+    assert log_targets({"log_targets": True}, hinode) and not log_targets({"log_targets": False}, HMI)
+    me, stokes, params = pairs
+    names = list(me.parameter_names)
+    p = params.copy()
+    p[:, names.index("B")] = np.random.default_rng(1).lognormal(3.0, 1.5, p.shape[0]).clip(0, 5000)
+    kw = dict(metadata=META, threads=1)
+    auto = train_network(stokes, p, me.parameters, HMI, settings={"epochs": 1, "batch": 64}, **kw)
+    off = auto.metadata["targets"]["log_offset"]
+    assert off[names.index("B")] is not None and off[names.index("vlos")] is None
+    lin = train_network(stokes, p, me.parameters, HMI, settings={"epochs": 1, "batch": 64, "log_targets": False}, **kw)
+    assert lin.metadata["targets"]["log_offset"] == [None] * len(names)
+    assert auto.metadata["data_digest"] != lin.metadata["data_digest"]  # a checkpoint of one does not resume the other
 
 
 def test_planned_epochs_cap_the_samples_drawn_whatever_the_set_size():
