@@ -45,6 +45,29 @@ of a k-means subset, :func:`subset_pixels`):
   the old rule (3,514 pixels, 105 CPU s of training; 74 s now). Hence 3e-3.
 - Larger batches do not train faster per sample on a CPU (HMI 29.5 / 28.1 us
   per sample at 256 / 1024; Hinode/SP 340 / 359 us).
+
+Log targets (``log_targets``, measured 2026-12-01 with ``stokesflow assist``,
+serial, one torch thread, LM iterations per pixel of the assisted inversion;
+:class:`~stokesflow.nn_init.features.TargetEncoding` picks the parameters whose
+training values the log makes more symmetric):
+
+- HMI-like 256 x 256 mixed scene (six points 69 mA apart; B, eta0, damping and
+  the Doppler width taken through the log): 5.51 / 5.50 / 5.60 linear against
+  5.24 / 5.22 / 5.17 (seeds 0 / 1 / 2), median chi2 against the baseline +1.65
+  -> +1.44-1.51 %, Pearson with the baseline's inclination and azimuth 0.976-0.980
+  / 0.967-0.969 -> 0.983 / 0.970. B alone: 5.34-5.36; eta0 and B: 5.18-5.23.
+- Another code's data (pyMilne, ``../shared/data``): the HMI filtergrams
+  (eta0, damping, S1 logged) 22.4 -> 17.0, Pearson 0.977 / 0.970 -> 0.986 /
+  0.980; the HMI sample (eta0) 6.63 -> 6.48; the Hinode sample: no parameter
+  logged, unchanged.
+- Hinode-like 256 x 256 (112 points 21.5 mA apart): *worse*, 3.91 -> 5.17
+  (B alone 5.08, eta0 alone 4.35; a softer log, offset at the median: 5.26),
+  although the weak-field pixels' B and eta0 guesses were nearer the baseline
+  in its sigmas: the azimuth guesses of the weak fields lost (0.22 -> 0.71
+  sigma). So ``"auto"`` takes the log on coarse grids only
+  (:func:`~stokesflow.nn_init.network.coarse_sampling`: a median step above
+  twice the 21.5 mA the kernels are sized for). Grids between 21.5 and 69 mA
+  were not measured: set ``log_targets`` there by trying both.
 """
 
 from __future__ import annotations

@@ -90,6 +90,14 @@ def test_cli_train_then_predict(inverted, tmp_path):
     rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "n.pt"), "--epochs", "1",
                "--threads", "1", "--no-mirror", "-q"])
     assert rc == 0 and load_model(tmp_path / "n.pt").metadata["settings"]["mirror"] is False
+    # log targets: "auto" by default (the HMI grid is coarse), --log-targets no records linear targets
+    assert load_model(tmp_path / "m.pt").metadata["settings"]["log_targets"] == "auto"
+    rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "l.pt"), "--epochs", "1",
+               "--threads", "1", "--log-targets", "no", "-q"])
+    lin = load_model(tmp_path / "l.pt").metadata
+    assert rc == 0 and lin["settings"]["log_targets"] is False and set(lin["targets"]["log_offset"]) == {None}
+    assert main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "u.pt"), "--model", "unet",
+                 "--log-targets", "yes", "-q"]) == 2  # a cnn setting
     rc = main(["predict", "-i", str(obs), "-m", str(tmp_path / "m.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
     assert rc == 0
     with h5py.File(tmp_path / "g.h5") as h5:
