@@ -224,6 +224,11 @@ def _log_offset(values: np.ndarray) -> float:
     return c if np.isfinite(log) and (not np.isfinite(lin) or log < lin) else float("nan")
 
 
+def _log(values: np.ndarray, offset: float) -> np.ndarray:
+    """The target of a log-encoded parameter before its normalisation: ``log(values + offset)``."""
+    return np.log(np.maximum(values + offset, np.finfo(float).tiny))
+
+
 @dataclass(frozen=True)
 class TargetEncoding:
     """Parameters <-> network outputs.
@@ -277,7 +282,7 @@ class TargetEncoding:
                         else np.nan for j in range(p.shape[1])])
         t = p.copy()
         for j in np.flatnonzero(np.isfinite(off)):
-            t[:, j] = np.log(np.maximum(p[:, j] + off[j], np.finfo(float).tiny))
+            t[:, j] = _log(p[:, j], off[j])
         mean = np.where(circ, 0.0, np.where(const, p[0] if p.shape[0] else 0.0, t.mean(axis=0)))
         sigma = t.std(axis=0)
         sigma = np.where(circ, 1.0, np.where(const, 0.0, np.where(sigma > 1e-12, sigma, 1.0)))
@@ -305,7 +310,7 @@ class TargetEncoding:
             elif self.sigma[j] == 0:  # one value in training: nothing to learn
                 cols.append(np.zeros(p.shape[0]))
             elif np.isfinite(c):
-                cols.append((np.log(np.maximum(p[:, j] + c, np.finfo(float).tiny)) - self.mean[j]) / self.sigma[j])
+                cols.append((_log(p[:, j], c) - self.mean[j]) / self.sigma[j])
             else:
                 cols.append((p[:, j] - self.mean[j]) / self.sigma[j])
         return np.column_stack(cols).astype(np.float32)
