@@ -148,14 +148,16 @@ class TrainSettings(dict):
     positive, long-tailed parameter is learned as its log, :class:`~stokesflow.nn_init.features.TargetEncoding`;
     False: every parameter linearly, as before 2026-12-01; ``"auto"``: True on a coarse grid,
     :func:`~stokesflow.nn_init.network.coarse_sampling`, such as HMI's filtergrams, False on a
-    spectrograph's, see :func:`log_targets`).
+    spectrograph's, see :func:`log_targets`), ``input_stretch`` (True: Q, U and V enter the
+    network through an asinh, :data:`~stokesflow.nn_init.features.INPUT_STRETCH`; False: linearly,
+    as before 2026-12-01).
     See the module docstring for the measurements behind them.
     """
 
     DEFAULTS: Mapping[str, Any] = {"epochs": 200, "batch": 256, "lr": 3e-3, "val_fraction": 0.15,
                                    "patience": 10, "seed": 0, "min_delta": 1e-3, "samples_per_epoch": 8192,
                                    "max_samples": 245_760, "lr_schedule": "cosine", "mirror": True,
-                                   "val_pixels": 2048, "log_targets": "auto"}
+                                   "val_pixels": 2048, "log_targets": "auto", "input_stretch": True}
 
     def __init__(self, **kw: Any) -> None:
         unknown = sorted(set(kw) - set(self.DEFAULTS))
@@ -165,11 +167,12 @@ class TrainSettings(dict):
         if (int(self["epochs"]) < 1 or int(self["batch"]) < 1 or not 0 < float(self["val_fraction"]) < 0.9
                 or int(self["samples_per_epoch"]) < 0 or int(self["max_samples"]) < 0 or int(self["val_pixels"]) < 0
                 or self["lr_schedule"] not in ("constant", "cosine") or not isinstance(self["mirror"], bool)
-                or not (isinstance(self["log_targets"], bool) or self["log_targets"] == "auto")):
+                or not (isinstance(self["log_targets"], bool) or self["log_targets"] == "auto")
+                or not isinstance(self["input_stretch"], bool)):
             raise InitError(f"training settings out of range: epochs >= 1, batch >= 1, 0 < val_fraction < 0.9, "
                             f"samples_per_epoch >= 0, max_samples >= 0, val_pixels >= 0, lr_schedule 'cosine' or "
                             f"'constant', "
-                            f"mirror true or false, log_targets true, false or 'auto'; "
+                            f"mirror and input_stretch true or false, log_targets true, false or 'auto'; "
                             f"got {dict(self)}")
 
 
@@ -272,7 +275,7 @@ def train_network(
     mirrored = polarity_mirror(x_fit, p_fit, specs) if st["mirror"] else None
     if mirrored is not None:  # both polarities in training; validation stays the field's own pixels
         x_fit, p_fit = np.concatenate([x_fit, mirrored[0]]), np.concatenate([p_fit, mirrored[1]])
-    scaling = InputScaling.fit(x_fit)
+    scaling = InputScaling.fit(x_fit, stretch=bool(st["input_stretch"]))
     encoding = TargetEncoding.fit(specs, p_fit, log=log_targets(st, wavelength))
     arch = cnn_architecture(wavelength, encoding.n_outputs)
     digest = data_digest(x_all, p_all, st)

@@ -96,6 +96,9 @@ def add_nn_parsers(sub: Any) -> None:
                         "inclination -> 180 - inclination, azimuth -> -azimuth: an exact symmetry of the "
                         "transfer equation, so a network learns both polarities from a field that shows one; "
                         "turn it off for data whose instrument breaks it, e.g. uncorrected I -> V crosstalk)")
+    p.add_argument("--no-input-stretch", dest="input_stretch", action="store_const", const=False, default=None,
+                   help="cnn: Q, U, V enter the network linearly instead of through an asinh softened at 10 times "
+                        "their median (which lets the network see weak and strong polarisation alike)")
     p.add_argument("--log-targets", dest="log_targets", default=None, choices=["auto", "yes", "no"],
                    help="cnn: learn positive, long-tailed parameters (B, eta0) through their log: yes, no, or auto "
                         "(default: yes on a coarse grid such as HMI's filtergrams, no on a spectrograph's)")
@@ -189,16 +192,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "val_fraction": args.val_fraction, "seed": args.seed, "mirror": args.mirror}
     if args.model == "unet":
         settings["crop"] = args.crop
-        if args.log_targets is not None:
+        if args.log_targets is not None or args.input_stretch is not None:
             from stokesflow.orchestrator.errors import OrchestratorError
 
-            raise OrchestratorError("--log-targets is a cnn setting (the unet learns bins); drop it or pass --model cnn")
+            raise OrchestratorError("--log-targets and --no-input-stretch are cnn settings; drop them or pass "
+                                    "--model cnn")
     elif args.crop is not None:
         from stokesflow.orchestrator.errors import OrchestratorError
 
         raise OrchestratorError("--crop is a unet setting; drop it or pass --model unet")
     else:
         settings["log_targets"] = {"auto": "auto", "yes": True, "no": False, None: None}[args.log_targets]
+        settings["input_stretch"] = args.input_stretch
     summary = train_model(args.input, args.results, args.out, model=args.model, cluster=_cluster_table(args),
                           settings={k: v for k, v in settings.items() if v is not None},
                           max_chi2=args.max_chi2, overwrite=args.overwrite, threads=args.threads or None,

@@ -87,6 +87,37 @@ def test_input_scaling_and_features():
     assert f.shape == (301, 24) and np.isnan(f[-1]).all() and scale.shape == (4,)
 
 
+def test_input_stretch_of_the_polarisation():
+    """Q, U, V through asinh(x / s0), s0 = INPUT_STRETCH x their median |x|; I linear; then unit
+    variance; monotonic; an all-zero Stokes parameter stays linear; old records are linear."""
+    from stokesflow.nn_init.features import INPUT_STRETCH
+
+    rng = np.random.default_rng(1)
+    n, nw = 500, 6
+    s = rng.normal(0, 1e-3, (n, 4, nw))
+    s[:, 0] += 1.0
+    s[:50, 3] += np.linspace(0.01, 0.3, 50)[:, None]  # a few strong V signals, a long tail
+    s[:, 2] = 0.0  # no U at all
+    sc = InputScaling.fit(s, stretch=True)
+    assert sc.stretch[0] == 0.0 and sc.stretch[2] == 0.0
+    assert sc.stretch[1] == INPUT_STRETCH * np.median(np.abs(s[:, 1])) and sc.stretch[3] > 0
+    x = sc.apply(s)
+    assert x.dtype == np.float32 and np.isfinite(x).all()
+    np.testing.assert_allclose([x[:, k].std() for k in (0, 1, 3)], 1.0, rtol=1e-3)
+    v = np.arcsinh(s[:, 3] / sc.stretch[3])
+    np.testing.assert_allclose(x[:, 3], (v - v.mean(axis=0)) / v.std(), rtol=1e-4, atol=1e-4)
+    order = np.argsort(s[:50, 3, 0])
+    assert (np.diff(x[:50, 3, 0][order]) > 0).all()  # the stretch keeps the order of the signals
+    # the strong tail no longer sets the scale: the weak V pixels are spread wider than linearly
+    lin = InputScaling.fit(s)
+    assert not lin.stretch.any()
+    assert x[50:, 3].std() > 3 * lin.apply(s)[50:, 3].std()
+    again = InputScaling.from_dict(sc.to_dict())
+    np.testing.assert_array_equal(again.apply(s), x)
+    old = {k: v for k, v in lin.to_dict().items() if k != "stretch"}
+    np.testing.assert_array_equal(InputScaling.from_dict(old).apply(s), lin.apply(s))
+
+
 def test_polarity_mirror_is_an_exact_symmetry_of_the_me_model():
     """Mirrored parameters synthesise the mirrored spectra: (I, Q, -U, -V) to rounding.
 

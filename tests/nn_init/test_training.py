@@ -170,6 +170,8 @@ def test_training_settings_are_checked():
     assert TrainSettings(samples_per_epoch=None)["samples_per_epoch"] == TrainSettings.DEFAULTS["samples_per_epoch"]
     with pytest.raises(InitError, match="log_targets true, false or 'auto'"):
         TrainSettings(log_targets="yes")
+    with pytest.raises(InitError, match="mirror and input_stretch true or false"):
+        TrainSettings(input_stretch=1)
 
 
 def test_log_targets_auto_follows_the_sampling(pairs):
@@ -191,6 +193,11 @@ def test_log_targets_auto_follows_the_sampling(pairs):
     lin = train_network(stokes, p, me.parameters, HMI, settings={"epochs": 1, "batch": 64, "log_targets": False}, **kw)
     assert lin.metadata["targets"]["log_offset"] == [None] * len(names)
     assert auto.metadata["data_digest"] != lin.metadata["data_digest"]  # a checkpoint of one does not resume the other
+    # the inputs' stretch is on by default and recorded; off, the inputs are linear
+    assert auto.metadata["inputs"]["stretch"][0] == 0.0 and min(auto.metadata["inputs"]["stretch"][1:]) > 0
+    flat = train_network(stokes, p, me.parameters, HMI, settings={"epochs": 1, "batch": 64, "input_stretch": False},
+                         **kw)
+    assert set(flat.metadata["inputs"]["stretch"]) == {0.0}
 
 
 def test_planned_epochs_cap_the_samples_drawn_whatever_the_set_size():

@@ -98,6 +98,12 @@ def test_cli_train_then_predict(inverted, tmp_path):
     assert rc == 0 and lin["settings"]["log_targets"] is False and set(lin["targets"]["log_offset"]) == {None}
     assert main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "u.pt"), "--model", "unet",
                  "--log-targets", "yes", "-q"]) == 2  # a cnn setting
+    # the inputs' asinh stretch: on by default, --no-input-stretch records linear inputs
+    assert min(load_model(tmp_path / "m.pt").metadata["inputs"]["stretch"][1:]) > 0
+    rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "s.pt"), "--epochs", "1",
+               "--threads", "1", "--no-input-stretch", "-q"])
+    flat = load_model(tmp_path / "s.pt").metadata
+    assert rc == 0 and flat["settings"]["input_stretch"] is False and set(flat["inputs"]["stretch"]) == {0.0}
     rc = main(["predict", "-i", str(obs), "-m", str(tmp_path / "m.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
     assert rc == 0
     with h5py.File(tmp_path / "g.h5") as h5:
