@@ -68,6 +68,10 @@ training values the log makes more symmetric):
   (:func:`~stokesflow.nn_init.network.coarse_sampling`: a median step above
   twice the 21.5 mA the kernels are sized for). Grids between 21.5 and 69 mA
   were not measured: set ``log_targets`` there by trying both.
+
+The inputs' asinh stretch (``input_stretch``, same day and setup, with the log
+targets): see :data:`~stokesflow.nn_init.features.INPUT_STRETCH` for the
+measurements on both grids and on pyMilne's samples.
 """
 
 from __future__ import annotations
