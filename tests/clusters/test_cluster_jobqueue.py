@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,7 +259,9 @@ def test_no_worker_after_connect_timeout_warns_once_and_keeps_waiting(
         waiter.join(timeout=30)
         assert not waiter.is_alive() and yielded == [fut]
     (msg,) = warnings()
-    assert "no worker connected 1 s after submitting the first worker job: job 4242 state unknown;" in msg
+    # the seconds are those waited when the watch noticed (>= connect_timeout; 2 on a loaded machine)
+    got = re.search(r"no worker connected (\d+) s after submitting the first worker job: job 4242 state unknown;", msg)
+    assert got and 1 <= int(got.group(1)) <= 10, msg
     assert "squeue -j 4242" in msg and "slurm-<id>.out" in msg
 
 
