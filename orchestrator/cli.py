@@ -25,6 +25,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -526,10 +527,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received (a batch system's walltime warning, ``scancel``, ``kill``)."""
 
 
+#: What Python warns of a coroutine that an interrupted event loop (Dask's, tornado's) never ran:
+#: ``RuntimeWarning: coroutine 'Future._exception' was never awaited``, printed with the line of
+#: tornado it was found on. After a Ctrl-C or SIGTERM it is noise around the run's one line.
+_UNAWAITED = r"coroutine '.*' was never awaited"
+
+
 def _on_signal(signum: int, frame: object) -> None:
-    """Ctrl-C (SIGINT) and SIGTERM: record the stop for the driver loop, then raise it here."""
+    """Ctrl-C (SIGINT) and SIGTERM: record the stop for the driver loop, then raise it here.
+
+    From here on the warnings of coroutines that the torn-down event loop never ran are not shown.
+    """
     from stokesflow.orchestrator.run import request_stop
 
+    warnings.filterwarnings("ignore", message=_UNAWAITED, category=RuntimeWarning)
     exc: KeyboardInterrupt = Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
     request_stop(exc)
     raise exc

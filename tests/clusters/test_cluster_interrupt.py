@@ -87,3 +87,26 @@ def test_ctrl_c_under_local_cluster_prints_one_line(sunspot: Path, tmp_path: Pat
     while any(_alive(p) for p in worker_pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in worker_pids)
+
+
+def test_after_the_signal_unawaited_coroutine_warnings_are_not_shown() -> None:
+    """A Ctrl-C tears Dask's event loop down; Python's "coroutine ... was never awaited" for what it
+    never ran (seen once from tornado, between the progress line and the one-line report) is not
+    printed after the signal; other warnings still are."""
+    import warnings
+
+    from stokesflow.orchestrator.cli import _on_signal
+    from stokesflow.orchestrator.run import request_stop
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.warn("coroutine 'Future._exception' was never awaited", RuntimeWarning)
+        assert len(seen) == 1  # before the signal: shown
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _on_signal(signal.SIGINT, None)
+        finally:
+            request_stop(None)
+        warnings.warn("coroutine 'Future._exception' was never awaited", RuntimeWarning)
+        warnings.warn("something else", RuntimeWarning)
+        assert [str(w.message) for w in seen[1:]] == ["something else"]
