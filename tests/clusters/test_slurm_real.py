@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -28,6 +29,7 @@ import pytest
 from _assist_loop import LOOP_ARGS, assert_same_loop, serial_loop
 from _slurm import (  # noqa: F401 - slurm_conf is a fixture
     CLI,
+    ROOT,
     assert_same_parameters,
     cancel_jobs,
     jobs_in_queue,
@@ -244,6 +246,35 @@ def test_mpiexec_inside_a_batch_job_equals_serial_without_traceback(
     assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
     _no_traceback(text)
     assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(300)
+def test_mpi_job_example_runs_and_a_resubmission_finds_the_result_complete(
+    slurm: str, observations: dict[str, Path], tmp_path: Path
+) -> None:
+    # examples/mpi_job.sbatch as a user submits it (its #SBATCH lines overridden to fit the 2-CPU node);
+    # the stokesflow on its PATH is this environment's.
+    env = slurm_env(slurm, INPUT=str(observations["small"]), OUTPUT="out.h5", NRANKS="4",
+                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def submit(log: str) -> str:
+        job = subprocess.run(
+            ["sbatch", "--parsable", "-n", "1", "-c", "2", "--mem=4G", "-o", log,
+             str(ROOT / "examples" / "mpi_job.sbatch"), "--chunk-pixels", "48"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+        wait_job_ended(slurm, tmp_path, job, 140)
+        return (tmp_path / log).read_text()
+
+    text = submit("first.out")
+    assert "result: out.h5 (complete: 12/12 chunks" in text, text[-3000:]
+    _no_traceback(text)
+    assert_same_parameters(tmp_path / "out.h5", observations["small-serial"])
+    again = submit("again.out")
+    assert again.startswith("resuming out.h5"), again[-3000:]
+    assert "result: out.h5 was already complete (12/12 chunks" in again, again[-3000:]
+    _no_traceback(again)
 
 
 # --- refusals and time-outs: exit 2, nothing left in the queue ---------------------------------------------
