@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Mapping
 
 import h5py
@@ -30,7 +31,8 @@ import numpy as np
 
 from stokesflow.nn_init.providers import InitError, InitProvider
 
-__all__ = ["cluster_spectra", "cluster_field", "choose_subset", "medoids", "best_match", "KMeansInit"]
+__all__ = ["BlockMap", "cluster_spectra", "cluster_field", "field_block_stats", "field_block_labels", "choose_subset",
+           "medoids", "best_match", "KMeansInit"]
 
 
 def _sample_index(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,24 +89,70 @@ def cluster_spectra(features: np.ndarray, k: int, *, seed: int = 0, sample: int 
     return _drop_empty(centroids, labels)
 
 
+#: ``map_blocks(fn, tasks)``: runs ``fn(*args)`` for every ``args`` of ``tasks`` (anywhere: in this
+#: process or as tasks on a cluster) and yields the results in the order of ``tasks``.
+BlockMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterable[Any]]
+
+
+def _serial_map(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
+    """The default :data:`BlockMap`: one block after the other in this process."""
+    for args in tasks:
+        yield fn(*args)
+
+
+def field_block_stats(read: Callable[[int, int], np.ndarray], start: int, stop: int,
+                      picked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """First pass of :func:`cluster_field` over the flat pixels ``start..stop``.
+
+    Returns the valid-pixel mask (stop - start,), the per-Stokes sums of the unscaled features and
+    of their squares (4,), the number of values summed, and the unscaled feature rows of the valid
+    pixels among ``picked`` (offsets into the block, sorted) that the centroids are fitted on.
+    """
+    from stokesflow.nn_init.features import normalise_spectra
+
+    f0, _ = normalise_spectra(read(start, stop), np.ones(4))  # unscaled: I / <I> - 1, Q / <I>, ...
+    f0 = f0.reshape(stop - start, 4, -1)
+    ok = np.isfinite(f0).all(axis=(1, 2))
+    good = f0[ok].astype(np.float64)
+    picked = np.asarray(picked, dtype=np.int64)
+    return (ok, good.sum(axis=(0, 2)), (good * good).sum(axis=(0, 2)), good.shape[0] * good.shape[2],
+            f0[picked[ok[picked]]])
+
+
+def field_block_labels(read: Callable[[int, int], np.ndarray], start: int, stop: int, scale: np.ndarray,
+                       centroids: np.ndarray) -> np.ndarray:
+    """Second pass of :func:`cluster_field`: nearest centroid of every pixel ``start..stop`` (-1: invalid)."""
+    from stokesflow.nn_init.features import normalise_spectra
+
+    f, _ = normalise_spectra(read(start, stop), scale)
+    labels = np.full(stop - start, -1, dtype=np.int64)
+    _assign(f, centroids, labels)
+    return labels
+
+
 def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, seed: int = 0,
-                  sample: int = 50_000, block: int = 65_536,
-                  per_cluster: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                  sample: int = 50_000, block: int = 65_536, per_cluster: int = 4,
+                  map_blocks: BlockMap | None = None,
+                  on_block: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-means of a field's normalised spectra, read by blocks: memory bounded by the sample, not the field.
 
     The streaming form of :func:`~stokesflow.nn_init.features.normalise_spectra` followed by
     :func:`cluster_spectra`, for fields larger than memory (a DKIST or Hinode SP map of thousands of
-    wavelengths, an HMI full disk): two passes over the field, one block in memory at a time.
-    The first collects the valid pixels, the per-Stokes sums that give the feature scale (the
+    wavelengths, an HMI full disk): two passes over the field, each a task per block
+    (:func:`field_block_stats`, :func:`field_block_labels`) that ``map_blocks`` may spread over a
+    cluster. The first collects the valid pixels, the per-Stokes sums that give the feature scale (the
     standard deviation over every valid pixel, as ``normalise_spectra`` computes it) and the
     sample's features; the centroids are fitted on the sample; the second assigns every pixel.
-    Memory: the sample's features, one block, and the labels (8 bytes per pixel).
+    The sums are added in block order, so the result does not depend on where or in which order
+    the blocks ran. Memory: the sample's features, the blocks in flight, and the labels (8 bytes
+    per pixel).
 
     Parameters
     ----------
     read : callable
         ``read(start, stop)`` -> Stokes profiles (stop - start, 4, nw) of flat pixels ``start..stop``
-        in continuum units (non-finite rows are invalid pixels).
+        in continuum units (non-finite rows are invalid pixels). Runs where the block runs: with a
+        ``map_blocks`` of a cluster it must pickle (a bound method of an observation handle does).
     npix : int
         Pixels in the field.
     k : int
@@ -115,6 +163,10 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
         Pixels per ``read`` call at most.
     per_cluster : int
         Fewest valid pixels per cluster.
+    map_blocks : callable, optional
+        Runs the block tasks (:data:`BlockMap`); default one after the other in this process.
+    on_block : callable, optional
+        Called with the pixel count of each finished block of either pass (progress).
 
     Returns
     -------
@@ -127,27 +179,26 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
     InitError
         No valid pixel.
     """
-    from stokesflow.nn_init.features import normalise_spectra
-
     rng = np.random.default_rng(seed)
     fit_idx = _sample_index(npix, sample, rng)
-    ones = np.ones(4)
+    run = map_blocks or _serial_map
+    starts = list(range(0, npix, block))
+    spans = [(a, min(npix, a + block)) for a in starts]
+    tasks = []
+    for a, b in spans:
+        lo, hi = np.searchsorted(fit_idx, (a, b))
+        tasks.append((read, a, b, fit_idx[lo:hi] - a))
     valid = np.zeros(npix, dtype=bool)
     s1, s2, count = np.zeros(4), np.zeros(4), 0
     fit_rows = []
-    for start in range(0, npix, block):
-        stop = min(npix, start + block)
-        f0, _ = normalise_spectra(read(start, stop), ones)  # unscaled: I / <I> - 1, Q / <I>, ...
-        f0 = f0.reshape(stop - start, 4, -1)
-        ok = np.isfinite(f0).all(axis=(1, 2))
-        valid[start:stop] = ok
-        good = f0[ok].astype(np.float64)
-        s1 += good.sum(axis=(0, 2))
-        s2 += (good * good).sum(axis=(0, 2))
-        count += good.shape[0] * good.shape[2]
-        lo, hi = np.searchsorted(fit_idx, (start, stop))
-        picked = fit_idx[lo:hi] - start
-        fit_rows.append(f0[picked[ok[picked]]])
+    for (a, b), (ok, t1, t2, n, rows) in zip(spans, run(field_block_stats, tasks)):
+        valid[a:b] = ok
+        s1 += t1
+        s2 += t2
+        count += n
+        fit_rows.append(rows)
+        if on_block is not None:
+            on_block(b - a)
     if count == 0:
         raise InitError("no valid pixel to cluster: every pixel of the field has NaN or infinite values")
     scale = np.sqrt(np.maximum(s2 / count - (s1 / count) ** 2, 0.0))
@@ -156,10 +207,10 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
     fit = np.concatenate(fit_rows).reshape(-1, nf) / np.repeat(scale, nf // 4).astype(np.float32)
     centroids = _fit_centroids(fit, min(int(k), max(1, int(valid.sum()) // per_cluster)), rng)
     labels = np.full(npix, -1, dtype=np.int64)
-    for start in range(0, npix, block):
-        stop = min(npix, start + block)
-        f, _ = normalise_spectra(read(start, stop), scale)
-        _assign(f, centroids, labels[start:stop])
+    for (a, b), lab in zip(spans, run(field_block_labels, [(read, a, b, scale, centroids) for a, b in spans])):
+        labels[a:b] = lab
+        if on_block is not None:
+            on_block(b - a)
     return _drop_empty(centroids, labels)
 
 

@@ -4,8 +4,9 @@ Phases (each one resumable; a rerun with the same arguments skips the
 finished phases and, inside a phase, the finished chunks or epochs):
 
 1. ``subset``: k-means (scipy's ``kmeans2``) of the normalised spectra of the
-   whole field into ``clusters`` groups (the field read by blocks:
-   :func:`stokesflow.nn_init.kmeans.cluster_field`), then a subset of ``subset`` x npix
+   whole field into ``clusters`` groups (the field read by blocks of rows, each
+   block a task on the executor: :func:`stokesflow.nn_init.kmeans.cluster_field`;
+   the driver fits the centroids on a sample), then a subset of ``subset`` x npix
    pixels drawn from every cluster (in proportion, with a floor per cluster),
    written as a 1 x n observation ``DIR/subset_obs.h5`` (with the flat indices
    in ``/assist/index`` and the cluster map in ``/assist/labels``).
@@ -393,16 +394,44 @@ def _block_pixels(obs: Any) -> int:
     return max(1, SUBSET_BLOCK_BYTES // max(1, obs.nx * 4 * obs.nw * 4)) * obs.nx
 
 
-def _gather(obs: Any, index: np.ndarray) -> np.ndarray:
-    """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks;
-    blocks holding none of them are not read."""
+def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterator[Any]]:
+    """A :data:`stokesflow.nn_init.kmeans.BlockMap` over the open executor ``ex``: every block a task
+    (all submitted at once), the results in the order of the tasks."""
+    def run(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
+        futures = [ex.submit(fn, *args) for args in tasks]
+        for fut in futures:
+            yield ex.result(fut)
+    return run
+
+
+def _in_process(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
+    """The BlockMap without an executor: one block after the other in this process."""
+    return (fn(*args) for args in tasks)
+
+
+def _rows_of_block(read: Callable[[int, int], np.ndarray], start: int, stop: int, offsets: np.ndarray) -> np.ndarray:
+    """The profiles (n, 4, nw) float32 of the pixels ``start + offsets`` (a task of :func:`_gather`)."""
+    return np.asarray(read(start, stop)[offsets], dtype=np.float32)
+
+
+def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
+    """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
+    (each a task of ``run``, a BlockMap; default in this process); blocks holding none of them are not read."""
     out = np.full((index.size, 4, obs.nw), np.nan, dtype=np.float32)
     block = _block_pixels(obs)
+    tasks, sels = [], []
     for start in range(0, obs.npix, block):
         stop = min(obs.npix, start + block)
         sel = np.flatnonzero((index >= start) & (index < stop))
         if sel.size:
-            out[sel] = obs.read_pixels(start, stop)[index[sel] - start]
+            tasks.append((obs.read_pixels, start, stop, index[sel] - start))
+            sels.append(sel)
+        elif on_block is not None:
+            on_block(stop - start)
+    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or _in_process)(_rows_of_block, tasks)):
+        out[sel] = rows
+        if on_block is not None:
+            on_block(stop - start)
     return out
 
 
@@ -441,8 +470,13 @@ def _patch_subset(labels: np.ndarray, valid: np.ndarray, ny: int, nx: int, n: in
     return np.stack([(blocks[b][0] + yy) * nx + blocks[b][1] + xx for b in taken])
 
 
-def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
+def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) -> dict[str, Any]:
     """Choose the subset of ``obs`` and write it as a 1 x n observation ``out``; return its description.
+
+    The field is read three times by blocks of rows, each block a task on ``executor`` (default: in
+    this process): the k-means's two passes (:func:`stokesflow.nn_init.kmeans.cluster_field`) and the
+    subset's profiles; the driver fits the centroids on the sample, chooses the subset and writes it.
+    Progress as ``s.progress`` says (``"subset progress: ..."`` log lines or a bar).
 
     For ``model="unet"`` (an image network) the subset is patches (:func:`_patch_subset`) stacked
     into one (npatch (P + 1) - 1) x P observation with a row of NaN pixels between patches (skipped
@@ -450,36 +484,25 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
     """
     import h5py
 
-    from stokesflow.nn_init.kmeans import choose_subset, cluster_field
+    from stokesflow.nn_init.kmeans import cluster_field
     from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.io import write_observation
+    from stokesflow.orchestrator.progress import Progress
 
     n = subset_pixels(obs.npix, s.subset, s.subset_min, s.subset_max)
-    _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=_block_pixels(obs))
-    valid = labels >= 0
-    shape2d: tuple[int, int] | None = None
-    if s.model == "unet" and s.subset_method == "clusters":
-        patches = _patch_subset(labels, valid, obs.ny, obs.nx, n, s.seed)
-        p = patches.shape[1]
-        sep = np.full((patches.shape[0], 1, p), -1, dtype=np.int64)
-        index = np.concatenate([patches, sep], axis=1).reshape(-1, p)[:-1].reshape(-1)
-        shape2d = (index.size // p, p)
-    elif s.subset_method == "clusters":
-        index = choose_subset(labels, n, seed=s.seed)
-    else:  # a corner box of about n pixels (the bottom-left corner of the map)
-        side_y = min(obs.ny, int(np.ceil(np.sqrt(n * obs.ny / obs.nx))))
-        side_x = min(obs.nx, int(np.ceil(n / side_y)))
-        yy, xx = np.mgrid[0:side_y, 0:side_x]
-        index = (yy * obs.nx + xx).ravel()
-        if s.model == "unet":  # the box as an image (its NaN pixels stay, masked in training)
-            shape2d = (side_y, side_x)
-        else:
-            index = index[valid[index]]
+    run = _executor_map(executor) if executor is not None else None
+    block = _block_pixels(obs)
+    passes = 3
+    progress = Progress(passes * obs.npix, n_chunks=passes * -(-obs.npix // block), mode=s.progress, desc="subset")
+    with progress:
+        _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=block, map_blocks=run,
+                                  on_block=progress.update)
+        index, shape2d = _subset_index(obs, labels, n, s)
+        picked = _gather(obs, index, run, on_block=progress.update)
     meta = obs.meta
     truth = obs.read_truth()
     filters = meta.get("filters")
     shape = shape2d or (1, index.size)
-    picked = _gather(obs, index)
 
     def take(v: Any) -> np.ndarray:
         a = np.asarray(v, dtype=np.float64).reshape(-1)
@@ -499,6 +522,33 @@ def make_subset(obs: Any, out: Path, s: AssistSettings) -> dict[str, Any]:
     sizes = np.bincount(labels[labels >= 0])
     return {"pixels": int((index >= 0).sum()), "clusters": int(sizes.size), "cluster_sizes": sizes.tolist(),
             "method": s.subset_method}
+
+
+def _subset_index(obs: Any, labels: np.ndarray, n: int, s: AssistSettings) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Flat indices of the subset's pixels (-1: a separator pixel) and, for an image network, the subset's
+    2-D shape (None: a 1 x n row)."""
+    from stokesflow.nn_init.kmeans import choose_subset
+
+    valid = labels >= 0
+    shape2d: tuple[int, int] | None = None
+    if s.model == "unet" and s.subset_method == "clusters":
+        patches = _patch_subset(labels, valid, obs.ny, obs.nx, n, s.seed)
+        p = patches.shape[1]
+        sep = np.full((patches.shape[0], 1, p), -1, dtype=np.int64)
+        index = np.concatenate([patches, sep], axis=1).reshape(-1, p)[:-1].reshape(-1)
+        shape2d = (index.size // p, p)
+    elif s.subset_method == "clusters":
+        index = choose_subset(labels, n, seed=s.seed)
+    else:  # a corner box of about n pixels (the bottom-left corner of the map)
+        side_y = min(obs.ny, int(np.ceil(np.sqrt(n * obs.ny / obs.nx))))
+        side_x = min(obs.nx, int(np.ceil(n / side_y)))
+        yy, xx = np.mgrid[0:side_y, 0:side_x]
+        index = (yy * obs.nx + xx).ravel()
+        if s.model == "unet":  # the box as an image (its NaN pixels stay, masked in training)
+            shape2d = (side_y, side_x)
+        else:
+            index = index[valid[index]]
+    return index, shape2d
 
 
 # ---------------------------------------------------------------------------
@@ -639,9 +689,9 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         log.info("phase %s done in %.1f s", name, time.perf_counter() - t0)
         return out
 
-    def subset() -> None:
+    def subset(ex: Any) -> None:
         paths["subset_obs"].unlink(missing_ok=True)
-        st.data["subset"] = make_subset(obs, paths["subset_obs"], s)
+        st.data["subset"] = make_subset(obs, paths["subset_obs"], s, executor=ex)
 
     # Every phase runs on one executor: the workers start once and, under mpiexec, dask-mpi is
     # initialised once and only the driver rank runs the phases (and writes their files).
@@ -650,7 +700,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     phases = [p for p in PHASES[:-1] if p != "me_seed" or s.me_seed != "off"] + (["baseline"] if s.baseline else [])
     if not all(st.done(p) for p in phases):
         with open_executor(ClusterSpec.from_mapping(dict(s.cluster))) as ex:
-            phase("subset", subset)
+            phase("subset", lambda: subset(ex))
             _cluster_phases(s, st, obs, paths, phase, ex)
     summary = _summarise(st, paths, obs, s)
     summary["ran"] = ran

@@ -55,6 +55,9 @@ class Progress:
         Seconds between log lines, in s.
     stream : file, optional
         Where the bar goes (default stderr).
+    desc : str
+        What is counted: the bar's label, and the log lines' (``"<desc> progress: ..."``;
+        plain ``"progress: ..."`` for the default, an inversion).
     """
 
     def __init__(
@@ -67,8 +70,10 @@ class Progress:
         mode: str = "auto",
         interval_s: float = 10.0,
         stream: TextIO | None = None,
+        desc: str = "inverting",
     ) -> None:
         self.total = int(total)
+        self.desc = str(desc)
         self.done = int(initial)
         self._initial = int(initial)
         self.n_chunks = int(n_chunks)
@@ -84,7 +89,7 @@ class Progress:
 
             self._bar = tqdm(
                 total=self.total, initial=self.done, unit="px", unit_scale=True,
-                desc="inverting", file=stream if stream is not None else sys.stderr,
+                desc=self.desc, file=stream if stream is not None else sys.stderr,
                 dynamic_ncols=True, smoothing=0.1,
             )
 
@@ -103,8 +108,9 @@ class Progress:
     def line(self) -> str:
         """The text of one log line."""
         pct = 100.0 * self.done / self.total if self.total else 100.0
+        label = "progress" if self.desc == "inverting" else f"{self.desc} progress"
         text = (
-            f"progress: {self.done}/{self.total} pixels ({pct:.1f}%), "
+            f"{label}: {self.done}/{self.total} pixels ({pct:.1f}%), "
             f"chunks {self.chunks_done}/{self.n_chunks}, {self.rate:.0f} px/s, "
             f"ETA {format_duration(self.eta_s)}"
         )

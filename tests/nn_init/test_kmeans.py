@@ -69,6 +69,37 @@ def test_cluster_field_by_blocks_equals_clustering_in_memory(block):
     assert len(set(zip(kinds[ok].tolist(), labels[ok].tolist()))) == 4  # the planted kinds, one label each
 
 
+def test_cluster_field_blocks_run_anywhere_give_the_same_clusters():
+    """The blocks as tasks of a thread pool that finishes them in reverse order (yielded in task order,
+    as ``map_blocks`` promises): the same centroids and labels, bit for bit; every block counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stokes, _ = _planted_spectra(np.random.default_rng(6))
+    stokes[[11, 900]] = np.nan
+
+    def read(start, stop):
+        return stokes[start:stop]
+
+    ref_c, ref_l = cluster_field(read, stokes.shape[0], 4, seed=1, sample=500, block=100)
+    calls = []
+
+    def pool_map(fn, tasks):
+        assert fn.__name__ in ("field_block_stats", "field_block_labels")
+        calls.append(len(tasks))
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(fn, *args) for args in reversed(tasks)][::-1]
+            for fut in futures:
+                yield fut.result()
+
+    counted = []
+    centroids, labels = cluster_field(read, stokes.shape[0], 4, seed=1, sample=500, block=100,
+                                      map_blocks=pool_map, on_block=counted.append)
+    assert calls == [13, 13]  # 1,210 pixels in blocks of 100, two passes
+    assert sum(counted) == 2 * stokes.shape[0]
+    np.testing.assert_array_equal(labels, ref_l)
+    np.testing.assert_array_equal(centroids, ref_c)
+
+
 def test_cluster_field_lowers_k_on_few_pixels_and_refuses_an_all_nan_field():
     stokes, _ = _planted_spectra(np.random.default_rng(5), sizes=(5, 4))
     _, labels = cluster_field(lambda a, b: stokes[a:b], 9, 16, block=4)

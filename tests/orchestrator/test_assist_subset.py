@@ -72,3 +72,39 @@ def test_make_subset_reads_the_field_by_blocks(tmp_path, monkeypatch):
         for name in ("assist/index", "assist/labels", "stokes"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
         assert 9 not in b["assist/index"][()] and 300 not in b["assist/index"][()]
+
+
+def test_subset_phase_runs_its_blocks_as_tasks_on_the_executor(tmp_path, caplog, monkeypatch):
+    """Every read of the field is a task on the loop's executor (here a local Dask cluster of 2
+    workers): two k-means passes and the subset's profiles, a task per block of rows; the subset
+    equals the in-process one; progress is logged."""
+    import logging
+
+    import stokesflow.orchestrator.assist as assist
+    from stokesflow.clusters import ClusterSpec, open_executor
+
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 24, 20, seed=5, nan_pixels=(9,)))
+    monkeypatch.setattr(assist, "SUBSET_BLOCK_BYTES", 5 * obs.nx * 4 * obs.nw * 4)  # five rows: 5 blocks
+    s = AssistSettings(subset=0.2, subset_min=64, subset_max=10_000, clusters=5, cluster={"kind": "serial"},
+                       progress="log")
+    here = make_subset(obs, tmp_path / "here.h5", s)
+    with open_executor(ClusterSpec(kind="local", workers=2, dashboard=False)) as ex:
+        submitted = []
+        real_submit = ex.submit
+
+        def counting_submit(fn, *args, **kw):
+            submitted.append(fn.__name__)
+            return real_submit(fn, *args, **kw)
+
+        ex.submit = counting_submit
+        with caplog.at_level(logging.INFO, logger="stokesflow"):
+            there = make_subset(obs, tmp_path / "there.h5", s, executor=ex)
+    assert there == here
+    assert {n: submitted.count(n) for n in set(submitted)} == {
+        "field_block_stats": 5, "field_block_labels": 5, "_rows_of_block": 5}
+    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "there.h5") as b:
+        for name in ("assist/index", "assist/labels", "stokes"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("subset progress: ")]
+    assert lines and lines[-1].startswith(f"subset progress: {3 * obs.npix}/{3 * obs.npix} pixels (100.0%), "
+                                          "chunks 15/15")
