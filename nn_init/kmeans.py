@@ -22,8 +22,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import h5py
@@ -31,8 +31,8 @@ import numpy as np
 
 from stokesflow.nn_init.providers import InitError, InitProvider
 
-__all__ = ["BlockMap", "cluster_spectra", "cluster_field", "field_block_stats", "field_block_labels", "choose_subset",
-           "medoids", "best_match", "KMeansInit"]
+__all__ = ["BlockMap", "serial_blocks", "cluster_spectra", "cluster_field", "field_block_stats", "field_block_labels",
+           "choose_subset", "medoids", "best_match", "KMeansInit"]
 
 
 def _sample_index(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,7 +94,7 @@ def cluster_spectra(features: np.ndarray, k: int, *, seed: int = 0, sample: int 
 BlockMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterable[Any]]
 
 
-def _serial_map(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
+def serial_blocks(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
     """The default :data:`BlockMap`: one block after the other in this process."""
     for args in tasks:
         yield fn(*args)
@@ -181,7 +181,7 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
     """
     rng = np.random.default_rng(seed)
     fit_idx = _sample_index(npix, sample, rng)
-    run = map_blocks or _serial_map
+    run = map_blocks or serial_blocks
     starts = list(range(0, npix, block))
     spans = [(a, min(npix, a + block)) for a in starts]
     tasks = []

@@ -404,11 +404,6 @@ def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]
     return run
 
 
-def _in_process(fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
-    """The BlockMap without an executor: one block after the other in this process."""
-    return (fn(*args) for args in tasks)
-
-
 def _rows_of_block(read: Callable[[int, int], np.ndarray], start: int, stop: int, offsets: np.ndarray) -> np.ndarray:
     """The profiles (n, 4, nw) float32 of the pixels ``start + offsets`` (a task of :func:`_gather`)."""
     return np.asarray(read(start, stop)[offsets], dtype=np.float32)
@@ -417,6 +412,8 @@ def _rows_of_block(read: Callable[[int, int], np.ndarray], start: int, stop: int
 def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
     """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
     (each a task of ``run``, a BlockMap; default in this process); blocks holding none of them are not read."""
+    from stokesflow.nn_init.kmeans import serial_blocks
+
     out = np.full((index.size, 4, obs.nw), np.nan, dtype=np.float32)
     block = _block_pixels(obs)
     tasks, sels = [], []
@@ -428,7 +425,7 @@ def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[in
             sels.append(sel)
         elif on_block is not None:
             on_block(stop - start)
-    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or _in_process)(_rows_of_block, tasks)):
+    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or serial_blocks)(_rows_of_block, tasks)):
         out[sel] = rows
         if on_block is not None:
             on_block(stop - start)
