@@ -31,8 +31,9 @@ import numpy as np
 
 from stokesflow.nn_init.providers import InitError, InitProvider
 
-__all__ = ["BlockMap", "serial_blocks", "cluster_spectra", "cluster_field", "field_block_stats", "field_block_labels",
-           "choose_subset", "medoids", "best_match", "KMeansInit"]
+__all__ = ["BlockMap", "serial_blocks", "pixel_keys", "cluster_spectra", "cluster_field", "cluster_subset",
+           "field_block_stats", "field_block_labels", "field_block_candidates", "field_block_rows", "choose_subset",
+           "medoids", "best_match", "KMeansInit"]
 
 
 def _sample_index(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,14 +43,14 @@ def _sample_index(n: int, sample: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, sample, replace=False))
 
 
-def _fit_centroids(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means (scipy's ``kmeans2``, k-means++ seeding, 20 iterations) of the finite rows ``x``."""
+def _fit_centroids(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (scipy's ``kmeans2``, k-means++ seeding, 20 iterations) of the finite rows ``x``:
+    the centroids and the rows' labels of the last iteration (nearest centroid before the last update)."""
     from scipy.cluster.vq import kmeans2
 
     if x.shape[0] < k:
         raise InitError(f"k-means with k={k} needs at least {k} valid pixels, got {x.shape[0]}")
-    centroids, _ = kmeans2(np.asarray(x, dtype=np.float64), int(k), minit="++", seed=rng, iter=20)
-    return centroids
+    return kmeans2(np.asarray(x, dtype=np.float64), int(k), minit="++", seed=rng, iter=20)
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> None:
@@ -82,7 +83,7 @@ def cluster_spectra(features: np.ndarray, k: int, *, seed: int = 0, sample: int 
     f = np.asarray(features)
     rng = np.random.default_rng(seed)
     fit = f[_sample_index(f.shape[0], sample, rng)]
-    centroids = _fit_centroids(fit[np.isfinite(fit).all(axis=1)], k, rng)
+    centroids, _ = _fit_centroids(fit[np.isfinite(fit).all(axis=1)], k, rng)
     labels = np.full(f.shape[0], -1, dtype=np.int64)
     for i in range(0, f.shape[0], block):
         _assign(f[i:i + block], centroids, labels[i:i + block])
@@ -128,6 +129,50 @@ def field_block_labels(read: Callable[[int, int], np.ndarray], start: int, stop:
     labels = np.full(stop - start, -1, dtype=np.int64)
     _assign(f, centroids, labels)
     return labels
+
+
+def pixel_keys(seed: int, index: np.ndarray) -> np.ndarray:
+    """Uniform random keys in [0, 1) of the flat pixels ``index``, a hash of (``seed``, index) (SplitMix64).
+
+    The same for a pixel wherever and in whatever block it is computed: a subset drawn as the
+    pixels of smallest key per cluster (:func:`choose_subset`) can be collected block by block.
+    """
+    z = np.array(index, dtype=np.uint64)
+    t = np.empty_like(z)
+    z *= np.uint64(0x9E3779B97F4A7C15)
+    z += np.uint64((int(seed) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) % 2 ** 64)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0)):
+        np.right_shift(z, np.uint64(shift), out=t)
+        np.bitwise_xor(z, t, out=z)
+        if mult:
+            z *= np.uint64(mult)
+    np.right_shift(z, np.uint64(11), out=z)
+    out = z.astype(np.float64)
+    out *= 2.0 ** -53
+    return out
+
+
+def field_block_candidates(read: Callable[[int, int], np.ndarray], start: int, stop: int, scale: np.ndarray,
+                           centroids: np.ndarray, below: np.ndarray,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Second pass of :func:`cluster_subset`: the labels of the pixels ``start..stop``, and the offsets
+    and profiles of those whose key (:func:`pixel_keys`) lies below their cluster's ``below``."""
+    from stokesflow.nn_init.features import normalise_spectra
+
+    stokes = read(start, stop)
+    f, _ = normalise_spectra(stokes, scale)
+    labels = np.full(stop - start, -1, dtype=np.int64)
+    _assign(f, centroids, labels)
+    ok = labels >= 0
+    take = np.zeros(stop - start, dtype=bool)
+    take[ok] = pixel_keys(seed, np.arange(start, stop)[ok]) < below[labels[ok]]
+    offsets = np.flatnonzero(take)
+    return labels, offsets, np.asarray(stokes[offsets], dtype=np.float32)
+
+
+def field_block_rows(read: Callable[[int, int], np.ndarray], start: int, stop: int, offsets: np.ndarray) -> np.ndarray:
+    """The profiles (n, 4, nw) float32 of the pixels ``start + offsets`` (a block task)."""
+    return np.asarray(read(start, stop)[offsets], dtype=np.float32)
 
 
 def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, seed: int = 0,
@@ -179,11 +224,26 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
     InitError
         No valid pixel.
     """
+    centroids, labels, _ = _cluster_passes(read, npix, k, seed=seed, sample=sample, block=block,
+                                           per_cluster=per_cluster, map_blocks=map_blocks, on_block=on_block)
+    return centroids, labels
+
+
+def _cluster_passes(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, seed: int, sample: int, block: int,
+                    per_cluster: int, map_blocks: BlockMap | None, on_block: Callable[[int], None] | None,
+                    keep: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The two passes of :func:`cluster_field`; with ``keep``, the second pass also returns candidates.
+
+    ``keep(sample_labels, centroids, n_valid)`` -> per (raw) centroid, the key threshold below which a
+    member's profile comes back from the second pass (:func:`field_block_candidates`). Returns the centroids,
+    the labels (empty clusters dropped, renumbered) and the candidates: ``index`` (flat, sorted) and
+    ``rows`` (their profiles), empty without ``keep``.
+    """
     rng = np.random.default_rng(seed)
     fit_idx = _sample_index(npix, sample, rng)
     run = map_blocks or serial_blocks
-    starts = list(range(0, npix, block))
-    spans = [(a, min(npix, a + block)) for a in starts]
+    spans = [(a, min(npix, a + block)) for a in range(0, npix, block)]
     tasks = []
     for a, b in spans:
         lo, hi = np.searchsorted(fit_idx, (a, b))
@@ -205,13 +265,104 @@ def cluster_field(read: Callable[[int, int], np.ndarray], npix: int, k: int, *, 
     scale = np.where(scale > 1e-8, scale, 1.0)
     nf = fit_rows[0].shape[1] * fit_rows[0].shape[2]
     fit = np.concatenate(fit_rows).reshape(-1, nf) / np.repeat(scale, nf // 4).astype(np.float32)
-    centroids = _fit_centroids(fit, min(int(k), max(1, int(valid.sum()) // per_cluster)), rng)
+    centroids, fit_labels = _fit_centroids(fit, min(int(k), max(1, int(valid.sum()) // per_cluster)), rng)
     labels = np.full(npix, -1, dtype=np.int64)
-    for (a, b), lab in zip(spans, run(field_block_labels, [(read, a, b, scale, centroids) for a, b in spans])):
-        labels[a:b] = lab
+    cand_idx: list[np.ndarray] = []
+    cand_rows: list[np.ndarray] = []
+    if keep is None:
+        second = run(field_block_labels, [(read, a, b, scale, centroids) for a, b in spans])
+    else:
+        below = keep(fit_labels, centroids, int(valid.sum()))
+        second = run(field_block_candidates, [(read, a, b, scale, centroids, below, seed) for a, b in spans])
+    for (a, b), got in zip(spans, second):
+        if keep is None:
+            labels[a:b] = got
+        else:
+            labels[a:b], offsets, rows = got
+            cand_idx.append(a + offsets)
+            cand_rows.append(rows)
         if on_block is not None:
             on_block(b - a)
-    return _drop_empty(centroids, labels)
+    centroids, labels = _drop_empty(centroids, labels)
+    candidates = {"index": np.concatenate(cand_idx) if cand_idx else np.zeros(0, dtype=np.int64),
+                  "rows": np.concatenate(cand_rows) if cand_rows else np.zeros((0, 4, nf // 4), dtype=np.float32)}
+    return centroids, labels, candidates
+
+
+def cluster_subset(read: Callable[[int, int], np.ndarray], npix: int, k: int, n: int, *, seed: int = 0,
+                   sample: int = 50_000, block: int = 65_536, per_cluster: int = 4, floor: int | None = None,
+                   map_blocks: BlockMap | None = None, on_block: Callable[[int], None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cluster_field` and :func:`choose_subset` with the subset's profiles, in two reads of the field.
+
+    The second pass of the k-means (the assignment) also sends back the profiles of the pixels
+    that may be chosen: those whose key (:func:`pixel_keys`) lies below a threshold per cluster,
+    set from the sample's cluster sizes with a margin (1.5 times the pixels a cluster is expected
+    to give, plus 64; every pixel of a cluster with fewer than 64 sample members). The subset is
+    then ``choose_subset(labels, n, seed=seed, floor=floor)``'s: per cluster the pixels of
+    smallest key, all among the candidates whenever a cluster has enough of them below its
+    threshold; a cluster that has not (a sample far from the field) has its chosen pixels read
+    again by blocks. Arguments as :func:`cluster_field`; ``n``, ``floor`` as :func:`choose_subset`.
+
+    Returns
+    -------
+    centroids, labels
+        As :func:`cluster_field`.
+    index : ndarray (m,) int64
+        The subset, sorted flat indices (``choose_subset``'s).
+    rows : ndarray (m, 4, nw) float32
+        Their Stokes profiles (as ``read`` gives them).
+    """
+    def keep(lab: np.ndarray, centroids: np.ndarray, n_valid: int) -> np.ndarray:
+        in_sample = np.bincount(lab, minlength=centroids.shape[0]).astype(np.float64)
+        size = in_sample / max(1, lab.size) * n_valid
+        want = _want(size, n, floor)
+        return np.where(in_sample < 64, np.inf, (1.5 * want + 64.0) / np.maximum(size, 1.0))
+
+    centroids, labels, cand = _cluster_passes(read, npix, k, seed=seed, sample=sample, block=block,
+                                              per_cluster=per_cluster, map_blocks=map_blocks, on_block=on_block,
+                                              keep=keep)
+    valid = labels >= 0
+    want = _want(np.bincount(labels[valid], minlength=centroids.shape[0]), n, floor)
+    c_index = cand["index"]
+    c_label = labels[c_index]
+    c_keys = pixel_keys(seed, c_index)
+    parts = []
+    for c in range(centroids.shape[0]):
+        sel = np.flatnonzero(c_label == c)
+        if sel.size >= want[c]:  # the want[c] smallest keys of the cluster are all among its candidates
+            parts.append(c_index[sel[_smallest(c_keys[sel], int(want[c]))]])
+        else:  # the sample misjudged this cluster's size: draw from all its members
+            members = np.flatnonzero(labels == c)
+            parts.append(members[_smallest(pixel_keys(seed, members), int(want[c]))])
+    index = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(c_index, index), max(0, c_index.size - 1))
+    have = (c_index[pos] == index) if c_index.size else np.zeros(index.size, dtype=bool)
+    rows = np.empty((index.size, 4, cand["rows"].shape[-1]), dtype=np.float32)
+    rows[have] = cand["rows"][pos[have]]
+    if not have.all():  # read the chosen pixels that were not candidates again
+        missing = index[~have]
+        fill = np.flatnonzero(~have)
+        tasks, where = [], []
+        for a in range(0, npix, block):
+            b = min(npix, a + block)
+            sel = np.flatnonzero((missing >= a) & (missing < b))
+            if sel.size:
+                tasks.append((read, a, b, missing[sel] - a))
+                where.append(fill[sel])
+        for at, got in zip(where, (map_blocks or serial_blocks)(field_block_rows, tasks)):
+            rows[at] = got
+    return centroids, labels, index, rows
+
+
+def _want(sizes: np.ndarray, n: int, floor: int | None) -> np.ndarray:
+    """Pixels each cluster of ``sizes`` gives to a subset of ``n`` (:func:`choose_subset`'s rule)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    k = int(np.count_nonzero(sizes))
+    total = float(sizes.sum())
+    n = int(min(max(n, 1), total))
+    fl = max(1, n // (4 * max(k, 1))) if floor is None else int(floor)
+    return np.minimum(sizes, np.maximum(fl, np.round(n * sizes / max(total, 1.0)))).astype(np.int64)
 
 
 def choose_subset(labels: np.ndarray, n: int, *, seed: int = 0, floor: int | None = None) -> np.ndarray:
@@ -219,23 +370,28 @@ def choose_subset(labels: np.ndarray, n: int, *, seed: int = 0, floor: int | Non
 
     Each cluster gives ``max(floor, n * size / total)`` pixels (all of them if
     it has fewer); ``floor`` defaults to ``n / (4 k)``. Pixels labelled -1 are
-    never chosen.
+    never chosen. The draw: per cluster, the pixels of smallest key
+    (:func:`pixel_keys` of ``seed``), a uniform random choice that
+    :func:`cluster_subset` can also make block by block.
     """
-    lab = np.asarray(labels)
+    lab = np.asarray(labels).reshape(-1)
     valid = lab >= 0
-    k = int(lab[valid].max()) + 1 if valid.any() else 0
-    if k == 0:
+    if not valid.any():
         raise InitError("no valid pixel to choose a subset from")
-    total = int(valid.sum())
-    n = int(min(max(n, 1), total))
-    fl = max(1, n // (4 * k)) if floor is None else int(floor)
-    rng = np.random.default_rng(seed)
+    k = int(lab[valid].max()) + 1
+    want = _want(np.bincount(lab[valid], minlength=k), n, floor)
     chosen = []
     for c in range(k):
         members = np.flatnonzero(lab == c)
-        want = min(members.size, max(fl, int(round(n * members.size / total))))
-        chosen.append(rng.choice(members, want, replace=False))
+        chosen.append(members[_smallest(pixel_keys(seed, members), int(want[c]))])
     return np.sort(np.concatenate(chosen))
+
+
+def _smallest(keys: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the ``m`` smallest of ``keys`` (all when ``m`` >= their number; O(n), not a sort)."""
+    if m >= keys.size:
+        return np.arange(keys.size)
+    return np.argpartition(keys, m - 1)[:m] if m > 0 else np.zeros(0, dtype=np.int64)
 
 
 def medoids(features: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:

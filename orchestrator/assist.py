@@ -5,7 +5,7 @@ finished phases and, inside a phase, the finished chunks or epochs):
 
 1. ``subset``: k-means (scipy's ``kmeans2``) of the normalised spectra of the
    whole field into ``clusters`` groups (the field read by blocks of rows, each
-   block a task on the executor: :func:`stokesflow.nn_init.kmeans.cluster_field`;
+   block a task on the executor, twice: :func:`stokesflow.nn_init.kmeans.cluster_subset`;
    the driver fits the centroids on a sample), then a subset of ``subset`` x npix
    pixels drawn from every cluster (in proportion, with a floor per cluster),
    written as a 1 x n observation ``DIR/subset_obs.h5`` (with the flat indices
@@ -404,15 +404,10 @@ def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]
     return run
 
 
-def _rows_of_block(read: Callable[[int, int], np.ndarray], start: int, stop: int, offsets: np.ndarray) -> np.ndarray:
-    """The profiles (n, 4, nw) float32 of the pixels ``start + offsets`` (a task of :func:`_gather`)."""
-    return np.asarray(read(start, stop)[offsets], dtype=np.float32)
-
-
 def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
     """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
     (each a task of ``run``, a BlockMap; default in this process); blocks holding none of them are not read."""
-    from stokesflow.nn_init.kmeans import serial_blocks
+    from stokesflow.nn_init.kmeans import field_block_rows, serial_blocks
 
     out = np.full((index.size, 4, obs.nw), np.nan, dtype=np.float32)
     block = _block_pixels(obs)
@@ -425,7 +420,7 @@ def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[in
             sels.append(sel)
         elif on_block is not None:
             on_block(stop - start)
-    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or serial_blocks)(_rows_of_block, tasks)):
+    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or serial_blocks)(field_block_rows, tasks)):
         out[sel] = rows
         if on_block is not None:
             on_block(stop - start)
@@ -470,10 +465,12 @@ def _patch_subset(labels: np.ndarray, valid: np.ndarray, ny: int, nx: int, n: in
 def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) -> dict[str, Any]:
     """Choose the subset of ``obs`` and write it as a 1 x n observation ``out``; return its description.
 
-    The field is read three times by blocks of rows, each block a task on ``executor`` (default: in
-    this process): the k-means's two passes (:func:`stokesflow.nn_init.kmeans.cluster_field`) and the
-    subset's profiles; the driver fits the centroids on the sample, chooses the subset and writes it.
-    Progress as ``s.progress`` says (``"subset progress: ..."`` log lines or a bar).
+    The field is read by blocks of rows, each block a task on ``executor`` (default: in this
+    process): twice for a subset drawn from the clusters (the k-means's two passes, the second also
+    bringing back the candidates' profiles: :func:`stokesflow.nn_init.kmeans.cluster_subset`), three
+    times for the U-Net's patches and the corner box (the k-means, then the subset's profiles). The
+    driver fits the centroids on the sample, chooses the subset and writes it. Progress as
+    ``s.progress`` says (``"subset progress: ..."`` log lines or a bar).
 
     For ``model="unet"`` (an image network) the subset is patches (:func:`_patch_subset`) stacked
     into one (npatch (P + 1) - 1) x P observation with a row of NaN pixels between patches (skipped
@@ -481,7 +478,7 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
     """
     import h5py
 
-    from stokesflow.nn_init.kmeans import cluster_field
+    from stokesflow.nn_init.kmeans import cluster_field, cluster_subset
     from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.io import write_observation
     from stokesflow.orchestrator.progress import Progress
@@ -489,13 +486,19 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
     n = subset_pixels(obs.npix, s.subset, s.subset_min, s.subset_max)
     run = _executor_map(executor) if executor is not None else None
     block = _block_pixels(obs)
-    passes = 3
+    two_reads = s.subset_method == "clusters" and s.model != "unet"
+    passes = 2 if two_reads else 3
     progress = Progress(passes * obs.npix, n_chunks=passes * -(-obs.npix // block), mode=s.progress, desc="subset")
     with progress:
-        _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=block, map_blocks=run,
-                                  on_block=progress.update)
-        index, shape2d = _subset_index(obs, labels, n, s)
-        picked = _gather(obs, index, run, on_block=progress.update)
+        if two_reads:
+            _, labels, index, picked = cluster_subset(obs.read_pixels, obs.npix, s.clusters, n, seed=s.seed,
+                                                      block=block, map_blocks=run, on_block=progress.update)
+            shape2d = None
+        else:
+            _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=block,
+                                      map_blocks=run, on_block=progress.update)
+            index, shape2d = _subset_index(obs, labels, n, s)
+            picked = _gather(obs, index, run, on_block=progress.update)
     meta = obs.meta
     truth = obs.read_truth()
     filters = meta.get("filters")
@@ -522,10 +525,8 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
 
 
 def _subset_index(obs: Any, labels: np.ndarray, n: int, s: AssistSettings) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Flat indices of the subset's pixels (-1: a separator pixel) and, for an image network, the subset's
-    2-D shape (None: a 1 x n row)."""
-    from stokesflow.nn_init.kmeans import choose_subset
-
+    """Flat indices of the subset's pixels for the U-Net's patches (-1: a separator pixel) or a corner
+    box, and, for an image network, the subset's 2-D shape (None: a 1 x n row)."""
     valid = labels >= 0
     shape2d: tuple[int, int] | None = None
     if s.model == "unet" and s.subset_method == "clusters":
@@ -534,8 +535,6 @@ def _subset_index(obs: Any, labels: np.ndarray, n: int, s: AssistSettings) -> tu
         sep = np.full((patches.shape[0], 1, p), -1, dtype=np.int64)
         index = np.concatenate([patches, sep], axis=1).reshape(-1, p)[:-1].reshape(-1)
         shape2d = (index.size // p, p)
-    elif s.subset_method == "clusters":
-        index = choose_subset(labels, n, seed=s.seed)
     else:  # a corner box of about n pixels (the bottom-left corner of the map)
         side_y = min(obs.ny, int(np.ceil(np.sqrt(n * obs.ny / obs.nx))))
         side_x = min(obs.nx, int(np.ceil(n / side_y)))

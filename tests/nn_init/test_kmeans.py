@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from stokesflow.nn_init.features import normalise_spectra
-from stokesflow.nn_init.kmeans import best_match, choose_subset, cluster_field, cluster_spectra, medoids
+from stokesflow.nn_init.kmeans import (best_match, choose_subset, cluster_field, cluster_spectra, cluster_subset,
+                                      field_block_candidates, medoids, pixel_keys)
 from stokesflow.nn_init.providers import InitError, get_provider
 
 
@@ -98,6 +99,73 @@ def test_cluster_field_blocks_run_anywhere_give_the_same_clusters():
     assert sum(counted) == 2 * stokes.shape[0]
     np.testing.assert_array_equal(labels, ref_l)
     np.testing.assert_array_equal(centroids, ref_c)
+
+
+def test_pixel_keys_are_uniform_and_the_same_in_any_block():
+    keys = pixel_keys(3, np.arange(200_000))
+    assert keys.min() >= 0.0 and keys.max() < 1.0
+    hist, _ = np.histogram(keys, bins=20, range=(0.0, 1.0))
+    assert np.all(np.abs(hist / 10_000 - 1.0) < 0.05)  # 10,000 expected per bin, sd 1 %
+    assert abs(np.corrcoef(keys[:-1], keys[1:])[0, 1]) < 0.01  # neighbours independent
+    np.testing.assert_array_equal(pixel_keys(3, np.arange(1234, 5678)), keys[1234:5678])
+    assert np.mean(pixel_keys(4, np.arange(1000)) == keys[:1000]) == 0.0
+
+
+def test_choose_subset_draws_uniformly_within_each_cluster():
+    labels = np.repeat(np.arange(3), (600, 200, 50))
+    counts = np.zeros(labels.size)
+    for seed in range(400):
+        sub = choose_subset(labels, 85, seed=seed)
+        np.testing.assert_array_equal(np.bincount(labels[sub], minlength=3), [60, 20, 7])  # 10 %, floor 7
+        counts[sub] += 1
+    # each member of a cluster chosen with the same probability (binomial sd 5-6 % of 40 draws)
+    for c, p in ((0, 0.1), (1, 0.1), (2, 7 / 50)):
+        freq = counts[labels == c] / 400
+        assert abs(freq.mean() - p) < 1e-12 and freq.std() < 2.0 * np.sqrt(p * (1 - p) / 400)
+
+
+@pytest.mark.parametrize("block", [97, 2000])
+def test_cluster_subset_reads_twice_and_equals_cluster_field_then_choose_subset(block):
+    stokes, _ = _planted_spectra(np.random.default_rng(8))
+    stokes[[20, 700]] = np.nan
+    reads = []
+
+    def read(start, stop):
+        reads.append(stop - start)
+        return stokes[start:stop]
+
+    centroids, labels, index, rows = cluster_subset(read, stokes.shape[0], 4, 150, seed=3, sample=600, block=block)
+    assert sum(reads) == 2 * stokes.shape[0]
+    ref_c, ref_l = cluster_field(lambda a, b: stokes[a:b], stokes.shape[0], 4, seed=3, sample=600, block=block)
+    np.testing.assert_array_equal(labels, ref_l)
+    np.testing.assert_array_equal(centroids, ref_c)
+    np.testing.assert_array_equal(index, choose_subset(ref_l, 150, seed=3))
+    np.testing.assert_array_equal(rows, stokes[index].astype(np.float32))
+    assert 20 not in index and 700 not in index
+
+
+def test_cluster_subset_reads_again_what_the_candidates_missed():
+    """Key thresholds a quarter of those the sample asks for (as if it had misjudged the clusters'
+    sizes): the clusters short of candidates are drawn from all their members and the missing
+    profiles read again; the subset and its rows stay exact."""
+    stokes, _ = _planted_spectra(np.random.default_rng(9))
+    reads = []
+
+    def read(start, stop):
+        reads.append(stop - start)
+        return stokes[start:stop]
+
+    def thinning(fn, tasks):
+        for args in tasks:
+            if fn is field_block_candidates:
+                read_, a, b, scale, centroids, below, seed = args
+                args = (read_, a, b, scale, centroids, below / 4, seed)
+            yield fn(*args)
+
+    _, labels, index, rows = cluster_subset(read, stokes.shape[0], 4, 200, seed=1, block=300, map_blocks=thinning)
+    assert 2 * stokes.shape[0] < sum(reads) <= 3 * stokes.shape[0]  # a third read, of the blocks concerned
+    np.testing.assert_array_equal(index, choose_subset(labels, 200, seed=1))
+    np.testing.assert_array_equal(rows, stokes[index].astype(np.float32))
 
 
 def test_cluster_field_lowers_k_on_few_pixels_and_refuses_an_all_nan_field():
