@@ -32,7 +32,8 @@ import numpy as np
 from stokesflow.nn_init.providers import InitError, InitProvider
 
 __all__ = ["BlockMap", "serial_blocks", "pixel_keys", "cluster_spectra", "cluster_field", "cluster_subset",
-           "field_block_stats", "field_block_labels", "field_block_candidates", "field_block_rows", "choose_subset",
+           "field_block_stats", "field_block_labels", "field_block_candidates", "field_block_rows", "gather_rows",
+           "choose_subset",
            "medoids", "best_match", "KMeansInit"]
 
 
@@ -341,18 +342,32 @@ def cluster_subset(read: Callable[[int, int], np.ndarray], npix: int, k: int, n:
     rows = np.empty((index.size, 4, cand["rows"].shape[-1]), dtype=np.float32)
     rows[have] = cand["rows"][pos[have]]
     if not have.all():  # read the chosen pixels that were not candidates again
-        missing = index[~have]
-        fill = np.flatnonzero(~have)
-        tasks, where = [], []
-        for a in range(0, npix, block):
-            b = min(npix, a + block)
-            sel = np.flatnonzero((missing >= a) & (missing < b))
-            if sel.size:
-                tasks.append((read, a, b, missing[sel] - a))
-                where.append(fill[sel])
-        for at, got in zip(where, (map_blocks or serial_blocks)(field_block_rows, tasks)):
-            rows[at] = got
+        rows[~have] = gather_rows(read, npix, index[~have], rows.shape[-1], block=block, map_blocks=map_blocks)
     return centroids, labels, index, rows
+
+
+def gather_rows(read: Callable[[int, int], np.ndarray], npix: int, index: np.ndarray, nw: int, *,
+                block: int = 65_536, map_blocks: BlockMap | None = None,
+                on_block: Callable[[int], None] | None = None) -> np.ndarray:
+    """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
+    of ``block`` pixels, each a task of ``map_blocks`` (:func:`field_block_rows`); blocks holding none of
+    them are not read (``on_block`` still counts them)."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.full((index.size, 4, int(nw)), np.nan, dtype=np.float32)
+    tasks, where = [], []
+    for a in range(0, npix, block):
+        b = min(npix, a + block)
+        sel = np.flatnonzero((index >= a) & (index < b))
+        if sel.size:
+            tasks.append((read, a, b, index[sel] - a))
+            where.append(sel)
+        elif on_block is not None:
+            on_block(b - a)
+    for (_, a, b, _), sel, got in zip(tasks, where, (map_blocks or serial_blocks)(field_block_rows, tasks)):
+        out[sel] = got
+        if on_block is not None:
+            on_block(b - a)
+    return out
 
 
 def _want(sizes: np.ndarray, n: int, floor: int | None) -> np.ndarray:

@@ -407,24 +407,10 @@ def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]
 def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
     """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
     (each a task of ``run``, a BlockMap; default in this process); blocks holding none of them are not read."""
-    from stokesflow.nn_init.kmeans import field_block_rows, serial_blocks
+    from stokesflow.nn_init.kmeans import gather_rows
 
-    out = np.full((index.size, 4, obs.nw), np.nan, dtype=np.float32)
-    block = _block_pixels(obs)
-    tasks, sels = [], []
-    for start in range(0, obs.npix, block):
-        stop = min(obs.npix, start + block)
-        sel = np.flatnonzero((index >= start) & (index < stop))
-        if sel.size:
-            tasks.append((obs.read_pixels, start, stop, index[sel] - start))
-            sels.append(sel)
-        elif on_block is not None:
-            on_block(stop - start)
-    for (_, start, stop, _), sel, rows in zip(tasks, sels, (run or serial_blocks)(field_block_rows, tasks)):
-        out[sel] = rows
-        if on_block is not None:
-            on_block(stop - start)
-    return out
+    return gather_rows(obs.read_pixels, obs.npix, index, obs.nw, block=_block_pixels(obs), map_blocks=run,
+                       on_block=on_block)
 
 
 #: Side of the patches of a unet's training subset [pixels].

@@ -107,3 +107,29 @@ def test_subset_phase_runs_its_blocks_as_tasks_on_the_executor(tmp_path, caplog,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("subset progress: ")]
     assert lines and lines[-1].startswith(f"subset progress: {2 * obs.npix}/{2 * obs.npix} pixels (100.0%), "
                                           "chunks 10/10")
+
+
+def test_box_subset_reads_its_corner_after_the_clustering(tmp_path):
+    """--subset-method box: the k-means's two passes, then only the blocks holding the corner box."""
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 24, 20, seed=5, nan_pixels=(3,)))
+    s = AssistSettings(subset=0.2, subset_min=64, subset_max=10_000, clusters=5, subset_method="box",
+                       cluster={"kind": "serial"})
+    reads = []
+    real = type(obs).read_pixels
+
+    def counting(self, start, stop):
+        reads.append((start, stop))
+        return real(self, start, stop)
+
+    type(obs).read_pixels = counting
+    try:
+        info = make_subset(obs, tmp_path / "box.h5", s)
+    finally:
+        type(obs).read_pixels = real
+    with h5py.File(tmp_path / "box.h5") as h5:
+        index, stokes = h5["assist/index"][()], h5["stokes"][()]
+    # 96 pixels (20 %) as 11 rows of 9 (the field's aspect), less the NaN pixel
+    assert info["method"] == "box" and index.size == 11 * 9 - 1 and 3 not in index
+    assert index.max() < 11 * obs.nx and np.all(index % obs.nx < 9)
+    np.testing.assert_array_equal(stokes.reshape(index.size, 4, obs.nw), obs.read_pixels(0, obs.npix)[index])
+    assert sum(b - a for a, b in reads) == 3 * obs.npix  # one block here: two passes and the corner's block
