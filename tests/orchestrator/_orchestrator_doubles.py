@@ -1,4 +1,4 @@
-"""Test doubles of backends for fault injection in orchestrator tests.
+"""Test doubles of backends (and of an observation handle) for fault injection in orchestrator tests.
 
 Each double wraps the real ME backend and behaves exactly like it, except for
 one injected fault. They are test doubles, not backends: never registered
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import dataclass, fields
 import time
 import types
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 from stokesflow.backends.base import STATUS_OK, STATUS_POOR_FIT, Backend, ChunkResult
 from stokesflow.backends.me.backend import MEBackend
 from stokesflow.nn_init.providers import InitProvider
+from stokesflow.orchestrator.io.observation import Observation
 
 __all__ = [
+    "ExitOnceObservation",
     "WrappingDouble",
     "NoiseDouble",
     "EchoInitDouble",
@@ -241,3 +244,28 @@ class PositionInit(InitProvider):
         table = np.load(self.options["table"])
         assert stokes.shape[0] == stop - start, "the provider must see every pixel of the range"
         return table[start:stop]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ExitOnceObservation(Observation):
+    """An observation handle whose first read outside the driver ends its worker process.
+
+    ``os._exit(1)`` in the first read by a process other than ``driver_pid``; the marker file
+    ``marker`` (holding that process's pid) is written just before, so the retry (on a restarted
+    worker) reads normally. Build it from an open observation with :meth:`of`.
+    """
+
+    marker: str = ""
+    driver_pid: int = 0
+
+    @classmethod
+    def of(cls, obs: Observation, marker: str | os.PathLike[str]) -> "ExitOnceObservation":
+        return cls(**{f.name: getattr(obs, f.name) for f in fields(obs)}, marker=str(marker),
+                   driver_pid=os.getpid())
+
+    def read_pixels(self, start: int, stop: int) -> np.ndarray:
+        marker = Path(self.marker)
+        if os.getpid() != self.driver_pid and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return super().read_pixels(start, stop)

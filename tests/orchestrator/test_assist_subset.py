@@ -1,6 +1,9 @@
-"""The training subset's size rule of ``stokesflow assist``: a share of the field clamped to pixel bounds."""
+"""The training subset of ``stokesflow assist``: its size rule, its reads by blocks (tasks on the executor, two
+passes of the field), a worker dying in a block task, the corner box."""
 
 from __future__ import annotations
+
+import os
 
 import h5py
 import numpy as np
@@ -133,3 +136,23 @@ def test_box_subset_reads_its_corner_after_the_clustering(tmp_path):
     assert index.max() < 11 * obs.nx and np.all(index % obs.nx < 9)
     np.testing.assert_array_equal(stokes.reshape(index.size, 4, obs.nw), obs.read_pixels(0, obs.npix)[index])
     assert sum(b - a for a, b in reads) == 3 * obs.npix  # one block here: two passes and the corner's block
+
+
+def test_subset_phase_survives_a_worker_dying_in_a_block_task(tmp_path):
+    """A worker process that ends in the middle of a block task (os._exit) is restarted by its Nanny
+    and the block runs again: the phase finishes with the subset of an undisturbed run."""
+    from _orchestrator_doubles import ExitOnceObservation
+
+    from stokesflow.clusters import ClusterSpec, open_executor
+
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 24, 20, seed=5, nan_pixels=(9,)))
+    s = AssistSettings(subset=0.2, subset_min=64, subset_max=10_000, clusters=5, cluster={"kind": "serial"})
+    here = make_subset(obs, tmp_path / "here.h5", s)
+    marker = tmp_path / "exited"
+    with open_executor(ClusterSpec(kind="local", workers=2, dashboard=False)) as ex:
+        there = make_subset(ExitOnceObservation.of(obs, marker), tmp_path / "there.h5", s, executor=ex)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    assert there == here
+    with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "there.h5") as b:
+        for name in ("assist/index", "assist/labels", "stokes"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
