@@ -51,7 +51,8 @@ def _fit_centroids(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.
 
     if x.shape[0] < k:
         raise InitError(f"k-means with k={k} needs at least {k} valid pixels, got {x.shape[0]}")
-    return kmeans2(np.asarray(x, dtype=np.float64), int(k), minit="++", seed=rng, iter=20)
+    # the rows are finite (checked by the callers): scipy's per-iteration finiteness check skipped
+    return kmeans2(np.asarray(x, dtype=np.float64), int(k), minit="++", seed=rng, iter=20, check_finite=False)
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> None:
