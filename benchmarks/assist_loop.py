@@ -101,11 +101,9 @@ CONVERGED = {"chi2_tol": 1e-6, "max_iter": 200}
 
 def _converged_baseline(base: Path, out: Path) -> None:
     """Rerun the baseline ``base`` from the configuration it records, with :data:`CONVERGED`, into ``out``."""
-    from stokesflow.orchestrator.config import tomllib
-
     import h5py
 
-    from stokesflow.orchestrator.config import load_config
+    from stokesflow.orchestrator.config import load_config, tomllib
     from stokesflow.orchestrator.run import run_inversion
 
     with h5py.File(base, "r") as h:
