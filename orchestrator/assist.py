@@ -394,6 +394,18 @@ def _block_pixels(obs: Any) -> int:
     return max(1, SUBSET_BLOCK_BYTES // max(1, obs.nx * 4 * obs.nw * 4)) * obs.nx
 
 
+#: Most pixels the k-means centroids are fitted on, and the bytes their float32 features may take:
+#: the driver holds the sample (and scipy's float64 copy of it, 3x these bytes in all), so a
+#: spectrum of thousands of points (DKIST) gets fewer sample pixels, never fewer than
+#: :data:`SUBSET_SAMPLE_MIN`. HMI's 6 and Hinode/SP's 112 points keep the 50,000.
+SUBSET_SAMPLE_PIXELS, SUBSET_SAMPLE_BYTES, SUBSET_SAMPLE_MIN = 50_000, 1 << 28, 4096
+
+
+def _sample_pixels(obs: Any) -> int:
+    """Pixels of the k-means sample for ``obs``: :data:`SUBSET_SAMPLE_PIXELS` within :data:`SUBSET_SAMPLE_BYTES`."""
+    return int(np.clip(SUBSET_SAMPLE_BYTES // (4 * obs.nw * 4), SUBSET_SAMPLE_MIN, SUBSET_SAMPLE_PIXELS))
+
+
 def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterator[Any]]:
     """A :data:`stokesflow.nn_init.kmeans.BlockMap` over the open executor ``ex``: every block a task
     (all submitted at once), the results in the order of the tasks."""
@@ -478,11 +490,12 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
     with progress:
         if two_reads:
             _, labels, index, picked = cluster_subset(obs.read_pixels, obs.npix, s.clusters, n, seed=s.seed,
-                                                      block=block, map_blocks=run, on_block=progress.update)
+                                                      sample=_sample_pixels(obs), block=block, map_blocks=run,
+                                                      on_block=progress.update)
             shape2d = None
         else:
-            _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, block=block,
-                                      map_blocks=run, on_block=progress.update)
+            _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, sample=_sample_pixels(obs),
+                                      block=block, map_blocks=run, on_block=progress.update)
             index, shape2d = _subset_index(obs, labels, n, s)
             picked = _gather(obs, index, run, on_block=progress.update)
     meta = obs.meta

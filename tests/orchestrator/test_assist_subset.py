@@ -156,3 +156,27 @@ def test_subset_phase_survives_a_worker_dying_in_a_block_task(tmp_path):
     with h5py.File(tmp_path / "here.h5") as a, h5py.File(tmp_path / "there.h5") as b:
         for name in ("assist/index", "assist/labels", "stokes"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_kmeans_sample_shrinks_for_long_spectra(tmp_path, monkeypatch):
+    """The centroids are fitted on at most SUBSET_SAMPLE_BYTES of float32 features: a spectrum of
+    thousands of points gets fewer sample pixels (here the bound scaled down to a 6-point field)."""
+    import stokesflow.nn_init.kmeans as kmeans
+    import stokesflow.orchestrator.assist as assist
+
+    obs = open_observation(write_hmi_observation(tmp_path / "obs.h5", 24, 20, seed=5))
+    fitted = []
+    real_fit = kmeans._fit_centroids
+
+    def recording(x, k, rng):
+        fitted.append(x.shape)
+        return real_fit(x, k, rng)
+
+    monkeypatch.setattr(kmeans, "_fit_centroids", recording)
+    s = AssistSettings(subset=0.2, subset_min=64, subset_max=10_000, clusters=5, cluster={"kind": "serial"})
+    make_subset(obs, tmp_path / "all.h5", s)
+    monkeypatch.setattr(assist, "SUBSET_SAMPLE_MIN", 50)
+    monkeypatch.setattr(assist, "SUBSET_SAMPLE_BYTES", 200 * 4 * obs.nw * 4)
+    info = make_subset(obs, tmp_path / "few.h5", s)
+    assert fitted == [(obs.npix, 4 * obs.nw), (200, 4 * obs.nw)]  # the whole 480-pixel field, then 200
+    assert info["clusters"] == 5 and info["pixels"] >= 96
