@@ -562,22 +562,27 @@ def _quiet_unraisable(default: Callable[[Any], None]) -> Callable[[Any], None]:
     return hook
 
 
-class _SyncCancelRace(logging.Filter):
-    """Drops one known upstream error that a Ctrl-C can trigger inside Dask's client.
+class _DaskCloseRaces(logging.Filter):
+    """Drops two known upstream errors of Dask's client while a run stops; any other record passes.
 
-    ``distributed.utils.sync`` (checked in distributed 2026.8.0) declares its
-    ``future`` without assigning it until the coroutine it runs has started;
-    a Ctrl-C that arrives before then schedules ``cancel()``, which raises
-    ``NameError: cannot access free variable 'future'`` on the event loop,
-    and tornado logs it with a traceback ("Exception in callback
-    ... sync.<locals>.cancel"). Nothing was started, so nothing is lost; the
-    interruption itself is handled and reported in one line. Only that record
-    is dropped: any other error of the ``tornado.application`` logger passes.
+    - On ``tornado.application``: ``distributed.utils.sync`` (checked in distributed 2026.8.0)
+      declares its ``future`` without assigning it until the coroutine it runs has started; a
+      Ctrl-C that arrives before then schedules ``cancel()``, which raises ``NameError: cannot
+      access free variable 'future'`` on the event loop, and tornado logs it with a traceback
+      ("Exception in callback ... sync.<locals>.cancel"). Nothing was started, so nothing is lost.
+    - On ``asyncio``: "Task exception was never retrieved" for ``distributed.client.AllExit``, the
+      sentinel with which the client ends the waiting task of a gather it gives up (its workers
+      all lost, the client closing). The run's own error says what happened, in one line; the
+      orphaned task's traceback only repeated it (a CI run printed it between the progress lines
+      and the error line when every SLURM worker job had been cancelled).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, NameError) and "sync.<locals>.cancel" in record.getMessage())
+        if isinstance(exc, NameError) and "sync.<locals>.cancel" in record.getMessage():
+            return False
+        return not (type(exc).__name__ == "AllExit" and type(exc).__module__ == "distributed.client"
+                    and "never retrieved" in record.getMessage())
 
 
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -640,9 +645,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     request_stop(None)
     old_handlers: dict[int, Any] = {}
     old_hook = sys.unraisablehook
-    race = _SyncCancelRace()
-    tornado_log = logging.getLogger("tornado.application")
-    tornado_log.addFilter(race)
+    race = _DaskCloseRaces()
+    race_logs = [logging.getLogger(name) for name in ("tornado.application", "asyncio")]
+    for race_log in race_logs:
+        race_log.addFilter(race)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             old_handlers[signum] = signal.signal(signum, _on_signal)
@@ -665,7 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for signum, old in old_handlers.items():
             signal.signal(signum, old)
         sys.unraisablehook = old_hook
-        tornado_log.removeFilter(race)
+        for race_log in race_logs:
+            race_log.removeFilter(race)
         request_stop(None)
         logger.removeHandler(handler)
         logger.setLevel(old_level)

@@ -228,4 +228,51 @@ def test_ctrl_c_race_inside_dask_sync_is_not_logged(monkeypatch):
     finally:
         log.removeHandler(keep)
     assert [r.getMessage().count("print") for r in seen] == [1], [r.getMessage() for r in seen]
-    assert not any(isinstance(f, cli._SyncCancelRace) for f in log.filters)
+    assert not any(isinstance(f, cli._DaskCloseRaces) for f in log.filters)
+
+
+def test_orphaned_gather_task_of_a_closing_client_is_not_printed(monkeypatch):
+    """asyncio's "Task exception was never retrieved" for Dask's ``AllExit`` (the sentinel that ends a
+    gather the client gives up, e.g. when every SLURM worker job is gone) is dropped while a command
+    runs; the same message for another exception, and records after ``main`` returns, are kept."""
+    import argparse
+    import logging
+
+    from distributed.client import AllExit
+
+    from stokesflow.orchestrator import cli
+
+    def exc_info(exc):
+        try:
+            raise exc
+        except BaseException:
+            return sys.exc_info()
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = logging.getLogger("asyncio")
+    keep = Keep()
+    log.addHandler(keep)
+
+    def func(args):
+        log.error("Task exception was never retrieved\nfuture: <Task finished coro=<wait()>>", exc_info=exc_info(AllExit()))
+        log.error("Task exception was never retrieved\nfuture: <Task finished coro=<other()>>",
+                  exc_info=exc_info(RuntimeError("a real error")))
+        return EXIT_OK
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.set_defaults(func=func)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    try:
+        assert cli.main([]) == EXIT_OK
+        log.error("Task exception was never retrieved\nafter the run", exc_info=exc_info(AllExit()))
+    finally:
+        log.removeHandler(keep)
+    assert [r.getMessage().split("\n")[-1] for r in seen] == ["future: <Task finished coro=<other()>>", "after the run"]
+    assert not any(isinstance(f, cli._DaskCloseRaces) for f in log.filters)
