@@ -174,6 +174,50 @@ def test_backends_command(capsys):
     assert "constant" in out and "unet" in out
 
 
+def _records_of_a_command(monkeypatch, logger: str, during, after=None) -> list:
+    """The records of ``logger`` that pass while ``stokesflow`` runs a command whose body is ``during()``
+    (then ``after()`` once ``main`` returned); checks that the command line's filters are gone afterwards."""
+    import argparse
+    import logging
+
+    from stokesflow.orchestrator import cli
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = logging.getLogger(logger)
+    keep = Keep()
+    log.addHandler(keep)
+
+    def func(args):
+        during()
+        return EXIT_OK
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.set_defaults(func=func)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    try:
+        assert cli.main([]) == EXIT_OK
+        if after is not None:
+            after()
+    finally:
+        log.removeHandler(keep)
+    assert not any(isinstance(f, cli._DaskCloseRaces) for f in log.filters)
+    return seen
+
+
+def _exc_info(exc: BaseException):
+    try:
+        raise exc
+    except BaseException:
+        return sys.exc_info()
+
+
 def test_ctrl_c_race_inside_dask_sync_is_not_logged(monkeypatch):
     """The NameError of distributed's ``sync().cancel`` after an early Ctrl-C is dropped, nothing else.
 
@@ -184,11 +228,8 @@ def test_ctrl_c_race_inside_dask_sync_is_not_logged(monkeypatch):
     record while a command runs: the same error from another callback is
     kept, and the filter is gone after ``main`` returns.
     """
-    import argparse
     import functools
     import logging
-
-    from stokesflow.orchestrator import cli
 
     def sync():  # the shape of distributed.utils.sync: a free variable assigned later
         future: object
@@ -203,76 +244,31 @@ def test_ctrl_c_race_inside_dask_sync_is_not_logged(monkeypatch):
         cancel()
     except NameError:
         exc_info = sys.exc_info()
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
     log = logging.getLogger("tornado.application")
-    keep = Keep()
-    log.addHandler(keep)
 
-    def func(args):
+    def during():
         log.error("Exception in callback %r", functools.partial(cancel), exc_info=exc_info)
         log.error("Exception in callback %r", functools.partial(print), exc_info=exc_info)
-        return EXIT_OK
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-q", "--quiet", action="store_true")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.set_defaults(func=func)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    try:
-        assert cli.main([]) == EXIT_OK
-    finally:
-        log.removeHandler(keep)
+    seen = _records_of_a_command(monkeypatch, "tornado.application", during)
     assert [r.getMessage().count("print") for r in seen] == [1], [r.getMessage() for r in seen]
-    assert not any(isinstance(f, cli._DaskCloseRaces) for f in log.filters)
 
 
 def test_orphaned_gather_task_of_a_closing_client_is_not_printed(monkeypatch):
     """asyncio's "Task exception was never retrieved" for Dask's ``AllExit`` (the sentinel that ends a
     gather the client gives up, e.g. when every SLURM worker job is gone) is dropped while a command
     runs; the same message for another exception, and records after ``main`` returns, are kept."""
-    import argparse
     import logging
 
     from distributed.client import AllExit
 
-    from stokesflow.orchestrator import cli
-
-    def exc_info(exc):
-        try:
-            raise exc
-        except BaseException:
-            return sys.exc_info()
-
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
     log = logging.getLogger("asyncio")
-    keep = Keep()
-    log.addHandler(keep)
+    head = "Task exception was never retrieved\n"
 
-    def func(args):
-        log.error("Task exception was never retrieved\nfuture: <Task finished coro=<wait()>>", exc_info=exc_info(AllExit()))
-        log.error("Task exception was never retrieved\nfuture: <Task finished coro=<other()>>",
-                  exc_info=exc_info(RuntimeError("a real error")))
-        return EXIT_OK
+    def during():
+        log.error(head + "future: <Task finished coro=<wait()>>", exc_info=_exc_info(AllExit()))
+        log.error(head + "future: <Task finished coro=<other()>>", exc_info=_exc_info(RuntimeError("a real error")))
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-q", "--quiet", action="store_true")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.set_defaults(func=func)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    try:
-        assert cli.main([]) == EXIT_OK
-        log.error("Task exception was never retrieved\nafter the run", exc_info=exc_info(AllExit()))
-    finally:
-        log.removeHandler(keep)
+    seen = _records_of_a_command(monkeypatch, "asyncio", during,
+                                 after=lambda: log.error(head + "after the run", exc_info=_exc_info(AllExit())))
     assert [r.getMessage().split("\n")[-1] for r in seen] == ["future: <Task finished coro=<other()>>", "after the run"]
-    assert not any(isinstance(f, cli._DaskCloseRaces) for f in log.filters)
