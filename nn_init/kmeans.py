@@ -125,10 +125,15 @@ def field_block_stats(read: Callable[[int, int], np.ndarray], start: int, stop: 
 def field_block_labels(read: Callable[[int, int], np.ndarray], start: int, stop: int, scale: np.ndarray,
                        centroids: np.ndarray) -> np.ndarray:
     """Second pass of :func:`cluster_field`: nearest centroid of every pixel ``start..stop`` (-1: invalid)."""
+    return _labels_of(read(start, stop), scale, centroids)
+
+
+def _labels_of(stokes: np.ndarray, scale: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each profile (npix, 4, nw), features scaled by ``scale``; -1 for invalid ones."""
     from stokesflow.nn_init.features import normalise_spectra
 
-    f, _ = normalise_spectra(read(start, stop), scale)
-    labels = np.full(stop - start, -1, dtype=np.int64)
+    f, _ = normalise_spectra(stokes, scale)
+    labels = np.full(f.shape[0], -1, dtype=np.int64)
     _assign(f, centroids, labels)
     return labels
 
@@ -159,12 +164,8 @@ def field_block_candidates(read: Callable[[int, int], np.ndarray], start: int, s
                            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Second pass of :func:`cluster_subset`: the labels of the pixels ``start..stop``, and the offsets
     and profiles of those whose key (:func:`pixel_keys`) lies below their cluster's ``below``."""
-    from stokesflow.nn_init.features import normalise_spectra
-
     stokes = read(start, stop)
-    f, _ = normalise_spectra(stokes, scale)
-    labels = np.full(stop - start, -1, dtype=np.int64)
-    _assign(f, centroids, labels)
+    labels = _labels_of(stokes, scale, centroids)
     ok = labels >= 0
     take = np.zeros(stop - start, dtype=bool)
     take[ok] = pixel_keys(seed, np.arange(start, stop)[ok]) < below[labels[ok]]
