@@ -416,15 +416,6 @@ def _executor_map(ex: Any) -> Callable[[Callable[..., Any], list[tuple[Any, ...]
     return run
 
 
-def _gather(obs: Any, index: np.ndarray, run: Any = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
-    """Stokes profiles (n, 4, nw) float32 of the flat pixels ``index`` (NaN where it is -1), read by blocks
-    (each a task of ``run``, a BlockMap; default in this process); blocks holding none of them are not read."""
-    from stokesflow.nn_init.kmeans import gather_rows
-
-    return gather_rows(obs.read_pixels, obs.npix, index, obs.nw, block=_block_pixels(obs), map_blocks=run,
-                       on_block=on_block)
-
-
 #: Side of the patches of a unet's training subset [pixels].
 UNET_PATCH = 16
 
@@ -476,7 +467,7 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
     """
     import h5py
 
-    from stokesflow.nn_init.kmeans import cluster_field, cluster_subset
+    from stokesflow.nn_init.kmeans import cluster_field, cluster_subset, gather_rows
     from stokesflow.nn_init.training import subset_pixels
     from stokesflow.orchestrator.io import write_observation
     from stokesflow.orchestrator.progress import Progress
@@ -497,7 +488,8 @@ def make_subset(obs: Any, out: Path, s: AssistSettings, executor: Any = None) ->
             _, labels = cluster_field(obs.read_pixels, obs.npix, s.clusters, seed=s.seed, sample=_sample_pixels(obs),
                                       block=block, map_blocks=run, on_block=progress.update)
             index, shape2d = _subset_index(obs, labels, n, s)
-            picked = _gather(obs, index, run, on_block=progress.update)
+            picked = gather_rows(obs.read_pixels, obs.npix, index, obs.nw, block=block, map_blocks=run,
+                                 on_block=progress.update)
     meta = obs.meta
     truth = obs.read_truth()
     filters = meta.get("filters")
