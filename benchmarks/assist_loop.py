@@ -116,6 +116,40 @@ def _converged_baseline(base: Path, out: Path) -> None:
     run_inversion(load_config(None, layer))
 
 
+def _agreement_on_subset(loop_dir: Path, truth: dict | None) -> dict:
+    """Pearson correlations on the subset's pixels: the baseline and the assisted result with the
+    reference inversion the network trained on, and each of the three with the truth when known."""
+    import h5py
+
+    from stokesflow.orchestrator.assist_metrics import pearson
+    from stokesflow.orchestrator.store import read_result
+
+    with h5py.File(loop_dir / "subset_obs.h5", "r") as h5:
+        index = h5["assist/index"][()].ravel()
+    at = index >= 0  # the U-Net's patches have separator pixels (-1)
+    ref = read_result(loop_dir / "subset.h5")
+    runs = {k: read_result(loop_dir / f"{k}.h5") for k in ("baseline", "assisted")}
+    names = ("inclination", "azimuth")
+    period = {"azimuth": 180.0}
+
+    def on(r, n: str, whole: bool) -> np.ndarray:
+        v = np.asarray(r.params[n], dtype=np.float64).ravel()
+        ok = np.isin(np.asarray(r.status).ravel(), (0, 1, 4))
+        v = np.where(ok, v, np.nan)
+        return v[index[at]] if whole else v[at]
+
+    out: dict = {"pixels": int(at.sum())}
+    for k, r in runs.items():
+        out[f"{k} with the reference"] = {n: pearson(on(r, n, True), on(ref, n, False), period=period.get(n))
+                                          for n in names}
+    if truth:
+        for k, r in {"reference": ref, **runs}.items():
+            out[f"{k} with the truth"] = {
+                n: pearson(on(r, n, k != "reference"), np.asarray(truth[n], dtype=np.float64).ravel()[index[at]],
+                           period=period.get(n)) for n in names if n in truth}
+    return out
+
+
 def _print_case(name: str, d: dict, rate: float) -> None:
     ph = d["phases"]
     cpu = d.get("phases_cpu", {})
@@ -230,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
             f"the lower chi2 in {100 * w['a_lower_chi2']:.0f} % of them (median reduced chi2 difference "
             f"{w['median_chi2_diff']:+.3f}); Pearson with the better fit of the two per pixel: assisted "
             f"{w['pearson_a_best']:.4f}, baseline {w['pearson_b_best']:.4f}" for n, w in dis.items() if w["pixels"]))
+        on_subset = _agreement_on_subset(loop_dir, open_input(obs, {}).read_truth())
+        print(f"on the subset's {on_subset.pop('pixels'):,} pixels (the network's training targets: the reference "
+              "inversion): " + "; ".join(f"{k} " + ", ".join(f"{n} {v:.4f}" for n, v in a.items())
+                                         for k, a in on_subset.items()))
+        figures[inst]["on_subset"] = on_subset
         if args.converged:
             t0 = time.perf_counter()
             _converged_baseline(loop_dir / "baseline.h5", loop_dir / "baseline_converged.h5")
