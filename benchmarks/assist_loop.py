@@ -88,7 +88,7 @@ def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
     if args.workers:
         cluster["workers"] = args.workers
     s = AssistSettings(subset=args.subset, subset_min=args.subset_min, subset_max=args.subset_max,
-                       clusters=args.clusters, epochs=args.epochs, threads=1, cluster=cluster,
+                       clusters=args.clusters, epochs=args.epochs, threads=args.threads, cluster=cluster,
                        progress="none", report=False,
                        train_options={k: v for k, v, _ in args.train_option or []}, **kw)
     return run_assist(obs, out, s, overwrite=True)
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--cluster", default="serial")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the training and prediction tasks (default 1: one core's figures; "
+                        "0: what stokesflow assist does, every core of the training's worker)")
     p.add_argument("--no-box", action="store_true", help="skip the corner-box comparison")
     p.add_argument("--kmeans", action="store_true", help="also run the loop with the k-means look-up")
     p.add_argument("--converged", action="store_true",
