@@ -151,52 +151,18 @@ def _agreement_on_subset(loop_dir: Path, truth: dict | None) -> dict:
 
 
 def _print_case(name: str, d: dict, rate: float) -> None:
-    ph = d["phases"]
-    cpu = d.get("phases_cpu", {})
+    from stokesflow.orchestrator.assist_metrics import summary_lines
+
     print(f"\n== {name} ==")
-    print("wall seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
+    print("\n".join(summary_lines(d)))
+    cpu = d.get("phases_cpu", {})
     print("CPU seconds per phase (this process; all the work with --cluster serial): "
           + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     if "baseline" in cpu:
         loop_cpu = sum(cpu.get(k, 0.0) for k in ("subset", "reference", "train", "predict", "assisted"))
         print(f"CPU speed-up: assisted vs baseline {cpu['baseline'] / max(1e-9, cpu['assisted']):.2f}x, "
               f"whole loop vs baseline {cpu['baseline'] / max(1e-9, loop_cpu):.2f}x")
-    loop = d["loop_seconds"]
-    base = ph.get("baseline", float("nan"))
-    print(f"loop (subset+reference+train+predict+assisted) {loop:.1f} s, baseline {base:.1f} s")
-    sp = d.get("speedup", {})
-    it = d["lm_iterations"]
-    print(f"LM iterations: assisted {it['assisted']}, baseline {it.get('baseline')}, reference (subset) "
-          f"{it['reference']}; per pixel assisted {d['iterations']['assisted']['mean']:.2f}, baseline "
-          f"{d['iterations'].get('baseline', {}).get('mean', float('nan')):.2f}")
-    print(f"speed-up: iterations {sp.get('iterations', float('nan')):.2f}x, wall (assisted vs baseline) "
-          f"{sp.get('wall_assisted', float('nan')):.2f}x, wall (whole loop vs baseline) {sp.get('wall_loop', float('nan')):.2f}x")
-    fixed = ph["subset"] + ph["reference"] + ph["train"]
-    npix = d["iterations"]["assisted"]["pixels"]
-    per_px_gain = (base - ph["assisted"] - ph["predict"]) / max(1, npix)
-    if per_px_gain > 0:
-        print(f"break-even field size (subset, reference and training as a fixed cost): "
-              f"{fixed / per_px_gain:,.0f} pixels (~{np.sqrt(fixed / per_px_gain):.0f}^2)")
-    else:
-        print("break-even: none (the assisted inversion plus prediction is not faster per pixel than the baseline)")
-    c = d["chi2"]
-    if "baseline" in c:
-        print(f"median chi2: assisted {c['assisted']['median']:.4f}, baseline {c['baseline']['median']:.4f} "
-              f"({100 * (c['assisted']['median'] / c['baseline']['median'] - 1):+.2f} %)")
-    ag = d.get("agreement_with_baseline", {})
-    for k in ("assisted", "guess"):
-        if k in ag:
-            print(f"Pearson with the baseline ({k}): " + ", ".join(f"{n} {v:.4f}" for n, v in ag[k].items()
-                                                                     if n in ("B", "inclination", "azimuth", "vlos")))
-    for k, t in d.get("truth", {}).items():
-        print(f"vs truth ({k}): B off > 100 G {t.get('B_off_100G')} ({100 * t.get('B_off_100G_fraction', 0):.2f} %); "
-              "Pearson " + ", ".join(f"{n} {t['pearson'][n]:.4f}" for n in ("B", "inclination", "azimuth", "vlos")))
     print(f"CNN inference, one core: {rate:,.0f} pixels/s")
-    tr = d.get("training", {})
-    samples = sum(h.get("samples", 0) for h in tr.get("history", []))
-    print(f"subset: {d.get('subset', {}).get('pixels')} pixels; training: {tr.get('pixels')} good pixels, "
-          f"{tr.get('epochs')} epochs (best {tr.get('best_epoch')}), {samples:,} samples drawn, "
-          f"validation loss {tr.get('val_loss', float('nan')):.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:

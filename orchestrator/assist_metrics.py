@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = ["iteration_stats", "chi2_stats", "pearson", "agreement", "agreement_within_sigma", "disagreement",
-           "truth_metrics", "B_OFF_G", "DETERMINED_SIGMA", "DISAGREE"]
+           "truth_metrics", "summary_lines", "B_OFF_G", "DETERMINED_SIGMA", "DISAGREE"]
 
 #: Threshold [G] of "pixels off by more than 100 G" (the issue's accuracy figure).
 B_OFF_G = 100.0
@@ -173,4 +173,58 @@ def truth_metrics(r: Any, truth: Mapping[str, np.ndarray]) -> dict[str, Any]:
             ok = np.isfinite(d)
             out["B_off_100G"] = int((d[ok] > B_OFF_G).sum())
             out["B_off_100G_fraction"] = float((d[ok] > B_OFF_G).mean()) if ok.any() else float("nan")
+    return out
+
+
+def summary_lines(d: Mapping[str, Any]) -> list[str]:
+    """The loop's figures from ``DIR/summary.json`` as lines for a person (``stokesflow assist``
+    prints them; ``benchmarks/assist_loop.py`` adds its own).
+
+    Wall seconds per phase; LM iterations; with a baseline the speed-ups (iterations, the assisted
+    inversion's wall time, the whole loop's) and the break-even field size (subset, reference and
+    training as a fixed cost, the assisted inversion and prediction against the baseline per
+    pixel), the median chi2 change and the Pearson correlations with the baseline; with a truth,
+    pixels off by > 100 G and the Pearson correlations; the subset and the training.
+    """
+    nan = float("nan")
+    ph = d.get("phases", {})
+    it = d.get("lm_iterations", {})
+    per_px = {k: v.get("mean", nan) for k, v in d.get("iterations", {}).items()}
+    out = ["wall seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items())]
+    base = ph.get("baseline")
+    out.append(f"loop (subset+reference+train+predict+assisted) {d.get('loop_seconds', nan):.1f} s"
+               + (f", baseline {base:.1f} s" if base is not None else ""))
+    out.append("LM iterations: " + ", ".join(f"{k} {v}" for k, v in it.items()) + "; per pixel "
+               + ", ".join(f"{k} {v:.2f}" for k, v in per_px.items()))
+    sp = d.get("speedup")
+    if sp:
+        out.append(f"speed-up: iterations {sp['iterations']:.2f}x, wall (assisted vs baseline) "
+                   f"{sp['wall_assisted']:.2f}x, wall (whole loop vs baseline) {sp['wall_loop']:.2f}x")
+        fixed = sum(ph.get(k, 0.0) for k in ("subset", "reference", "train"))
+        npix = d.get("iterations", {}).get("assisted", {}).get("pixels", 0)
+        gain = (base - ph.get("assisted", 0.0) - ph.get("me_seed", 0.0) - ph.get("predict", 0.0)) / max(1, npix)
+        out.append(f"break-even field size (subset, reference and training as a fixed cost): {fixed / gain:,.0f} "
+                   f"pixels (~{np.sqrt(fixed / gain):.0f}^2)" if gain > 0 else
+                   "break-even: none (the assisted inversion and prediction are not faster per pixel than the "
+                   "baseline)")
+    c = d.get("chi2", {})
+    if "baseline" in c and "assisted" in c:
+        a, b = c["assisted"]["median"], c["baseline"]["median"]
+        out.append(f"median chi2: assisted {a:.4f}, baseline {b:.4f} ({100 * (a / b - 1):+.2f} %)")
+    for k, ag in d.get("agreement_with_baseline", {}).items():
+        out.append(f"Pearson with the baseline ({k}): " + ", ".join(
+            f"{n} {v:.4f}" for n, v in ag.items() if n in ("B", "inclination", "azimuth", "vlos")))
+    for k, t in d.get("truth", {}).items():
+        out.append(f"vs truth ({k}): B off > 100 G {t.get('B_off_100G')} "
+                   f"({100 * t.get('B_off_100G_fraction', nan):.2f} %); Pearson " + ", ".join(
+                       f"{n} {t['pearson'][n]:.4f}" for n in ("B", "inclination", "azimuth", "vlos")
+                       if n in t["pearson"]))
+    sub, tr = d.get("subset", {}), d.get("training", {})
+    line = f"subset: {sub.get('pixels')} pixels in {sub.get('clusters')} clusters"
+    if "val_loss" in tr:
+        samples = sum(h.get("samples", 0) for h in tr.get("history", []))
+        line += (f"; training: {tr.get('pixels')} good pixels, {tr.get('epochs')} epochs (best "
+                 f"{tr.get('best_epoch')}), {samples:,} samples drawn, validation loss {tr['val_loss']:.4f}, "
+                 f"on {tr.get('device')} ({tr.get('threads')} thread(s))")
+    out.append(line)
     return out

@@ -12,8 +12,8 @@ files, ...), 1 unexpected error, 130/143 interrupted (a rerun resumes).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_nn_parsers"]
@@ -248,6 +248,11 @@ def _cmd_assist(args: argparse.Namespace) -> int:
         train_options={k: v for k, v, _ in args.train_option or []}, **kw,
     )
     data = run_assist(args.input, args.out, s, overwrite=args.overwrite)
-    brief = {k: data[k] for k in ("phases", "lm_iterations", "speedup") if k in data}
-    sys.stdout.write(json.dumps(brief, indent=1, default=float) + "\n")
+    from stokesflow.orchestrator.assist_metrics import summary_lines
+
+    out = Path(args.out)
+    report = out / "report" / "loop.html"
+    sys.stdout.write(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir() if p.suffix in ('.h5', '.pt')))}, "
+                     f"summary.json" + (f", {report.relative_to(out)}" if report.exists() else "") + "\n"
+                     + "\n".join(summary_lines(data)) + "\n")
     return 0

@@ -139,7 +139,7 @@ def test_end_to_end_local_on_one_executor(obs, tmp_path, monkeypatch):
     assert opened == ["local"]  # nothing left to do: no cluster started
 
 
-def test_assist_reads_the_observation_as_invert_does(obs, tmp_path):
+def test_assist_reads_the_observation_as_invert_does(obs, tmp_path, capsys):
     """A .npy cube in another axis order, without wavelengths, lines or noise in it, read with invert's
     input flags (--axes, --wavelength, --lines, --instrument, --noise): every phase reads it so (subset,
     predict, the whole-field inversions), and the loop gives what it gives on the same data as HDF5;
@@ -159,6 +159,13 @@ def test_assist_reads_the_observation_as_invert_does(obs, tmp_path):
     common = ["--subset", "0.3", "--clusters", "4", "--epochs", "3", "--threads", "1", "--cluster", "serial",
               "--chunk-pixels", "64", "--progress", "none", "--no-report", "--baseline", "-q"]
     assert main(["assist", "-i", str(obs), "-o", str(tmp_path / "h5"), *common]) == 0
+    # what the command prints: the files, then the summary's figures in lines for a person
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "h5" / "summary.json").read_text())
+    assert printed[0].startswith(f"wrote {tmp_path / 'h5'}: assisted.h5, baseline.h5, guess.h5, model.pt")
+    sp = summary["speedup"]
+    assert (f"speed-up: iterations {sp['iterations']:.2f}x, wall (assisted vs baseline) {sp['wall_assisted']:.2f}x, "
+            f"wall (whole loop vs baseline) {sp['wall_loop']:.2f}x") in printed
     assert main(["assist", "-i", str(npy), "-o", str(tmp_path / "npy"), *common, *flags]) == 0
     for name in ("guess", "assisted", "baseline"):
         a, b = read_result(tmp_path / "h5" / f"{name}.h5"), read_result(tmp_path / "npy" / f"{name}.h5")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from stokesflow.orchestrator.assist_metrics import (DETERMINED_SIGMA, DISAGREE, agreement, agreement_within_sigma,
-                                                    disagreement)
+                                                    disagreement, summary_lines)
 
 
 def _results(seed: int = 3, n: int = 4000) -> tuple[SimpleNamespace, SimpleNamespace, np.ndarray]:
@@ -101,3 +101,40 @@ def test_disagreement_tells_which_run_found_the_better_minimum() -> None:
     # the same files the other way round: the mirror image
     r = disagreement(b, a)["inclination"]
     assert r["pixels"] == inc["pixels"] and abs(r["a_lower_chi2"] - (1 - inc["a_lower_chi2"])) < 1e-12, r
+
+
+def test_summary_lines_for_a_person() -> None:
+    """The loop's figures in lines: speed-ups as the summary has them, the break-even field from the
+    phases (subset, reference and training fixed; assisted, ME seed and prediction against the
+    baseline per pixel), the median chi2 change; without a baseline no comparison lines."""
+    d = {"phases": {"subset": 1.0, "reference": 2.0, "train": 7.0, "predict": 0.5, "assisted": 2.0, "baseline": 10.0},
+         "loop_seconds": 12.5, "lm_iterations": {"reference": 300, "assisted": 400, "baseline": 1600},
+         "iterations": {"reference": {"mean": 3.0}, "assisted": {"mean": 4.0, "pixels": 100},
+                        "baseline": {"mean": 16.0}},
+         "speedup": {"iterations": 4.0, "wall_assisted": 5.0, "wall_loop": 0.8},
+         "chi2": {"assisted": {"median": 1.01}, "baseline": {"median": 1.0}},
+         "agreement_with_baseline": {"assisted": {"B": 0.99991, "eta0": 0.5}},
+         "truth": {"assisted": {"B_off_100G": 3, "B_off_100G_fraction": 0.03, "pearson": {"B": 0.9, "vlos": 0.8}}},
+         "subset": {"pixels": 20, "clusters": 4},
+         "training": {"pixels": 19, "epochs": 5, "best_epoch": 4, "val_loss": 0.25, "device": "cpu", "threads": 1,
+                      "history": [{"samples": 10}] * 5}}
+    lines = summary_lines(d)
+    assert lines[0] == ("wall seconds per phase: subset 1.0, reference 2.0, train 7.0, predict 0.5, assisted 2.0, "
+                        "baseline 10.0")
+    assert "loop (subset+reference+train+predict+assisted) 12.5 s, baseline 10.0 s" in lines
+    assert "speed-up: iterations 4.00x, wall (assisted vs baseline) 5.00x, wall (whole loop vs baseline) 0.80x" in lines
+    # fixed 10 s; per pixel (10 - 2 - 0.5) / 100 = 0.075 s: 133 pixels
+    assert "break-even field size (subset, reference and training as a fixed cost): 133 pixels (~12^2)" in lines
+    assert "median chi2: assisted 1.0100, baseline 1.0000 (+1.00 %)" in lines
+    assert "Pearson with the baseline (assisted): B 0.9999" in lines  # the four main parameters only
+    assert "vs truth (assisted): B off > 100 G 3 (3.00 %); Pearson B 0.9000, vlos 0.8000" in lines
+    assert lines[-1] == ("subset: 20 pixels in 4 clusters; training: 19 good pixels, 5 epochs (best 4), 50 samples "
+                         "drawn, validation loss 0.2500, on cpu (1 thread(s))")
+    d["phases"]["baseline"] = 2.4  # the assisted inversion and prediction no faster per pixel
+    assert any(x.startswith("break-even: none") for x in summary_lines(d))
+    bare = {k: v for k, v in d.items() if k not in ("speedup", "agreement_with_baseline")}
+    bare["phases"] = {k: v for k, v in d["phases"].items() if k != "baseline"}
+    bare["chi2"] = {"assisted": {"median": 1.01}}
+    text = "\n".join(summary_lines(bare))
+    assert "speed-up" not in text and "break-even" not in text and "median chi2" not in text
+    assert "loop (subset+reference+train+predict+assisted) 12.5 s\n" in text
