@@ -119,34 +119,32 @@ def _converged_baseline(base: Path, out: Path) -> None:
 def _agreement_on_subset(loop_dir: Path, truth: dict | None) -> dict:
     """Pearson correlations on the subset's pixels: the baseline and the assisted result with the
     reference inversion the network trained on, and each of the three with the truth when known."""
+    from types import SimpleNamespace
+
     import h5py
 
-    from stokesflow.orchestrator.assist_metrics import pearson
+    from stokesflow.orchestrator.assist_metrics import agreement, truth_metrics
     from stokesflow.orchestrator.store import read_result
 
+    names = ("inclination", "azimuth")
     with h5py.File(loop_dir / "subset_obs.h5", "r") as h5:
         index = h5["assist/index"][()].ravel()
-    at = index >= 0  # the U-Net's patches have separator pixels (-1)
-    ref = read_result(loop_dir / "subset.h5")
-    runs = {k: read_result(loop_dir / f"{k}.h5") for k in ("baseline", "assisted")}
-    names = ("inclination", "azimuth")
-    period = {"azimuth": 180.0}
+    own = np.flatnonzero(index >= 0)  # the subset's pixels in its own file (the U-Net's separators are -1)
+    field = index[own]  # the same pixels in the field
 
-    def on(r, n: str, whole: bool) -> np.ndarray:
-        v = np.asarray(r.params[n], dtype=np.float64).ravel()
-        ok = np.isin(np.asarray(r.status).ravel(), (0, 1, 4))
-        v = np.where(ok, v, np.nan)
-        return v[index[at]] if whole else v[at]
+    def at(r, pixels: np.ndarray) -> SimpleNamespace:
+        return SimpleNamespace(params={n: np.asarray(r.params[n]).ravel()[pixels] for n in names},
+                               status=np.asarray(r.status).ravel()[pixels])
 
-    out: dict = {"pixels": int(at.sum())}
+    ref = at(read_result(loop_dir / "subset.h5"), own)
+    runs = {k: at(read_result(loop_dir / f"{k}.h5"), field) for k in ("baseline", "assisted")}
+    out: dict = {"pixels": int(own.size)}
     for k, r in runs.items():
-        out[f"{k} with the reference"] = {n: pearson(on(r, n, True), on(ref, n, False), period=period.get(n))
-                                          for n in names}
+        out[f"{k} with the reference"] = agreement(r, ref, names)
     if truth:
+        t = {n: np.asarray(truth[n]).ravel()[field] for n in names if n in truth}
         for k, r in {"reference": ref, **runs}.items():
-            out[f"{k} with the truth"] = {
-                n: pearson(on(r, n, k != "reference"), np.asarray(truth[n], dtype=np.float64).ravel()[index[at]],
-                           period=period.get(n)) for n in names if n in truth}
+            out[f"{k} with the truth"] = truth_metrics(r, t)["pearson"]
     return out
 
 
