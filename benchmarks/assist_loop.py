@@ -198,8 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     from stokesflow.orchestrator.run import open_input
     from stokesflow.orchestrator.store import read_result
 
+    import torch
+
+    from stokesflow.orchestrator.run import package_versions
+
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()}; cluster {args.cluster}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in {**package_versions(), "torch": torch.__version__}.items()))
     root = Path(args.dir)
     root.mkdir(exist_ok=True)
     _warm_kernels()

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -498,6 +499,11 @@ def main() -> None:
     ap.add_argument("--variants", default="me,a,b,c,base", help="(e) which commands to time")
     ap.add_argument("--prepare-only", action="store_true", help="(e) run the loop only")
     a = ap.parse_args()
+    from stokesflow.orchestrator.run import package_versions
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; load average {os.getloadavg()}; SIR "
+          f"{a.sir or 'not given'}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
     if a.sir and "e" in a.parts:
         assist_seed_benchmark(a.sir, a.data, a.crop, a.subset, a.workers, a.work, a.variants, a.prepare_only)
     if a.sir and a.parts.replace("e", ""):
