@@ -27,6 +27,8 @@ Usage::
     python benchmarks/assist_loop.py --size 128 --instrument hmi hinode
     python benchmarks/assist_loop.py --size 256 --instrument hmi --cluster local --workers 2
     python benchmarks/assist_loop.py --input ../shared/data/pymilne_hmi_sample.h5 --no-box
+    python benchmarks/assist_loop.py --input ../shared/data/pymilne_hmi_filtergrams.h5 --no-box \
+        -B instrument=filters -B filters_file=../shared/data/pymilne_hmi_filters.npz
 
 Timings are wall clock on whatever else the machine is doing; the script
 prints the load average before and after. The ME kernels are loaded (compiled
@@ -90,7 +92,8 @@ def _loop(obs: Path, out: Path, args: argparse.Namespace, **kw) -> dict:
     s = AssistSettings(subset=args.subset, subset_min=args.subset_min, subset_max=args.subset_max,
                        clusters=args.clusters, epochs=args.epochs, threads=args.threads, cluster=cluster,
                        progress="none", report=False,
-                       train_options={k: v for k, v, _ in args.train_option or []}, **kw)
+                       train_options={k: v for k, v, _ in args.train_option or []},
+                       backend_options={k: v for k, v, _ in args.backend_option or []}, **kw)
     return run_assist(obs, out, s, overwrite=True)
 
 
@@ -188,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="write every figure to this file")
     from stokesflow.orchestrator.cli import _key_value
 
+    p.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
+                   metavar="KEY=VALUE", help="ME backend option of every inversion of the loop, as for stokesflow "
+                   "assist (repeatable), e.g. -B instrument=filters -B filters_file=F.npz for filtergrams "
+                   "with measured filter profiles")
     p.add_argument("--train-option", dest="train_option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="training setting of the loop's network, as for stokesflow assist (repeatable)")
     args = p.parse_args(argv)
