@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["REFERENCE_STEP_MA", "COARSE_STEP_FACTOR", "BATCH_BYTES", "cnn_architecture", "sampling_step_ma",
-           "coarse_sampling", "build_network", "torch_or_error",
+           "coarse_sampling", "build_network", "torch_or_error", "torch_installed", "require_torch",
            "inference_batch", "run_network"]
 
 #: Sampling step [mA] the nominal kernels 7, 5, 3 are meant for (Hinode/SP).
@@ -43,17 +43,38 @@ COARSE_STEP_FACTOR = 2.0
 BATCH_BYTES = 4 << 20
 
 
-def torch_or_error(what: str) -> Any:
-    """Import torch, or raise :class:`~stokesflow.nn_init.providers.InitError` saying how to install it."""
+def _no_torch(what: str) -> Exception:
     from stokesflow.nn_init.providers import InitError
 
+    return InitError(
+        f"{what} needs PyTorch, which is not installed: pip install \"stokesflow[nn]\" "
+        "(on a machine without a GPU: pip install torch==2.13.0, the CPU build)"
+    )
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here, found without importing it (about 1 s)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or broken torch
+        return False
+
+
+def require_torch(what: str) -> None:
+    """Raise :class:`~stokesflow.nn_init.providers.InitError` saying how to install torch when it is
+    missing, without importing it: for a driver whose workers do the torch work."""
+    if not torch_installed():
+        raise _no_torch(what)
+
+
+def torch_or_error(what: str) -> Any:
+    """Import torch, or raise :class:`~stokesflow.nn_init.providers.InitError` saying how to install it."""
     try:
         import torch
     except ImportError:
-        raise InitError(
-            f"{what} needs PyTorch, which is not installed: pip install \"stokesflow[nn]\" "
-            "(on a machine without a GPU: pip install torch==2.13.0, the CPU build)"
-        ) from None
+        raise _no_torch(what) from None
     return torch
 
 

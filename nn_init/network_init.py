@@ -12,7 +12,6 @@ the model once and keeps it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,11 +47,9 @@ class NetworkInit(InitProvider):
 
     @staticmethod
     def is_available() -> tuple[bool, str]:
-        try:
-            found = importlib.util.find_spec("torch") is not None
-        except (ImportError, ValueError):  # a blocked or broken torch
-            found = False
-        if not found:
+        from stokesflow.nn_init.network import torch_installed
+
+        if not torch_installed():
             return False, 'needs PyTorch: pip install "stokesflow[nn]" (CPU build: pip install torch==2.13.0)'
         return True, ""
 

@@ -59,9 +59,11 @@ baseline's seconds over those of ``assisted`` plus ``me_seed``) and ``DIR/report
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -700,6 +702,24 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return st.data
 
 
+def _import_meanwhile(module: str) -> None:
+    """Import ``module`` on a daemon thread of this (the driver's) process.
+
+    The predict phase reads the model on the driver before it plans its tasks, and importing
+    torch takes about 1 s; started when the training task goes to a worker, the import overlaps
+    the training instead of delaying the prediction (measured on an HMI-like 1024^2 loop on two
+    local workers: see the README's assist section). A failed import is left to the phase that
+    needs the module, which says how to install it.
+    """
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - reported by the phase that needs it
+            pass
+
+    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
+
+
 def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, Path],
                     phase: Callable[[str, Callable[[], Any]], Any], ex: Any) -> None:
     """The phases after ``subset``, all on the open executor ``ex``."""
@@ -716,6 +736,8 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
 
             st.data["training"] = build_kmeans_database(paths["subset_obs"], paths["subset"], paths["model"])
             return
+        if ex.kind != "serial":  # the task trains elsewhere: the driver imports torch meanwhile, for predict
+            _import_meanwhile("torch")
         summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"], model=s.model,
                               settings=loop_training_settings(s, obs.npix), cluster=s.cluster,
                               overwrite=True, threads=s.threads or None, executor=ex)

@@ -461,12 +461,12 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
         as ``invert`` takes them.
     """
     from stokesflow.clusters import ClusterSpec, executor_for
-    from stokesflow.nn_init.network import torch_or_error
+    from stokesflow.nn_init.network import require_torch
     from stokesflow.nn_init.training import TrainSettings
 
     if model not in ("cnn", "unet"):
         raise OrchestratorError(f"--model {model!r} is not available; choose cnn or unet")
-    torch_or_error("stokesflow train")
+    require_torch("stokesflow train")  # not imported here: the task imports it where it runs
     if model == "unet":
         from stokesflow.nn_init.unet import UNetSettings
 
@@ -496,7 +496,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
                       dict(input_options or {}))
         shown = 0
         while not fut.done():
-            time.sleep(0.5)
+            time.sleep(0.1)
             shown = _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
         summary = ex.result(fut)
     if spec.kind != "serial":

@@ -36,6 +36,13 @@ def test_import_and_me_inversion_without_torch():
             assert "torch==2.13.0" in str(exc), exc
         else:
             raise AssertionError("cnn provider built without torch")
+        from stokesflow.orchestrator.train import train_model
+        try:  # the driver checks for torch without importing it, before it reads any file
+            train_model(["missing_obs.h5"], ["missing_result.h5"], "m.pt")
+        except InitError as exc:
+            assert "stokesflow train needs PyTorch" in str(exc), exc
+        else:
+            raise AssertionError("train_model ran without torch")
         me = get_backend("me", {"lines": ["FeI_6173"], "noise": 1e-3})
         wl = 6173.3433 + 1e-3 * np.array([-172.0, -103.2, -34.4, 34.4, 103.2, 172.0])
         p = np.array([[1500.0, 60.0, 30.0, 0.5, 30.0, 8.0, 0.2, 0.3, 0.7]])
