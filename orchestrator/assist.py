@@ -702,8 +702,9 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return st.data
 
 
-def _import_meanwhile(module: str) -> None:
-    """Import ``module`` on a daemon thread of this (the driver's) process.
+def _import_meanwhile(module: str) -> threading.Thread:
+    """Import ``module`` on a daemon thread of this (the driver's) process; returns the thread
+    (join it before this process may exit: an import cut off at shutdown can crash it).
 
     The predict phase reads the model on the driver before it plans its tasks, and importing
     torch takes about 1 s; started when the training task goes to a worker, the import overlaps
@@ -717,7 +718,9 @@ def _import_meanwhile(module: str) -> None:
         except Exception:  # noqa: BLE001 - reported by the phase that needs it
             pass
 
-    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, Path],
@@ -736,11 +739,15 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
 
             st.data["training"] = build_kmeans_database(paths["subset_obs"], paths["subset"], paths["model"])
             return
-        if ex.kind != "serial":  # the task trains elsewhere: the driver imports torch meanwhile, for predict
-            _import_meanwhile("torch")
-        summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"], model=s.model,
-                              settings=loop_training_settings(s, obs.npix), cluster=s.cluster,
-                              overwrite=True, threads=s.threads or None, executor=ex)
+        # the task trains elsewhere: the driver imports torch meanwhile, for predict
+        importing = _import_meanwhile("torch") if ex.kind != "serial" else None
+        try:
+            summary = train_model([str(paths["subset_obs"])], [str(paths["subset"])], paths["model"],
+                                  model=s.model, settings=loop_training_settings(s, obs.npix), cluster=s.cluster,
+                                  overwrite=True, threads=s.threads or None, executor=ex)
+        finally:
+            if importing is not None:
+                importing.join()
         st.data["training"] = {k: summary[k] for k in ("pixels", "n_train", "n_val", "epochs", "best_epoch",
                                                         "val_loss", "device", "threads", "history")}
         if summary.get("calibration_curve"):  # the U-Net's intervals, for the loop page
