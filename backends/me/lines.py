@@ -33,7 +33,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from stokesflow.backends.base import BackendError, ConfigError
+from stokesflow.backends.base import ConfigError
 
 try:  # Python >= 3.11
     import tomllib

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 
 from stokesflow.backends.sir.backend import ENV_VAR, SIRBackend
 from stokesflow.orchestrator.io import write_observation
