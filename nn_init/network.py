@@ -44,6 +44,7 @@ BATCH_BYTES = 4 << 20
 
 
 def _no_torch(what: str) -> Exception:
+    """The error that says ``what`` needs torch and how to install it."""
     from stokesflow.nn_init.providers import InitError
 
     return InitError(
@@ -53,7 +54,7 @@ def _no_torch(what: str) -> Exception:
 
 
 def torch_installed() -> bool:
-    """Whether torch can be imported here, found without importing it (about 1 s)."""
+    """Whether torch can be imported here, found without importing it (an import takes about 1 s)."""
     import importlib.util
 
     try:
