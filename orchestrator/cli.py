@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 __all__ = [
-    "main", "build_parser", "invert_overrides", "add_input_flags", "input_table", "effective_config_toml",
+    "main", "run", "build_parser", "invert_overrides", "add_input_flags", "input_table", "effective_config_toml",
     "Terminated", "KeyValue",
     "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
 ]
@@ -678,5 +678,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.setLevel(old_level)
 
 
-if __name__ == "__main__":  # python -m stokesflow.orchestrator.cli
+def run() -> None:
+    """The ``stokesflow`` command (and ``python -m stokesflow.orchestrator.cli``): :func:`main`, then
+    exit with its code.
+
+    The process ends here, so the filter of Dask's known closing races (:class:`_DaskCloseRaces`),
+    which :func:`main` removes again for callers in Python, stays on until the interpreter exits:
+    the orphaned waiting task of a gather a closing client gave up (every SLURM worker job gone)
+    is garbage-collected after :func:`main` has returned, often only at exit, and asyncio's
+    "Task exception was never retrieved" with its traceback then came after the run's own
+    one-line error (seen on CI, in one run of the SLURM test that cancels every worker job).
+    """
+    race = _DaskCloseRaces()
+    for name in ("tornado.application", "asyncio"):
+        logging.getLogger(name).addFilter(race)
     sys.exit(main())
+
+
+if __name__ == "__main__":  # python -m stokesflow.orchestrator.cli
+    run()

@@ -254,6 +254,47 @@ def test_ctrl_c_race_inside_dask_sync_is_not_logged(monkeypatch):
     assert [r.getMessage().count("print") for r in seen] == [1], [r.getMessage() for r in seen]
 
 
+_ORPHAN_AT_EXIT = """
+import asyncio
+import sys
+
+from distributed.client import AllExit
+
+from stokesflow.orchestrator import cli
+
+KEEP = []
+
+
+def command(argv=None):
+    # what a closing Dask client leaves: a failed waiting task nobody retrieves, destroyed only
+    # when the interpreter exits (after main has returned)
+    async def wait():
+        raise AllExit()
+
+    loop = asyncio.new_event_loop()
+    KEEP.append(loop.create_task(wait()))
+    loop.run_until_complete(asyncio.sleep(0))
+    KEEP.append(loop)
+    return 0
+
+
+cli.main = command
+"""
+
+
+@pytest.mark.parametrize("call, printed", [("cli.run()", False), ("sys.exit(cli.main())", True)])
+def test_orphaned_gather_task_destroyed_at_exit_is_not_printed_by_the_command(call, printed):
+    """The ``stokesflow`` command (:func:`cli.run`) keeps the filter of Dask's closing races until the
+    process exits: an orphaned ``AllExit`` task collected at exit prints nothing. Calling ``main`` alone
+    (the control) leaves asyncio's traceback on stderr, so the test can fail."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _ORPHAN_AT_EXIT + call], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("Task exception was never retrieved" in out.stderr) == printed, out.stderr[-3000:]
+    assert ("AllExit" in out.stderr) == printed, out.stderr[-3000:]
+
+
 def test_orphaned_gather_task_of_a_closing_client_is_not_printed(monkeypatch):
     """asyncio's "Task exception was never retrieved" for Dask's ``AllExit`` (the sentinel that ends a
     gather the client gives up, e.g. when every SLURM worker job is gone) is dropped while a command
