@@ -585,6 +585,10 @@ class _DaskCloseRaces(logging.Filter):
                     and "never retrieved" in record.getMessage())
 
 
+#: The loggers :class:`_DaskCloseRaces` filters.
+_RACE_LOGGERS = ("tornado.application", "asyncio")
+
+
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The command-line flags the user gave, as (keyword, flag text) pairs.
 
@@ -646,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_handlers: dict[int, Any] = {}
     old_hook = sys.unraisablehook
     race = _DaskCloseRaces()
-    race_logs = [logging.getLogger(name) for name in ("tornado.application", "asyncio")]
+    race_logs = [logging.getLogger(name) for name in _RACE_LOGGERS]
     for race_log in race_logs:
         race_log.addFilter(race)
     if threading.current_thread() is threading.main_thread():
@@ -690,7 +694,7 @@ def run() -> None:
     one-line error (seen on CI, in one run of the SLURM test that cancels every worker job).
     """
     race = _DaskCloseRaces()
-    for name in ("tornado.application", "asyncio"):
+    for name in _RACE_LOGGERS:
         logging.getLogger(name).addFilter(race)
     sys.exit(main())
 
