@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, fields
 import time
 import types
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
