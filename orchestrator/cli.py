@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-B", "--backend-option", dest="backend_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="backend option (repeatable), e.g. max_iter=50")
     g.add_argument("--init", dest="run.init", metavar="NAME",
-                   help="initial-guess provider: default (backend's classical estimates) or constant")
+                   help="initial-guess provider: default (backend's classical estimates), constant, previous (a "
+                        "result or guess file), kmeans, cnn or unet (a trained model); options with -I")
     g.add_argument("-I", "--init-option", dest="init_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="init provider option (repeatable), e.g. B=500 for 'constant'")
     g.add_argument("--chunk-pixels", dest="run.chunk_pixels", type=_nonneg_int, metavar="K",

@@ -124,8 +124,8 @@ class MEOptions:
         [mA], onto which the profiles are resampled so that each keeps its
         weights (``stokesflow.backends.me.instrument.filter_model_grid``);
         default 20 mA; 0 computes the model on the profiles' own grid (as
-        fine as they are sampled, e.g. 701 points at 2 mA: exact but ~10x
-        slower).
+        fine as they are sampled, e.g. 701 points at 2 mA: exact, but the fits
+        are ~15x slower).
     filter_core : float, optional
         Extent of the evenly sampled core beyond the outermost filter peaks
         [mA]; default 50 mA.
