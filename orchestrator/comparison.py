@@ -31,6 +31,7 @@ __all__ = [
     "ResultReference",
     "TruthReference",
     "Comparison",
+    "comparable",
     "compare",
 ]
 
@@ -143,6 +144,43 @@ def _range(name: str, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def comparable(view: ResultView, reference: Reference) -> list[str]:
+    """The parameters a result and a reference can be compared on; raises where they cannot.
+
+    Cheap (shapes and names only): :func:`make_report` calls it before it writes anything.
+
+    Parameters
+    ----------
+    view : ResultView
+        The result.
+    reference : Reference
+        :class:`ResultReference` or :class:`TruthReference`.
+
+    Returns
+    -------
+    list of str
+        The result's parameter names that the reference also has, in the result's order.
+
+    Raises
+    ------
+    ComparisonError
+        Other map size, or no parameter in common.
+    """
+    shape = tuple(getattr(reference, "shape", (view.ny, view.nx)))
+    if shape != (view.ny, view.nx):
+        raise ComparisonError(
+            f"reference {reference.label!r} is {shape[0]} x {shape[1]} pixels, result {view.path!r} is "
+            f"{view.ny} x {view.nx}; compare results of the same field of view"
+        )
+    names = [n for n in view.names if n in reference.names]
+    if not names:
+        raise ComparisonError(
+            f"reference {reference.label!r} has none of the result's parameters {list(view.names)} "
+            f"(it has {list(reference.names)})"
+        )
+    return names
+
+
 def compare(
     view: ResultView,
     reference: Reference,
@@ -176,18 +214,7 @@ def compare(
     ComparisonError
         Other map size, or no parameter in common.
     """
-    shape = tuple(getattr(reference, "shape", (view.ny, view.nx)))
-    if shape != (view.ny, view.nx):
-        raise ComparisonError(
-            f"reference {reference.label!r} is {shape[0]} x {shape[1]} pixels, result {view.path!r} is "
-            f"{view.ny} x {view.nx}; compare results of the same field of view"
-        )
-    names = [n for n in view.names if n in reference.names]
-    if not names:
-        raise ComparisonError(
-            f"reference {reference.label!r} has none of the result's parameters {list(view.names)} "
-            f"(it has {list(reference.names)})"
-        )
+    names = comparable(view, reference)
     tol = {**stats.DEFAULT_TOLERANCES, **dict(tolerances or {})}
     bad = view.bad_mask()
     b_ref = reference.read("B") if "B" in reference.names else None

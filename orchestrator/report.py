@@ -169,7 +169,7 @@ def make_report(
         raise ReportError("the report draws with matplotlib, which is not installed: "
                           "pip install 'stokesflow[plot]'") from exc
     from stokesflow.orchestrator import figures
-    from stokesflow.orchestrator.comparison import ResultReference, TruthReference, compare
+    from stokesflow.orchestrator.comparison import ResultReference, TruthReference, comparable, compare
     from stokesflow.orchestrator.stats import degrees_of_freedom, format_table, reduced_chi2_density
 
     if reference is not None and truth:
@@ -180,6 +180,12 @@ def make_report(
     with ResultView(result) as view:
         info = observation_info(result)
         ref = (ResultReference(reference) if reference is not None else TruthReference(result) if truth else None)
+        if ref is not None:
+            try:  # before anything is written: a wrong reference leaves an earlier report as it was
+                comparable(view, ref)
+            except BaseException:
+                ref.close()
+                raise
         for sub in ("maps",) + (("diff", "hist2d") if ref is not None else ()):
             (out / sub).mkdir(parents=True, exist_ok=True)
         rep = Report(out / "index.html")

@@ -231,6 +231,19 @@ def test_reference_of_another_size_is_refused(scene, tmp_path):
     other = write_result(tmp_path / "small.h5", me_maps(5, 5))
     with pytest.raises(ComparisonError, match=r"5 x 5 pixels.*20 x 24"):
         make_report(scene["res"], tmp_path / "rep", reference=other)
+    assert not (tmp_path / "rep").exists()  # refused before anything was written
+
+
+def test_refused_reference_leaves_an_earlier_report_as_it_was(scene, plain_report, tmp_path):
+    before = {p: p.read_bytes() for p in plain_report.index.parent.rglob("*") if p.is_file()}
+    maps = me_maps(NY, NX, seed=8)
+    maps["B"] *= 2.0
+    other_result = write_result(tmp_path / "other.h5", maps)
+    small = write_result(tmp_path / "small.h5", me_maps(5, 5))
+    with pytest.raises(ComparisonError, match="same field of view"):
+        make_report(other_result, plain_report.index.parent, reference=small)
+    after = {p: p.read_bytes() for p in plain_report.index.parent.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_truth_without_truth_maps_is_refused(tmp_path):
