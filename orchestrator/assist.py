@@ -765,7 +765,8 @@ def _cluster_phases(s: AssistSettings, st: "_State", obs: Any, paths: dict[str, 
                                   chunk_pixels=s.chunk_pixels, resume=net.exists(),
                                   threads=s.threads or None, executor=ex, input_options=s.input_options,
                                   columns=None if s.model == "kmeans" else _init_columns(s))
-        st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
+        if not res.get("already_complete") or "predict" not in st.data:
+            st.data["predict"] = {"pixels_per_s": res["pixels_per_s"], "pixels": res["pixels"]}
         if merge:
             from stokesflow.backends import get_backend
             from stokesflow.orchestrator.predict import seed_guess

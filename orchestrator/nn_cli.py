@@ -223,8 +223,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     res = predict_observation(args.input, args.model, args.out, cluster=_cluster_table(args),
                               chunk_pixels=args.chunk_pixels, resume=args.resume, overwrite=args.overwrite,
                               threads=args.threads or None, input_options=_input_options(args))
-    sys.stdout.write(f"wrote {res['out']}: {res['pixels']} pixels in {res['seconds']:.2f} s "
-                     f"({res['pixels_per_s']:.0f} px/s)\n")
+    if res.get("already_complete"):
+        sys.stdout.write(f"{res['out']} was already complete: nothing to predict, the file is unchanged\n")
+    else:
+        sys.stdout.write(f"wrote {res['out']}: {res['pixels']} pixels in {res['seconds']:.2f} s "
+                         f"({res['pixels_per_s']:.0f} px/s)\n")
     return 0
 
 

@@ -246,24 +246,26 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     Returns
     -------
     dict
-        ``seconds``, ``pixels``, ``pixels_per_s``, ``out``.
+        ``seconds``, ``pixels``, ``pixels_per_s``, ``out``; with ``already_complete`` true
+        (and 0 pixels) when ``resume`` found ``out`` complete and left it untouched.
 
     Raises
     ------
     InitError
         A model that does not fit the observation (ModelMismatchError) or cannot be read.
     OrchestratorError
-        Bad input or output path.
+        Bad input or output path; an observation without one valid pixel (``ObservationError``).
     """
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network_init import loaded_model
     from stokesflow.orchestrator.plan import plan_chunks
-    from stokesflow.orchestrator.run import open_input, package_versions
+    from stokesflow.orchestrator.run import open_input, package_versions, sample_valid_pixels
 
     from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
 
     t0 = time.perf_counter()
     obs = open_input(input_path, input_options)
+    sample_valid_pixels(obs, 1, what="predict")  # a field without one valid pixel is refused, as by invert
     model_path = str(Path(model_path).resolve())
     kind = "kmeans" if is_kmeans_database(model_path) else "network"
     if kind == "kmeans":
@@ -298,6 +300,11 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
                    "chunk_pixels": plan.chunk_pixels}
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
     if resume and out.exists():
+        _, done = ResultStore.check_resume(out, fingerprint)
+        if done.all():  # as invert: a complete file is left untouched and no cluster is started
+            log.info("%s is already complete (%d of %d chunks): nothing to predict, the file is unchanged",
+                     out, done.size, done.size)
+            return {"out": str(out), "pixels": 0, "seconds": 0.0, "pixels_per_s": 0.0, "already_complete": True}
         store = ResultStore.resume(out, fingerprint=fingerprint, parameters=layout.specs)
     else:
         store = ResultStore.create(out, plan=plan, parameters=layout.specs, fingerprint=fingerprint,

@@ -405,7 +405,8 @@ def _four(noise: Any) -> tuple[float, float, float, float]:
     return (float(a[0]), float(a[1]), float(a[2]), float(a[3]))
 
 
-def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS,
+                        what: str = "invert") -> tuple[np.ndarray, np.ndarray]:
     """A deterministic sample of up to ``target`` valid pixels spread over the whole map.
 
     About ``sqrt(target * ny / nx)`` rows evenly spaced from the first to the
@@ -422,6 +423,8 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS) -> tuple[np
         The observation handle.
     target : int
         Largest sample size, in pixels.
+    what : str
+        What the caller would do with the pixels, for the error's words ("invert", "predict").
 
     Returns
     -------
@@ -466,7 +469,7 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS) -> tuple[np
     if not taken:
         raise ObservationError(
             f"{obs.path}: no valid pixel: every one of the {ny} x {nx} pixels has NaN or inf in some "
-            f"Stokes value, so there is nothing to invert; check the file (and, for instrument layouts, "
+            f"Stokes value, so there is nothing to {what}; check the file (and, for instrument layouts, "
             f"the continuum and disc mask)"
         )
     return np.concatenate(blocks).astype(np.float32, copy=False), np.concatenate(index).astype(np.int64)

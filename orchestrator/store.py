@@ -516,10 +516,18 @@ def _attr(value: Any) -> Any:
     return value
 
 
+def _require_result(h5: h5py.File, path: str | Path) -> None:
+    """Raise :class:`StoreError` unless ``h5`` has what every result file has."""
+    if "status" not in h5 or "params" not in h5 or "chunks" not in h5 or "parameters" not in h5.attrs:
+        raise StoreError(f"{str(path)!r} is not a stokesflow result file (expected /status, /params, /chunks and "
+                         "the 'parameters' attribute); give the --out file of `stokesflow invert`")
+
+
 def read_result(path: str | Path) -> ResultFile:
     """Read a whole result file into a :class:`ResultFile`."""
     try:
         with h5py.File(path, "r") as h5:
+            _require_result(h5, path)
             names = json.loads(h5.attrs["parameters"])
             errs = [e.decode() if isinstance(e, bytes) else e for e in h5["chunks/error"][:]]
             return ResultFile(
@@ -560,6 +568,7 @@ def inspect_result(path: str | Path) -> dict[str, Any]:
     """Attributes and chunk counts of a result file, without reading the maps."""
     try:
         with h5py.File(path, "r") as h5:
+            _require_result(h5, path)
             done = h5["chunks/done"][:].astype(bool)
             attrs = {k: _attr(v) for k, v in h5.attrs.items()}
     except (OSError, KeyError) as exc:

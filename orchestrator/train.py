@@ -481,6 +481,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     for p in list(inputs) + list(results):
         if not Path(p).exists():
             raise OrchestratorError(f"train: file {p!r} not found")
+    _say_incomplete(results)
     if columns is None:
         columns = training_columns(results[0])
     spec = cluster if isinstance(cluster, ClusterSpec) else ClusterSpec.from_mapping(dict(cluster or {"kind": "serial"}))
@@ -506,6 +507,24 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
              "(%d thread(s))", out, summary["pixels"], summary["n_train"], summary["n_val"], summary["epochs"],
              summary["best_epoch"], summary["val_loss"], summary["seconds"], summary["device"], summary["threads"])
     return summary
+
+
+def _say_incomplete(results: Sequence[str | os.PathLike[str]]) -> None:
+    """Warn of result files that are not complete: a model trained on them sees part of the field only.
+
+    Raises
+    ------
+    StoreError
+        A file that is not a result file of ``stokesflow invert``.
+    """
+    from stokesflow.orchestrator.store import inspect_result
+
+    for res in results:
+        a = inspect_result(res)
+        if not a.get("complete", False):
+            log.warning("%s is not complete (%d of %d chunks done): the model learns from its finished pixels "
+                        "only; finish it first (`stokesflow invert ... --resume`) to train on the whole field",
+                        res, a["n_done"], int(a.get("n_chunks", 0)))
 
 
 def _log_new_epochs(path: Path, shown: int, epochs: int, kind: str) -> int:

@@ -77,7 +77,43 @@ def test_model_on_other_data_is_refused(inverted, tmp_path):
     assert rc == 2 and not (tmp_path / "x.h5").exists()
 
 
-def test_cli_train_then_predict(inverted, tmp_path):
+def test_train_says_when_a_result_is_incomplete_or_not_a_result(inverted, tmp_path, caplog, capsys):
+    import shutil
+
+    d, obs, res = inverted
+    part = tmp_path / "part.h5"
+    shutil.copy(res, part)
+    with h5py.File(part, "r+") as h5:  # as a run stopped before its last chunk leaves it
+        h5["chunks/done"][-1] = False
+        h5.attrs["complete"] = False
+        n = int(h5["chunks/done"].shape[0])
+    with caplog.at_level("WARNING", logger="stokesflow.train"):
+        train_model([str(obs)], [str(part)], tmp_path / "m.pt", settings={"epochs": 1}, threads=1)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [f"{part} is not complete ({n - 1} of {n} chunks done): the model learns from its finished "
+                    "pixels only; finish it first (`stokesflow invert ... --resume`) to train on the whole field"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stokesflow.train"):
+        train_model([str(obs)], [str(res)], tmp_path / "n.pt", settings={"epochs": 1}, threads=1)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # an observation given as the result: named as such, before any training
+    rc = main(["train", "-i", str(obs), "-r", str(obs), "-o", str(tmp_path / "o.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not a stokesflow result file" in err and not (tmp_path / "o.pt").exists()
+
+
+def test_predict_refuses_a_field_without_one_valid_pixel(inverted, tmp_path, capsys):
+    d, obs, res = inverted
+    if not (d / "model.pt").exists():
+        train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 1}, threads=1)
+    nan = write_hmi_observation(tmp_path / "nan.h5", 3, 4, nan_pixels=tuple(range(12)))
+    rc = main(["predict", "-i", str(nan), "-m", str(d / "model.pt"), "-o", str(tmp_path / "g.h5")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no valid pixel" in err and "nothing to predict" in err
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_cli_train_then_predict(inverted, tmp_path, capsys):
     d, obs, res = inverted
     rc = main(["train", "-i", str(obs), "-r", str(res), "-o", str(tmp_path / "m.pt"), "--epochs", "2",
                "--threads", "1", "-q"])
@@ -108,6 +144,12 @@ def test_cli_train_then_predict(inverted, tmp_path):
     assert rc == 0
     with h5py.File(tmp_path / "g.h5") as h5:
         assert h5["params/azimuth"].shape == (12, 16) and h5.attrs["complete"]
+    # --resume of a complete file leaves it as it was (as invert does), and says so
+    before = (tmp_path / "g.h5").read_bytes()
+    capsys.readouterr()
+    rc = main(["predict", "-i", str(obs), "-m", str(tmp_path / "m.pt"), "-o", str(tmp_path / "g.h5"), "--resume"])
+    assert rc == 0 and "already complete" in capsys.readouterr().out
+    assert (tmp_path / "g.h5").read_bytes() == before
 
 
 def test_training_threads_are_resolved_on_the_worker(inverted, tmp_path, monkeypatch):
