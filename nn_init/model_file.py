@@ -192,6 +192,21 @@ def _few(names: Sequence[str], n: int = 6) -> str:
     return "[" + ", ".join(repr(x) for x in names[:n]) + f", ... ({len(names)} in all)]"
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _unreadable(p: Path, exc: Exception) -> str:
+    """Why a file torch cannot load is no model file, in words (torch's own text is for torch's users)."""
+    with open(p, "rb") as f:
+        head = f.read(len(_HDF5_SIGNATURE))
+    if head == _HDF5_SIGNATURE:
+        return (f"{p} is an HDF5 file, not a model file of `stokesflow train` (nor a k-means database of "
+                "`stokesflow assist --model kmeans`); give the model.pt that train or assist wrote")
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (f"{p}: not a stokesflow model file: torch cannot read it ({type(exc).__name__}"
+            f"{': ' + first if first else ''}); give the model.pt that train or assist wrote")
+
+
 def load_model(path: str | os.PathLike[str]) -> NetworkModel:
     """Read a model file written by :meth:`NetworkModel.save`.
 
@@ -208,7 +223,7 @@ def load_model(path: str | os.PathLike[str]) -> NetworkModel:
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ModelFileError(f"{p}: not a readable stokesflow model file ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(_unreadable(p, exc)) from None
     if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{p}: not a stokesflow model file (no format={MODEL_FORMAT!r} entry)")
     if int(data.get("format_version", 0)) > 1:

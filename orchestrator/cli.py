@@ -590,6 +590,10 @@ class _DaskCloseRaces(logging.Filter):
 _RACE_LOGGERS = ("tornado.application", "asyncio")
 
 
+#: Flags whose configuration key is a common word ("kind of data"): the word an error names them by.
+_FLAG_KEYWORDS = {"cluster.kind": "cluster"}
+
+
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The command-line flags the user gave, as (keyword, flag text) pairs.
 
@@ -601,7 +605,7 @@ def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for dest, value in vars(args).items():
         if "." in dest and value is not None and dest in names:
-            key = dest.split(".", 1)[1]
+            key = _FLAG_KEYWORDS.get(dest, dest.split(".", 1)[1])
             shown = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
             out.append((key, f"{names[dest]} {shown}"))
     for dest, flag in (("backend_option", "-B"), ("init_option", "-I"), ("cluster_option", "-C"),

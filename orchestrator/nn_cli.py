@@ -25,11 +25,43 @@ def _key_value(text: str) -> Any:
     return kv(text)
 
 
+def _positive_int(text: str) -> int:
+    from stokesflow.orchestrator.cli import _positive_int as pi
+
+    return pi(text)
+
+
+def _nonneg_int(text: str) -> int:
+    from stokesflow.orchestrator.cli import _nonneg_int as ni
+
+    return ni(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
+def _held_out_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.9), got {text!r}") from None
+    if not 0 < value < 0.9:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.9), got {value:g}")
+    return value
+
+
 def _cluster_flags(p: argparse.ArgumentParser, default: str) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--cluster", default=default, choices=["local", "serial", "mpi", "slurm", "pbs", "address"],
                    help="where the tasks run")
-    g.add_argument("-w", "--workers", type=int, default=None, metavar="N", help="worker processes")
+    g.add_argument("-w", "--workers", type=_positive_int, default=None, metavar="N", help="worker processes")
     g.add_argument("--address", default=None, metavar="URL", help="scheduler address for --cluster address")
     g.add_argument("-C", "--cluster-option", dest="cluster_option", action="append", type=_key_value,
                    metavar="KEY=VALUE", help="any other [cluster] key (repeatable)")
@@ -81,16 +113,16 @@ def add_nn_parsers(sub: Any) -> None:
                    help="result file of that observation (repeat)")
     p.add_argument("--model", default="cnn", choices=["cnn", "unet"], help="network kind")
     p.add_argument("-o", "--out", required=True, metavar="MODEL.pt", help="model file to write")
-    p.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping ends sooner)")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--epochs", type=_positive_int, default=200, help="most epochs (early stopping ends sooner)")
+    p.add_argument("--batch", type=_positive_int, default=None,
                    help="pixels per batch (cnn, default 256) or image crops per batch (unet, default 8)")
-    p.add_argument("--crop", type=int, default=None, help="unet: side of the training crops [pixels] (default 64)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--crop", type=_positive_int, default=None, help="unet: side of the training crops [pixels] (default 64)")
+    p.add_argument("--lr", type=_positive_float, default=None,
                    help="Adam learning rate (cnn 3e-3, decaying on a cosine over at most 245,760 samples; unet 2e-3)")
-    p.add_argument("--patience", type=int, default=10, help="epochs without improvement before stopping")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="held-out share of the pixels")
+    p.add_argument("--patience", type=_positive_int, default=10, help="epochs without improvement before stopping")
+    p.add_argument("--val-fraction", type=_held_out_share, default=0.15, help="held-out share of the pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-chi2", type=float, default=None, help="leave out pixels with a reduced chi2 above it")
+    p.add_argument("--max-chi2", type=_positive_float, default=None, help="leave out pixels with a reduced chi2 above it")
     p.add_argument("--no-mirror", dest="mirror", action="store_false",
                    help="train on the pixels alone, without their polarity mirror images ((I, Q, -U, -V) with "
                         "inclination -> 180 - inclination, azimuth -> -azimuth: an exact symmetry of the "
@@ -102,7 +134,7 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--log-targets", dest="log_targets", default=None, choices=["auto", "yes", "no"],
                    help="cnn: learn positive, long-tailed parameters (B, eta0) through their log: yes, no, or auto "
                         "(default: yes on a coarse grid such as HMI's filtergrams, no on a spectrograph's)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = every core of the worker that trains (the training runs alone)")
+    p.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads; 0 = every core of the worker that trains (the training runs alone)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _input_flags(p)
     _cluster_flags(p, "serial")
@@ -118,8 +150,8 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("-m", "--model", required=True, metavar="MODEL.pt",
                    help="model file of stokesflow train, or a k-means database (DIR/kmeans.h5 of assist --model kmeans)")
     p.add_argument("-o", "--out", required=True, metavar="GUESS.h5")
-    p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = 65536")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per task; 0 = the worker's share")
+    p.add_argument("--chunk-pixels", type=_nonneg_int, default=0, help="pixels per task; 0 = 65536")
+    p.add_argument("--threads", type=_nonneg_int, default=0, help="torch threads per task; 0 = the worker's share")
     p.add_argument("--resume", action="store_true", help="finish an interrupted prediction")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _input_flags(p)
@@ -139,12 +171,12 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("-o", "--out", required=True, metavar="DIR")
     p.add_argument("--subset", type=float, default=0.05,
                    help="share of the pixels in the training subset, clamped to [--subset-min, --subset-max]")
-    p.add_argument("--subset-min", type=int, default=None,
+    p.add_argument("--subset-min", type=_positive_int, default=None,
                    help="fewest subset pixels (me + cnn: 16000; otherwise 64; a smaller field is used whole)")
-    p.add_argument("--subset-max", type=int, default=None, help="most subset pixels (me + cnn: 32000)")
+    p.add_argument("--subset-max", type=_positive_int, default=None, help="most subset pixels (me + cnn: 32000)")
     p.add_argument("--subset-method", default="clusters", choices=["clusters", "box"],
                    help="clusters: sample every k-means cluster; box: a corner box (for comparison)")
-    p.add_argument("--clusters", type=int, default=16, help="k of the k-means")
+    p.add_argument("--clusters", type=_positive_int, default=16, help="k of the k-means")
     p.add_argument("--model", default="cnn", choices=["cnn", "unet", "kmeans"],
                    help="cnn: a network trained on the subset; unet: an image network trained on patches that "
                         "sample every cluster (guess.h5 also holds /interval/<name>); kmeans: look-up in the "
@@ -154,9 +186,9 @@ def add_nn_parsers(sub: Any) -> None:
                    help="sir, desire: start the short phase from an ME inversion of the whole field: alone (their "
                         "default) = the ME field and velocity with the guess model's T, vmic, vmac; merge = with "
                         "the network's; off = the network's guesses")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=_positive_int, default=200, help="most training epochs (early stopping ends sooner)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=_nonneg_int, default=0,
                    help="torch threads; 0 = every core of the worker for the training (it runs alone), the "
                         "worker's share for each prediction task")
     p.add_argument("--backend", default="me", help="me, or a classical code: sir, desire (the network then learns "
@@ -175,7 +207,7 @@ def add_nn_parsers(sub: Any) -> None:
     p.add_argument("--train-option", dest="train_option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="training setting of the network, over the loop's own (cnn: max_samples, lr, batch, "
                         "samples_per_epoch, patience, ...; unet: crop, channels, ...) (repeatable)")
-    p.add_argument("--chunk-pixels", type=int, default=0, help="pixels per task; 0 = automatic")
+    p.add_argument("--chunk-pixels", type=_nonneg_int, default=0, help="pixels per task; 0 = automatic")
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report/")
     p.add_argument("--overwrite", action="store_true", help="empty DIR of a run with other arguments first")

@@ -82,8 +82,14 @@ def test_incompatible_model_raises(pairs, tmp_path):
     with pytest.raises(ModelMismatchError, match="observed wavelength grid"):
         prov.initial_guess(np.zeros((2, 4, 6)), HMI + 0.05, start=0, stop=2)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(ModelFileError, match="not a readable stokesflow model"):
+    with pytest.raises(ModelFileError, match="junk.pt: not a stokesflow model file: torch cannot read it"):
         load_model(tmp_path / "junk.pt")
+    import h5py
+
+    with h5py.File(tmp_path / "result.h5", "w") as h5:  # e.g. a result file given as the model
+        h5["status"] = np.zeros((2, 2), "u1")
+    with pytest.raises(ModelFileError, match="result.h5 is an HDF5 file, not a model file of `stokesflow train`"):
+        load_model(tmp_path / "result.h5")
     with pytest.raises(ModelFileError, match="not found"):
         load_model(tmp_path / "none.pt")
 

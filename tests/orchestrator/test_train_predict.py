@@ -63,7 +63,7 @@ def test_train_predict_and_assisted_invert(inverted):
                                rtol=1e-4)
 
 
-def test_model_on_other_data_is_refused(inverted, tmp_path):
+def test_model_on_other_data_is_refused(inverted, tmp_path, capsys):
     d, obs, res = inverted
     if not (d / "model.pt").exists():
         train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 1}, threads=1)
@@ -72,9 +72,13 @@ def test_model_on_other_data_is_refused(inverted, tmp_path):
         predict_observation(other, d / "model.pt", tmp_path / "g.h5")
     rc = main(["predict", "-i", str(other), "-m", str(d / "model.pt"), "-o", str(tmp_path / "g.h5"), "-q"])
     assert rc == 2
+    capsys.readouterr()
     rc = main(["invert", "--input", str(other), "--out", str(tmp_path / "x.h5"), "--cluster", "serial",
                "--init", "cnn", "-I", f"model={d / 'model.pt'}", "--progress", "none", "-q"])
     assert rc == 2 and not (tmp_path / "x.h5").exists()
+    # the error points at the model flag, not at --cluster (its key, "kind", is a word of the message)
+    err = capsys.readouterr().err
+    assert f"(given on the command line as -I model={d / 'model.pt'})" in err and "--cluster" not in err
 
 
 def test_train_says_when_a_result_is_incomplete_or_not_a_result(inverted, tmp_path, caplog, capsys):
@@ -100,6 +104,21 @@ def test_train_says_when_a_result_is_incomplete_or_not_a_result(inverted, tmp_pa
     rc = main(["train", "-i", str(obs), "-r", str(obs), "-o", str(tmp_path / "o.pt")])
     err = capsys.readouterr().err
     assert rc == 2 and "is not a stokesflow result file" in err and not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--val-fraction", "1.5"], "--val-fraction: expected a share in (0, 0.9), got 1.5"),
+    (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["train", "--lr=-1e-3"], "--lr: expected a positive number, got -0.001"),
+    (["assist", "--clusters", "0"], "--clusters: expected a positive integer, got 0"),
+    (["assist", "--epochs", "x"], "--epochs: expected a positive integer, got 'x'"),
+    (["predict", "--chunk-pixels", "-5"], "--chunk-pixels: expected an integer >= 0"),
+])
+def test_network_commands_name_the_flag_out_of_range(argv, said, capsys):
+    files = {"train": ["-i", "o.h5", "-r", "r.h5", "-o", "m.pt"], "assist": ["-i", "o.h5", "-o", "D"],
+             "predict": ["-i", "o.h5", "-m", "m.pt", "-o", "g.h5"]}
+    assert main(argv[:1] + files[argv[0]] + argv[1:]) == 2
+    assert f"argument {said}" in capsys.readouterr().err
 
 
 def test_predict_refuses_a_field_without_one_valid_pixel(inverted, tmp_path, capsys):
