@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import signal
 import sys
@@ -697,11 +698,35 @@ def run() -> None:
     is garbage-collected after :func:`main` has returned, often only at exit, and asyncio's
     "Task exception was never retrieved" with its traceback then came after the run's own
     one-line error (seen on CI, in one run of the SLURM test that cancels every worker job).
+
+    Once :func:`main` has returned, its files are closed and its last line is printed: a Ctrl-C or
+    SIGTERM that comes while the interpreter shuts down (Dask's and torch's exit handlers, the
+    joins of their threads) ends the process at once with :func:`main`'s exit code
+    (:func:`_exit_with`), instead of a ``KeyboardInterrupt`` traceback from an exit handler and
+    an exit code that says the finished command was interrupted.
     """
     race = _DaskCloseRaces()
     for name in _RACE_LOGGERS:
         logging.getLogger(name).addFilter(race)
-    sys.exit(main())
+    code = main()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _exit_with(code))
+    sys.exit(code)
+
+
+def _exit_with(code: int) -> Callable[[int, object], None]:
+    """A signal handler that flushes the standard streams and ends the process with ``code``."""
+
+    def handler(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # closed or replaced at shutdown
+                pass
+        os._exit(code)
+
+    return handler
 
 
 if __name__ == "__main__":  # python -m stokesflow.orchestrator.cli

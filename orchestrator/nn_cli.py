@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def add_nn_parsers(sub: Any) -> None:
     _input_flags(p)
     _cluster_flags(p, "serial")
     _log_flags(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, on_interrupt=_train_interrupted)
 
     p = sub.add_parser("predict", help="a trained network's parameters for every pixel (result-file layout)",
                        description="Apply a model file to every pixel of an observation, as chunk tasks, and "
@@ -157,7 +158,7 @@ def add_nn_parsers(sub: Any) -> None:
     _input_flags(p)
     _cluster_flags(p, "serial")
     _log_flags(p)
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, on_interrupt=_predict_interrupted)
 
     p = sub.add_parser("assist", help="the assisted loop: subset, reference, train, predict, assisted inversion",
                        description="Choose a representative subset (k-means of the spectra), invert it with the "
@@ -214,11 +215,41 @@ def add_nn_parsers(sub: Any) -> None:
     _input_flags(p)
     _cluster_flags(p, "local")
     _log_flags(p)
-    p.set_defaults(func=_cmd_assist)
+    p.set_defaults(func=_cmd_assist, on_interrupt=_assist_interrupted)
+
+
+def _train_interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``train`` leaves (the command line's line after "interrupted:")."""
+    ckpt = Path(str(args.out) + ".ckpt")
+    if ckpt.exists():
+        return f"the finished epochs are in {ckpt}: run the same command again to go on from there"
+    if Path(args.out).exists() and Path(args.out).stat().st_mtime >= getattr(args, "started", 0.0):
+        return f"{args.out} was written before the stop"
+    return f"nothing written (no epoch had finished); {args.out} was not changed"
+
+
+def _predict_interrupted(args: argparse.Namespace) -> str:
+    from stokesflow.orchestrator.cli import _invert_interrupted
+
+    args.result_path = args.out
+    return _invert_interrupted(args)
+
+
+def _assist_interrupted(args: argparse.Namespace) -> str:
+    import json
+
+    try:
+        done = json.loads((Path(args.out) / "summary.json").read_text())["done"]
+    except (OSError, ValueError, KeyError, TypeError):
+        done = []
+    finished = f"finished phases in {args.out}: {', '.join(done)}" if done else f"no phase finished in {args.out}"
+    return f"{finished}; run the same command again to go on (finished chunks and epochs are kept)"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.train import train_model
+
+    args.started = time.time()
 
     settings = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "patience": args.patience,
                 "val_fraction": args.val_fraction, "seed": args.seed, "mirror": args.mirror}
@@ -251,6 +282,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from stokesflow.orchestrator.predict import predict_observation
+
+    args.started = time.time()
 
     res = predict_observation(args.input, args.model, args.out, cluster=_cluster_table(args),
                               chunk_pixels=args.chunk_pixels, resume=args.resume, overwrite=args.overwrite,

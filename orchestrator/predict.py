@@ -259,7 +259,9 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network_init import loaded_model
     from stokesflow.orchestrator.plan import plan_chunks
-    from stokesflow.orchestrator.run import open_input, package_versions, sample_valid_pixels
+    from stokesflow.orchestrator.run import (
+        raise_if_stop_requested, open_input, package_versions, sample_valid_pixels,
+    )
 
     from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
 
@@ -334,6 +336,7 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
                 store.write_chunk(chunk_out)
             else:
                 store.write_chunk(got)
+            raise_if_stop_requested()  # a Ctrl-C a finalizer swallowed: stop at the chunk boundary
         t_pred = time.perf_counter() - t1
         store.finalize({"time_predict_s": t_pred, "time_total_s": time.perf_counter() - t0})
     npix = int(sum(c.npix for c in pending))

@@ -88,6 +88,7 @@ __all__ = [
     "ChunkTaskError",
     "validate_run",
     "open_store",
+    "raise_if_stop_requested",
     "request_stop",
     "drive_chunks",
     "summarise",
@@ -150,7 +151,8 @@ def request_stop(exc: BaseException | None) -> None:
     _STOP[:] = [] if exc is None else [exc]
 
 
-def _raise_if_stop_requested() -> None:
+def raise_if_stop_requested() -> None:
+    """Raise the stop :func:`request_stop` recorded, if any (once): the check of every driver loop."""
     if _STOP:
         raise _STOP.pop()
 
@@ -1041,7 +1043,7 @@ def drive_chunks(
     inflight: dict[Any, Chunk] = {}
 
     def top_up() -> None:
-        _raise_if_stop_requested()
+        raise_if_stop_requested()
         while queue and len(inflight) < window:
             chunk = queue.popleft()
             inflight[ex.submit(invert_chunk, ctx, chunk.index, chunk.start, chunk.stop)] = chunk

@@ -364,7 +364,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
     import torch
 
     from stokesflow.nn_init.training import train_network
-    from stokesflow.orchestrator.run import package_versions
+    from stokesflow.orchestrator.run import raise_if_stop_requested, package_versions
 
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -377,6 +377,9 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
         tmp = history_path.with_name(history_path.name + ".partial")
         tmp.write_text(json.dumps(history))
         tmp.replace(history_path)
+        # the epoch's checkpoint is written: a Ctrl-C that a finalizer swallowed (the command line's
+        # handler recorded it) stops the training here, where the task runs in the command's process
+        raise_if_stop_requested()
 
     if model == "unet":
         from stokesflow.nn_init.unet import train_unet
@@ -463,6 +466,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network import require_torch
     from stokesflow.nn_init.training import TrainSettings
+    from stokesflow.orchestrator.run import raise_if_stop_requested
 
     if model not in ("cnn", "unet"):
         raise OrchestratorError(f"--model {model!r} is not available; choose cnn or unet")
@@ -497,6 +501,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
                       dict(input_options or {}))
         shown = 0
         while not fut.done():
+            raise_if_stop_requested()
             time.sleep(0.1)
             shown = _log_new_epochs(history_path, shown, int(st["epochs"]), spec.kind)
         summary = ex.result(fut)

@@ -128,6 +128,14 @@ def assisted_phase_interrupted_and_resumed(obs: Path, out: Path, settings: Any, 
     # every phase before the assisted one is done (me_seed among them when the settings run it)
     assert state["done"] == ["subset", "reference", "train"] + (["me_seed"] if settings.me_seed != "off" else []) \
         + ["predict"]
+    # what the command line says after "interrupted:"
+    import argparse
+
+    from stokesflow.orchestrator.nn_cli import _assist_interrupted
+
+    assert _assist_interrupted(argparse.Namespace(out=str(out))) == (
+        f"finished phases in {out}: {', '.join(state['done'])}; run the same command again to go on (finished "
+        "chunks and epochs are kept)")
     info = inspect_result(out / "assisted.h5")
     assert 0 < info["n_done"] < nchunks and not info["complete"]
     ref_mtime = (out / "subset.h5").stat().st_mtime_ns

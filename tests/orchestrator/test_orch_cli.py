@@ -295,6 +295,36 @@ def test_orphaned_gather_task_destroyed_at_exit_is_not_printed_by_the_command(ca
     assert ("AllExit" in out.stderr) == printed, out.stderr[-3000:]
 
 
+_SIGNAL_AT_EXIT = """
+import atexit, os, signal, sys, time
+from stokesflow.orchestrator import cli
+
+def ctrl_c_while_shutting_down():  # what a Ctrl-C during the interpreter's shutdown does
+    os.kill(os.getpid(), signal.SIG{name})
+    time.sleep(2)
+
+sys.argv = ["stokesflow", "backends"]
+atexit.register(ctrl_c_while_shutting_down)
+"""
+
+
+@pytest.mark.parametrize("name", ["INT", "TERM"])
+@pytest.mark.parametrize("call, clean", [("cli.run()", True), ("sys.exit(cli.main())", False)])
+def test_a_signal_after_the_command_has_finished_ends_it_with_its_exit_code(name, call, clean):
+    """Once ``main`` has returned (files closed, last line printed), a Ctrl-C or SIGTERM during the
+    shutdown ends the process with ``main``'s code and prints nothing more; ``main`` alone (the
+    control) leaves Python's default: a KeyboardInterrupt from the exit handler, or death by SIGTERM."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _SIGNAL_AT_EXIT.format(name=name) + call], capture_output=True,
+                         text=True, timeout=120)
+    assert "me" in out.stdout  # the command's own output (the list of backends) is all there
+    if clean:
+        assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
+    else:
+        assert out.returncode != 0 or "KeyboardInterrupt" in out.stderr, (out.returncode, out.stderr[-3000:])
+
+
 def test_orphaned_gather_task_of_a_closing_client_is_not_printed(monkeypatch):
     """asyncio's "Task exception was never retrieved" for Dask's ``AllExit`` (the sentinel that ends a
     gather the client gives up, e.g. when every SLURM worker job is gone) is dropped while a command

@@ -121,6 +121,63 @@ def test_network_commands_name_the_flag_out_of_range(argv, said, capsys):
     assert f"argument {said}" in capsys.readouterr().err
 
 
+def test_a_swallowed_ctrl_c_stops_the_training_and_says_what_is_kept(inverted, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C raised inside a finalizer is printed and dropped by Python; the command line's handler
+    records it first (``request_stop``), and the training stops after its epoch's checkpoint."""
+    import stokesflow.orchestrator.train as train
+    from stokesflow.orchestrator.run import request_stop
+
+    d, obs, res = inverted
+    real = train.read_training_pairs
+
+    def swallowed(*a, **k):  # the handler ran, its exception was lost (as in a finalizer)
+        request_stop(KeyboardInterrupt())
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "read_training_pairs", swallowed)
+    out = tmp_path / "m.pt"
+    argv = ["train", "-i", str(obs), "-r", str(res), "-o", str(out), "--epochs", "3", "--threads", "1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: the finished epochs are in {out}.ckpt: run the same command again" in err
+    assert not out.exists() and (tmp_path / "m.pt.ckpt").exists()
+    monkeypatch.setattr(train, "read_training_pairs", real)
+    assert main(argv) == 0
+    assert out.exists() and not (tmp_path / "m.pt.ckpt").exists()
+    assert len(load_model(out).metadata["history"]) == 3  # epoch 1 from the checkpoint, then 2 and 3
+
+
+def test_a_swallowed_ctrl_c_stops_the_prediction_at_a_chunk_and_resume_finishes_it(inverted, tmp_path, monkeypatch,
+                                                                                     capsys):
+    import stokesflow.orchestrator.predict as predict
+    from stokesflow.orchestrator.run import request_stop
+
+    d, obs, res = inverted
+    if not (d / "model.pt").exists():
+        train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 1}, threads=1)
+    real = predict.predict_chunk
+
+    def swallowed(*a, **k):
+        request_stop(KeyboardInterrupt())
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict, "predict_chunk", swallowed)
+    def argv(out):
+        return ["predict", "-i", str(obs), "-m", str(d / "model.pt"), "-o", str(out), "--chunk-pixels", "64",
+                "--threads", "1"]
+
+    assert main(argv(tmp_path / "g.h5")) == 130  # 12 x 16 pixels: 3 chunks
+    assert f"interrupted: 1 of 3 chunks are on disk in {tmp_path / 'g.h5'}; finish the run with --resume" in \
+        capsys.readouterr().err
+    monkeypatch.setattr(predict, "predict_chunk", real)
+    assert main(argv(tmp_path / "g.h5") + ["--resume"]) == 0
+    assert main(argv(tmp_path / "straight.h5")) == 0
+    a, b = read_result(tmp_path / "g.h5"), read_result(tmp_path / "straight.h5")
+    assert a.attrs["complete"] and a.done.all()
+    for name in b.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
 def test_predict_refuses_a_field_without_one_valid_pixel(inverted, tmp_path, capsys):
     d, obs, res = inverted
     if not (d / "model.pt").exists():
