@@ -659,11 +659,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     race_logs = [logging.getLogger(name) for name in _RACE_LOGGERS]
     for race_log in race_logs:
         race_log.addFilter(race)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[signum] = signal.signal(signum, _on_signal)
-        sys.unraisablehook = _quiet_unraisable(old_hook)
-    try:
+    try:  # the handlers are installed inside: a signal between two of them is reported as any other
+        if threading.current_thread() is threading.main_thread():
+            sys.unraisablehook = _quiet_unraisable(old_hook)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[signum] = signal.signal(signum, _on_signal)
         return func(args)
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
