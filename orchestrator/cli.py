@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 __all__ = [
     "main", "run", "build_parser", "invert_overrides", "add_input_flags", "input_table", "effective_config_toml",
-    "Terminated", "KeyValue",
+    "Terminated", "KeyValue", "checked_number",
     "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
 ]
 
@@ -77,24 +77,27 @@ def _noise(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def checked_number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)`` where ``ok`` accepts it, else an error saying what was expected.
+
+    ``checked_number(int, lambda v: v > 0, "a positive integer")("0")`` raises
+    ``ArgumentTypeError("expected a positive integer, got 0")``, which argparse prints after the flag.
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+_positive_int = checked_number(int, lambda v: v > 0, "a positive integer")
+_nonneg_int = checked_number(int, lambda v: v >= 0, "an integer >= 0")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

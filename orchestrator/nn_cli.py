@@ -17,45 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stokesflow.orchestrator.cli import _key_value, _nonneg_int, _positive_int, checked_number
+
 __all__ = ["add_nn_parsers"]
 
 
-def _key_value(text: str) -> Any:
-    from stokesflow.orchestrator.cli import _key_value as kv
-
-    return kv(text)
-
-
-def _positive_int(text: str) -> int:
-    from stokesflow.orchestrator.cli import _positive_int as pi
-
-    return pi(text)
-
-
-def _nonneg_int(text: str) -> int:
-    from stokesflow.orchestrator.cli import _nonneg_int as ni
-
-    return ni(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
-    return value
-
-
-def _held_out_share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.9), got {text!r}") from None
-    if not 0 < value < 0.9:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.9), got {value:g}")
-    return value
+_positive_float = checked_number(float, lambda v: v > 0, "a positive number")
+_held_out_share = checked_number(float, lambda v: 0 < v < 0.9, "a share in (0, 0.9)")
 
 
 def _cluster_flags(p: argparse.ArgumentParser, default: str) -> None:
