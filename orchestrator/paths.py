@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
@@ -17,8 +19,10 @@ def check_new_output(
     what: str,
     exists_remedy: str,
     error: type[OrchestratorError] = OrchestratorError,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
-    """Make sure ``path`` can be written: absent (or ``overwrite``), in an existing, writable folder.
+    """Make sure ``path`` can be written: absent (or ``overwrite``), not a folder, not one of the
+    command's ``inputs``, in an existing, writable folder.
 
     Parameters
     ----------
@@ -32,12 +36,20 @@ def check_new_output(
         What to do when the file exists and ``overwrite`` is false.
     error : type
         The exception raised (a subclass of :class:`OrchestratorError`).
+    inputs : sequence of path
+        Files the command reads: ``--overwrite`` onto one of them (under any name) would destroy it.
 
     Raises
     ------
     OrchestratorError
         One line naming the file or folder, what is wrong and the fix (``--out``).
     """
+    if path.is_dir():
+        raise error(f"cannot create {what}: it is a folder; give a file name (--out)")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise error(f"{what} is the input {os.fspath(source)!r}: writing it would destroy the input; "
+                        "choose another --out")
     if path.exists() and not overwrite:
         raise error(f"{what} already exists; {exists_remedy}")
     folder = path.parent

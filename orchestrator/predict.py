@@ -264,6 +264,7 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     )
 
     from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
+    from stokesflow.orchestrator.paths import check_new_output
 
     t0 = time.perf_counter()
     obs = open_input(input_path, input_options)
@@ -295,8 +296,9 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
         rows = max(1, (chunk_pixels or 65536) // obs.nx)
         chunk_pixels = rows * obs.nx
     out = Path(out)
-    if out.exists() and not (resume or overwrite):
-        raise OrchestratorError(f"output {out} exists; pass --overwrite to replace it or --resume to finish it")
+    if not (resume and out.exists()):
+        check_new_output(out, overwrite=overwrite, what=f"output {str(out)!r}", inputs=[obs.path, model_path],
+                         exists_remedy="pass --overwrite to replace it or --resume to finish it")
     plan = plan_chunks(obs.ny, obs.nx, chunk_pixels or 65536)
     fingerprint = {"observation": obs.fingerprint(), "model": model_path, "model_digest": digest,
                    "chunk_pixels": plan.chunk_pixels}

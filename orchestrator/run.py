@@ -768,9 +768,12 @@ def _check_output(config: Config) -> Path:
                 "fix its permissions or copy it somewhere writable"
             ) from None
         return out_path
+    # what the run reads: the observation, and the file a provider starts from (-I file=, model=, ...)
+    reads = [config.input.path] + [v for v in dict(config.init_options() or {}).values() if isinstance(v, str) and v]
     check_new_output(
         out_path, overwrite=o.overwrite, what=f"result file {str(out_path)!r}", error=StoreError,
         exists_remedy="pass --resume to finish that run, --overwrite to replace it, or choose another --out",
+        inputs=[p for p in reads if p],
     )
     return out_path
 

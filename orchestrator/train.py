@@ -466,6 +466,7 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network import require_torch
     from stokesflow.nn_init.training import TrainSettings
+    from stokesflow.orchestrator.paths import check_new_output
     from stokesflow.orchestrator.run import raise_if_stop_requested
 
     if model not in ("cnn", "unet"):
@@ -478,13 +479,11 @@ def train_model(inputs: Sequence[str], results: Sequence[str], out: str | os.Pat
     else:
         st = TrainSettings(**dict(settings or {}))
     out = str(Path(out).resolve())
-    if Path(out).exists() and not overwrite:
-        raise OrchestratorError(f"model file {out} exists; pass --overwrite to replace it")
-    if not Path(out).parent.is_dir():
-        raise OrchestratorError(f"cannot write model file {out}: folder {Path(out).parent} does not exist")
     for p in list(inputs) + list(results):
         if not Path(p).exists():
             raise OrchestratorError(f"train: file {p!r} not found")
+    check_new_output(Path(out), overwrite=overwrite, what=f"model file {out}", inputs=list(inputs) + list(results),
+                     exists_remedy="pass --overwrite to replace it")
     _say_incomplete(results)
     if columns is None:
         columns = training_columns(results[0])

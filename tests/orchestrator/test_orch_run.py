@@ -160,6 +160,28 @@ def test_bad_input_fails_before_any_work(case, exc, fragments, obs, tmp_path, no
     assert not out.exists()
 
 
+def test_overwrite_onto_an_input_or_a_folder_is_refused_before_any_work(obs, tmp_path, no_cluster):
+    import shutil
+
+    mine = tmp_path / "obs.h5"
+    shutil.copy(obs, mine)
+    before = mine.read_bytes()
+    for out in (mine, tmp_path / "." / "obs.h5"):  # the same file under another name too
+        with pytest.raises(StoreError, match="is the input .*writing it would destroy the input; choose another --out"):
+            run_inversion(make_config(mine, out, output={"overwrite": True}))
+    assert mine.read_bytes() == before
+    # the file a provider starts from is an input as well
+    res = tmp_path / "res.h5"
+    res.write_bytes(b"a result")
+    with pytest.raises(StoreError, match="destroy the input"):
+        run_inversion(make_config(mine, res, output={"overwrite": True}, run={"init": "previous"},
+                                  init={"previous": {"file": str(res)}}))
+    assert res.read_bytes() == b"a result"
+    (tmp_path / "folder.h5").mkdir()
+    with pytest.raises(StoreError, match="it is a folder; give a file name"):
+        run_inversion(make_config(mine, tmp_path / "folder.h5", output={"overwrite": True}))
+
+
 def test_existing_output_needs_resume_or_overwrite(obs, tmp_path, monkeypatch):
     out = tmp_path / "r.h5"
     run_inversion(make_config(obs, out, run={"chunk_pixels": 48}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -176,6 +178,24 @@ def test_a_swallowed_ctrl_c_stops_the_prediction_at_a_chunk_and_resume_finishes_
     assert a.attrs["complete"] and a.done.all()
     for name in b.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
+def test_predict_and_train_refuse_to_overwrite_their_inputs(inverted, tmp_path, capsys):
+    import shutil
+
+    d, obs, res = inverted
+    if not (d / "model.pt").exists():
+        train_model([str(obs)], [str(res)], d / "model.pt", settings={"epochs": 1}, threads=1)
+    o, r, m = (shutil.copy(p, tmp_path / p.name) for p in (obs, res, d / "model.pt"))
+    before = {p: p.read_bytes() for p in map(Path, (o, r, m))}
+    cases = [["predict", "-i", str(o), "-m", str(m), "-o", str(o), "--overwrite"],
+             ["predict", "-i", str(o), "-m", str(m), "-o", str(m), "--overwrite"],
+             ["train", "-i", str(o), "-r", str(r), "-o", str(r), "--overwrite"],
+             ["train", "-i", str(o), "-r", str(r), "-o", str(o), "--overwrite"]]
+    for argv in cases:
+        assert main(argv) == 2
+        assert "writing it would destroy the input" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_predict_refuses_a_field_without_one_valid_pixel(inverted, tmp_path, capsys):
