@@ -10,7 +10,8 @@ library, so everything the command line does is callable from Python.
 Exit codes: 0 complete (also ``--resume`` of a file that is already complete,
 which is left untouched), 3 partial (some chunks failed after their retries;
 the result file says which and why), 2 bad input or configuration (a one-line
-message, nothing computed), 1 unexpected error (with a traceback to report),
+message, nothing computed; also a file that cannot be read or written during
+the run), 1 unexpected error (with a traceback to report),
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 __all__ = [
     "main", "run", "build_parser", "invert_overrides", "add_input_flags", "input_table", "effective_config_toml",
-    "Terminated", "KeyValue", "checked_number",
+    "Terminated", "KeyValue", "checked_number", "seed_number",
     "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_BAD_INPUT", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED",
 ]
 
@@ -98,6 +99,8 @@ def checked_number(kind: Callable[[str], Any], ok: Callable[[Any], bool], expect
 
 _positive_int = checked_number(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = checked_number(int, lambda v: v >= 0, "an integer >= 0")
+#: A random seed: numpy's generators take any integer >= 0, the files store it as a 64-bit integer.
+seed_number = checked_number(int, lambda v: 0 <= v < 2**63, "an integer from 0 to 2^63 - 1")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -144,7 +147,9 @@ _INVERT_EPILOG = textwrap.dedent(
       0    complete (also --resume of a complete file: nothing done, file unchanged)
       3    partial: some chunks failed after their retries (see /chunks/error);
            --resume computes them
-      2    bad input or configuration: one line says what and where, nothing computed
+      2    bad input or configuration: one line says what and where, nothing computed;
+           also a file that cannot be read or written during the run (permissions,
+           a full disk, a broken file): one line, -v adds where
       1    unexpected error (the traceback is printed: please report it)
       130  interrupted (Ctrl-C): finished chunks are on disk, --resume finishes the run
       143  terminated (SIGTERM, e.g. the batch walltime): likewise
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "\"stokesflow[lightweaver]\"), SIR (HSRA; needs STOKESFLOW_SIR) or RH 1.5D (HSRA; "
                         "needs STOKESFLOW_RH and MPI): profiles no ME model produced")
     p.add_argument("--noise", type=float, default=1e-3, help="Gaussian noise sigma in continuum units")
-    p.add_argument("--seed", type=int, default=0, help="seed of the scene and the noise")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the scene and the noise")
     p.add_argument("-o", "--out", required=True, metavar="PATH", help="observation file to write (HDF5)")
     p.add_argument("--rows-per-block", type=_nonneg_int, default=0, metavar="N",
                    help="rows synthesised and written at a time; 0 = about 65536 pixels per block")
@@ -676,6 +681,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except _bad_input_types() as exc:
         log.error("%s", with_flags(" ".join(str(exc).split("\n")), given_flags(args)))
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a file the checks before the work could not foresee: permissions, disk, a broken file
+        log.error("cannot read or write a file: %s", " ".join(str(exc).split("\n")),
+                  exc_info=bool(getattr(args, "verbose", 0)))  # where it came from, with -v
         return EXIT_BAD_INPUT
     except Exception:
         log.exception("unexpected error (please report it with the traceback above)")

@@ -38,8 +38,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stokesflow.orchestrator.cli import checked_number
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.geometry import ObservationInfo, image_rotation, observation_info, pixel_heliographic
+from stokesflow.orchestrator.paths import output_folder
 from stokesflow.orchestrator.resultview import ResultView
 
 __all__ = ["ExportError", "Products", "export_products", "export_fits", "fits_header", "add_export_parser",
@@ -264,14 +266,14 @@ def export_fits(
     Raises
     ------
     ExportError
-        As :func:`export_products`; or files exist and ``overwrite`` is false.
+        As :func:`export_products`; or files exist and ``overwrite`` is false; an ``out_dir`` that
+        is a file or cannot be created or written.
     """
     from astropy.io import fits
 
     prod = export_products(result, vector=vector, disambiguate=disambiguate, azimuth_zero=azimuth_zero,
                            weak_threshold=weak_threshold, sigma=sigma)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir, what=f"export folder {os.fspath(out_dir)!r}", error=ExportError)
     targets = [out / (Path(result).stem + ".fits")] if single else [out / f"{n}.fits" for n in prod.data]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
@@ -311,7 +313,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--disambiguate", choices=sorted(METHODS), default="none",
                    help="180-degree azimuth ambiguity: none (azimuth 0-180) or acute (potential-field acute "
                         "angle; weak pixels marked in disambig_unreliable) (default none)")
-    p.add_argument("--weak-threshold", type=float, default=None, metavar="G",
+    p.add_argument("--weak-threshold", type=checked_number(float, lambda v: v >= 0, "a field strength >= 0"),
+                   default=None, metavar="G",
                    help=f"transverse field below which 'acute' leaves a pixel undecided (default {DEFAULT_WEAK_THRESHOLD:g})")
     p.add_argument("--azimuth-zero", choices=["x", "y"], default="x",
                    help="image axis of azimuth 0 (default x, stokesflow's; y for HMI-convention data)")

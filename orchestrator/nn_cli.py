@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stokesflow.orchestrator.cli import _key_value, _nonneg_int, _positive_int, checked_number
+from stokesflow.orchestrator.cli import _key_value, _nonneg_int, _positive_int, checked_number, seed_number
 
 __all__ = ["add_nn_parsers"]
 
@@ -90,7 +90,7 @@ def add_nn_parsers(sub: Any) -> None:
                    help="Adam learning rate (cnn 3e-3, decaying on a cosine over at most 245,760 samples; unet 2e-3)")
     p.add_argument("--patience", type=_positive_int, default=10, help="epochs without improvement before stopping")
     p.add_argument("--val-fraction", type=_held_out_share, default=0.15, help="held-out share of the pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--max-chi2", type=_positive_float, default=None, help="leave out pixels with a reduced chi2 above it")
     p.add_argument("--no-mirror", dest="mirror", action="store_false",
                    help="train on the pixels alone, without their polarity mirror images ((I, Q, -U, -V) with "
@@ -156,7 +156,7 @@ def add_nn_parsers(sub: Any) -> None:
                         "default) = the ME field and velocity with the guess model's T, vmic, vmac; merge = with "
                         "the network's; off = the network's guesses")
     p.add_argument("--epochs", type=_positive_int, default=200, help="most training epochs (early stopping ends sooner)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--threads", type=_nonneg_int, default=0,
                    help="torch threads; 0 = every core of the worker for the training (it runs alone), the "
                         "worker's share for each prediction task")

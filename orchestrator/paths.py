@@ -9,7 +9,7 @@ from typing import Sequence
 
 from stokesflow.orchestrator.errors import OrchestratorError
 
-__all__ = ["check_new_output"]
+__all__ = ["check_new_output", "output_folder"]
 
 
 def check_new_output(
@@ -56,10 +56,45 @@ def check_new_output(
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise error(f"cannot create {what}: folder {str(folder)!r} {state}; create it or choose another --out")
+    _require_writable(folder, f"cannot create {what}", error)
+
+
+def _require_writable(folder: Path, doing: str, error: type[OrchestratorError]) -> None:
     try:  # the only portable test of write permission (ACLs, read-only mounts, root squash)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".write-test"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stokesflow.", suffix=".write-test"):
             pass
     except OSError as exc:
-        raise error(
-            f"cannot create {what}: folder {str(folder)!r} is not writable ({exc.strerror}); choose another --out"
-        ) from None
+        raise error(f"{doing}: folder {str(folder)!r} is not writable ({exc.strerror}); choose another --out") from None
+
+
+def output_folder(path: str | os.PathLike[str], *, what: str,
+                  error: type[OrchestratorError] = OrchestratorError) -> Path:
+    """The folder ``path``, created with its parents when missing, checked writable (``export``, ``report``).
+
+    Parameters
+    ----------
+    path : path
+        The folder to write into.
+    what : str
+        How messages name it, e.g. ``"export folder 'exp'"``.
+    error : type
+        The exception raised (a subclass of :class:`OrchestratorError`).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OrchestratorError
+        ``path`` is a file, or cannot be created or written.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{what} is a file, not a folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create {what} ({exc.strerror}); choose another --out") from None
+    _require_writable(folder, f"cannot write into {what}", error)
+    return folder

@@ -35,13 +35,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from stokesflow.backends import STATUS_NAMES
+from stokesflow.orchestrator.cli import checked_number
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.geometry import ObservationInfo, observation_info
+from stokesflow.orchestrator.paths import output_folder
 from stokesflow.orchestrator.resultview import MASKED_STATUS, ResultView, display_factor
 
 __all__ = ["ReportError", "Report", "make_report", "write_report", "add_report_parser", "display_axes"]
@@ -180,12 +182,15 @@ def make_report(
     with ResultView(result) as view:
         info = observation_info(result)
         ref = (ResultReference(reference) if reference is not None else TruthReference(result) if truth else None)
-        if ref is not None:
-            try:  # before anything is written: a wrong reference leaves an earlier report as it was
+        try:  # before anything is written: a wrong reference leaves an earlier report as it was
+            if ref is not None:
                 comparable(view, ref)
-            except BaseException:
+            _check_tolerances(tolerances, view.names, ref is not None)
+            output_folder(out, what=f"report folder {str(out)!r}", error=ReportError)
+        except BaseException:
+            if ref is not None:
                 ref.close()
-                raise
+            raise
         for sub in ("maps",) + (("diff", "hist2d") if ref is not None else ()):
             (out / sub).mkdir(parents=True, exist_ok=True)
         rep = Report(out / "index.html")
@@ -246,6 +251,19 @@ def make_report(
         rep.seconds = time.perf_counter() - t0
         rep.index.write_text(_html(view, info, rep, factor, dof, embed), encoding="utf-8")
     return rep
+
+
+def _check_tolerances(tolerances: Mapping[str, float] | None, names: Sequence[str], compared: bool) -> None:
+    """``--tolerance`` names parameters of the result, and comes with something to compare with."""
+    if not tolerances:
+        return
+    if not compared:
+        raise ReportError("--tolerance sets when a pixel agrees with a reference: give --reference OTHER.h5 or "
+                          "--truth with it")
+    unknown = [n for n in tolerances if n not in names]
+    if unknown:
+        raise ReportError(f"--tolerance names {unknown}, which the result does not have; its parameters are "
+                          f"{list(names)}")
 
 
 def write_report(
@@ -361,7 +379,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tolerance", action="append", type=_tolerance, metavar="NAME=VALUE",
                    help="tolerance of 'agrees' in the parameter's unit (repeatable; defaults B=100, "
                         "inclination=5, azimuth=5, vlos=0.1)")
-    p.add_argument("--max-side", type=int, default=1024, metavar="N",
+    p.add_argument("--max-side", type=checked_number(int, lambda v: v > 0, "a positive integer"), default=1024,
+                   metavar="N",
                    help="largest side of the display maps in pixels (default 1024)")
     p.add_argument("--embed", action="store_true", help="embed the images in index.html (one self-contained file)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")

@@ -95,6 +95,8 @@ def spectral_instrument_attrs(backend: Any) -> dict[str, Any]:
         measured profiles (from ``filters_file``), as
         :class:`~stokesflow.orchestrator.io.ObservationWriter` takes them.
     """
+    from stokesflow.backends.me.instrument import read_filters_file
+
     o = backend.options
     kind = getattr(o, "instrument", None) or "grid"
     out: dict[str, Any] = {"spectral_instrument": str(kind)}
@@ -105,16 +107,7 @@ def spectral_instrument_attrs(backend: Any) -> dict[str, Any]:
         elif getattr(o, "psf_fwhm", None):
             out["psf_fwhm"] = float(o.psf_fwhm)
     elif kind == "filters" and getattr(o, "filters_file", None):
-        try:
-            with np.load(o.filters_file) as z:
-                filters = (np.asarray(z["wavelength"], dtype=np.float64),
-                           np.asarray(z["transmission"], dtype=np.float64))
-        except (OSError, KeyError, ValueError) as exc:
-            raise OrchestratorError(
-                f"cannot read the filter profiles of filters_file {o.filters_file!r}: {exc}; it must be an "
-                "npz with arrays 'wavelength' (nf,) [A] and 'transmission' (nobs, nf)"
-            ) from exc
-        out["filters"] = filters
+        out["filters"] = read_filters_file(o.filters_file)
     return out
 
 
@@ -210,6 +203,10 @@ def synthesize_observation(
     nw = wavelength.size
     rows = int(rows_per_block or default_rows_per_block(nx, nw))
     spectral = spectral_instrument_attrs(backend)
+    if spectral.get("filters") is not None:  # checked here, naming the file (the writer knows only the output)
+        from stokesflow.orchestrator.io.checks import check_filters
+
+        check_filters(*spectral["filters"], nw, f"filters file {backend.options.filters_file}")
     attrs = {
         "instrument": instrument,
         "lines": ",".join(lines),

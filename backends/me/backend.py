@@ -44,7 +44,7 @@ from stokesflow.backends.me.estimates import (
     field_depth_table_estimates,
     template_azimuth,
 )
-from stokesflow.backends.me.instrument import HMI_OFFSETS_MA, INSTRUMENT_KINDS
+from stokesflow.backends.me.instrument import HMI_OFFSETS_MA, INSTRUMENT_KINDS, read_filters_file
 from stokesflow.backends.me.lines import get_lines
 from stokesflow.backends.me.model import ME_PARAMETERS, MEModel, me_parameters, params_to_array
 from stokesflow.backends.noise import (
@@ -430,11 +430,7 @@ class MEBackend(Backend):
             return centre + np.asarray(HMI_OFFSETS_MA) * 1e-3
         if kind == "filters":
             if self.options.filters_file:
-                p = Path(self.options.filters_file)
-                if not p.is_file():
-                    raise ConfigError(f"filters file {self.options.filters_file} does not exist")
-                with np.load(p) as z:
-                    n = int(np.atleast_2d(z["transmission"]).shape[0]) if "transmission" in z.files else 6
+                n = int(read_filters_file(self.options.filters_file)[1].shape[0])
             elif self._filters is not None:
                 n = int(np.atleast_2d(self._filters[1]).shape[0])
             else:

@@ -14,6 +14,7 @@ wavelength grid to the observed points, applied to each Stokes parameter:
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "HMI_FWHM_MA",
     "Instrument",
     "make_instrument",
+    "read_filters_file",
     "gaussian_psf_matrix",
     "kernel_psf_matrix",
     "filter_matrix",
@@ -267,13 +269,47 @@ def filter_model_grid(
     return np.unique(grid)
 
 
+#: What numpy raises for a file that is not the array file it was told it is.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
 def _load_array(path: str, what: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} file {path} does not exist")
-    if p.suffix == ".npy":
-        return np.load(p)
-    return np.loadtxt(p)
+    try:
+        return np.load(p) if p.suffix == ".npy" else np.loadtxt(p)
+    except _UNREADABLE as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"cannot read {what} file {path} ({why}); it must be a .npy array or a text table of "
+                          "numbers") from None
+
+
+def read_filters_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The filter profiles of an ``.npz``: ``wavelength`` (nf,) [A] and ``transmission`` (nobs, nf).
+
+    Raises
+    ------
+    ConfigError
+        A missing file, a file that is no npz, or one without the two arrays; one line naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"filters file {path} does not exist")
+    try:
+        with np.load(p) as z:
+            missing = {"wavelength", "transmission"} - set(z.files)
+            if missing:
+                raise ConfigError(f"filters file {path} lacks array(s) {sorted(missing)}; it must be an npz with "
+                                  "arrays 'wavelength' (nf,) [A] and 'transmission' (nobs, nf)")
+            return (np.asarray(z["wavelength"], dtype=np.float64).ravel(),
+                    np.atleast_2d(np.asarray(z["transmission"], dtype=np.float64)))
+    except ConfigError:  # a ValueError too: the missing arrays, said above
+        raise
+    except (*_UNREADABLE, TypeError) as exc:  # TypeError: an .npy array (not a context manager, no .files)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not an npz archive of arrays"
+        raise ConfigError(f"cannot read filters file {path} ({why}); it must be an npz with arrays 'wavelength' "
+                          "(nf,) [A] and 'transmission' (nobs, nf)") from None
 
 
 def _resampled(kind: str, lam: np.ndarray, T: np.ndarray, step: float | None, core: float | None) -> Instrument:
@@ -347,14 +383,7 @@ def make_instrument(
         return _resampled(kind, lam, T, filter_step, filter_core)
     if kind == "filters":
         if filters_file:
-            p = Path(filters_file)
-            if not p.is_file():
-                raise ConfigError(f"filters file {filters_file} does not exist")
-            with np.load(p) as z:
-                missing = {"wavelength", "transmission"} - set(z.files)
-                if missing:
-                    raise ConfigError(f"filters file {filters_file} lacks array(s) {sorted(missing)}")
-                lam, T = z["wavelength"], z["transmission"]
+            lam, T = read_filters_file(filters_file)
             what = f"filters file {filters_file}"
         elif filters is not None:
             if len(filters) != 2:

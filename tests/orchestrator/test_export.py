@@ -136,6 +136,16 @@ def test_existing_files_are_kept_unless_overwrite(result):
     export_fits(result["res"], out, vector="none", overwrite=True)
 
 
+def test_an_out_that_is_a_file_or_cannot_be_created_is_refused(result):
+    afile = result["dir"] / "afile"
+    afile.write_text("keep me")
+    with pytest.raises(ExportError, match="export folder .*afile' is a file, not a folder; choose another --out"):
+        export_fits(result["res"], afile, vector="none")
+    with pytest.raises(ExportError, match=r"cannot create export folder .*afile/sub' \(Not a directory\)"):
+        export_fits(result["res"], afile / "sub", vector="none")
+    assert afile.read_text() == "keep me"
+
+
 def test_command_line(result, capsys):
     parser = _parser()
     out = result["dir"] / "cli"

@@ -343,3 +343,21 @@ def test_orphaned_gather_task_of_a_closing_client_is_not_printed(monkeypatch):
     seen = _records_of_a_command(monkeypatch, "asyncio", during,
                                  after=lambda: log.error(head + "after the run", exc_info=_exc_info(AllExit())))
     assert [r.getMessage().split("\n")[-1] for r in seen] == ["future: <Task finished coro=<other()>>", "after the run"]
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]])
+def test_a_file_system_error_during_the_run_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, verbose):
+    """What the checks before the work cannot foresee (a folder made read-only meanwhile, a full disk)
+    is said in one line with exit 2, not as an unexpected error; -v adds the traceback."""
+    import stokesflow.orchestrator.run as run_module
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "r.h5"))
+
+    monkeypatch.setattr(run_module, "run_inversion", denied)
+    obs = write_hmi_observation(tmp_path / "obs.h5", 2, 2)
+    code = main(["invert", "--input", str(obs), "--out", str(tmp_path / "r.h5"), "--cluster", "serial"] + verbose)
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert f"cannot read or write a file: [Errno 13] Permission denied: '{tmp_path / 'r.h5'}'" in err
+    assert ("Traceback" in err) == bool(verbose) and "unexpected error" not in err

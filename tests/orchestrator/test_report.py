@@ -19,7 +19,9 @@ from stokesflow.orchestrator.comparison import (  # noqa: E402
     ComparisonError, ResultReference, TruthReference, compare,
 )
 from stokesflow.orchestrator.geometry import observation_info  # noqa: E402
-from stokesflow.orchestrator.report import add_report_parser, display_axes, make_report, write_report  # noqa: E402
+from stokesflow.orchestrator.report import (  # noqa: E402
+    ReportError, add_report_parser, display_axes, make_report, write_report,
+)
 from stokesflow.orchestrator.resultview import ResultView, ResultViewError, block_reduce  # noqa: E402
 
 pytest.importorskip("matplotlib")
@@ -244,6 +246,21 @@ def test_refused_reference_leaves_an_earlier_report_as_it_was(scene, plain_repor
         make_report(other_result, plain_report.index.parent, reference=small)
     after = {p: p.read_bytes() for p in plain_report.index.parent.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_tolerances_of_unknown_parameters_or_without_a_reference_are_refused(scene, tmp_path):
+    with pytest.raises(ReportError, match=r"--tolerance names \['Bfield'\], which the result does not have"):
+        make_report(scene["res"], tmp_path / "rep", truth=True, tolerances={"Bfield": 10.0})
+    with pytest.raises(ReportError, match="give --reference OTHER.h5 or --truth with it"):
+        make_report(scene["res"], tmp_path / "rep", tolerances={"B": 10.0})
+    assert not (tmp_path / "rep").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(scene, tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(ReportError, match="is a file, not a folder"):
+        make_report(scene["res"], tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_truth_without_truth_maps_is_refused(tmp_path):

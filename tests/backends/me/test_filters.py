@@ -17,6 +17,7 @@ from stokesflow.backends.me.instrument import (
     filter_model_grid,
     hmi_filter_profiles,
     make_instrument,
+    read_filters_file,
     resample_filter_matrix,
 )
 from stokesflow.backends.me.lines import get_lines
@@ -96,6 +97,24 @@ def test_filter_step_zero_is_the_profiles_own_grid_and_coarse_profiles_are_kept(
 def test_filter_options_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         get_backend("me", {"lines": ["FeI_6173"], key: value})
+
+
+def test_a_filters_file_that_is_no_npz_of_the_two_arrays_is_one_line(tmp_path):
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "array.npy", np.ones(3))
+    np.savez(tmp_path / "keys.npz", wave=np.arange(3.0), transmission=np.ones((1, 3)))
+    expected = {"text.npz": "not an npz archive of arrays", "array.npy": "not an npz archive of arrays",
+                "keys.npz": r"lacks array\(s\) \['wavelength'\]", "none.npz": "does not exist"}
+    for name, said in expected.items():
+        with pytest.raises(ConfigError, match=said):
+            read_filters_file(tmp_path / name)
+    backend = get_backend("me", {"lines": ["FeI_6173"], "instrument": "filters",
+                                 "filters_file": str(tmp_path / "text.npz")})
+    with pytest.raises(ConfigError, match="text.npz .not an npz archive of arrays.; it must be an npz"):
+        backend.setup()
+    np.savez(tmp_path / "good.npz", wavelength=np.arange(3.0), transmission=np.ones(3))
+    lam, T = read_filters_file(tmp_path / "good.npz")
+    assert lam.shape == (3,) and T.shape == (1, 3) and T.dtype == np.float64
 
 
 def test_jacobian_through_measured_filters_matches_central_differences(shared_data):
