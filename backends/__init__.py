@@ -4,6 +4,7 @@ Imports ``lm_solver`` only; never imports ``orchestrator``, ``nn_init`` or ``clu
 """
 
 from stokesflow.backends.base import (
+    INVALID_PIXEL,
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     STATUS_MAX_ITER,
@@ -17,6 +18,7 @@ from stokesflow.backends.base import (
     ChunkResult,
     ConfigError,
     ParameterSpec,
+    valid_pixels,
 )
 from stokesflow.backends.registry import get_backend, get_backend_class, list_backends
 
@@ -37,4 +39,6 @@ __all__ = [
     "get_backend",
     "get_backend_class",
     "list_backends",
+    "valid_pixels",
+    "INVALID_PIXEL",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "options_from_mapping",
     "named_params",
     "one_pixel_trial",
+    "valid_pixels",
+    "INVALID_PIXEL",
 ]
 
 #: Pixel status codes shared by every backend and the result file: 0 ok,
@@ -55,6 +57,34 @@ STATUS_NAMES = {
     STATUS_POOR_FIT: "poor fit",
     STATUS_NOT_RUN: "not yet run",
 }
+
+
+#: What makes a pixel "bad input" (status 3, not fitted), in words for messages.
+INVALID_PIXEL = "NaN or inf in some Stokes value, or no positive Stokes I"
+
+
+def valid_pixels(stokes: np.ndarray) -> np.ndarray:
+    """Pixels that can be fitted: every Stokes value finite and Stokes I positive somewhere.
+
+    A pixel without light (Stokes I <= 0 at every wavelength: the zeros that pad a rotated, aligned
+    or mosaicked map, a missing slit position, an off-disc mask written as 0) is not an
+    observation: it is skipped as bad input (status 3), as NaN is.
+
+    Parameters
+    ----------
+    stokes : ndarray, (..., 4, nw)
+        Stokes I, Q, U, V per pixel: (npix, 4, nw), or an image (ny, nx, 4, nw).
+
+    Returns
+    -------
+    ndarray of bool, (...)
+        (npix,) or (ny, nx).
+    """
+    s = np.asarray(stokes)
+    finite = np.isfinite(s).all(axis=(-2, -1))
+    with np.errstate(invalid="ignore"):
+        lit = (s[..., 0, :] > 0).any(axis=-1)
+    return finite & lit
 
 
 class BackendError(Exception):

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stokesflow.backends.base import valid_pixels
+
 __all__ = ["normalise_spectra", "InputScaling", "TargetEncoding", "node_column", "split_column", "sample_depth",
            "polarity_mirror", "MIRRORED", "LOG_OFFSET_FLOOR", "INPUT_STRETCH"]
 
@@ -134,7 +136,8 @@ def normalise_spectra(stokes: np.ndarray, scale: np.ndarray | None = None) -> tu
     Parameters
     ----------
     stokes : ndarray (npix, 4, nw)
-        Stokes I, Q, U, V in continuum units; rows with NaN/inf give NaN features.
+        Stokes I, Q, U, V in continuum units; rows that are not
+        :func:`~stokesflow.backends.valid_pixels` (NaN/inf, or no positive Stokes I) give NaN features.
     scale : ndarray (4,), optional
         Per-Stokes sigma of the features (from an earlier call, so that two
         sets of pixels are comparable); computed from ``stokes`` when None.
@@ -149,6 +152,7 @@ def normalise_spectra(stokes: np.ndarray, scale: np.ndarray | None = None) -> tu
     mean_i = np.where(np.abs(mean_i) > 1e-6, mean_i, 1.0)
     f = s / mean_i[:, None, None]
     f[:, 0, :] -= 1.0
+    f[~valid_pixels(s)] = np.nan  # no light, or NaN: no features (as the inversions skip them)
     if scale is None:
         good = np.isfinite(f).all(axis=(1, 2))
         sub = f[good] if good.any() else np.zeros((1,) + f.shape[1:], np.float32)

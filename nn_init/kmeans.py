@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 import h5py
 import numpy as np
 
+from stokesflow.backends.base import valid_pixels
 from stokesflow.nn_init.providers import InitError, InitProvider
 
 __all__ = ["BlockMap", "serial_blocks", "pixel_keys", "cluster_spectra", "cluster_field", "cluster_subset",
@@ -433,7 +434,7 @@ def best_match(stokes: np.ndarray, profiles: np.ndarray, noise: np.ndarray,
     pp = (prof * pw).sum(axis=1)
     idx = np.full(npix, -1, dtype=np.int64)
     chi2 = np.full(npix, np.nan)
-    good = np.flatnonzero(np.isfinite(s).all(axis=(1, 2)))
+    good = np.flatnonzero(valid_pixels(s))
     for i in range(0, good.size, block):
         g = good[i:i + block]
         x = s[g].reshape(g.size, -1)

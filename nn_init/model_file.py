@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stokesflow.backends.base import valid_pixels
 from stokesflow.nn_init.features import InputScaling, TargetEncoding
 from stokesflow.nn_init.network import build_network, run_network, torch_or_error
 from stokesflow.nn_init.providers import InitError
@@ -125,7 +126,7 @@ class NetworkModel:
                             "use stokesflow.nn_init.unet.predict_field (stokesflow predict)")
         s = np.asarray(stokes)
         out = np.full((s.shape[0], len(self.parameters)), np.nan, dtype=np.float64)
-        good = np.isfinite(s).all(axis=(1, 2))
+        good = valid_pixels(s)
         if good.any():
             x = self.inputs.apply(s[good] if not good.all() else s)
             out[good] = self.targets.decode(run_network(self.network(), x, batch=batch))

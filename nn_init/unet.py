@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from stokesflow.backends.base import valid_pixels
 from stokesflow.nn_init.bins import Bins, calibrate, coverage, softmax
 from stokesflow.nn_init.features import InputScaling, TargetEncoding, polarity_mirror
 from stokesflow.nn_init.network import torch_or_error
@@ -320,7 +321,7 @@ def predict_field(model: Any, cube: np.ndarray, *, tile: int = 256, overlap: int
     logits = tiled_logits(model.network(), image_inputs(c, model.inputs), tile=tile, overlap=overlap)
     npar, nb = logits.shape[:2]
     flat = logits.reshape(npar, nb, ny * nx).transpose(2, 0, 1)
-    good = np.isfinite(c).all(axis=(2, 3)).reshape(-1)
+    good = valid_pixels(c).reshape(-1)
     vals, ivs = _decode(model_bins(model.metadata), flat, model.metadata.get("calibration"), level, intervals)
     vals[~good] = np.nan
     if ivs is not None:
@@ -443,7 +444,7 @@ def train_unet(
     rng = np.random.default_rng(int(st["seed"]))
     cubes = [np.asarray(c, dtype=np.float32) for c in cubes]
     params = [np.asarray(p, dtype=np.float64) for p in params]
-    masks = [np.asarray(m, dtype=bool) & np.isfinite(p).all(axis=2) & np.isfinite(c).all(axis=(2, 3))
+    masks = [np.asarray(m, dtype=bool) & np.isfinite(p).all(axis=2) & valid_pixels(c)
              for c, p, m in zip(cubes, params, masks)]
     # held-out pixels: random 8 x 8 blocks (neighbours of a training pixel share its input context)
     tr_masks, va_masks = [], []

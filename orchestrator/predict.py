@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stokesflow.backends import STATUS_BAD_INPUT, ChunkResult
+from stokesflow.backends import STATUS_BAD_INPUT, ChunkResult, valid_pixels
 from stokesflow.backends.base import ParameterSpec
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.store import ChunkOutput, ResultStore
@@ -157,7 +157,7 @@ def predict_chunk(obs: Any, model_path: str, threads: int, index: int, start: in
             torch.set_num_threads(threads)
         model = loaded_model(model_path)
         names, params = model.parameters, model.predict(stokes)
-    good = np.isfinite(stokes).all(axis=(1, 2))
+    good = valid_pixels(stokes)
     if layout is None:
         layout = GuessLayout(tuple(names), tuple(ParameterSpec(n, "", -np.inf, np.inf, 1.0) for n in names),
                              _flat=tuple(range(len(names))))
@@ -187,7 +187,7 @@ def predict_unet_band(obs: Any, model_path: str, threads: int, index: int, start
     cube = obs.read_rows(h0, h1)
     vals, iv = predict_field(model, cube)
     vals, iv = vals[y0 - h0:y1 - h0].reshape(-1, vals.shape[2]), iv[y0 - h0:y1 - h0].reshape(-1, vals.shape[2], 2)
-    good = np.isfinite(cube[y0 - h0:y1 - h0]).all(axis=(2, 3)).reshape(-1)
+    good = valid_pixels(cube[y0 - h0:y1 - h0]).reshape(-1)
     npix = stop - start
     names = model.parameters
     if layout is None:

@@ -53,6 +53,7 @@ from typing import Any, Iterator, Mapping, TextIO
 import numpy as np
 
 from stokesflow.backends import (
+    INVALID_PIXEL,
     STATUS_BAD_INPUT,
     STATUS_FAILED,
     STATUS_NAMES,
@@ -62,6 +63,7 @@ from stokesflow.backends import (
     BackendError,
     ChunkResult,
     get_backend,
+    valid_pixels,
 )
 from stokesflow.nn_init.providers import InitProvider, get_provider
 from stokesflow.orchestrator.config import Config, ConfigurationError
@@ -309,7 +311,7 @@ def invert_chunk(ctx: TaskContext, index: int, start: int, stop: int) -> ChunkOu
             f"chunk {index}: read_pixels({start}, {stop}) of {getattr(ctx.observation, 'path', '?')} "
             f"returned {stokes.shape[0]} pixels, expected {npix}"
         )
-    good = np.isfinite(stokes).all(axis=(1, 2))
+    good = valid_pixels(stokes)
     out = ChunkResult(
         names=names,
         params=np.full((npix, npar), np.nan, dtype=np.float32),
@@ -451,7 +453,7 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS,
         if quota <= 0:
             break
         row = obs.read_rows(int(y), int(y) + 1)[0]
-        good = np.flatnonzero(np.isfinite(row).all(axis=(1, 2)))
+        good = np.flatnonzero(valid_pixels(row))
         if good.size > quota:
             good = good[np.unique(np.round(np.linspace(0, good.size - 1, quota)).astype(np.int64))]
         if good.size:
@@ -462,7 +464,7 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS,
         step = max(1, (1 << 22) // max(1, nx * 4 * int(obs.nw)))
         for y0 in range(0, ny, step):
             block = obs.read_rows(y0, min(ny, y0 + step)).reshape(-1, 4, int(obs.nw))
-            good = np.flatnonzero(np.isfinite(block).all(axis=(1, 2)))[:target]
+            good = np.flatnonzero(valid_pixels(block))[:target]
             if good.size:
                 blocks.append(block[good])
                 index.append(y0 * nx + good)
@@ -470,8 +472,8 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS,
                 break
     if not taken:
         raise ObservationError(
-            f"{obs.path}: no valid pixel: every one of the {ny} x {nx} pixels has NaN or inf in some "
-            f"Stokes value, so there is nothing to {what}; check the file (and, for instrument layouts, "
+            f"{obs.path}: no valid pixel: every one of the {ny} x {nx} pixels has {INVALID_PIXEL}, so there "
+            f"is nothing to {what}; check the file (and, for instrument layouts, "
             f"the continuum and disc mask)"
         )
     return np.concatenate(blocks).astype(np.float32, copy=False), np.concatenate(index).astype(np.int64)

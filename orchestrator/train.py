@@ -37,7 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from stokesflow.backends.base import ParameterSpec
+from stokesflow.backends.base import ParameterSpec, valid_pixels
 from stokesflow.orchestrator.errors import OrchestratorError
 
 __all__ = ["TrainingData", "TrainingMaps", "read_training_pairs", "read_training_maps", "train_task", "train_model",
@@ -262,7 +262,7 @@ def read_training_pairs(inputs: Sequence[str], results: Sequence[str], *, max_ch
             if sel.size:
                 stokes[k:k + sel.size] = obs.read_rows(y0, y1).reshape(-1, 4, obs.nw)[sel]
                 k += sel.size
-        finite = np.isfinite(stokes).all(axis=(1, 2))
+        finite = valid_pixels(stokes)
         xs.append(stokes[finite])
         ps.append(params[idx][finite])
         prov.append(_provenance(obs, r, res, int(finite.sum())))
@@ -316,7 +316,7 @@ def read_training_maps(inputs: Sequence[str], results: Sequence[str], *, max_chi
             specs, wl = s, np.asarray(obs.wavelength)
             meta = _data_metadata(obs)
         cube = obs.read_rows(0, obs.ny).astype(np.float32)
-        mask = (r.status == 0) & np.isfinite(par).all(axis=2) & np.isfinite(cube).all(axis=(2, 3))
+        mask = (r.status == 0) & np.isfinite(par).all(axis=2) & valid_pixels(cube)
         if max_chi2 is not None:
             mask &= np.asarray(r.chi2) <= max_chi2
         cubes.append(cube)

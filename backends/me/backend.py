@@ -30,6 +30,7 @@ from stokesflow.backends.base import (
     ChunkResult,
     ConfigError,
     ParameterSpec,
+    valid_pixels,
 )
 from stokesflow.backends.me import _kernels
 from stokesflow.backends.me.estimates import (
@@ -827,7 +828,7 @@ class MEBackend(Backend):
         names, col = pr["names"], pr["col"]
         npar = len(names)
         obs = np.ascontiguousarray(stokes.reshape(npix, 4 * nw), dtype=np.float64)
-        bad = ~np.all(np.isfinite(obs), axis=1)
+        bad = ~valid_pixels(stokes)
         noise = self.noise
         if noise is None:
             noise = self.estimate_noise(stokes[~bad], wl) if (~bad).any() else np.ones(4)

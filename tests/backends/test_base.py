@@ -79,3 +79,16 @@ def test_base_estimate_noise_is_the_continuum_scatter():
     # 400 x ~80 second differences: MAD scatter ~1.5 %; 5 % tolerance
     np.testing.assert_allclose(est, sig, rtol=0.05)
     assert est.shape == (4,)
+
+
+def test_valid_pixels_need_finite_values_and_some_positive_stokes_i():
+    from stokesflow.backends import valid_pixels
+
+    s = np.ones((5, 4, 3))
+    s[1] = 0.0                  # padding: no light
+    s[2, 0] = -0.1              # I negative everywhere
+    s[3, 2, 1] = np.nan         # NaN in U
+    s[4, 0, :2] = 0.0           # I positive at one point only: an observation
+    np.testing.assert_array_equal(valid_pixels(s), [True, False, False, False, True])
+    image = s.reshape(1, 5, 4, 3)  # an image (ny, nx, 4, nw) gives (ny, nx)
+    np.testing.assert_array_equal(valid_pixels(image), [[True, False, False, False, True]])

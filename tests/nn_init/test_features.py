@@ -98,6 +98,10 @@ def test_input_scaling_and_features():
     np.testing.assert_allclose([x[:, k].std() for k in range(4)], 1.0, rtol=1e-3)
     f, scale = normalise_spectra(np.concatenate([s, np.full((1, 4, 6), np.nan)]))
     assert f.shape == (301, 24) and np.isnan(f[-1]).all() and scale.shape == (4,)
+    # a pixel without light (zero padding) has no features either: k-means never picks it
+    g, scale0 = normalise_spectra(np.concatenate([s, np.zeros((1, 4, 6))]))
+    assert np.isnan(g[-1]).all() and np.isfinite(g[:-1]).all()
+    np.testing.assert_allclose(scale0, scale, rtol=1e-6)
 
 
 def test_input_stretch_of_the_polarisation():

@@ -179,6 +179,7 @@ def test_cluster_field_lowers_k_on_few_pixels_and_refuses_an_all_nan_field():
 def test_best_match_and_provider(tmp_path):
     rng = np.random.default_rng(2)
     profiles = rng.normal(0, 1, (5, 4, 6))
+    profiles[:, 0] = 0.5 + np.abs(profiles[:, 0])  # Stokes I is an intensity (a pixel without light is skipped)
     idx = rng.integers(0, 5, 50)
     stokes = profiles[idx] + 1e-3 * rng.standard_normal((50, 4, 6))
     got, chi2 = best_match(stokes, profiles, np.full(4, 1e-3))

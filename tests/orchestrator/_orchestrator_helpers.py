@@ -40,13 +40,15 @@ def write_hmi_observation(
     seed: int = 0,
     noise: float = 1e-3,
     nan_pixels: tuple[int, ...] = (),
+    zero_pixels: tuple[int, ...] = (),
     poison_pixels: tuple[int, ...] = (),
     lines: str = "FeI_6173",
     state_noise: bool = True,
 ) -> Path:
     """A small HMI-like observation of random ME pixels (written with the real ME synthesis).
 
-    ``nan_pixels`` (flat indices) get NaN in Stokes Q; ``poison_pixels`` get
+    ``nan_pixels`` (flat indices) get NaN in Stokes Q; ``zero_pixels`` are 0 in every Stokes
+    value (no light: the padding of an aligned or mosaicked map); ``poison_pixels`` get
     Stokes I = POISON_VALUE at the first wavelength (see the doubles). With
     ``state_noise`` false the file has no ``noise`` attribute (the run estimates it).
     """
@@ -62,6 +64,8 @@ def write_hmi_observation(
     stokes += noise * rng.standard_normal(stokes.shape)
     for i in nan_pixels:
         stokes[i, 1, 2] = np.nan
+    for i in zero_pixels:
+        stokes[i] = 0.0
     for i in poison_pixels:
         stokes[i, 0, 0] = POISON_VALUE
     truth = {n: params[:, j].reshape(ny, nx) for j, n in enumerate(me.parameter_names)}

@@ -91,6 +91,24 @@ def test_serial_run_equals_direct_backend_calls(obs, tmp_path):
     assert json.loads(a["fingerprint_json"])["backend_options"]["lines"] == ["FeI_6173"]
 
 
+def test_pixels_without_light_are_skipped_as_bad_input_and_a_dark_field_is_refused(tmp_path):
+    """Zero-padded pixels (Stokes all 0) and pixels whose Stokes I is nowhere positive are not
+    observations: status 3 with NaN maps, as NaN pixels; they take no part in the noise estimate."""
+    zero = write_hmi_observation(tmp_path / "zero.h5", 4, 6, zero_pixels=(0, 1, 2, 7), state_noise=False)
+    with h5py.File(zero, "r+") as h5:  # a pixel with Q, U, V but no positive I
+        h5["stokes"][3, 5, 0] = -h5["stokes"][3, 5, 0]
+    run_inversion(make_config(zero, tmp_path / "r.h5"))
+    r = read_result(tmp_path / "r.h5")
+    skipped = np.flatnonzero(r.status.ravel() == 3)
+    np.testing.assert_array_equal(skipped, [0, 1, 2, 7, 23])
+    assert np.isnan(r.params["B"].ravel()[skipped]).all() and np.isfinite(r.params["B"].ravel()[3:7]).all()
+    assert r.attrs["noise"][0] == pytest.approx(1e-3, rel=0.3)  # estimated from the lit pixels only
+    dark = write_hmi_observation(tmp_path / "dark.h5", 2, 3, zero_pixels=tuple(range(6)))
+    with pytest.raises(ObservationError, match="no valid pixel: .* NaN or inf in some Stokes value, or no "
+                                               "positive Stokes I, so there is nothing to invert"):
+        run_inversion(make_config(dark, tmp_path / "d.h5"))
+
+
 def test_constant_init_reaches_the_backend(obs, tmp_path):
     # A deliberately wrong start (opposite polarity, strong field, redshift) with one start and
     # few iterations: the fit then depends on where it starts, so the result equals the direct
