@@ -254,13 +254,15 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
     InitError
         A model that does not fit the observation (ModelMismatchError) or cannot be read.
     OrchestratorError
-        Bad input or output path; an observation without one valid pixel (``ObservationError``).
+        Bad input or output path; an observation without one valid pixel or not in continuum
+        units (``ObservationError``).
     """
     from stokesflow.clusters import ClusterSpec, executor_for
     from stokesflow.nn_init.network_init import loaded_model
     from stokesflow.orchestrator.plan import plan_chunks
     from stokesflow.orchestrator.run import (
-        raise_if_stop_requested, open_input, package_versions, sample_valid_pixels,
+        TRIAL_SAMPLE_PIXELS, check_continuum_units, open_input, package_versions, raise_if_stop_requested,
+        sample_valid_pixels,
     )
 
     from stokesflow.orchestrator.kmeans_db import database_specs, is_kmeans_database
@@ -268,7 +270,8 @@ def predict_observation(input_path: str | os.PathLike[str], model_path: str | os
 
     t0 = time.perf_counter()
     obs = open_input(input_path, input_options)
-    sample_valid_pixels(obs, 1, what="predict")  # a field without one valid pixel is refused, as by invert
+    # refused as by invert: a field without one valid pixel, or not in continuum units
+    check_continuum_units(obs.path, sample_valid_pixels(obs, TRIAL_SAMPLE_PIXELS, what="predict")[0])
     model_path = str(Path(model_path).resolve())
     kind = "kmeans" if is_kmeans_database(model_path) else "network"
     if kind == "kmeans":

@@ -96,6 +96,7 @@ __all__ = [
     "summarise",
     "run_inversion",
     "sample_valid_pixels",
+    "check_continuum_units",
     "resolve_noise",
     "stated_noise",
     "package_versions",
@@ -115,6 +116,11 @@ NOISE_SAMPLE_PIXELS = 2000
 #: Pixels sampled (over about four rows spread over the map) when the noise is stated: only the
 #: first valid one is used, for the trial inversion.
 TRIAL_SAMPLE_PIXELS = 16
+#: Largest median, over the sampled pixels, of each pixel's highest Stokes I that is taken for
+#: continuum units: the quiet Sun is 1, plage and faculae a few per cent more, flare ribbons rarely
+#: twice; DN, counts or erg are thousands. (Low values are not checked: an umbra, the limb or
+#: off-limb structures are legitimately far below 1.)
+CONTINUUM_UNITS_MAX = 3.0
 
 #: Dask settings for the run's processes. The statistical profiler samples every
 #: worker thread's Python stack each 10 ms; a chunk task spends its time in one
@@ -477,6 +483,30 @@ def sample_valid_pixels(obs: Any, target: int = NOISE_SAMPLE_PIXELS,
             f"the continuum and disc mask)"
         )
     return np.concatenate(blocks).astype(np.float32, copy=False), np.concatenate(index).astype(np.int64)
+
+
+def check_continuum_units(path: Any, sample: np.ndarray) -> None:
+    """Refuse Stokes profiles that are not in continuum units (DN, counts), before any work.
+
+    Parameters
+    ----------
+    path : path-like
+        The observation, for the message.
+    sample : ndarray, (n, 4, nw)
+        Valid pixels spread over the map (:func:`sample_valid_pixels`).
+
+    Raises
+    ------
+    ObservationError
+        The median of the pixels' highest Stokes I is above :data:`CONTINUUM_UNITS_MAX`.
+    """
+    peak = float(np.median(np.max(sample[:, 0, :], axis=1)))
+    if peak > CONTINUUM_UNITS_MAX:
+        raise ObservationError(
+            f"{path}: Stokes I is not in continuum units: the median of the pixels' highest I is {peak:.4g}, "
+            "where the quiet-Sun continuum is 1; divide the Stokes cube by the quiet-Sun continuum intensity "
+            "(the hmi and hinode_sp readers do it themselves, see -R continuum=...)"
+        )
 
 
 def _backend_noise_option(backend: Backend) -> Any:
@@ -938,6 +968,7 @@ def validate_run(config: Config, *, backend: Backend | None = None) -> RunPlan:
     # trial inversion), so a few rows do (on a 256^2 HDF5 map 4 row reads instead of 45)
     stated = stated_noise(config, obs, base)
     sample, sample_index = sample_valid_pixels(obs, NOISE_SAMPLE_PIXELS if stated is None else TRIAL_SAMPLE_PIXELS)
+    check_continuum_units(obs.path, sample)
     meta = dict(obs.meta)
     noise = stated if stated is not None else resolve_noise(config, obs, base, sample, wavelength, log_it=driver)
     if noise.source == "estimated":

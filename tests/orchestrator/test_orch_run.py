@@ -109,6 +109,22 @@ def test_pixels_without_light_are_skipped_as_bad_input_and_a_dark_field_is_refus
         run_inversion(make_config(dark, tmp_path / "d.h5"))
 
 
+def test_stokes_not_in_continuum_units_are_refused_before_any_work(tmp_path, no_cluster):
+    counts = write_hmi_observation(tmp_path / "counts.h5", 3, 4)
+    with h5py.File(counts, "r+") as h5:  # DN: the quiet-Sun continuum about 1e4
+        h5["stokes"][...] = 1e4 * h5["stokes"][...]
+    for stated in (True, False):  # the noise stated (a small sample) or estimated
+        with h5py.File(counts, "r+") as h5:
+            if stated:
+                h5.attrs["noise"] = 10.0
+            else:
+                del h5.attrs["noise"]
+        with pytest.raises(ObservationError, match=r"counts.h5: Stokes I is not in continuum units: the median "
+                                                   r"of the pixels' highest I is 1\.\d+e\+04"):
+            run_inversion(make_config(counts, tmp_path / "r.h5"))
+    assert not (tmp_path / "r.h5").exists()
+
+
 def test_constant_init_reaches_the_backend(obs, tmp_path):
     # A deliberately wrong start (opposite polarity, strong field, redshift) with one start and
     # few iterations: the fit then depends on where it starts, so the result equals the direct
