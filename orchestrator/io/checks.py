@@ -302,9 +302,10 @@ def finish_meta(
 ) -> dict[str, Any]:
     """Merge file metadata with the caller's overrides and check them.
 
-    A ``noise`` attribute of 0, a negative value or NaN in the file is a
-    placeholder for "unknown": ``meta["noise"]`` becomes None and the value is
-    kept as ``meta["noise_attribute"]``.
+    A ``noise`` attribute of 0, a negative value or NaN in the file (one value, or four that
+    are all such) is a placeholder for "unknown": ``meta["noise"]`` becomes None and the value
+    is kept as ``meta["noise_attribute"]``. Any other value that is no noise (text, three
+    values, four with one negative) is an error: the file is broken, and guessing would hide it.
     """
     meta = {k: (v if k == "filters" else plain(v)) for k, v in file_meta.items()}
     line_str = lines_str(lines if lines is not None else meta.get("lines"), where)
@@ -323,9 +324,24 @@ def finish_meta(
         try:
             meta["noise"] = noise_value(meta.get("noise"), where)
         except ObservationError:  # a placeholder such as 0 or NaN in the file means "unknown"
+            if not _noise_placeholder(meta.get("noise")):
+                raise ObservationError(
+                    f"{where}: the noise attribute {meta.get('noise')!r} is neither a noise (one positive sigma "
+                    "or four, I, Q, U, V, in continuum units) nor a placeholder for unknown (0, NaN or a "
+                    "negative value); fix the attribute, or state the noise with --noise"
+                ) from None
             meta["noise_attribute"], meta["noise"] = meta.get("noise"), None
     _check_spectral(meta, where)
     return meta
+
+
+def _noise_placeholder(value: Any) -> bool:
+    """One value, or four, each 0, negative or NaN: what files write for an unknown noise."""
+    try:
+        a = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return False
+    return a.size in (1, 4) and bool(np.all(np.isnan(a) | (a <= 0)))
 
 
 def plain(v: Any) -> Any:

@@ -211,6 +211,13 @@ def test_noise_attribute_one_or_four_values_and_placeholders(tmp_path):
     assert open_observation(tmp_path / "n4.h5", noise=2e-3).meta["noise"] == 2e-3
     with pytest.raises(ObservationError, match="one positive sigma or four"):
         open_observation(tmp_path / "n4.h5", noise=[1e-3, 1e-3])
+    # a broken attribute is said, not taken for "unknown"
+    for broken in ("abc", [1e-3, 1e-3, 1e-3], [1e-3, -1e-3, 1e-3, 1e-3]):
+        with h5py.File(tmp_path / "n4.h5", "r+") as f:
+            f.attrs["noise"] = broken
+        with pytest.raises(ObservationError, match="is neither a noise .* nor a placeholder for unknown"):
+            open_observation(tmp_path / "n4.h5")
+        assert open_observation(tmp_path / "n4.h5", noise=2e-3).meta["noise"] == 2e-3  # --noise overrides it
 
 
 def test_shared_filtergrams_without_noise_and_with_their_profiles(shared_data, tmp_path):
