@@ -233,6 +233,14 @@ class MEOptions:
             object.__setattr__(self, "lines", tuple(lines))
         if self.instrument is not None and self.instrument not in INSTRUMENT_KINDS:
             raise ConfigError(f"[backend.me] instrument = {self.instrument!r}; valid: {list(INSTRUMENT_KINDS)}")
+        # profiles given as options say which instrument they are for (over the observation's statement)
+        implied = "filters" if self.filters_file else "psf" if (self.psf_file or self.psf_fwhm) else None
+        if self.instrument is None and implied is not None:
+            object.__setattr__(self, "instrument", implied)
+        if implied is not None and self.instrument != implied:
+            given = "filters_file" if implied == "filters" else "psf_file" if self.psf_file else "psf_fwhm"
+            raise ConfigError(f"[backend.me] {given} is used with instrument = {implied!r} only, but instrument = "
+                              f"{self.instrument!r}; drop one of them (-B {given}=..., -B instrument=...)")
         if len(tuple(self.stokes_weights)) != 4 or min(self.stokes_weights) < 0:
             raise ConfigError(f"[backend.me] stokes_weights must be 4 numbers >= 0, got {self.stokes_weights!r}")
         noise = _as_noise(self.noise, "[backend.me]")

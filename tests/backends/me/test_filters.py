@@ -173,3 +173,14 @@ def test_depth_table_estimates_eta0_better_than_the_monochromatic_formula(shared
     # measured: 7 (table) vs 10 (classical: eta0 at its lower bound 1 for 75 % of the pixels)
     assert err_table < 0.85 * err_classical
     np.testing.assert_allclose(np.median(cont / (truth[:, 7] + truth[:, 8])), 1.0, atol=0.1)
+
+
+def test_profiles_given_as_options_imply_their_instrument():
+    me = get_backend("me", {"lines": ["FeI_6173"], "filters_file": "f.npz"})
+    assert me.instrument == "filters"  # it was "grid": the file was ignored
+    assert get_backend("me", {"lines": ["FeI_6173"], "psf_fwhm": 25.0}).instrument == "psf"
+    with pytest.raises(ConfigError, match="filters_file is used with instrument = 'filters' only, but instrument = "
+                                          "'hmi_filters'"):
+        get_backend("me", {"lines": ["FeI_6173"], "filters_file": "f.npz", "instrument": "hmi_filters"})
+    with pytest.raises(ConfigError, match="psf_fwhm is used with instrument = 'psf' only"):
+        get_backend("me", {"lines": ["FeI_6173"], "psf_fwhm": 25.0, "instrument": "grid"})
