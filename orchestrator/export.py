@@ -38,6 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stokesflow.backends import STATUS_NOT_RUN
 from stokesflow.orchestrator.cli import checked_number
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.geometry import ObservationInfo, image_rotation, observation_info, pixel_heliographic
@@ -76,6 +77,9 @@ class Products:
         The observation's geometry (WCS, observing keywords).
     history : list of str
         The inversion's configuration and what the export did.
+    complete : bool
+        The result file is complete (header keyword ``COMPLETE``); a partial one's pixels
+        not yet run are NaN.
     """
 
     data: dict[str, np.ndarray] = field(default_factory=dict)
@@ -83,6 +87,7 @@ class Products:
     comments: dict[str, str] = field(default_factory=dict)
     info: ObservationInfo | None = None
     history: list[str] = field(default_factory=list)
+    complete: bool = True
 
     def header(self, name: str) -> Any:
         """The :class:`astropy.io.fits.Header` of product ``name``."""
@@ -131,6 +136,7 @@ def fits_header(products: Products, name: str) -> Any:
     if products.comments.get(name):
         h["COMMENT"] = products.comments[name]
     h["ORIGIN"] = "stokesflow"
+    h["COMPLETE"] = (bool(products.complete), "every pixel inverted (F: some not run, NaN)")
     for line in products.history:
         h.add_history(line)
     return h
@@ -195,6 +201,11 @@ def export_products(
                 prod.units[f"sigma_{n}"] = prod.units[n]
         prod.data["chi2"], prod.data["n_iter"], prod.data["status"] = (_read(h5, k) for k in ("chi2", "n_iter", "status"))
         config = str(h5.attrs.get("config", ""))
+        prod.complete = bool(h5.attrs.get("complete", True))
+    if not prod.complete:
+        not_run = int(np.count_nonzero(prod.data["status"] == STATUS_NOT_RUN))
+        log.warning("%s is not complete: its %d pixel(s) not yet run are NaN in the export (COMPLETE = F in the "
+                    "headers); finish it with `stokesflow invert ... --resume` first", os.fspath(result), not_run)
     prod.comments.update(chi2="reduced weighted chi-square", n_iter="solver iterations",
                          status="0 ok, 1 max-iterations, 2 failed, 3 bad input, 4 poor fit, 255 not run")
     need = {"B", "inclination", "azimuth"}

@@ -136,6 +136,21 @@ def test_existing_files_are_kept_unless_overwrite(result):
     export_fits(result["res"], out, vector="none", overwrite=True)
 
 
+def test_a_partial_result_is_exported_with_a_warning_and_complete_false(result, caplog):
+    import h5py
+
+    export_fits(result["res"], result["dir"] / "full", vector="none")
+    assert fits.getheader(result["dir"] / "full" / "B.fits")["COMPLETE"] is True
+    with h5py.File(result["res"], "r+") as h5:  # as a run stopped before its last rows leaves it
+        h5["status"][-2:] = 255
+        h5.attrs["complete"] = False
+    with caplog.at_level("WARNING", logger="stokesflow.export"):
+        export_fits(result["res"], result["dir"] / "part", vector="none")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and f"is not complete: its {2 * NX} pixel(s) not yet run are NaN" in said[0]
+    assert fits.getheader(result["dir"] / "part" / "B.fits")["COMPLETE"] is False
+
+
 def test_an_out_that_is_a_file_or_cannot_be_created_is_refused(result):
     afile = result["dir"] / "afile"
     afile.write_text("keep me")
