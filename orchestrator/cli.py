@@ -599,8 +599,9 @@ class _DaskCloseRaces(logging.Filter):
 _RACE_LOGGERS = ("tornado.application", "asyncio")
 
 
-#: Flags whose configuration key is a common word ("kind of data"): the word an error names them by.
-_FLAG_KEYWORDS = {"cluster.kind": "cluster"}
+#: Flags whose configuration key is a common word ("kind of data", "[cluster]" in a list of tables):
+#: an error's words cannot tell that it is about them, so they are not appended (None).
+_FLAG_KEYWORDS: dict[str, str | None] = {"cluster.kind": None}
 
 
 def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -615,6 +616,8 @@ def given_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     for dest, value in vars(args).items():
         if "." in dest and value is not None and dest in names:
             key = _FLAG_KEYWORDS.get(dest, dest.split(".", 1)[1])
+            if key is None:
+                continue
             shown = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
             out.append((key, f"{names[dest]} {shown}"))
     for dest, flag in (("backend_option", "-B"), ("init_option", "-I"), ("cluster_option", "-C"),

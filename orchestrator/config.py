@@ -221,10 +221,16 @@ class Config:
         """The ``[cluster]`` table as a :class:`stokesflow.clusters.ClusterSpec`."""
         from stokesflow.clusters import ClusterSpec
 
+        from stokesflow.clusters import ClusterError
+
+        where = " + ".join(self.sources) or "the configuration"
         try:
             return ClusterSpec.from_mapping(dict(self.cluster))
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"[cluster] table: {exc}") from exc
+            raise ConfigurationError(f"[cluster] table in {where}: {exc}") from exc
+        except ClusterError as exc:  # the same class, the file named: "[cluster] workers ... (in run.toml)"
+            text = str(exc).replace("ClusterSpec.", "", 1)
+            raise type(exc)(f"[cluster] {text} (in {where})") from None
 
     # -- serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

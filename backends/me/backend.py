@@ -423,10 +423,14 @@ class MEBackend(Backend):
             hi = max(ln.wavelength for ln in self.lines)
             mw = model.instrument.model_wavelength
             if hi < mw.min() - 2.0 or lo > mw.max() + 2.0:
-                raise BackendError(
-                    f"lines {[ln.name for ln in self.lines]} ({lo:.2f}-{hi:.2f} A) lie outside the observed "
-                    f"wavelength range {mw.min():.2f}-{mw.max():.2f} A: wrong line names or wavelength units?"
-                )
+                if self.instrument == "filters":  # the model grid is the profiles' own
+                    source = o.filters_file or "the observation's /filters"
+                    where = (f"the wavelengths of the filter profiles ({source}), {mw.min():.2f}-{mw.max():.2f} A: "
+                             "wrong line names, or profiles not in A?")
+                else:
+                    where = (f"the observed wavelength range {mw.min():.2f}-{mw.max():.2f} A: wrong line names or "
+                             "wavelength units?")
+                raise BackendError(f"lines {[ln.name for ln in self.lines]} ({lo:.2f}-{hi:.2f} A) lie outside {where}")
             self._models[key] = model
         return model
 

@@ -191,8 +191,8 @@ def check_wavelength(wl: Any, nw: int, *, where: str, what: str = "/wavelength")
         elif not np.all(d > 0):
             i = int(np.flatnonzero(d <= 0)[0]) if np.any(d > 0) else int(np.flatnonzero(d >= 0)[0])
             raise ObservationError(
-                f"{where}: {what} is not strictly monotonic: value {i + 1} ({a[i + 1]!r} A) does not continue "
-                f"the order after value {i} ({a[i]!r} A); sort the cube along its wavelength axis"
+                f"{where}: {what} is not strictly monotonic: value {i + 1} ({float(a[i + 1])!r} A) does not "
+                f"continue the order after value {i} ({float(a[i])!r} A); sort the cube along its wavelength axis"
             )
     lo, hi = float(a.min()), float(a.max())
     if lo < _WAVE_MIN_A or hi > _WAVE_MAX_A:
