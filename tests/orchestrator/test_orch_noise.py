@@ -50,9 +50,10 @@ def recorded():
 
 
 def _cube(path: Path, ny: int, nx: int, valid: np.ndarray) -> Path:
-    """An observation whose pixel (y, x) holds y * nx + x in every value where ``valid``, else NaN."""
+    """An observation whose pixel (y, x) holds y * nx + x in Q, U and V and 1 in I where ``valid``, else NaN."""
     flat = np.arange(ny * nx, dtype=np.float32).reshape(ny, nx)
     stokes = np.broadcast_to(flat[:, :, None, None], (ny, nx, 4, 6)).copy()
+    stokes[:, :, 0] = 1.0  # continuum units (the index in I would be refused as counts)
     stokes[~valid] = np.nan
     write_observation(path, stokes, HMI_WAVELENGTH, {"instrument": "hmi", "lines": "FeI_6173"})
     return path
@@ -68,7 +69,7 @@ def test_sample_is_valid_spread_and_deterministic(tmp_path):
     assert stokes.shape == (index.size, 4, 6) and stokes.dtype == np.float32
     assert np.isfinite(stokes).all()
     # each sampled pixel is the pixel its index names (the cube holds the flat index)
-    np.testing.assert_array_equal(stokes[:, 0, 0], index.astype(np.float32))
+    np.testing.assert_array_equal(stokes[:, 1, 0], index.astype(np.float32))
     assert valid.ravel()[index].all() and np.unique(index).size == index.size
     # up to the target; the rows of the empty band give their share to the rows after them
     assert 190 <= index.size <= 200
@@ -93,7 +94,7 @@ def test_a_valid_pixel_between_the_sampled_rows_is_found(tmp_path):
     valid[5, 7] = True  # the rows sampled for 20 pixels are 0, 10, 21, ...: row 5 is not one of them
     obs = open_observation(_cube(tmp_path / "obs.h5", 200, 10, valid))
     stokes, index = sample_valid_pixels(obs, target=20)
-    assert index.tolist() == [57] and stokes[0, 0, 0] == 57.0
+    assert index.tolist() == [57] and stokes[0, 1, 0] == 57.0
 
 
 def test_a_map_without_valid_pixels_is_an_error_before_any_work(tmp_path, no_cluster):
@@ -215,8 +216,8 @@ def test_a_stated_noise_reads_a_few_rows_for_the_trial_pixel_only(tmp_path, monk
     valid[0, :7] = False
     obs = _cube(tmp_path / "obs.h5", 200, 200, valid)
     stated = validate_run(make_config(obs, tmp_path / "r.h5", input={"noise": 1e-3}))
-    assert len(rows) <= 4 and stated.trial[0][0, 0, 0] == 7.0  # pixel (0, 7)
+    assert len(rows) <= 4 and stated.trial[0][0, 1, 0] == 7.0  # pixel (0, 7)
     rows.clear()
     estimated = validate_run(make_config(obs, tmp_path / "r.h5"), backend=NoiseDouble({"sigma": list(SIGMA)}))
     assert len(rows) >= 40 and estimated.noise.source == "estimated"
-    assert estimated.trial[0][0, 0, 0] == 7.0
+    assert estimated.trial[0][0, 1, 0] == 7.0
