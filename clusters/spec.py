@@ -34,6 +34,9 @@ __all__ = [
 
 #: The executor kinds understood by :func:`stokesflow.clusters.open_executor`.
 KINDS: tuple[str, ...] = ("serial", "local", "mpi", "slurm", "pbs", "address")
+#: The communication schemes of Dask's scheduler addresses (``distributed.comm``); a bare
+#: ``host:port`` is TCP.
+_SCHEDULER_SCHEMES: tuple[str, ...] = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 #: How ``kind="mpi"`` reaches its workers (see :mod:`stokesflow.clusters.mpi`).
 MPI_MODES: tuple[str, ...] = ("dask", "futures")
@@ -412,6 +415,14 @@ class ClusterSpec:
                 "ClusterSpec(kind='address') needs address='tcp://host:port' of a running "
                 "Dask scheduler (start one with `dask scheduler`)"
             )
+        if self.kind == "address" and "://" in str(self.address):
+            scheme = str(self.address).split("://", 1)[0]
+            if scheme not in _SCHEDULER_SCHEMES:
+                raise ClusterError(
+                    f"ClusterSpec.address {self.address!r} is not a Dask scheduler address: the scheme "
+                    f"{scheme!r} is not one of {list(_SCHEDULER_SCHEMES)}; give the address `dask scheduler` "
+                    "prints, e.g. tcp://host:8786 (8787 is its dashboard, not the scheduler)"
+                )
         if self.kind in ("slurm", "pbs"):
             if self.processes_per_job > self.cores_per_job:
                 raise ClusterError(

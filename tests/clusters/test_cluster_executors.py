@@ -217,6 +217,14 @@ def test_address_nobody_answers() -> None:
     assert isinstance(err.value, ClusterError)
 
 
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8787", "foo://host:1"])
+def test_address_of_another_scheme_is_refused_at_once(address) -> None:
+    with pytest.raises(ClusterError, match=r"is not a Dask scheduler address: the scheme '(http|foo)' is not one"):
+        ClusterSpec(kind="address", address=address)
+    ClusterSpec(kind="address", address="127.0.0.1:8786")  # bare host:port is TCP
+    ClusterSpec(kind="address", address="tls://host:8786")
+
+
 def test_address_scheduler_without_workers() -> None:
     from distributed import LocalCluster
 
