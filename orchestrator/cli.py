@@ -638,6 +638,16 @@ def with_flags(message: str, flags: Sequence[tuple[str, str]]) -> str:
     return f"{message} (given on the command line as {', '.join(hits)})" if hits else message
 
 
+def _raised_by_h5py(exc: BaseException) -> bool:
+    """The exception came out of h5py itself (its innermost frame is h5py's): HDF5 could not read a file."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("h5py")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stokesflow`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
@@ -689,7 +699,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot read or write a file: %s", " ".join(str(exc).split("\n")),
                   exc_info=bool(getattr(args, "verbose", 0)))  # where it came from, with -v
         return EXIT_BAD_INPUT
-    except Exception:
+    except Exception as exc:
+        if _raised_by_h5py(exc):  # a damaged file, or one that is not what the command needs
+            log.error("an HDF5 file cannot be read or written (damaged, or not a file of this kind): %s: %s",
+                      type(exc).__name__, " ".join(str(exc).split("\n")),
+                      exc_info=bool(getattr(args, "verbose", 0)))  # where it came from, with -v
+            return EXIT_BAD_INPUT
         log.exception("unexpected error (please report it with the traceback above)")
         return EXIT_UNEXPECTED
     finally:
