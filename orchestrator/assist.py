@@ -65,7 +65,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -543,6 +543,30 @@ def _subset_index(obs: Any, labels: np.ndarray, n: int, s: AssistSettings) -> tu
 # ---------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------
+def _phase_outputs(s: AssistSettings) -> dict[str, tuple[str, ...]]:
+    """The files (keys of the loop's paths) each phase writes."""
+    return {"subset": ("subset_obs",), "reference": ("subset",), "train": ("model",), "me_seed": ("me_seed",),
+            "predict": ("guess",) + (("network_guess",) if s.me_seed == "merge" else ()),
+            "assisted": ("assisted",), "baseline": ("baseline",)}
+
+
+def _redo_lost_phases(st: "_State", paths: Mapping[str, Path], s: AssistSettings, d: Path) -> None:
+    """A finished phase whose file is gone (deleted to save space, lost in a copy) runs again, with
+    every phase after it (they were made from it: their files are removed as stale)."""
+    outputs = _phase_outputs(s)
+    lost = [(p, paths[k].name) for p in PHASES if st.done(p) for k in outputs[p] if not paths[k].exists()]
+    if not lost:
+        return
+    first = PHASES.index(lost[0][0])
+    redo = [p for p in PHASES[first:] if st.done(p)]
+    for p in redo:
+        for k in outputs[p]:
+            paths[k].unlink(missing_ok=True)
+    st.forget(redo)
+    log.warning("%s: %s of the finished phase %s is missing: running %s again", d, lost[0][1], lost[0][0],
+                ", ".join(redo))
+
+
 class _State:
     """``DIR/summary.json``: finished phases, seconds per phase, arguments; written after every phase."""
 
@@ -561,6 +585,14 @@ class _State:
 
     def done(self, phase: str) -> bool:
         return phase in self.data["done"]
+
+    def forget(self, phases: Sequence[str]) -> None:
+        """Mark ``phases`` as not done (their outputs are gone or stale), and save."""
+        self.data["done"] = [p for p in self.data["done"] if p not in phases]
+        for p in phases:  # the seconds of the run that is redone no longer describe a file
+            self.data["phases"].pop(p, None)
+            self.data.get("phases_cpu", {}).pop(p, None)
+        self.save()
 
     def finish(self, phase: str, seconds: float, cpu: float = 0.0, **extra: Any) -> None:
         self.data["phases"][phase] = self.data["phases"].get(phase, 0.0) + seconds
@@ -659,6 +691,7 @@ def run_assist(input_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
              "guess": d / "guess.h5", "assisted": d / "assisted.h5", "baseline": d / "baseline.h5",
              "me_seed": d / "me_seed.h5", "network_guess": d / "network_guess.h5"}
     ran: list[str] = []
+    _redo_lost_phases(st, paths, s, d)
 
     def phase(name: str, fn: Callable[[], Any]) -> Any:
         if st.done(name):

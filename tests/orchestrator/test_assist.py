@@ -68,6 +68,28 @@ def test_end_to_end_serial(obs, tmp_path):
         run_assist(obs, d, _settings(subset=0.5))
 
 
+def test_a_lost_file_reruns_its_phase_and_those_after_it(obs, tmp_path, caplog):
+    d = tmp_path / "loop"
+    run_assist(obs, d, _settings())
+    before = {n: read_result(d / n) for n in ("guess.h5", "assisted.h5")}
+    (d / "guess.h5").unlink()  # e.g. deleted to save space
+    with caplog.at_level("WARNING", logger="stokesflow.assist"):
+        data = run_assist(obs, d, _settings())
+    assert data["ran"] == ["predict", "assisted"]
+    assert any("guess.h5 of the finished phase predict is missing: running predict, assisted again" in r.getMessage()
+               for r in caplog.records)
+    for name, old in before.items():  # the same model (one torch thread): the same files again
+        new = read_result(d / name)
+        for p in old.params:
+            np.testing.assert_array_equal(new.params[p], old.params[p], err_msg=f"{name} {p}")
+    (d / "model.pt").unlink()
+    data = run_assist(obs, d, _settings())
+    assert data["ran"] == ["train", "predict", "assisted"] and (d / "model.pt").exists()
+    state = json.loads((d / "summary.json").read_text())
+    assert state["done"] == ["subset", "reference", "train", "predict", "assisted"]
+    assert set(state["phases"]) == {"subset", "reference", "train", "predict", "assisted"}
+
+
 def test_interrupted_mid_phase_resumes(obs, tmp_path, monkeypatch):
     assisted_phase_interrupted_and_resumed(obs, tmp_path / "loop", _settings(chunk_pixels=32), 8,  # 16 x 16 field
                                            monkeypatch)
