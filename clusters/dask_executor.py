@@ -23,7 +23,7 @@ from typing import Any
 
 from stokesflow.clusters.base import IDLE_INTERVAL_S, Executor, Future, usable_cpus
 from stokesflow.clusters.environ import worker_environ
-from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError
+from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError, WorkersUnavailableError
 
 __all__ = ["DaskExecutor", "open_address", "open_local"]
 
@@ -356,6 +356,47 @@ def _dashboard_kwargs(spec: ClusterSpec, host: str) -> dict[str, Any]:
     return {"dashboard_address": f"{host}:0", "dashboard": spec.dashboard}
 
 
+#: Seconds a local cluster may have no worker before the run stops: a Nanny restarts a crashed
+#: worker in a few seconds, and gives up after repeated crashes in a row.
+LOCAL_NO_WORKER_S = 30.0
+
+
+class _LocalWatch:
+    """Raise when a local cluster has had no worker for ``limit`` seconds (every Nanny gave up).
+
+    Without it the driver waited for ever, printing ``workers: 0`` (seen when the worker
+    processes were killed again and again, as an out-of-memory killer does).
+    """
+
+    def __init__(self, connected: Callable[[], int], limit: float,
+                 now: Callable[[], float] | None = None) -> None:
+        import time
+
+        self._connected = connected
+        self._limit = float(limit)
+        self._now = now or time.monotonic
+        self._since: float | None = None
+
+    def check(self) -> None:
+        try:
+            n = self._connected()
+        except Exception:  # noqa: BLE001 - a closing client: nothing to judge
+            return
+        if n > 0:
+            self._since = None
+            return
+        t = self._now()
+        if self._since is None:
+            self._since = t
+        elif t - self._since > self._limit:
+            raise WorkersUnavailableError(
+                f"--cluster local: no worker for {t - self._since:.0f} s: every worker process died and its "
+                "Nanny stopped restarting it (repeated crashes: often the memory limit or the system's "
+                "out-of-memory killer; see the log above); finished chunks are on disk, finish the run with "
+                "--resume (fewer workers or a larger -C memory_limit if memory is short)"
+            )
+
+
 def open_local(spec: ClusterSpec) -> DaskExecutor:
     """Start a ``distributed.LocalCluster`` of worker processes and connect to it.
 
@@ -404,7 +445,9 @@ def open_local(spec: ClusterSpec) -> DaskExecutor:
     except BaseException:
         cluster.close()
         raise
-    return DaskExecutor(client, kind="local", planned_workers=n_workers, retries=spec.retries, cluster=cluster)
+    watch = _LocalWatch(lambda: _connected_workers(client), max(LOCAL_NO_WORKER_S, spec.connect_timeout))
+    return DaskExecutor(client, kind="local", planned_workers=n_workers, retries=spec.retries, cluster=cluster,
+                        watch=watch.check)
 
 
 def open_address(spec: ClusterSpec) -> DaskExecutor:

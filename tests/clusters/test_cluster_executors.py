@@ -361,3 +361,28 @@ def test_outcome_is_the_exception_or_the_result(which: str, request: pytest.Fixt
     assert ex.result(ex.submit(abs, -4)) == 4
     with pytest.raises(ValueError):
         ex.result(ex.submit(int, "x"))
+
+
+def test_local_watch_stops_a_run_whose_workers_stay_gone() -> None:
+    """A local cluster whose Nannies gave up (workers killed again and again) has no worker for
+    good: after the limit the watch raises instead of the driver waiting for ever."""
+    from stokesflow.clusters import WorkersUnavailableError
+    from stokesflow.clusters.dask_executor import _LocalWatch
+
+    clock = {"t": 0.0, "n": 2}
+    watch = _LocalWatch(lambda: clock["n"], 30.0, now=lambda: clock["t"])
+    watch.check()
+    clock.update(n=0, t=5.0)
+    watch.check()  # a worker restarting: no judgement yet
+    clock.update(t=20.0)
+    watch.check()
+    clock.update(n=1, t=25.0)  # restarted: the count starts again
+    watch.check()
+    clock.update(n=0, t=26.0)
+    watch.check()
+    clock.update(t=50.0)
+    watch.check()  # 24 s without a worker
+    clock.update(t=57.0)
+    with pytest.raises(WorkersUnavailableError, match=r"--cluster local: no worker for 31 s: every worker process "
+                                                      r"died .* finish the run with --resume"):
+        watch.check()
