@@ -25,7 +25,7 @@ from stokesflow.clusters.base import IDLE_INTERVAL_S, Executor, Future, usable_c
 from stokesflow.clusters.environ import worker_environ
 from stokesflow.clusters.spec import ClusterError, ClusterSpec, SchedulerUnreachableError, WorkersUnavailableError
 
-__all__ = ["DaskExecutor", "open_address", "open_local"]
+__all__ = ["DaskExecutor", "SchedulerLostError", "open_address", "open_local"]
 
 # Log level of the scheduler and workers we start: warnings (a worker that
 # died and was restarted) stay visible, the start/stop chatter does not.
@@ -234,6 +234,20 @@ class DaskExecutor(Executor):
                 return None, future.result(timeout=_WATCH_INTERVAL_S)
             except TimeoutError:
                 self._tick()
+            except Exception as exc:  # noqa: BLE001 - distributed's FutureCancelledError, among others
+                if getattr(exc, "reason", None) == "scheduler-connection-lost":
+                    raise SchedulerLostError(
+                        f"--cluster {self.kind}: the connection to the Dask scheduler {self._address()} was "
+                        "lost: it stopped, was killed, or the network failed; finished chunks are on disk: "
+                        "start the scheduler (and its workers) again and finish the run with --resume"
+                    ) from None
+                raise
+
+    def _address(self) -> str:
+        try:
+            return str(self.client.scheduler.address)
+        except Exception:  # noqa: BLE001 - for a message only
+            return "(address unknown)"
 
     def _tick(self) -> None:
         """While the driver waits: the watch (which may raise) and the idle callback."""
@@ -354,6 +368,10 @@ def _dashboard_kwargs(spec: ClusterSpec, host: str) -> dict[str, Any]:
     # the dashboard when bokeh is installed) would otherwise try 8787 and warn
     # when several runs share a machine.
     return {"dashboard_address": f"{host}:0", "dashboard": spec.dashboard}
+
+
+class SchedulerLostError(ClusterError):
+    """The driver lost its connection to the Dask scheduler during the run."""
 
 
 #: Seconds a local cluster may have no worker before the run stops: a Nanny restarts a crashed

@@ -386,3 +386,30 @@ def test_local_watch_stops_a_run_whose_workers_stay_gone() -> None:
     with pytest.raises(WorkersUnavailableError, match=r"--cluster local: no worker for 31 s: every worker process "
                                                       r"died .* finish the run with --resume"):
         watch.check()
+
+
+def test_a_lost_scheduler_is_one_clusters_error_naming_it() -> None:
+    """The scheduler killed mid-run: distributed cancels every future with the reason
+    'scheduler-connection-lost'; the executor says so as a ClusterError (exit 2, --resume)."""
+    import types
+
+    from distributed.client import FutureCancelledError
+
+    from stokesflow.clusters.dask_executor import DaskExecutor, SchedulerLostError
+
+    class Cancelled:
+        def exception(self, timeout=None):
+            raise FutureCancelledError("k", reason="scheduler-connection-lost")
+
+    class Failed:
+        def exception(self, timeout=None):
+            raise FutureCancelledError("k", reason="lost dependencies")
+
+    client = types.SimpleNamespace(scheduler=types.SimpleNamespace(address="tcp://10.0.0.1:8786"))
+    ex = DaskExecutor(client, kind="address", planned_workers=1, retries=0)
+    with pytest.raises(SchedulerLostError, match=r"--cluster address: the connection to the Dask scheduler "
+                                                 r"tcp://10\.0\.0\.1:8786 was lost: .* --resume"):
+        ex.outcome(Cancelled())
+    with pytest.raises(FutureCancelledError):  # any other cancellation is left as it was
+        ex.outcome(Failed())
+    assert issubclass(SchedulerLostError, ClusterError)
