@@ -309,10 +309,15 @@ class ResultStore:
                 old = json.loads(a["fingerprint_json"])
                 plan = Plan(int(a["ny"]), int(a["nx"]), int(a["chunk_pixels"]))
                 done = np.asarray(h5["chunks/done"][:], dtype=bool)
+                written_for = _attr(a.get("input", ""))
         except OSError as exc:
             raise ResumeError(f"cannot read result file {str(path)!r} to resume it: {exc}") from exc
         new = json.loads(fingerprint_digest(fingerprint)[0])
         diff = _differences(old, new)
+        if any(d.startswith("observation:") for d in diff):  # a hash alone does not say what differs
+            diff.append(f"the observation's identity is its absolute path, shape, wavelengths and reader options, "
+                        f"and the file was written for {written_for!r}: an observation moved or renamed counts "
+                        "as another one, so resume from that path")
         if diff:
             raise ResumeError(
                 f"cannot resume {str(path)!r}: it was written with a different configuration; "

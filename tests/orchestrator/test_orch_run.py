@@ -216,6 +216,21 @@ def test_overwrite_onto_an_input_or_a_folder_is_refused_before_any_work(obs, tmp
         run_inversion(make_config(mine, tmp_path / "folder.h5", output={"overwrite": True}))
 
 
+def test_resume_of_a_moved_observation_says_where_the_file_was_written_for(tmp_path, no_cluster):
+    (tmp_path / "a").mkdir()
+    first = write_hmi_observation(tmp_path / "a" / "obs.h5", 3, 4)
+    out = tmp_path / "r.h5"
+    run_inversion(make_config(first, out))
+    with h5py.File(out, "r+") as h5:  # as a run stopped early leaves it
+        h5["chunks/done"][...] = False
+        h5.attrs["complete"] = False
+    (tmp_path / "b").mkdir()
+    moved = first.rename(tmp_path / "b" / "obs.h5")
+    with pytest.raises(ResumeError, match=f"the file was written for '{first}': an observation moved or renamed "
+                                          "counts as another one, so resume from that path"):
+        run_inversion(make_config(moved, out, output={"resume": True}))
+
+
 def test_existing_output_needs_resume_or_overwrite(obs, tmp_path, monkeypatch):
     out = tmp_path / "r.h5"
     run_inversion(make_config(obs, out, run={"chunk_pixels": 48}))
