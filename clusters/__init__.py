@@ -22,7 +22,7 @@ from __future__ import annotations
 from stokesflow.clusters.base import Executor, Future, mpi_rank, mpi_size
 from stokesflow.clusters.factory import executor_for, open_executor, preflight
 from stokesflow.clusters.jobqueue import job_script
-from stokesflow.clusters.mpi import client_rank
+from stokesflow.clusters.mpi import client_rank, is_service_rank
 from stokesflow.clusters.spec import (
     ClusterError,
     ClusterSpec,
@@ -44,6 +44,7 @@ __all__ = [
     "SchedulerUnreachableError",
     "WorkersUnavailableError",
     "client_rank",
+    "is_service_rank",
     "job_script",
     "mpi_rank",
     "mpi_size",

@@ -77,6 +77,19 @@ _opened = False
 _SETUP_DONE: set[str] = set()
 
 
+#: Set in the ranks that serve dask-mpi (scheduler, workers) rather than run the program.
+_SERVICE_RANK = False
+
+
+def is_service_rank() -> bool:
+    """Whether this process is a dask-mpi scheduler or worker rank (not the one that runs the program).
+
+    Such a rank holds no result file: after a Ctrl-C or SIGTERM it has nothing to report (the
+    client rank says what is on disk, once).
+    """
+    return _SERVICE_RANK
+
+
 def client_rank(spec: ClusterSpec) -> int | None:
     """The MPI rank that runs the body of ``with open_executor(spec)``.
 
@@ -201,6 +214,8 @@ def _open_dask_mpi(spec: ClusterSpec) -> Iterator[DaskExecutor]:
         # The scheduler and Nanny ranks: their close-time races at the end of the job stay quiet.
         from stokesflow.clusters._mpi_worker import quiet_close_races
 
+        global _SERVICE_RANK
+        _SERVICE_RANK = True
         quiet_close_races()
     import dask
 

@@ -688,6 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
+        from stokesflow.clusters import is_service_rank
+
+        if is_service_rank():  # a dask-mpi scheduler or worker rank: the client rank reports, once
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         what = getattr(args, "on_interrupt", None)
         left = what(args) if what is not None else "stopped"
         log.error("%s: %s", "terminated (SIGTERM)" if terminated else "interrupted", left)

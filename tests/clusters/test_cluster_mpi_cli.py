@@ -135,3 +135,39 @@ def test_worker_preload_drops_only_the_exit_race_of_the_stop_queue() -> None:
         logger.filters[:] = before
         for hd, filters in zip(handlers, handler_filters):
             hd.filters[:] = filters
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigterm_under_mpiexec_is_reported_once_by_the_client_rank(tmp_path: Path) -> None:
+    """SIGTERM to mpiexec (``scancel``'s signal) reaches every rank; only the rank that runs the
+    program (and holds the result file) says what is on disk, once: the scheduler and worker
+    ranks said it too, about a file they do not write."""
+    import signal
+    import threading
+    import time
+
+    obs = tmp_path / "obs.h5"
+    subprocess.run([*CLI, "synth", "--instrument", "hmi", "--scene", "mixed", "--size", "48", "48", "--seed", "1",
+                    "--out", str(obs)], check=True, capture_output=True, timeout=120)
+    slow = ["-B", "n_starts=8", "-B", "max_starts=8", "-B", "good_chi2=0", "-B", "max_iter=400",
+            "-B", "chi2_tol=1e-12", "--chunk-pixels", "64"]
+    lines: list[str] = []
+    with subprocess.Popen(["mpiexec", "-n", "3", *CLI, "invert", "-i", str(obs), "-o", str(tmp_path / "r.h5"),
+                           "--cluster", "mpi", "--progress", "log", "--log-interval", "1", *slow],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while not any("progress: " in ln for ln in lines) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, "".join(lines)[-4000:]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=180)
+        reader.join(timeout=10)
+    text = "".join(lines)
+    said = [ln for ln in lines if "terminated (SIGTERM)" in ln]
+    assert rc == 143, text[-4000:]
+    assert len(said) == 1 and f"chunks are on disk in {tmp_path / 'r.h5'}; finish the run with --resume" in said[0], \
+        text[-4000:]
