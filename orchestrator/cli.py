@@ -638,6 +638,11 @@ def with_flags(message: str, flags: Sequence[tuple[str, str]]) -> str:
     return f"{message} (given on the command line as {', '.join(hits)})" if hits else message
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's text on one line (an error of the command line is one line)."""
+    return " ".join(str(exc).split("\n"))
+
+
 def _raised_by_h5py(exc: BaseException) -> bool:
     """The exception came out of h5py itself (its innermost frame is h5py's): HDF5 could not read a file."""
     tb = exc.__traceback__
@@ -697,17 +702,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s: %s", "terminated (SIGTERM)" if terminated else "interrupted", left)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except _bad_input_types() as exc:
-        log.error("%s", with_flags(" ".join(str(exc).split("\n")), given_flags(args)))
-        return EXIT_BAD_INPUT
-    except OSError as exc:  # a file the checks before the work could not foresee: permissions, disk, a broken file
-        log.error("cannot read or write a file: %s", " ".join(str(exc).split("\n")),
-                  exc_info=bool(getattr(args, "verbose", 0)))  # where it came from, with -v
+        log.error("%s", with_flags(_one_line(exc), given_flags(args)))
         return EXIT_BAD_INPUT
     except Exception as exc:
-        if _raised_by_h5py(exc):  # a damaged file, or one that is not what the command needs
+        # a file the checks before the work could not foresee: permissions, a full disk, a damaged
+        # HDF5 file (h5py raises KeyError or RuntimeError from its own code); -v shows where
+        if isinstance(exc, OSError):
+            log.error("cannot read or write a file: %s", _one_line(exc), exc_info=bool(getattr(args, "verbose", 0)))
+            return EXIT_BAD_INPUT
+        if _raised_by_h5py(exc):
             log.error("an HDF5 file cannot be read or written (damaged, or not a file of this kind): %s: %s",
-                      type(exc).__name__, " ".join(str(exc).split("\n")),
-                      exc_info=bool(getattr(args, "verbose", 0)))  # where it came from, with -v
+                      type(exc).__name__, _one_line(exc), exc_info=bool(getattr(args, "verbose", 0)))
             return EXIT_BAD_INPUT
         log.exception("unexpected error (please report it with the traceback above)")
         return EXIT_UNEXPECTED

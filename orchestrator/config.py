@@ -219,9 +219,7 @@ class Config:
 
     def cluster_spec(self) -> Any:
         """The ``[cluster]`` table as a :class:`stokesflow.clusters.ClusterSpec`."""
-        from stokesflow.clusters import ClusterSpec
-
-        from stokesflow.clusters import ClusterError
+        from stokesflow.clusters import ClusterError, ClusterSpec
 
         where = " + ".join(self.sources) or "the configuration"
         try:

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from stokesflow.backends import STATUS_NAMES
-from stokesflow.orchestrator.cli import checked_number
+from stokesflow.orchestrator.cli import _positive_int
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.geometry import ObservationInfo, observation_info
 from stokesflow.orchestrator.paths import output_folder
@@ -379,8 +379,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tolerance", action="append", type=_tolerance, metavar="NAME=VALUE",
                    help="tolerance of 'agrees' in the parameter's unit (repeatable; defaults B=100, "
                         "inclination=5, azimuth=5, vlos=0.1)")
-    p.add_argument("--max-side", type=checked_number(int, lambda v: v > 0, "a positive integer"), default=1024,
-                   metavar="N",
+    p.add_argument("--max-side", type=_positive_int, default=1024, metavar="N",
                    help="largest side of the display maps in pixels (default 1024)")
     p.add_argument("--embed", action="store_true", help="embed the images in index.html (one self-contained file)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")

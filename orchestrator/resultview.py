@@ -32,6 +32,7 @@ __all__ = [
     "block_reduce",
     "display_factor",
     "axial_difference",
+    "require_result_layout",
 ]
 
 #: Status codes whose parameters are masked in maps and left out of statistics:
@@ -105,6 +106,17 @@ def block_reduce(data: np.ndarray, factor: int, how: str = "mean") -> np.ndarray
     return np.where(n > 0, out, np.nan)
 
 
+def require_result_layout(h5: h5py.File, path: str | os.PathLike[str], error: type[Exception],
+                          groups: tuple[str, ...] = ("status", "params")) -> None:
+    """Raise ``error`` unless the open file has the ``groups`` and the ``parameters`` attribute of
+    every result file (the check of :class:`ResultView` and of the result store's readers).
+    """
+    if any(g not in h5 for g in groups) or "parameters" not in h5.attrs:
+        raise error(f"{os.fspath(path)!r} is not a stokesflow result file (expected "
+                    f"{', '.join('/' + g for g in groups)} and the 'parameters' attribute); give the --out file "
+                    "of `stokesflow invert`")
+
+
 class ResultView:
     """A result file opened read-only, with lazy access to its maps.
 
@@ -128,12 +140,11 @@ class ResultView:
         except OSError as exc:
             raise ResultViewError(f"cannot open result file {self.path!r} as HDF5: {exc}") from exc
         h5 = self._h5
-        if "status" not in h5 or "params" not in h5 or "parameters" not in h5.attrs:
+        try:
+            require_result_layout(h5, self.path, ResultViewError)
+        except ResultViewError:
             self._h5.close()
-            raise ResultViewError(
-                f"{self.path!r} is not a stokesflow result file (expected /status, /params and the "
-                "'parameters' attribute); give the --out file of `stokesflow invert`"
-            )
+            raise
         self.names: tuple[str, ...] = tuple(json.loads(h5.attrs["parameters"]))
         units = json.loads(h5.attrs["units"]) if "units" in h5.attrs else {}
         self.units: dict[str, str] = {n: str(units.get(n, h5["params"][n].attrs.get("unit", ""))) for n in self.names}

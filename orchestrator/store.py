@@ -61,6 +61,7 @@ import numpy as np
 from stokesflow.backends.base import STATUS_NAMES, STATUS_NOT_RUN, ChunkResult
 from stokesflow.orchestrator.errors import OrchestratorError
 from stokesflow.orchestrator.plan import Chunk, Plan, flat_to_rows
+from stokesflow.orchestrator.resultview import require_result_layout
 
 __all__ = [
     "StoreError",
@@ -521,18 +522,15 @@ def _attr(value: Any) -> Any:
     return value
 
 
-def _require_result(h5: h5py.File, path: str | Path) -> None:
-    """Raise :class:`StoreError` unless ``h5`` has what every result file has."""
-    if "status" not in h5 or "params" not in h5 or "chunks" not in h5 or "parameters" not in h5.attrs:
-        raise StoreError(f"{str(path)!r} is not a stokesflow result file (expected /status, /params, /chunks and "
-                         "the 'parameters' attribute); give the --out file of `stokesflow invert`")
+#: What the store's readers need of a result file (its chunk table too).
+_RESULT_GROUPS = ("status", "params", "chunks")
 
 
 def read_result(path: str | Path) -> ResultFile:
     """Read a whole result file into a :class:`ResultFile`."""
     try:
         with h5py.File(path, "r") as h5:
-            _require_result(h5, path)
+            require_result_layout(h5, path, StoreError, _RESULT_GROUPS)
             names = json.loads(h5.attrs["parameters"])
             errs = [e.decode() if isinstance(e, bytes) else e for e in h5["chunks/error"][:]]
             return ResultFile(
@@ -573,7 +571,7 @@ def inspect_result(path: str | Path) -> dict[str, Any]:
     """Attributes and chunk counts of a result file, without reading the maps."""
     try:
         with h5py.File(path, "r") as h5:
-            _require_result(h5, path)
+            require_result_layout(h5, path, StoreError, _RESULT_GROUPS)
             done = h5["chunks/done"][:].astype(bool)
             attrs = {k: _attr(v) for k, v in h5.attrs.items()}
     except (OSError, KeyError) as exc:

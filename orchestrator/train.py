@@ -364,7 +364,7 @@ def train_task(inputs: Sequence[str], results: Sequence[str], out: str, settings
     import torch
 
     from stokesflow.nn_init.training import train_network
-    from stokesflow.orchestrator.run import raise_if_stop_requested, package_versions
+    from stokesflow.orchestrator.run import package_versions, raise_if_stop_requested
 
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
